@@ -1,0 +1,152 @@
+"""The effect's parameters: one schema for the CLI, the server, and every host panel.
+
+Standard library only: the Resolve script and the Blender add-on read this module
+inside interpreters that have no numpy or torch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from .errors import UserError
+
+SWAP_RESOLUTIONS = (4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class ParamError(UserError):
+    """A parameter value is missing, unknown or out of range; `field` names it."""
+
+    http_status = 422
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}", field=field)
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: type
+    default: Any
+    label: str
+    help: str
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    choices: Optional[Tuple[Any, ...]] = None
+
+    def validate(self, value: Any) -> Any:
+        """Return `value` coerced to this parameter's type, or raise ParamError."""
+        if self.type is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                return value.lower() in ("1", "true", "yes", "on")
+            raise ParamError(self.name, f"expected true or false, got {value!r}")
+        if self.type in (int, float):
+            if isinstance(value, bool):
+                raise ParamError(self.name, f"expected a number, got {value!r}")
+            try:
+                number = self.type(value)
+            except (TypeError, ValueError):
+                raise ParamError(self.name, f"expected {'an integer' if self.type is int else 'a number'}, got {value!r}") from None
+            if self.type is int and isinstance(value, float) and value != int(value):
+                raise ParamError(self.name, f"expected an integer, got {value!r}")
+            if number != number:  # NaN
+                raise ParamError(self.name, "must be a number, got NaN")
+            value = number
+        elif not isinstance(value, self.type):
+            raise ParamError(self.name, f"expected {self.type.__name__}, got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise ParamError(self.name, f"must be one of {', '.join(map(str, self.choices))}; got {value!r}")
+        if self.minimum is not None and value < self.minimum:
+            raise ParamError(self.name, f"must be at least {self.minimum:g}; got {value!r}")
+        if self.maximum is not None and value > self.maximum:
+            raise ParamError(self.name, f"must be at most {self.maximum:g}; got {value!r}")
+        return value
+
+    def to_json(self) -> Dict[str, Any]:
+        out = {"name": self.name, "type": self.type.__name__, "default": self.default,
+               "label": self.label, "help": self.help}
+        if self.minimum is not None:
+            out["minimum"] = self.minimum
+        if self.maximum is not None:
+            out["maximum"] = self.maximum
+        if self.choices is not None:
+            out["choices"] = list(self.choices)
+        return out
+
+
+PARAMS: Tuple[Param, ...] = (
+    Param("model", str, "toonify", "Style",
+          "Toon model: a name from the model manifest or a path to a .pt/.pkl generator."),
+    Param("base_model", str, "ffhq-1024", "Base model",
+          "Real-face (FFHQ) generator the faces are projected into: manifest name or path."),
+    Param("swap_res", int, 64, "Swap resolution",
+          "Layers up to this resolution come from the toon model, above it from the base. "
+          "Lower keeps more of the real face.", choices=SWAP_RESOLUTIONS),
+    Param("blend_width", float, 0.0, "Blend width",
+          "0 = hard layer swap; >0 = smooth logistic blend across this many octaves.",
+          minimum=0.0, maximum=4.0),
+    Param("mapping_from", str, "base", "Mapping network from",
+          "Which model supplies the mapping network and latent_avg.", choices=("base", "toon")),
+    Param("steps", int, 500, "Projection steps",
+          "Projection iterations for the first frame of each face (cold start).",
+          minimum=1, maximum=5000),
+    Param("warm_steps", int, 100, "Warm-start steps",
+          "Projection iterations for later frames, started from the previous frame's latent.",
+          minimum=0, maximum=5000),
+    Param("latent_space", str, "w+", "Latent space",
+          "Project into W (one style vector) or W+ (one per layer).", choices=("w", "w+")),
+    Param("pixel_weight", float, 0.1, "Pixel loss weight",
+          "Weight of the mean squared pixel error next to the perceptual (LPIPS) loss.",
+          minimum=0.0, maximum=100.0),
+    Param("feather", float, 0.08, "Feather",
+          "Width of the soft edge of the face mask, as a fraction of the face crop.",
+          minimum=0.0, maximum=0.5),
+    Param("color_match", bool, True, "Colour match",
+          "Match the stylised face's colour statistics to the original face."),
+    Param("smoothing", float, 0.5, "Temporal smoothing",
+          "How strongly face landmarks are smoothed over time (0 = off).", minimum=0.0, maximum=1.0),
+    Param("output_kind", str, "frame", "Output",
+          "'frame': the full frame with toon faces; 'overlay': RGBA, faces only, alpha elsewhere.",
+          choices=("frame", "overlay")),
+    Param("landmarker", str, "dlib", "Face landmarks",
+          "'dlib' works offline out of the box (its 68-point model was trained on iBUG 300-W, "
+          "non-commercial terms); 'face-alignment' (FAN) is more accurate, weights from the model store.",
+          choices=("dlib", "face-alignment")),
+    Param("device", str, "auto", "Device", "auto, cpu, cuda, cuda:N or mps."),
+    Param("batch_size", int, 1, "Batch size", "Faces projected together.", minimum=1, maximum=64),
+    Param("seed", int, 0, "Seed", "Random seed for noise inputs and projection.", minimum=0, maximum=2**31 - 1),
+)
+
+BY_NAME: Dict[str, Param] = {p.name: p for p in PARAMS}
+
+
+def defaults() -> Dict[str, Any]:
+    """Every parameter at its default value."""
+    return {p.name: p.default for p in PARAMS}
+
+
+def validate(values: Mapping[str, Any], *, partial: bool = True) -> Dict[str, Any]:
+    """Check `values` against the schema; return a complete dict with defaults filled in.
+
+    Unknown names raise ParamError. With partial=False every parameter must be given.
+    """
+    out = defaults()
+    for name, value in values.items():
+        param = BY_NAME.get(name)
+        if param is None:
+            raise ParamError(name, "unknown parameter; known: " + ", ".join(BY_NAME))
+        out[name] = param.validate(value)
+    if not partial:
+        missing = [n for n in BY_NAME if n not in values]
+        if missing:
+            raise ParamError(missing[0], "missing")
+    device = out["device"]
+    if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
+        raise ParamError("device", f"must be auto, cpu, cuda, cuda:N or mps; got {device!r}")
+    return out
+
+
+def schema() -> list:
+    """The schema as JSON-serialisable dicts (served at /v1/params)."""
+    return [p.to_json() for p in PARAMS]
