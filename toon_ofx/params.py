@@ -99,6 +99,10 @@ PARAMS: Tuple[Param, ...] = (
     Param("pixel_weight", float, 0.1, "Pixel loss weight",
           "Weight of the mean squared pixel error next to the perceptual (LPIPS) loss.",
           minimum=0.0, maximum=100.0),
+    Param("keyframe_interval", int, 48, "Keyframe interval",
+          "Every this many frames the projection starts cold instead of from the previous frame, "
+          "which bounds drift and lets farm chunks reproduce a whole-clip render exactly (0 = never).",
+          minimum=0, maximum=100000),
     Param("feather", float, 0.08, "Feather",
           "Width of the soft edge of the face mask, as a fraction of the face crop.",
           minimum=0.0, maximum=0.5),

@@ -1,0 +1,206 @@
+"""The `toon-ofx` command line.
+
+Every sub-command turns bad input into one line on stderr and exit code 2;
+no traceback reaches the user.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from . import __version__
+from .errors import Cancelled, UserError
+from .params import PARAMS, validate
+
+
+def _frame_range(text: str):
+    try:
+        first, _, last = text.partition("-")
+        first, last = int(first), int(last if last else first)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a frame range like 10-120, got {text!r}") from None
+    return first, last
+
+
+def add_param_options(parser: argparse.ArgumentParser) -> None:
+    """One --option per schema parameter (defaults stay in the schema, not here)."""
+    group = parser.add_argument_group("effect parameters")
+    for p in PARAMS:
+        flag = "--" + p.name.replace("_", "-")
+        extra: Dict[str, Any] = {"dest": p.name, "default": None, "help": f"{p.help} (default: {p.default})"}
+        if p.type is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **extra)
+        else:
+            group.add_argument(flag, metavar=p.name.upper(), **extra)
+
+
+def params_from_args(args: argparse.Namespace) -> Dict[str, Any]:
+    given = {p.name: getattr(args, p.name) for p in PARAMS if getattr(args, p.name, None) is not None}
+    return validate(given)
+
+
+# -- render ---------------------------------------------------------------
+def add_render_parser(sub) -> None:
+    p = sub.add_parser("render", help="toonify the faces of a clip",
+                       description="Toonify every face in a clip; everything else is left untouched.")
+    p.add_argument("source", type=Path, help="movie file or image sequence")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="movie (.mp4/.mov/.mkv), folder, or pattern like out/shot.%%06d.png")
+    p.add_argument("--frames", type=_frame_range, metavar="A-B", help="inclusive source frame range (0-based)")
+    p.add_argument("--warmup", type=int, default=0, metavar="N",
+                   help="process N extra frames before A without writing them")
+    p.add_argument("--work-dir", type=Path, help="where frames of a movie output are kept until encoded")
+    p.add_argument("--keep-frames", action="store_true", help="keep the frame folder of a movie output")
+    p.add_argument("--16bit", dest="bits", action="store_const", const=16, default=8,
+                   help="write 16-bit PNG frames")
+    p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
+                   help="run frame chunks on a Ray cluster (default: start a local one)")
+    p.add_argument("--chunk-size", type=int, default=None, help="frames per Ray chunk")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    out.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
+    add_param_options(p)
+    p.set_defaults(run=run_render)
+
+
+def progress_printer(args) -> Optional[Callable]:
+    """A progress callback for the CLI: tqdm bar, JSON lines, or nothing."""
+    if args.quiet:
+        return None
+    if args.json:
+        def emit(event):
+            print(json.dumps({"stage": event.stage, "frames_done": event.frames_done,
+                              "frames_total": event.frames_total, "faces": event.faces,
+                              "eta_seconds": event.eta_seconds}), flush=True)
+        return emit
+    from tqdm import tqdm
+
+    bar = {"bar": None}
+
+    def show(event):
+        if event.frames_total and bar["bar"] is None:
+            bar["bar"] = tqdm(total=event.frames_total, initial=event.frames_done, unit="frame",
+                              dynamic_ncols=True, file=sys.stderr)
+        b = bar["bar"]
+        if b is None:
+            print(f"toon-ofx: {event.stage}...", file=sys.stderr)
+            return
+        b.set_postfix_str(f"{event.stage}, faces {event.faces}")
+        b.update(event.frames_done - b.n)
+        if event.stage == "done":
+            b.close()
+    return show
+
+
+def run_render(args) -> int:
+    from .render import RenderRequest, render
+
+    request = RenderRequest(source=args.source, output=args.output, params=params_from_args(args),
+                            frames=args.frames, warmup=args.warmup, work_dir=args.work_dir,
+                            keep_frames=args.keep_frames, bits=args.bits)
+    progress = progress_printer(args)
+    if args.ray:
+        from .ray_backend import render_with_ray
+
+        result = render_with_ray(request, address=None if args.ray == "auto" else args.ray,
+                                 chunk_size=args.chunk_size, progress=progress)
+    else:
+        cancel = threading.Event()
+        result = render(request, progress=progress, cancel=cancel)
+    if not args.quiet and not args.json:
+        print(f"toon-ofx: wrote {result.output} (frames {result.first_frame}-{result.last_frame}, "
+              f"{result.written} rendered, {result.skipped} already done)", file=sys.stderr)
+    return 0
+
+
+# -- blend ----------------------------------------------------------------
+def add_blend_parser(sub) -> None:
+    p = sub.add_parser("blend", help="blend a base and a toon generator into one checkpoint")
+    p.add_argument("base", help="real-face (FFHQ) generator: manifest name or path")
+    p.add_argument("toon", help="fine-tuned toon generator: manifest name or path")
+    p.add_argument("-o", "--output", type=Path, required=True, help="blended rosinality .pt file")
+    p.add_argument("--swap-res", type=int, default=64, help="layers up to this resolution come from the toon model")
+    p.add_argument("--width", type=float, default=0.0, help="smooth blend width in octaves (0 = hard swap)")
+    p.add_argument("--mapping-from", choices=("base", "toon"), default="base",
+                   help="model that supplies the mapping network and latent_avg")
+    p.add_argument("--const-from", choices=("base", "toon"), default="toon",
+                   help="model that supplies the 4x4 constant input")
+    p.set_defaults(run=run_blend)
+
+
+def run_blend(args) -> int:
+    from engine.blend import blend_checkpoints
+    from engine.checkpoints import CheckpointError
+
+    from . import model_store
+
+    if args.output.exists():
+        raise UserError(f"{args.output} exists; choose another name (existing files are never overwritten)",
+                        field="output")
+    try:
+        blend_checkpoints(model_store.resolve(args.base), model_store.resolve(args.toon), args.output,
+                          args.swap_res, width=args.width, mapping_from=args.mapping_from,
+                          const_from=args.const_from)
+    except (CheckpointError, ValueError) as exc:
+        raise UserError(str(exc)) from None
+    print(f"toon-ofx: wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+# -- wiring ---------------------------------------------------------------
+def _optional(module: str, names: List[str]):
+    """Sub-commands from modules that may need extras (PySide6, Ray)."""
+    import importlib
+
+    mod = importlib.import_module(f".{module}", __package__)
+    return [getattr(mod, n) for n in names]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="toon-ofx", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"toon-ofx {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_render_parser(sub)
+    add_blend_parser(sub)
+    for module, adder, runner in (
+        ("model_store", "add_models_parser", "run_models"),
+        ("server", "add_serve_parser", "run_serve"),
+        ("farm", "add_farm_parser", "run_farm"),
+        ("farm", "add_assemble_parser", "run_assemble"),
+        ("panel", "add_panel_parser", "run_panel"),
+        ("dataset", "add_dataset_parser", "run_dataset"),
+        ("train", "add_train_parser", "run_train"),
+    ):
+        try:
+            add, run = _optional(module, [adder, runner])
+        except (ImportError, AttributeError):
+            continue
+        before = set(sub.choices)
+        add(sub)
+        for name in set(sub.choices) - before:
+            sub.choices[name].set_defaults(run=run)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except UserError as exc:
+        print(f"toon-ofx: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except Cancelled as exc:
+        print(f"toon-ofx: {exc}; finished frames are kept, run again to resume", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("toon-ofx: interrupted; finished frames are kept, run again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,285 @@
+"""Render a clip: media in, engine per frame, media out.
+
+Every render writes an image sequence named by SOURCE frame numbers, one
+atomic file per frame; a movie output is encoded from that sequence at the
+end. So a crashed or cancelled render resumes by running the same request
+again (finished frames are skipped), a farm chunk is just a frame range, and
+the local engine process, the CLI and Ray all share this one path.
+"""
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import numpy as np
+
+from . import media, model_store
+from .errors import Cancelled, UserError
+from .params import validate
+
+MOVIE_SUFFIXES = (".mp4", ".mov", ".mkv", ".m4v")
+IMAGE_SUFFIXES = (".png",)
+
+
+@dataclass
+class RenderRequest:
+    source: Path
+    output: Path
+    params: Dict[str, Any] = field(default_factory=dict)
+    frames: Optional[Tuple[int, int]] = None   # inclusive source frame range, 0-based
+    warmup: int = 0                            # extra frames processed before frames[0], not written
+    work_dir: Optional[Path] = None            # frame folder for movie outputs (resume)
+    keep_frames: bool = False
+    bits: int = 8
+
+
+@dataclass
+class ProgressEvent:
+    stage: str            # "loading", "rendering", "encoding", "done"
+    frames_done: int
+    frames_total: int
+    faces: int
+    eta_seconds: Optional[float]
+
+
+@dataclass
+class RenderResult:
+    output: Path
+    kind: str             # "movie" or "sequence"
+    pattern: str          # printf pattern of the frame files (source frame numbers)
+    first_frame: int
+    last_frame: int
+    written: int
+    skipped: int
+    fps: float
+    timings: Dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class OutputPlan:
+    kind: str
+    movie: Optional[Path]
+    pattern: str
+
+
+def plan_output(source: Path, output: Path, overlay: bool, work_dir: Optional[Path] = None) -> OutputPlan:
+    """Decide what `output` means: a movie file, a printf pattern, or a folder for a sequence."""
+    source, output = Path(source), Path(output)
+    if output.resolve() == source.resolve():
+        raise UserError(f"output {output} is the source clip; the source is never written to", field="output")
+    text = str(output)
+    if "%" in output.name:
+        if output.suffix.lower() not in IMAGE_SUFFIXES:
+            raise UserError(f"image sequence pattern {output.name} must end in .png", field="output")
+        return OutputPlan("sequence", None, text)
+    if output.suffix.lower() in MOVIE_SUFFIXES:
+        if overlay and output.suffix.lower() != ".mov":
+            raise UserError("an RGBA overlay needs a .mov (ProRes 4444) or a PNG sequence output; "
+                            f"{output.suffix} cannot carry alpha", field="output")
+        frames = Path(work_dir) if work_dir else output.with_name(f".{output.name}.frames")
+        return OutputPlan("movie", output, str(frames / f"{source.stem}.%06d.png"))
+    if output.suffix:
+        raise UserError(f"unknown output type {output.suffix!r}: use .mp4/.mov/.mkv, a folder, "
+                        "or a pattern like out/shot.%06d.png", field="output")
+    return OutputPlan("sequence", None, str(output / f"{source.stem}_toon.%06d.png"))
+
+
+def resolve_range(frames: Optional[Tuple[int, int]], frame_count: int) -> Tuple[int, int]:
+    """Check an inclusive frame range against the clip; None means the whole clip."""
+    if frame_count <= 0:
+        raise UserError("the clip has no frames", field="source")
+    if frames is None:
+        return 0, frame_count - 1
+    first, last = frames
+    if first < 0 or last < first or last >= frame_count:
+        raise UserError(f"frame range {first}-{last} is outside the clip (frames 0-{frame_count - 1})",
+                        field="frames")
+    return first, last
+
+
+def pick_device(name: str):
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for, but this machine has no CUDA GPU", field="device")
+    return torch.device(name)
+
+
+MODEL_PARAMS = ("model", "base_model", "swap_res", "blend_width", "mapping_from", "landmarker", "device")
+
+
+class Renderer:
+    """Loaded models for one parameter set; render many requests without reloading.
+
+    The local engine process and the Ray workers keep one of these alive.
+    """
+
+    def __init__(self, params: Dict[str, Any]):
+        from engine.blend import blend_generators
+        from engine.checkpoints import CheckpointError, load_generator
+        from engine.landmarks import make_landmarker
+        from engine.lpips import load_lpips
+
+        self.params = validate(params)
+        p = self.params
+        self.device = pick_device(p["device"])
+        t = time.perf_counter()
+        try:
+            base_path = model_store.resolve(p["base_model"])
+            toon_path = model_store.resolve(p["model"])
+            self.base = load_generator(base_path, device=self.device)
+            toon = load_generator(toon_path, device=self.device, expect_size=self.base.size)
+            if p["swap_res"] > self.base.size:
+                raise UserError(f"swap_res {p['swap_res']} is above the model's resolution {self.base.size}",
+                                field="swap_res")
+            if model_store.is_blended(p["model"]):
+                self.blended = toon  # a published pre-blended model: its swap resolution is baked in
+            else:
+                self.blended = blend_generators(self.base, toon, p["swap_res"], width=p["blend_width"],
+                                                mapping_from=p["mapping_from"])
+            self.perceptual = load_lpips(model_store.resolve("vgg16"), model_store.resolve("lpips-vgg"),
+                                         device=self.device)
+            self.landmarker = make_landmarker(p["landmarker"], device=str(self.device),
+                                              weights_dir=model_store.models_dir())
+        except CheckpointError as exc:
+            raise UserError(str(exc), field="model") from None
+        except FileNotFoundError as exc:
+            raise UserError(str(exc)) from None
+        for module in (self.base, self.blended, self.perceptual):
+            module.eval().requires_grad_(False)
+        self.load_seconds = time.perf_counter() - t
+
+    def matches(self, params: Dict[str, Any]) -> bool:
+        """True when `params` need the same loaded models as this renderer."""
+        params = validate(params)
+        return all(params[k] == self.params[k] for k in MODEL_PARAMS)
+
+    def pipeline(self, params: Dict[str, Any]):
+        from engine.pipeline import PipelineConfig, ToonPipeline
+
+        p = validate(params)
+        config = PipelineConfig(steps=p["steps"], warm_steps=p["warm_steps"], latent_space=p["latent_space"],
+                                pixel_weight=p["pixel_weight"], feather=p["feather"],
+                                color_match=p["color_match"], overlay=p["output_kind"] == "overlay",
+                                smoothing=p["smoothing"], keyframe_interval=p["keyframe_interval"],
+                                batch_size=p["batch_size"], seed=p["seed"])
+        return ToonPipeline(self.landmarker, self.base, self.blended, self.perceptual, config)
+
+    def render(self, request: RenderRequest, progress: Optional[Callable[[ProgressEvent], None]] = None,
+               cancel: Optional[threading.Event] = None) -> RenderResult:
+        """Render `request`; frames already on disk are kept and skipped."""
+        params = validate(request.params)
+        info = media.probe(request.source)
+        first, last = resolve_range(request.frames, info.frame_count)
+        overlay = params["output_kind"] == "overlay"
+        plan = plan_output(request.source, request.output, overlay, request.work_dir)
+        Path(plan.pattern).parent.mkdir(parents=True, exist_ok=True)
+        todo = [i for i in range(first, last + 1) if not Path(plan.pattern % i).exists()]
+        total = last - first + 1
+        skipped = total - len(todo)
+        report = _Reporter(progress, total, skipped)
+        timings: Dict[str, float] = {}
+
+        if todo:
+            pipeline = self.pipeline(params)
+            start = max(0, min(pipeline.warmup_start(todo[0]), todo[0] - request.warmup))
+            pending = set(todo)
+            t_read = time.perf_counter()
+            for index, frame in media.read_frames(info, start, todo[-1]):
+                _add(timings, "decode", time.perf_counter() - t_read)
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled(f"cancelled after {report.done} of {total} frames")
+                result = pipeline.process(frame, index, stylise=pipeline.needs_projection(index, todo[0]))
+                for stage, seconds in result.timings.items():
+                    _add(timings, stage, seconds)
+                if index in pending:
+                    t = time.perf_counter()
+                    media.write_frame(Path(plan.pattern % index), result.image, bits=request.bits)
+                    _add(timings, "write", time.perf_counter() - t)
+                    report.frame(result.faces)
+                t_read = time.perf_counter()
+
+        if plan.kind == "movie":
+            report.stage("encoding")
+            t = time.perf_counter()
+            media.encode_movie(plan.pattern, plan.movie, info, first_frame=first, last_frame=last,
+                               audio_from=request.source, alpha=overlay)
+            timings["encode"] = time.perf_counter() - t
+            if not request.keep_frames:
+                shutil.rmtree(Path(plan.pattern).parent, ignore_errors=True)
+        report.stage("done")
+        return RenderResult(output=plan.movie or Path(plan.pattern).parent, kind=plan.kind, pattern=plan.pattern,
+                            first_frame=first, last_frame=last, written=len(todo), skipped=skipped,
+                            fps=float(info.fps), timings=timings)
+
+    def preview(self, source: Path, frame: int, params: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray, int]:
+        """One frame, cold-started: (original RGB, stylised RGB or RGBA, faces found)."""
+        info = media.probe(source)
+        index, _ = resolve_range((frame, frame), info.frame_count)
+        original = next(iter(media.read_frames(info, index, index)))[1]
+        result = self.pipeline(params).process(original, index)
+        return original, result.image, result.faces
+
+
+def _add(timings: Dict[str, float], stage: str, seconds: float) -> None:
+    timings[stage] = timings.get(stage, 0.0) + seconds
+
+
+class _Reporter:
+    """Turns frame completions into ProgressEvents with an ETA."""
+
+    def __init__(self, callback, total: int, skipped: int):
+        self.callback, self.total, self.done, self.faces = callback, total, skipped, 0
+        self._start, self._fresh = time.monotonic(), 0
+        self.stage("rendering")
+
+    def frame(self, faces: int) -> None:
+        self.done += 1
+        self._fresh += 1
+        self.faces += faces
+        rate = self._fresh / max(time.monotonic() - self._start, 1e-9)
+        self._emit("rendering", (self.total - self.done) / rate)
+
+    def stage(self, name: str) -> None:
+        self._emit(name, 0.0 if name == "done" else None)
+
+    def _emit(self, stage: str, eta: Optional[float]) -> None:
+        if self.callback is not None:
+            self.callback(ProgressEvent(stage, self.done, self.total, self.faces, eta))
+
+
+_CACHE: Dict[str, Renderer] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def get_renderer(params: Dict[str, Any]) -> Renderer:
+    """The process-wide Renderer for these parameters (one loaded model set is kept)."""
+    with _CACHE_LOCK:
+        current = _CACHE.get("current")
+        if current is None or not current.matches(params):
+            _CACHE.clear()
+            _CACHE["current"] = Renderer(params)
+        return _CACHE["current"]
+
+
+def render(request: RenderRequest, progress: Optional[Callable[[ProgressEvent], None]] = None,
+           cancel: Optional[threading.Event] = None) -> RenderResult:
+    """Render `request` with the process-wide renderer (models loaded once per process)."""
+    if progress is not None:
+        progress(ProgressEvent("loading", 0, 0, 0, None))
+    return get_renderer(request.params).render(request, progress, cancel)
+
+
+def preview(source: Path, frame: int, params: Dict[str, Any]):
+    """One stylised frame for a side-by-side preview: (original, stylised, faces)."""
+    return get_renderer(params).preview(Path(source), frame, params)
