@@ -1,0 +1,346 @@
+"""Model store: manifest, lookup, downloads (local server only), CLI glue."""
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import http.server
+import re
+import threading
+from pathlib import Path
+
+import pytest
+
+from toon_ofx import model_store as ms
+from toon_ofx.errors import UserError
+
+PAYLOAD = b"toon-ofx test weights\n" * 500
+SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+# ----------------------------------------------------------------------------- the real manifest
+
+def test_manifest_parses_and_entries_are_complete():
+    m = ms.load_manifest()
+    assert len(m["models"]) >= 8
+    for name, e in m["models"].items():
+        for key in ms.REQUIRED:
+            assert key in e, f"{name} lacks {key}"
+        assert e["format"] in ms.FORMATS, name
+        assert e["kind"] in ms.KINDS, name
+        assert e["title"] and e["file"] and e["licence"] and e["notes"], name
+        assert isinstance(e["urls"], list) and (e["urls"] or e["page"]), f"{name}: no way to get it"
+        for url in e["urls"]:
+            assert url.startswith("https://"), (name, url)
+        assert e["sha256"] == "" or re.fullmatch(r"[0-9a-f]{64}", e["sha256"]), name
+        if e["sha256"] and e["sha256_prefix"]:
+            assert e["sha256"].startswith(e["sha256_prefix"]), name
+        if e["sha256_prefix"]:  # torch.hub convention: the prefix is in the upstream file name
+            assert f"-{e['sha256_prefix']}" in e["file"], name
+        if e["kind"] in ("base", "toon", "blended"):
+            assert e["resolution"] in (256, 512, 1024), name
+            assert e["format"] in ("rosinality-pt", "nvidia-pkl", "nvidia-tf-pkl"), name
+            assert "Nvidia Source Code License-NC" in e["licence"], name
+        if e["format"] == "nvidia-tf-pkl":
+            assert e.get("download_file") and e.get("convert"), name
+        if e["kind"] == "blended":
+            assert e.get("swap_res"), name
+    for group, members in m["groups"].items():
+        assert members and all(x in m["models"] for x in members), group
+
+
+def test_manifest_names_used_elsewhere_exist():
+    m = ms.load_manifest()
+    # params defaults, render.py and engine.landmarks' pull hint
+    for name in ("toonify", "ffhq-1024", "ffhq-512", "vgg16", "lpips-vgg", "s3fd", "fan-2d"):
+        assert name in m["models"]
+    assert set(m["groups"]["face-alignment"]) == {"s3fd", "fan-2d"}
+    assert ms.is_blended("toonify", m) and not ms.is_blended("ffhq-1024", m)
+    assert not ms.is_blended("/some/file.pt", m)
+    assert m["models"]["vgg16"]["sha256"].startswith("397923af")
+
+
+# ----------------------------------------------------------------------------- isolated store
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """An isolated store: temp manifest, models folder, cache and torch hub."""
+    for var, sub in (("TOON_OFX_MODELS", "models"), ("TOON_OFX_CACHE_DIR", "cache"), ("TORCH_HOME", "torch")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "good.bin").write_bytes(PAYLOAD)
+    (served / "page.html").write_text("<html><body>sign in</body></html>")
+    handler = functools.partial(_QuietHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    manifest = tmp_path / "manifest.toml"
+    manifest.write_text(f'''
+[groups]
+pair = ["good", "prefix"]
+
+[models.good]
+title = "good"
+kind = "base"
+file = "good.pt"
+format = "rosinality-pt"
+resolution = 256
+urls = ["{base}/good.bin"]
+sha256 = "{SHA}"
+size = {len(PAYLOAD)}
+licence = "test"
+notes = "served locally"
+
+[models.prefix]
+title = "prefix check only"
+kind = "perceptual"
+file = "prefix-{SHA[:8]}.pth"
+format = "torchvision"
+urls = ["{base}/good.bin"]
+sha256 = ""
+sha256_prefix = "{SHA[:8]}"
+licence = "test"
+notes = ""
+
+[models.bad]
+title = "wrong checksum"
+kind = "base"
+file = "bad.pt"
+format = "rosinality-pt"
+resolution = 256
+urls = ["{base}/good.bin"]
+sha256 = "{'0' * 64}"
+licence = "test"
+notes = ""
+
+[models.offline]
+title = "unreachable"
+kind = "base"
+file = "offline.pt"
+format = "rosinality-pt"
+resolution = 256
+urls = ["http://127.0.0.1:9/offline.pt"]
+sha256 = ""
+licence = "test"
+notes = ""
+
+[models.fallback]
+title = "first mirror down"
+kind = "base"
+file = "fallback.pt"
+format = "rosinality-pt"
+resolution = 256
+urls = ["http://127.0.0.1:9/fallback.pt", "{base}/good.bin"]
+sha256 = "{SHA}"
+licence = "test"
+notes = ""
+
+[models.local]
+title = "file url"
+kind = "toon"
+file = "local.pt"
+format = "rosinality-pt"
+resolution = 256
+urls = ["{(served / 'good.bin').as_uri()}"]
+sha256 = "{SHA}"
+licence = "test"
+notes = ""
+
+[models.webpage]
+title = "html instead of weights"
+kind = "base"
+file = "webpage.pt"
+format = "rosinality-pt"
+resolution = 256
+urls = ["{base}/page.html"]
+page = "https://example.invalid/page"
+sha256 = ""
+licence = "test"
+notes = ""
+
+[models.manual]
+title = "manual only"
+kind = "blended"
+file = "manual.pt"
+format = "rosinality-pt"
+resolution = 256
+swap_res = 32
+urls = []
+page = "https://example.invalid/manual"
+sha256 = ""
+licence = "test"
+notes = ""
+
+[models.tf]
+title = "needs conversion"
+kind = "blended"
+file = "tf.pt"
+download_file = "tf.pkl"
+convert = "convert_weight.py tf.pkl"
+format = "nvidia-tf-pkl"
+resolution = 256
+swap_res = 64
+urls = ["{base}/good.bin"]
+sha256 = "{SHA}"
+licence = "test"
+notes = ""
+
+[models.packaged]
+title = "shipped in a package"
+kind = "perceptual"
+file = "packaged.pth"
+package_file = "toon_ofx:errors.py"
+format = "lpips"
+urls = ["{base}/good.bin"]
+sha256 = ""
+licence = "test"
+notes = ""
+''')
+    monkeypatch.setenv("TOON_OFX_MANIFEST", str(manifest))
+    yield tmp_path
+    server.shutdown()
+    server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def _no_temp_files(folder: Path):
+    return [p.name for p in folder.iterdir() if p.name.startswith(".") or "partial" in p.name] if folder.exists() else []
+
+
+def test_dirs(store):
+    assert ms.models_dir() == store / "models"
+    assert ms.search_dirs() == [store / "models", store / "cache" / "models", store / "torch" / "hub" / "checkpoints"]
+
+
+def test_resolve_path_and_names(store):
+    ckpt = store / "elsewhere" / "mine.pt"
+    ckpt.parent.mkdir()
+    ckpt.write_bytes(b"x")
+    assert ms.resolve(ckpt) == ckpt
+    assert ms.resolve(str(ckpt)) == ckpt
+    (store / "models").mkdir()
+    (store / "models" / "good.pt").write_bytes(PAYLOAD)
+    assert ms.resolve("good") == store / "models" / "good.pt"
+    # also found in the cache folder and the torch hub cache
+    hub = store / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / f"prefix-{SHA[:8]}.pth").write_bytes(PAYLOAD)
+    assert ms.resolve("prefix") == hub / f"prefix-{SHA[:8]}.pth"
+    assert ms.resolve("packaged").name == "errors.py"  # copy inside an installed package
+
+
+def test_resolve_missing_says_what_to_do(store):
+    with pytest.raises(UserError) as err:
+        ms.resolve("good")
+    msg = err.value.message
+    assert "good.pt" in msg and str(store / "models") in msg
+    assert "toon-ofx models pull good" in msg and "/good.bin" in msg
+    assert err.value.field == "model"
+    with pytest.raises(UserError, match="https://example.invalid/manual"):
+        ms.resolve("manual")
+    with pytest.raises(UserError, match="convert"):
+        ms.resolve("tf")
+    (store / "models").mkdir()
+    (store / "models" / "tf.pkl").write_bytes(b"tf pickle")
+    with pytest.raises(UserError, match="must be converted"):
+        ms.resolve("tf")
+
+
+def test_resolve_unknown_lists_names(store):
+    with pytest.raises(UserError) as err:
+        ms.resolve("nonesuch")
+    assert "good" in err.value.message and "offline" in err.value.message and "pair" in err.value.message
+    with pytest.raises(UserError, match="does not exist"):
+        ms.resolve(str(store / "missing.pt"))
+    with pytest.raises(UserError, match="does not exist"):
+        ms.resolve("missing.pkl")
+    with pytest.raises(UserError, match="group"):
+        ms.resolve("pair")
+
+
+def test_pull_verifies_and_installs(store):
+    path = ms.pull("good", progress=False)
+    assert path == store / "models" / "good.pt"
+    assert path.read_bytes() == PAYLOAD
+    assert ms.resolve("good") == path
+    assert _no_temp_files(store / "models") == []
+    mtime = path.stat().st_mtime_ns
+    assert ms.pull("good", progress=False) == path and path.stat().st_mtime_ns == mtime  # not again
+    assert ms.pull("prefix", progress=True).read_bytes() == PAYLOAD  # prefix check, with a progress bar
+    assert ms.pull("local", progress=False).read_bytes() == PAYLOAD  # file:// URL
+    assert ms.pull("fallback", progress=False).read_bytes() == PAYLOAD  # second mirror
+    assert ms.pull("tf", progress=False).name == "tf.pkl"  # the pickle to convert
+
+
+def test_pull_group(store):
+    ms.pull("pair", progress=False)
+    rows = {r["name"]: r for r in ms.list_models()}
+    assert rows["good"]["installed"] and rows["prefix"]["installed"]
+    assert not rows["bad"]["installed"] and rows["bad"]["path"] is None
+
+
+def test_pull_checksum_mismatch_leaves_nothing(store):
+    with pytest.raises(UserError) as err:
+        ms.pull("bad", progress=False)
+    msg = err.value.message
+    assert "checksum mismatch" in msg and "bad.pt" in msg and SHA in msg
+    assert not (store / "models" / "bad.pt").exists()
+    assert _no_temp_files(store / "models") == []
+
+
+def test_pull_offline_is_clear(store):
+    with pytest.raises(UserError) as err:
+        ms.pull("offline", progress=False)
+    msg = err.value.message
+    assert "offline.pt" in msg and str(store / "models") in msg and "offline" in msg
+    assert "http://127.0.0.1:9/offline.pt" in msg
+    assert _no_temp_files(store / "models") == []
+
+
+def test_pull_refuses_web_page_and_manual(store):
+    with pytest.raises(UserError, match="web page"):
+        ms.pull("webpage", progress=False)
+    assert not (store / "models" / "webpage.pt").exists()
+    with pytest.raises(UserError, match="cannot be downloaded automatically"):
+        ms.pull("manual", progress=False)
+    with pytest.raises(UserError, match="unknown model"):
+        ms.pull("nonesuch", progress=False)
+
+
+def test_pull_falls_back_to_cache_when_models_folder_read_only(store, monkeypatch):
+    ro = store / "readonly"
+    ro.mkdir()
+    monkeypatch.setenv("TOON_OFX_MODELS", str(ro))
+    monkeypatch.setattr(ms.os, "access", lambda p, mode: Path(p) != ro)
+    path = ms.pull("good", progress=False)
+    assert path == store / "cache" / "models" / "good.pt"
+
+
+def test_cli(store, capsys):
+    parser = argparse.ArgumentParser(prog="toon-ofx")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ms.add_models_parser(sub)
+
+    def run(*argv):
+        args = parser.parse_args(list(argv))
+        return args.run(args)
+
+    assert run("models", "list") == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^good\s+missing", out, re.M) and re.search(r"^tf\s+missing \(convert\)", out, re.M)
+    assert run("models", "pull", "good", "--no-progress") == 0
+    assert capsys.readouterr().out.strip() == str(store / "models" / "good.pt")
+    assert run("models", "path", "good") == 0
+    assert capsys.readouterr().out.strip() == str(store / "models" / "good.pt")
+    assert run("models", "list", "--json") == 0
+    assert '"installed": true' in capsys.readouterr().out
+    with pytest.raises(UserError):
+        run("models", "path", "offline")
+    assert run("models", "dir") == 0
+    assert str(store / "models") in capsys.readouterr().out

@@ -1,0 +1,469 @@
+"""Model store: known checkpoints by name, where they live, and how to get them.
+
+The manifest (``models/manifest.toml``; ``TOON_OFX_MANIFEST`` overrides)
+lists every checkpoint the product knows. Files are looked up, in order, in
+
+1. ``TOON_OFX_MODELS`` (a local or shared folder, e.g. a studio share),
+2. the per-user cache folder (``<user_cache_dir>/models``, where `pull` writes),
+3. torch's hub cache (``$TORCH_HOME/hub/checkpoints``; files torchvision or
+   face-alignment downloaded before), read only,
+4. a copy shipped inside an installed package (``package_file``).
+
+Nothing is downloaded implicitly: `resolve` answers with a path or with one
+clear `UserError` that names the file, the folder to put it in, the URL and
+the ``toon-ofx models pull NAME`` command. `pull` downloads with urllib to a
+temp file next to the target, shows a tqdm bar, checks the SHA-256 (or the
+hash prefix in the upstream file name) and renames the file into place.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import socket
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional
+
+from . import dirs
+from .errors import UserError
+
+ENV_MODELS = "TOON_OFX_MODELS"
+ENV_MANIFEST = "TOON_OFX_MANIFEST"
+FORMATS = ("rosinality-pt", "nvidia-pkl", "nvidia-tf-pkl", "torchvision", "lpips", "face-alignment")
+KINDS = ("base", "toon", "blended", "perceptual", "landmarks")
+REQUIRED = ("title", "kind", "file", "format", "urls", "sha256", "licence", "notes")
+_MODEL_SUFFIXES = (".pt", ".pth", ".pkl", ".tar", ".ckpt", ".bin", ".safetensors")
+_CHUNK = 1 << 20
+_TIMEOUT = 30
+
+__all__ = [
+    "ENV_MODELS", "ENV_MANIFEST", "load_manifest", "manifest_path", "models_dir", "search_dirs", "resolve",
+    "find", "pull", "list_models", "is_blended", "entry", "sha256_of", "add_models_parser", "run_models",
+]
+
+
+# ============================================================================ manifest
+
+def manifest_path() -> Path:
+    """Where the manifest is read from (``TOON_OFX_MANIFEST`` or the repo's models/manifest.toml)."""
+    env = os.environ.get(ENV_MANIFEST)
+    if env:
+        return Path(env).expanduser()
+    for cand in (Path(__file__).resolve().parents[1] / "models" / "manifest.toml",
+                 Path(__file__).resolve().parent / "models" / "manifest.toml",
+                 Path(sys.prefix) / "share" / "toon-ofx" / "manifest.toml"):
+        if cand.is_file():
+            return cand
+    return Path(__file__).resolve().parents[1] / "models" / "manifest.toml"
+
+
+def load_manifest(path: Optional[os.PathLike] = None) -> Dict[str, Any]:
+    """Parse the manifest: ``{"models": {name: entry}, "groups": {name: [names]}}``.
+
+    Each entry gets its own ``name``; optional fields get defaults.
+    """
+    try:
+        import tomllib  # Python 3.11+
+    except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            raise UserError("reading the model manifest needs Python 3.11+ or the 'tomli' package") from None
+    p = Path(path) if path is not None else manifest_path()
+    try:
+        with open(p, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise UserError(f"model manifest {p} is missing (set {ENV_MANIFEST} to its path)") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"model manifest {p} is not valid TOML: {exc}") from None
+    models = {}
+    for name, raw in (data.get("models") or {}).items():
+        e = dict(raw)
+        e["name"] = name
+        e.setdefault("urls", [])
+        e.setdefault("sha256", "")
+        e.setdefault("sha256_prefix", "")
+        e.setdefault("size", 0)
+        e.setdefault("also_found_as", [])
+        e.setdefault("page", "")
+        e.setdefault("notes", "")
+        models[name] = e
+    groups = {k: list(v) for k, v in (data.get("groups") or {}).items()}
+    return {"models": models, "groups": groups, "path": p}
+
+
+def entry(name: str, manifest: Optional[dict] = None) -> dict:
+    """The manifest entry for `name`; UserError listing known names if unknown."""
+    m = manifest or load_manifest()
+    if name in m["models"]:
+        return m["models"][name]
+    raise UserError(_unknown(name, m), field="model")
+
+
+def _unknown(name: str, m: dict) -> str:
+    known = ", ".join(sorted(m["models"]))
+    groups = ", ".join(sorted(m["groups"]))
+    return (f"unknown model {name!r}: known models are {known}" + (f" (groups: {groups})" if groups else "")
+            + "; or give the path of a checkpoint file")
+
+
+def is_blended(name_or_path: str, manifest: Optional[dict] = None) -> bool:
+    """True for a manifest model published pre-blended (its swap resolution is baked in)."""
+    m = manifest or load_manifest()
+    e = m["models"].get(str(name_or_path))
+    return bool(e and e.get("kind") == "blended")
+
+
+# ============================================================================ folders
+
+def _cache_models_dir() -> Path:
+    return Path(dirs.user_cache_dir()) / "models"
+
+
+def _torch_hub_checkpoints() -> Path:
+    home = os.environ.get("TORCH_HOME")
+    if not home:
+        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        home = os.path.join(xdg, "torch")
+    return Path(home).expanduser() / "hub" / "checkpoints"
+
+
+def models_dir() -> Path:
+    """The folder models are put in: ``TOON_OFX_MODELS`` when set, else ``<user cache>/models``."""
+    env = os.environ.get(ENV_MODELS, "").strip()
+    return Path(env).expanduser() if env else _cache_models_dir()
+
+
+def search_dirs() -> List[Path]:
+    """Folders searched for model files, in order."""
+    out: List[Path] = []
+    env = os.environ.get(ENV_MODELS, "").strip()
+    if env:
+        out.append(Path(env).expanduser())
+    out.append(_cache_models_dir())
+    out.append(_torch_hub_checkpoints())
+    seen, unique = set(), []
+    for d in out:
+        key = os.path.normcase(os.path.abspath(d))
+        if key not in seen:
+            seen.add(key)
+            unique.append(d)
+    return unique
+
+
+def _pull_dir() -> Path:
+    """Where `pull` writes: ``TOON_OFX_MODELS`` if writable (or creatable), else the cache."""
+    env = os.environ.get(ENV_MODELS, "").strip()
+    if env:
+        d = Path(env).expanduser()
+        probe = d if d.exists() else d.parent
+        if os.access(probe, os.W_OK):
+            return d
+    return _cache_models_dir()
+
+
+# ============================================================================ lookup
+
+def _package_copy(spec: str) -> Optional[Path]:
+    if not spec or ":" not in spec:
+        return None
+    package, rel = spec.split(":", 1)
+    try:
+        found = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if found is None or not found.submodule_search_locations:
+        return None
+    for base in found.submodule_search_locations:
+        cand = Path(base) / rel
+        if cand.is_file():
+            return cand
+    return None
+
+
+def find(name: str, manifest: Optional[dict] = None) -> Optional[Path]:
+    """Path of an installed model file, or None (no errors, no downloads)."""
+    e = entry(name, manifest)
+    names = [e["file"]] + list(e.get("also_found_as", []))
+    for folder in search_dirs():
+        for fname in names:
+            cand = folder / fname
+            if cand.is_file() and cand.stat().st_size > 0:
+                return cand
+    return _package_copy(e.get("package_file", ""))
+
+
+def _looks_like_path(text: str) -> bool:
+    return (os.sep in text or (os.altsep and os.altsep in text) or text.startswith(("~", "."))
+            or text.lower().endswith(_MODEL_SUFFIXES))
+
+
+def resolve(name_or_path: os.PathLike | str, manifest: Optional[dict] = None) -> Path:
+    """A checkpoint path from a path or a manifest name; UserError says how to get a missing one."""
+    text = os.fspath(name_or_path)
+    p = Path(text).expanduser()
+    if p.is_file():
+        return p
+    m = manifest or load_manifest()
+    if text not in m["models"]:
+        if p.is_dir():
+            raise UserError(f"{p} is a folder, not a checkpoint file", field="model")
+        if _looks_like_path(text):
+            raise UserError(f"model file {p} does not exist", field="model")
+        if text in m["groups"]:
+            raise UserError(f"{text!r} is a group of models ({', '.join(m['groups'][text])}): name one of them",
+                            field="model")
+        raise UserError(_unknown(text, m), field="model")
+    e = m["models"][text]
+    found = find(text, m)
+    if found is not None:
+        return found
+    folder = models_dir()
+    if e.get("download_file"):
+        for d in search_dirs():
+            raw = d / e["download_file"]
+            if raw.is_file():
+                raise UserError(f"model {text!r}: found {raw}, a TensorFlow pickle that must be converted once: "
+                                f"{e.get('convert', 'see models/README.md')}; put the result {e['file']} in "
+                                f"{folder}", field="model")
+    source = e["urls"][0] if e["urls"] else e.get("page", "")
+    if e.get("download_file"):
+        steps = (f"Run `toon-ofx models pull {text}` (or download {e['download_file']} from {source}), convert it "
+                 f"once with {e.get('convert') or 'the converter in models/README.md'}, and put {e['file']} "
+                 f"in {folder}")
+    elif e["urls"]:
+        steps = f"Run `toon-ofx models pull {text}`, or download {source} and put {e['file']} in {folder}"
+    else:
+        steps = f"Download it from {source} and put {e['file']} in {folder}"
+    raise UserError(f"model {text!r} is not installed: {e['file']} is missing. {steps} "
+                    f"({ENV_MODELS} names another folder).", field="model")
+
+
+# ============================================================================ download
+
+def sha256_of(path: os.PathLike) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _hash_ok(e: dict, digest: str) -> bool:
+    if e.get("sha256"):
+        return digest == e["sha256"].lower()
+    if e.get("sha256_prefix"):
+        return digest.startswith(e["sha256_prefix"].lower())
+    return True
+
+
+def _expected(e: dict) -> str:
+    return e.get("sha256") or (e.get("sha256_prefix", "") + "..." if e.get("sha256_prefix") else "")
+
+
+def _expand(names: Iterable[str], m: dict) -> List[str]:
+    out: List[str] = []
+    for n in names:
+        if n in m["groups"]:
+            out.extend(x for x in m["groups"][n] if x not in out)
+        elif n in m["models"]:
+            if n not in out:
+                out.append(n)
+        else:
+            raise UserError(_unknown(n, m), field="model")
+    return out
+
+
+def pull(name: str, progress: bool = True, force: bool = False, manifest: Optional[dict] = None,
+         dest: Optional[os.PathLike] = None) -> Path:
+    """Download model `name` (or each model of a group) into the models folder; returns its path.
+
+    Verifies the SHA-256 when the manifest has one; on a mismatch or a
+    network failure nothing is left behind and a UserError says what to do.
+    Already-installed files that verify are not downloaded again.
+    """
+    m = manifest or load_manifest()
+    names = _expand([name], m)
+    result = None
+    for n in names:
+        result = _pull_one(m["models"][n], progress, force, m, dest)
+    assert result is not None
+    return result
+
+
+def _pull_one(e: dict, progress: bool, force: bool, m: dict, dest) -> Path:
+    folder = Path(dest) if dest is not None else _pull_dir()
+    fname = e.get("download_file") or e["file"]
+    target = folder / fname
+    if not e["urls"]:
+        raise UserError(f"{e['name']} cannot be downloaded automatically: get {fname} from {e.get('page')} and "
+                        f"put it in {folder}", field="model")
+    if not force:
+        existing = find(e["name"], m) if not e.get("download_file") else (target if target.is_file() else None)
+        if existing is not None and (not (e.get("sha256") or e.get("sha256_prefix"))
+                                     or _hash_ok(e, sha256_of(existing))):
+            return existing
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the models folder {folder}: {exc.strerror or exc}") from None
+    errors = []
+    for url in e["urls"]:
+        try:
+            return _download(url, target, e, progress)
+        except _DownloadFailed as exc:
+            errors.append(f"{url}: {exc}")
+            if exc.final:
+                raise UserError(str(exc), field="model") from None
+    offline = all("unreachable" in x or "timed out" in x for x in errors)
+    reason = "; ".join(errors)
+    hint = (f"It looks like this machine is offline. " if offline else "") + (
+        f"Download {fname} from {e['urls'][0]} on a machine with internet access and copy it to {folder}"
+        f" (or into a folder named by {ENV_MODELS}).")
+    raise UserError(f"could not download {fname} for model {e['name']!r} ({reason}). {hint}", field="model")
+
+
+class _DownloadFailed(Exception):
+    def __init__(self, message: str, final: bool = False):
+        super().__init__(message)
+        self.final = final
+
+
+def _download(url: str, target: Path, e: dict, progress: bool) -> Path:
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    req = urllib.request.Request(url, headers={"User-Agent": "toon-ofx model store"})
+    try:
+        resp = urllib.request.urlopen(req, timeout=_TIMEOUT)
+    except urllib.error.HTTPError as exc:
+        raise _DownloadFailed(f"HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            raise _DownloadFailed("timed out (host unreachable?)") from None
+        raise _DownloadFailed(f"unreachable ({reason})") from None
+    digest = hashlib.sha256()
+    received = 0
+    bar = None
+    try:
+        with resp:
+            ctype = (resp.headers.get("Content-Type") or "").lower()
+            if ctype.startswith("text/html"):
+                raise _DownloadFailed(f"the server answered with a web page instead of {target.name} (a download "
+                                      f"quota or a sign-in page?): download it in a browser from "
+                                      f"{e.get('page') or url} and put it in {target.parent}", final=True)
+            total = int(resp.headers.get("Content-Length") or 0) or int(e.get("size") or 0) or None
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=target.name,
+                           file=sys.stderr, leave=False)
+            with open(tmp, "wb") as fh:
+                while True:
+                    try:
+                        chunk = resp.read(_CHUNK)
+                    except (OSError, socket.timeout) as exc:
+                        raise _DownloadFailed(f"connection lost after {received} bytes ({exc})") from None
+                    if not chunk:
+                        break
+                    fh.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    if bar is not None:
+                        bar.update(len(chunk))
+                fh.flush()
+                os.fsync(fh.fileno())
+        expected_size = int(e.get("size") or 0)
+        if expected_size and received != expected_size:
+            raise _DownloadFailed(f"received {received} bytes, expected {expected_size}; the download was deleted")
+        got = digest.hexdigest()
+        if not _hash_ok(e, got):
+            raise _DownloadFailed(f"checksum mismatch for {target.name} from {url}: expected sha256 {_expected(e)}, "
+                                  f"got {got}; the download was deleted", final=True)
+        os.replace(tmp, target)
+        return target
+    finally:
+        if bar is not None:
+            bar.close()
+        if tmp.exists():
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+
+# ============================================================================ listing
+
+def list_models(manifest: Optional[dict] = None) -> List[dict]:
+    """One row per manifest model: name, title, kind, format, resolution, file, installed, path, licence."""
+    m = manifest or load_manifest()
+    rows = []
+    for name, e in m["models"].items():
+        path = find(name, m)
+        rows.append({
+            "name": name, "title": e.get("title", ""), "kind": e.get("kind", ""), "format": e.get("format", ""),
+            "resolution": e.get("resolution"), "file": e["file"], "installed": path is not None,
+            "path": str(path) if path else None, "licence": e.get("licence", ""),
+            "needs_conversion": bool(e.get("download_file")),
+        })
+    return rows
+
+
+# ============================================================================ CLI glue
+
+def add_models_parser(subparsers) -> None:
+    """Register ``toon-ofx models list|pull NAME...|path NAME``."""
+    p = subparsers.add_parser("models", help="list, download and locate model checkpoints",
+                              description="Known checkpoints (models/manifest.toml) and where they are.")
+    sub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    pl = sub.add_parser("list", help="show known models and whether they are installed")
+    pl.add_argument("--json", action="store_true", help="machine-readable output")
+    pp = sub.add_parser("pull", help="download models (a name or a group such as face-alignment)")
+    pp.add_argument("names", nargs="+", metavar="NAME")
+    pp.add_argument("--force", action="store_true", help="download again even if present")
+    pp.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pa = sub.add_parser("path", help="print the file a model name resolves to")
+    pa.add_argument("name", metavar="NAME")
+    sub.add_parser("dir", help="print the folders searched for models")
+    p.set_defaults(run=run_models)
+
+
+def run_models(args) -> int:
+    """Run a ``toon-ofx models`` action; returns the exit code (UserError propagates)."""
+    action = args.models_command
+    if action == "list":
+        rows = list_models()
+        if getattr(args, "json", False):
+            import json
+
+            print(json.dumps(rows, indent=2))
+            return 0
+        width = max(len(r["name"]) for r in rows) if rows else 4
+        for r in rows:
+            state = "installed" if r["installed"] else ("missing (convert)" if r["needs_conversion"] else "missing")
+            res = f"{r['resolution']}px" if r["resolution"] else "-"
+            print(f"{r['name']:<{width}}  {state:<17}  {r['kind']:<10}  {res:>6}  {r['title']}")
+        print(f"\nmodels folder: {models_dir()}", file=sys.stderr)
+        return 0
+    if action == "pull":
+        m = load_manifest()
+        for name in _expand(args.names, m):
+            path = pull(name, progress=not args.no_progress, force=args.force, manifest=m)
+            e = m["models"][name]
+            print(path)
+            if e.get("download_file"):
+                print(f"toon-ofx: {name} needs one conversion: {e.get('convert')}; then put {e['file']} in "
+                      f"{models_dir()}", file=sys.stderr)
+        return 0
+    if action == "path":
+        print(resolve(args.name))
+        return 0
+    if action == "dir":
+        for d in search_dirs():
+            print(d)
+        return 0
+    raise UserError(f"unknown models action {action!r}")
