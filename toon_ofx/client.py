@@ -1,0 +1,349 @@
+"""Talk to the local toon-ofx engine process over HTTP+JSON.
+
+Standard library only (urllib, json), Python 3.9+: this runs inside DaVinci Resolve's and
+Blender's own Python, which have no numpy or torch. It imports nothing from toon_ofx except
+the stdlib-only `dirs` module, and works when copied alone next to an add-on's code (then an
+inline copy of the folder lookup is used).
+
+    from toon_ofx.client import EngineClient
+    engine = EngineClient.connect(python="/path/to/python-with-toon-ofx")   # starts it if needed
+    job = engine.submit("/media/shot.mp4", frames=(0, 47), params={"swap_res": 32},
+                        output_folder="/renders/shot")
+    job = engine.wait(job["id"], callback=lambda j: print(j["progress"]))
+    print(job["result"]["pattern"])   # /renders/shot/shot_toon.%06d.png, numbered by source frame
+
+The server writes `<user_config_dir>/server.json` ({"url", "pid", "version"}) and keeps its
+access token in `<user_config_dir>/token`; `EngineClient()` reads both.
+"""
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+
+try:  # inside the toon_ofx package
+    from . import dirs as _dirs
+except ImportError:  # vendored as a single file: see _fallback_dir below
+    _dirs = None
+
+__all__ = ["EngineClient", "EngineError", "EngineUnavailable", "config_dir", "data_dir", "TERMINAL_STATES"]
+
+APPNAME = "toon-ofx"
+TOKEN_FILE = "token"
+INFO_FILE = "server.json"
+TERMINAL_STATES = ("done", "failed", "cancelled")
+EXIT_ALREADY_RUNNING = 3
+
+
+class EngineError(Exception):
+    """The engine answered with an error (`status` is the HTTP status, `field` the bad request field)."""
+
+    def __init__(self, message: str, status: Optional[int] = None, field: Optional[str] = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.field = field
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class EngineUnavailable(EngineError):
+    """No engine could be reached or started."""
+
+
+# --------------------------------------------------------------------------- folders
+
+def _fallback_dir(kind: str) -> str:
+    """Same answers as toon_ofx.dirs (platformdirs, appname "toon-ofx"), for a vendored client.py."""
+    override = os.environ.get({"config": "TOON_OFX_CONFIG_DIR", "data": "TOON_OFX_DATA_DIR"}[kind], "").strip()
+    if override:
+        return os.path.expanduser(override)
+    if sys.platform == "win32":
+        base = os.environ.get("WIN_PD_OVERRIDE_LOCAL_APPDATA", "").strip() or os.environ.get("LOCALAPPDATA") \
+            or os.path.expanduser(r"~\AppData\Local")
+        return os.path.join(os.path.normpath(base), APPNAME)
+    xdg = os.environ.get({"config": "XDG_CONFIG_HOME", "data": "XDG_DATA_HOME"}[kind], "")
+    if xdg.startswith("/"):
+        return os.path.join(xdg, APPNAME)
+    if sys.platform == "darwin":
+        return os.path.join(os.path.expanduser("~/Library/Application Support"), APPNAME)
+    return os.path.join(os.path.expanduser("~/.config" if kind == "config" else "~/.local/share"), APPNAME)
+
+
+def config_dir() -> str:
+    """Where the engine keeps its token and server.json."""
+    return _dirs.user_config_dir() if _dirs is not None else _fallback_dir("config")
+
+
+def data_dir() -> str:
+    """Where the engine keeps its job queue and logs."""
+    return _dirs.user_data_dir() if _dirs is not None else _fallback_dir("data")
+
+
+_default_config_dir = config_dir
+
+
+def _read_json(path: str) -> Optional[Dict[str, Any]]:
+    try:
+        with open(path, "r", encoding="utf-8") as fh:
+            data = json.load(fh)
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _read_token(folder: str) -> Optional[str]:
+    try:
+        with open(os.path.join(folder, TOKEN_FILE), "r", encoding="ascii") as fh:
+            token = fh.read().strip()
+        return token or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+# --------------------------------------------------------------------------- the client
+
+class EngineClient:
+    """One engine process. Every method raises EngineError (4xx/5xx) or EngineUnavailable (not reachable)."""
+
+    def __init__(self, url: Optional[str] = None, token: Optional[str] = None, timeout: float = 10,
+                 config_dir: Optional[str] = None):
+        self.config_dir = config_dir or _default_config_dir()
+        if url is None:
+            info = _read_json(os.path.join(self.config_dir, INFO_FILE))
+            if not info or not info.get("url"):
+                raise EngineUnavailable(f"no toon-ofx engine is running (no {INFO_FILE} in {self.config_dir}); "
+                                        "start one with 'toon-ofx serve' or use EngineClient.connect()")
+            url = str(info["url"])
+            if not _pid_alive(info.get("pid")):
+                raise EngineUnavailable(f"the engine named in {INFO_FILE} (pid {info.get('pid')}) is not running")
+        if token is None:
+            token = _read_token(self.config_dir)
+            if token is None:
+                raise EngineUnavailable(f"no access token in {os.path.join(self.config_dir, TOKEN_FILE)}; "
+                                        "start the engine once with 'toon-ofx serve'")
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        # never through an HTTP proxy: the engine is on this machine
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def __repr__(self) -> str:
+        return f"EngineClient({self.url!r})"
+
+    # -- transport
+    def _request(self, method: str, path: str, body: Any = None, timeout: Optional[float] = None) -> Any:
+        data = None
+        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        if body is not None:
+            data = json.dumps(body).encode("utf-8")
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
+        try:
+            with self._opener.open(request, timeout=self.timeout if timeout is None else timeout) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as exc:
+            raw = exc.read()
+            try:
+                err = json.loads(raw.decode("utf-8"))
+                message, field = err.get("error") or str(exc), err.get("field")
+            except (ValueError, AttributeError, UnicodeDecodeError):
+                message, field = f"HTTP {exc.code}: {exc.reason}", None
+            raise EngineError(message, status=exc.code, field=field) from None
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            if isinstance(reason, (TimeoutError, OSError)) and "timed out" in str(reason):
+                raise EngineError(f"the engine at {self.url} did not answer in time") from None
+            raise EngineUnavailable(f"cannot reach the engine at {self.url}: {reason}") from None
+        except http.client.HTTPException as exc:  # not an HTTP answer at all
+            raise EngineUnavailable(f"{self.url} did not answer like the engine: {exc!r}") from None
+        except (TimeoutError, OSError) as exc:  # socket.timeout, connection reset
+            if "timed out" in str(exc):
+                raise EngineError(f"the engine at {self.url} did not answer in time") from None
+            raise EngineUnavailable(f"cannot reach the engine at {self.url}: {exc}") from None
+        try:
+            return json.loads(payload.decode("utf-8")) if payload else None
+        except (ValueError, UnicodeDecodeError):
+            raise EngineError(f"the engine at {self.url} sent a reply that is not JSON") from None
+
+    # -- API
+    def health(self) -> Dict[str, Any]:
+        """{"service": "toon-ofx", "version", "pid", ...}."""
+        answer = self._request("GET", "/v1/health")
+        if not isinstance(answer, dict) or answer.get("service") != APPNAME:
+            raise EngineUnavailable(f"{self.url} is not a toon-ofx engine")
+        return answer
+
+    def params(self) -> List[Dict[str, Any]]:
+        """The effect's parameter schema: [{"name", "type", "default", "label", "help", ...}, ...]."""
+        return self._request("GET", "/v1/params")["params"]
+
+    def submit(self, source: str, frames: Optional[Sequence[int]] = None, params: Optional[Mapping[str, Any]] = None,
+               output_folder: Optional[str] = None, output_kind: str = "sequence",
+               name: Optional[str] = None, timeout: Optional[float] = None) -> Dict[str, Any]:
+        """Queue a render of `source` (frames inclusive, 0-based; None = all); returns the job.
+
+        The engine checks the source before answering (a long movie takes a while to probe), so this
+        waits up to `timeout` seconds (default: the client's timeout, at least 120 s).
+        """
+        output: Dict[str, Any] = {"kind": output_kind}
+        if output_folder is not None:
+            output["folder"] = _absolute(output_folder)
+        if name is not None:
+            output["name"] = name
+        body = {"source": _absolute(source), "frames": list(frames) if frames is not None else None,
+                "params": dict(params or {}), "output": output}
+        return self._request("POST", "/v1/jobs", body, timeout=timeout or max(self.timeout, 120))
+
+    def job(self, job_id: str) -> Dict[str, Any]:
+        return self._request("GET", f"/v1/jobs/{_quote(job_id)}")
+
+    def jobs(self) -> List[Dict[str, Any]]:
+        return self._request("GET", "/v1/jobs")["jobs"]
+
+    def cancel(self, job_id: str) -> Dict[str, Any]:
+        """Cancel a queued or running job (finished frames are kept); returns the job."""
+        return self._request("POST", f"/v1/jobs/{_quote(job_id)}/cancel", {})
+
+    def wait(self, job_id: str, poll: float = 0.5, callback: Optional[Callable[[Dict[str, Any]], Any]] = None,
+             timeout: Optional[float] = None) -> Dict[str, Any]:
+        """Poll until the job is done, failed or cancelled; `callback(job)` after every poll."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if callback is not None:
+                callback(job)
+            if job.get("state") in TERMINAL_STATES:
+                return job
+            if deadline is not None and time.monotonic() >= deadline:
+                raise EngineError(f"job {job_id} is still {job.get('state')} after {timeout} s")
+            time.sleep(poll)
+
+    def preview(self, source: str, frame: int = 0, params: Optional[Mapping[str, Any]] = None,
+                timeout: float = 900) -> Dict[str, Any]:
+        """One stylised frame: {"frame", "faces", "original_png": bytes, "stylised_png": bytes}."""
+        answer = self._request("POST", "/v1/preview",
+                               {"source": _absolute(source), "frame": frame, "params": dict(params or {})},
+                               timeout=timeout)
+        for key in ("original_png", "stylised_png"):
+            answer[key] = base64.b64decode(answer[key])
+        return answer
+
+    def shutdown(self) -> None:
+        """Ask the engine to stop (a running job resumes at its next start)."""
+        self._request("POST", "/v1/shutdown", {})
+
+    # -- finding or starting the engine
+    @classmethod
+    def connect(cls, python: Optional[str] = None, start: bool = True, wait: float = 60, timeout: float = 10,
+                server_args: Iterable[str] = (), env: Optional[Mapping[str, str]] = None,
+                log_path: Optional[str] = None) -> "EngineClient":
+        """A client for the running engine; if none answers and `start`, start one and wait until healthy.
+
+        `python` is the interpreter that has toon-ofx and torch installed (default: $TOON_OFX_PYTHON, else
+        this interpreter); the engine runs as `<python> -m toon_ofx serve --port 0`, detached from this
+        process, logging to `<user_data_dir>/logs/server.log` (or `log_path`).
+        """
+        existing = cls._running(timeout)
+        if existing is not None:
+            return existing
+        if not start:
+            raise EngineUnavailable("no toon-ofx engine is running; start one with 'toon-ofx serve'")
+        python = python or os.environ.get("TOON_OFX_PYTHON") or sys.executable
+        if not python:
+            raise EngineUnavailable("no Python interpreter given to start the engine with")
+        child_env = dict(os.environ)
+        child_env.pop("PYTHONHOME", None)  # the host's own Python home must not leak into the engine's Python
+        child_env["PYTHONUNBUFFERED"] = "1"
+        if env:
+            child_env.update(env)
+        log_path = log_path or os.path.join(data_dir(), "logs", "server.log")
+        os.makedirs(os.path.dirname(log_path), exist_ok=True)
+        try:
+            if os.path.getsize(log_path) > 5 * 1024 * 1024:  # keep one old log, not an ever-growing one
+                os.replace(log_path, log_path + ".1")
+        except OSError:
+            pass
+        command = [python, "-m", "toon_ofx", "serve", "--port", "0", *server_args]
+        kwargs: Dict[str, Any] = {}
+        if sys.platform == "win32":
+            kwargs["creationflags"] = 0x00000200 | 0x08000000  # CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW
+        else:
+            kwargs["start_new_session"] = True
+        with open(log_path, "ab") as log:
+            log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(command)}\n".encode())
+            log.flush()
+            try:
+                process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                           close_fds=True, env=child_env, **kwargs)
+            except OSError as exc:
+                raise EngineUnavailable(f"cannot start the engine with {python}: {exc}") from None
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            code = process.poll()
+            client = cls._running(timeout)
+            if client is not None:
+                return client
+            if code is not None and code != EXIT_ALREADY_RUNNING:
+                raise EngineUnavailable(f"the engine stopped at start (exit code {code}); "
+                                        f"last lines of {log_path}:\n{_tail(log_path)}")
+            time.sleep(0.2)
+        raise EngineUnavailable(f"the engine did not become ready within {wait:g} s; see {log_path}:\n"
+                                f"{_tail(log_path)}")
+
+    @classmethod
+    def _running(cls, timeout: float) -> Optional["EngineClient"]:
+        """A client for the engine named in server.json, if it answers with our token."""
+        try:
+            client = cls(timeout=min(timeout, 5))
+            client.health()
+        except EngineError as exc:
+            if exc.status == 401:  # it runs, but not with the token in our config folder
+                raise EngineError(f"the engine at {client.url} refused the token in {client.config_dir}; "
+                                  "was it started with another config folder (TOON_OFX_CONFIG_DIR)?",
+                                  status=401) from None
+            return None
+        client.timeout = timeout
+        return client
+
+
+def _pid_alive(pid: Any) -> bool:
+    """False only when `pid` surely names no process (then its port may belong to someone else now)."""
+    if not isinstance(pid, int) or pid <= 0 or os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(os.fspath(path)))
+
+
+def _quote(job_id: str) -> str:
+    from urllib.parse import quote
+
+    return quote(str(job_id), safe="")
+
+
+def _tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 8192))
+            text = fh.read().decode("utf-8", "replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
