@@ -1,0 +1,250 @@
+"""Operators: Toonify (modal in the UI, blocking in scripts), Cancel, Check engine."""
+
+import os
+import time
+import traceback
+
+import bpy
+
+from . import compat, jobs, props
+from .engine_link import client_module
+
+#: The run in progress (one at a time); the panel reads it for its progress bar.
+_ACTIVE = None
+
+
+def active_run():
+    return _ACTIVE
+
+
+def preferences(context):
+    addon = context.preferences.addons.get(__package__)
+    return addon.preferences if addon is not None else None
+
+
+def output_root(context) -> str:
+    prefs = preferences(context)
+    folder = getattr(prefs, "output_folder", "") if prefs else ""
+    if folder:
+        return os.path.normpath(bpy.path.abspath(folder))
+    return jobs.default_output_root()
+
+
+def connector(context):
+    """A no-argument function that returns a connected EngineClient (safe to call off the main thread)."""
+    prefs = preferences(context)
+    python = (getattr(prefs, "engine_python", "") or "").strip() if prefs else ""
+    python = bpy.path.abspath(python) if python else None
+    wait = float(getattr(prefs, "start_timeout", 60)) if prefs else 60.0
+
+    def connect():
+        client = client_module()
+        if not python and not os.environ.get("TOON_OFX_PYTHON"):
+            # Without an engine Python the client would try Blender's own Python, which has no toon-ofx.
+            try:
+                return client.EngineClient.connect(start=False)
+            except client.EngineUnavailable:
+                raise client.EngineUnavailable(
+                    "no toon-ofx engine is running, and no Engine Python is set to start one: set it in "
+                    "Preferences > Add-ons > toon-ofx (a Python with toon-ofx installed), or run "
+                    "'toon-ofx serve'") from None
+        return client.EngineClient.connect(python=python, start=True, wait=wait)
+    return connect
+
+
+def _report_unexpected(operator, exc: BaseException) -> None:
+    traceback.print_exc()  # for the system console; the user gets one line
+    operator.report({"ERROR"}, f"Toonify failed unexpectedly: {type(exc).__name__}: {exc}")
+
+
+def _prepare(operator, context):
+    """Plans and params for the selected strips, or None after reporting why not."""
+    scene = compat.sequencer_scene(context)
+    if scene is None:
+        operator.report({"ERROR"}, "no sequencer scene")
+        return None
+    try:
+        plans = jobs.plan_strips(scene, compat.selected_strips(context, scene))
+        params = jobs.engine_params(props.values(scene.toon_ofx))
+    except jobs.ToonifyError as exc:
+        operator.report({"ERROR"}, str(exc))
+        return None
+    return plans, params
+
+
+def _report_finals(operator, finals) -> int:
+    """Place finished results and report every final message; returns how many strips were added."""
+    placed = 0
+    for message in finals:
+        level, text = jobs.finish_message(message)
+        if text:
+            operator.report({level}, text)
+        placed += isinstance(message, jobs.Finished) and level == "INFO"
+    return placed
+
+
+class TOONOFX_OT_toonify(bpy.types.Operator):
+    """Toonify the faces in the selected movie and image strips; the result is added as a new strip above"""
+    bl_idname = "toon_ofx.toonify"
+    bl_label = "Toonify"
+    bl_options = {"REGISTER"}
+
+    timeout: bpy.props.FloatProperty(
+        name="Timeout", description="Blocking (script) runs only: give up after this many seconds (0 = never)",
+        default=0.0, min=0.0, options={"SKIP_SAVE"})
+
+    @classmethod
+    def poll(cls, context):
+        scene = compat.sequencer_scene(context)
+        return scene is not None and scene.sequence_editor is not None and _ACTIVE is None
+
+    # --- blocking path: scripts, `blender -b`, the bpy module (invoke/modal never run there)
+    def execute(self, context):
+        global _ACTIVE
+        prepared = _prepare(self, context)
+        if prepared is None:
+            return {"CANCELLED"}
+        plans, params = prepared
+        run = jobs.Run(plans, params, output_root(context), connector(context))
+        _ACTIVE = run
+        try:
+            run.start(background=False)
+            deadline = time.monotonic() + self.timeout if self.timeout > 0 else None
+            while not run.done:
+                run.tick()
+                if run.done:
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    run.cancel()
+                    self.report({"ERROR"}, f"Toonify timed out after {self.timeout:g} s; cancelled")
+                    break
+                time.sleep(0.2)
+            if run.error is not None:
+                self.report({"ERROR"}, f"Toonify: {run.error}")
+                return {"CANCELLED"}
+            placed = _report_finals(self, run.finals)
+        except Exception as exc:
+            if run.client is not None:
+                run.cancel()
+            _report_unexpected(self, exc)
+            return {"CANCELLED"}
+        finally:
+            _ACTIVE = None
+        return {"FINISHED"} if placed else {"CANCELLED"}
+
+    # --- interactive path: a modal operator polled by a timer; the UI stays responsive
+    def invoke(self, context, event):
+        global _ACTIVE
+        prepared = _prepare(self, context)
+        if prepared is None:
+            return {"CANCELLED"}
+        plans, params = prepared
+        try:
+            self._run = jobs.Run(plans, params, output_root(context), connector(context)).start(background=True)
+        except Exception as exc:
+            _report_unexpected(self, exc)
+            return {"CANCELLED"}
+        _ACTIVE = self._run
+        self._reported = 0
+        self._placed = 0
+        wm = context.window_manager
+        self._timer = wm.event_timer_add(0.25, window=context.window)
+        wm.progress_begin(0, 100)
+        wm.modal_handler_add(self)
+        self._show(context)
+        return {"RUNNING_MODAL"}
+
+    def modal(self, context, event):
+        run = self._run
+        if event.type == "ESC" and event.value == "PRESS":
+            run.request_cancel()
+        elif event.type != "TIMER" and not run.cancel_requested:
+            return {"PASS_THROUGH"}  # keep the UI responsive: every other event goes on to Blender
+        if run.cancel_requested and run.starting:
+            # Still connecting: don't wait for the engine to come up. The worker thread sees the
+            # request and cancels anything it submitted.
+            self._stop(context)
+            self.report({"WARNING"}, "Toonify cancelled")
+            return {"CANCELLED"}
+        try:
+            run.tick()
+        except Exception as exc:
+            run.cancel()
+            self._stop(context)
+            _report_unexpected(self, exc)
+            return {"CANCELLED"}
+        # Place each result as soon as its job finishes, not only at the end.
+        new = run.finals[self._reported:]
+        self._reported = len(run.finals)
+        self._placed += _report_finals(self, new)
+        if not run.done:
+            self._show(context)
+            return {"RUNNING_MODAL"}
+        self._stop(context)
+        if run.error is not None:
+            self.report({"ERROR"}, f"Toonify: {run.error}")
+            return {"CANCELLED"}
+        if run.cancel_requested and not any(isinstance(m, jobs.Cancelled) for m in run.finals):
+            self.report({"WARNING"}, "Toonify cancelled")
+        return {"FINISHED"} if self._placed else {"CANCELLED"}
+
+    def cancel(self, context):  # Blender calls this when the operator is aborted (e.g. file closed)
+        self._run.cancel()
+        self._stop(context)
+
+    def _show(self, context):
+        wm = context.window_manager
+        wm.progress_update(int(self._run.progress * 100))
+        workspace = getattr(context, "workspace", None)
+        if workspace is not None:
+            workspace.status_text_set(self._run.status)
+        compat.redraw_sequencer(context)
+
+    def _stop(self, context):
+        global _ACTIVE
+        wm = context.window_manager
+        if getattr(self, "_timer", None) is not None:
+            wm.event_timer_remove(self._timer)
+            self._timer = None
+        wm.progress_end()
+        workspace = getattr(context, "workspace", None)
+        if workspace is not None:
+            workspace.status_text_set(None)
+        _ACTIVE = None
+        compat.redraw_sequencer(context)
+
+
+class TOONOFX_OT_cancel(bpy.types.Operator):
+    """Cancel the running Toonify (same as Esc)"""
+    bl_idname = "toon_ofx.cancel"
+    bl_label = "Cancel Toonify"
+    bl_options = {"INTERNAL"}
+
+    @classmethod
+    def poll(cls, context):
+        return _ACTIVE is not None
+
+    def execute(self, context):
+        if _ACTIVE is not None:
+            _ACTIVE.request_cancel()
+        return {"FINISHED"}
+
+
+class TOONOFX_OT_check_engine(bpy.types.Operator):
+    """Connect to the toon-ofx engine (starting it if needed) and report its version"""
+    bl_idname = "toon_ofx.check_engine"
+    bl_label = "Check Engine"
+    bl_options = {"INTERNAL"}
+
+    def execute(self, context):
+        try:
+            client = connector(context)()
+            health = client.health()
+        except Exception as exc:
+            self.report({"ERROR"}, f"toon-ofx engine: {getattr(exc, 'message', None) or exc}")
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"toon-ofx engine {health.get('version', '?')} is running (pid {health.get('pid')})")
+        return {"FINISHED"}
+
+
+CLASSES = (TOONOFX_OT_toonify, TOONOFX_OT_cancel, TOONOFX_OT_check_engine)

@@ -1,0 +1,530 @@
+"""Run one add-on test scenario inside the real `bpy` module (Blender 5.x from PyPI).
+
+    <bpy venv>/bin/python run_scenario.py SCENARIO ARGS_JSON RESULT_JSON
+
+Every scenario first installs and enables the built extension zip the way
+Blender's "Install from Disk" does (``bpy.ops.extensions.package_install_files``
+into the "user_default" repository; run with ``BLENDER_USER_RESOURCES`` pointing
+at a temporary folder so nothing touches the real user's Blender). The result
+(plain JSON) is written to RESULT_JSON; pytest asserts on it.
+
+Headless, Blender never calls an operator's invoke()/modal() and never fires
+timers, so scenarios call the operator's execute() (``bpy.ops.toon_ofx.toonify()``)
+and drive the same plain functions the modal operator uses (``jobs.Run.tick``).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+
+import bpy
+
+MODULE = "bl_ext.user_default.toon_ofx"
+
+
+def install(zip_path: str):
+    result = bpy.ops.extensions.package_install_files(filepath=zip_path, repo="user_default",
+                                                      enable_on_install=True)
+    assert result == {"FINISHED"}, result
+    assert MODULE in bpy.context.preferences.addons, list(bpy.context.preferences.addons.keys())
+    return importlib.import_module(MODULE)
+
+
+def addon_module(name: str):
+    return importlib.import_module(f"{MODULE}.{name}")
+
+
+def set_prefs(args: dict) -> None:
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    prefs.engine_python = args.get("engine_python", "")
+    prefs.output_folder = args.get("output_folder", "")
+    prefs.start_timeout = int(args.get("start_timeout", 60))
+
+
+def new_scene(fps: int = 24):
+    scene = bpy.context.scene
+    scene.render.fps = fps
+    scene.render.fps_base = 1.0
+    compat = addon_module("compat")
+    sed = compat.sequence_editor(scene, create=True)
+    for strip in list(compat.top_level(sed)):
+        compat.top_level(sed).remove(strip)
+    return scene, sed
+
+
+STRIP_FIELDS = ("name", "type", "channel", "frame_start", "frame_final_start", "frame_final_end",
+                "frame_final_duration", "frame_duration", "frame_offset_start", "frame_offset_end",
+                "animation_offset_start", "animation_offset_end", "blend_type", "blend_alpha", "filepath",
+                "directory", "use_reverse_frames", "mute", "select")
+
+
+def describe(strip) -> dict:
+    out = {}
+    for name in STRIP_FIELDS:
+        if hasattr(strip, name):
+            value = getattr(strip, name)
+            out[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    if strip.type == "IMAGE":
+        out["files"] = [e.filename for e in strip.elements]
+        # Blender's own answer for which file shows at each visible timeline frame.
+        out["shown"] = {str(t): os.path.basename(strip.strip_elem_from_frame(t).filename)
+                        for t in range(strip.frame_final_start, strip.frame_final_end)}
+    parent = strip.parent_meta() if hasattr(strip, "parent_meta") else None
+    out["parent_meta"] = parent.name if parent is not None else None
+    out["transform"] = [strip.transform.offset_x, strip.transform.offset_y, strip.transform.scale_x,
+                        strip.transform.scale_y, strip.transform.rotation]
+    return out
+
+
+def all_strips(scene):
+    compat = addon_module("compat")
+    return {s.name: describe(s) for s in compat.all_strips(scene.sequence_editor)}
+
+
+def add_movie(scene, args: dict):
+    compat = addon_module("compat")
+    sed = scene.sequence_editor
+    strip = compat.new_movie(compat.top_level(sed), args.get("name", "clip"), args["clip"],
+                             int(args.get("channel", 2)), int(args.get("frame_start", 10)))
+    strip.animation_offset_start = int(args.get("animation_offset_start", 0))
+    strip.animation_offset_end = int(args.get("animation_offset_end", 0))
+    strip.frame_offset_start = int(args.get("frame_offset_start", 0))
+    strip.frame_offset_end = int(args.get("frame_offset_end", 0))
+    strip.use_reverse_frames = bool(args.get("reverse", False))
+    strip.transform.offset_x = float(args.get("offset_x", 0.0))
+    strip.transform.scale_x = float(args.get("scale_x", 1.0))
+    return strip
+
+
+def add_blockers(scene, blockers) -> None:
+    """Colour strips occupying (channel, start, length) so the result must skip those channels."""
+    strips = addon_module("compat").top_level(scene.sequence_editor)
+    for i, (channel, start, length) in enumerate(blockers or []):
+        strips.new_effect(name=f"blocker{i}", type="COLOR", channel=channel, frame_start=start, length=length)
+
+
+def select_only(scene, names) -> None:
+    compat = addon_module("compat")
+    for strip in compat.all_strips(scene.sequence_editor):
+        strip.select = strip.name in names
+
+
+def run_operator(**kwargs) -> dict:
+    """Call the Toonify operator's execute(); an ERROR report becomes RuntimeError in bpy."""
+    t = time.perf_counter()
+    try:
+        result = bpy.ops.toon_ofx.toonify(**kwargs)
+        return {"result": sorted(result), "error": None, "seconds": time.perf_counter() - t}
+    except RuntimeError as exc:
+        return {"result": ["ERROR"], "error": str(exc), "seconds": time.perf_counter() - t}
+
+
+# ----------------------------------------------------------------------------- scenarios
+
+def scenario_toonify(args: dict) -> dict:
+    """Build a scene with a (trimmed) movie strip, Toonify it against a running/startable engine."""
+    set_prefs(args)
+    scene, sed = new_scene(int(args.get("fps", 24)))
+    if args.get("ui_add"):
+        source = add_movie_like_the_ui(scene, args["clip"], int(args.get("channel", 2)),
+                                       int(args.get("frame_start", 10)))
+        source.frame_offset_start = int(args.get("frame_offset_start", 0))
+        source.frame_offset_end = int(args.get("frame_offset_end", 0))
+    else:
+        source = add_movie(scene, args)
+    add_blockers(scene, args.get("blockers"))
+    settings = scene.toon_ofx
+    for name, value in (args.get("params") or {}).items():
+        setattr(settings, name, str(value) if name == "swap_res" else value)
+    select_only(scene, {source.name})
+    before = all_strips(scene)
+    op = run_operator(timeout=float(args.get("timeout", 600)))
+    after = all_strips(scene)
+    new = [name for name in after if name not in before]
+    out = {"op": op, "before": before, "after": after, "new": new, "source": source.name,
+           "scene_fps": scene.render.fps}
+    if args.get("render") and len(new) == 1:
+        setup_render(scene)
+        strip = addon_module("compat").find_strip(scene, new[0])
+        for other in addon_module("compat").all_strips(sed):
+            other.mute = other.name not in (source.name, strip.name)
+        frames = range(source.frame_final_start, source.frame_final_end)
+        folder = os.path.join(args["output_folder"], "_render")
+        strip.mute = True
+        out["rendered_source"] = [rendered_code(scene, t, os.path.join(folder, f"s{t}.png")) for t in frames]
+        strip.mute = False
+        out["rendered_result"] = [rendered_code(scene, t, os.path.join(folder, f"r{t}.png")) for t in frames]
+    return out
+
+
+def scenario_errors(args: dict) -> dict:
+    """Error paths: each must be one clear report (RuntimeError from bpy), never a traceback, no new strips."""
+    set_prefs(args)
+    scene, sed = new_scene()
+    source = add_movie(scene, args)
+    add_blockers(scene, [(5, 1, 30)])
+    out = {}
+
+    def attempt(label):
+        before = all_strips(scene)
+        op = run_operator(timeout=60)
+        out[label] = {"op": op, "unchanged": all_strips(scene) == before}
+
+    select_only(scene, set())
+    attempt("nothing_selected")
+    select_only(scene, {"blocker0"})
+    attempt("no_media_selected")
+
+    select_only(scene, {source.name})
+    good_config = os.environ.get("TOON_OFX_CONFIG_DIR", "")
+    os.environ["TOON_OFX_CONFIG_DIR"] = args["empty_config_dir"]  # no engine running here
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    prefs.engine_python = args.get("bad_engine_python", "/nonexistent/python3")
+    prefs.start_timeout = 5
+    attempt("no_engine")
+    prefs.engine_python = ""
+    attempt("no_engine_python")
+    os.environ["TOON_OFX_CONFIG_DIR"] = good_config
+    set_prefs(args)
+
+    source.filepath = args["bad_media"]  # exists, but is not a video
+    attempt("bad_media")
+    source.filepath = args["clip"]
+
+    scene.toon_ofx.seed = 4242  # the stand-in renderer fails the job
+    attempt("render_failed")
+    scene.toon_ofx.seed = 0
+    return out
+
+
+def scenario_cancel(args: dict) -> dict:
+    """The modal operator's plain path: Run on a worker thread, tick, cancel (what Esc does)."""
+    set_prefs(args)
+    scene, sed = new_scene()
+    source = add_movie(scene, args)
+    select_only(scene, {source.name})
+    jobs, operators, props, compat = (addon_module(n) for n in ("jobs", "operators", "props", "compat"))
+    plans = jobs.plan_strips(scene, compat.selected_strips(bpy.context, scene))
+    params = jobs.engine_params(props.values(scene.toon_ofx))
+    before = all_strips(scene)
+    run = jobs.Run(plans, params, operators.output_root(bpy.context), operators.connector(bpy.context))
+    run.start(background=True)
+    statuses, progress = [], []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        run.tick()
+        statuses.append(run.status)
+        progress.append(run.progress)
+        if run.pending and run.pending[0].frames_done >= 2:
+            break
+        time.sleep(0.05)
+    run.request_cancel()
+    run.tick()
+    job_id = run.pending[0].job_id if run.pending else None
+    time.sleep(0.3)
+    engine_state = run.client.job(job_id)["state"] if job_id else None
+    reports = [jobs.finish_message(m) for m in run.finals]
+    return {"done": run.done, "cancelled": run.cancelled, "error": run.error, "statuses": statuses,
+            "progress": progress, "engine_state": engine_state, "reports": reports,
+            "unchanged": all_strips(scene) == before}
+
+
+def _write_gray_frames(folder: str, name: str, first: int, last: int, size=(64, 36)) -> str:
+    """Result frames whose grey level codes their source frame number (3 * n), like the test clip."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from png import png_bytes
+    os.makedirs(folder, exist_ok=True)
+    pattern = os.path.join(folder, f"{name}.%06d.png")
+    for f in range(first, last + 1):
+        with open(pattern % f, "wb") as fh:
+            fh.write(png_bytes(size[0], size[1], (3 * f % 256,) * 3))
+    return pattern
+
+
+def setup_render(scene, size=(64, 36)) -> None:
+    scene.render.resolution_x, scene.render.resolution_y = size
+    scene.render.resolution_percentage = 100
+    scene.render.image_settings.file_format = "PNG"
+    scene.render.image_settings.color_mode = "RGB"
+    scene.render.use_sequencer = True
+    scene.view_settings.view_transform = "Standard"  # grey levels pass through unchanged
+
+
+def rendered_code(scene, frame: int, path: str) -> int:
+    """Render the sequencer at `frame` and decode the grey level (3 * source frame number)."""
+    scene.frame_set(frame)
+    scene.render.filepath = path
+    bpy.ops.render.render(write_still=True)
+    image = bpy.data.images.load(path)
+    try:
+        w, h = image.size
+        i = ((h // 2) * w + w // 2) * image.channels
+        value = image.pixels[i] * 255.0
+    finally:
+        bpy.data.images.remove(image)
+    return int(round(value / 3.0))
+
+
+def add_movie_like_the_ui(scene, path: str, channel: int, frame_start: int):
+    """Add a movie the way the Add > Movie menu does, with "Adjust Playback Rate" on (Blender's default)."""
+    window = bpy.context.window
+    area = window.screen.areas[0]
+    area.type = "SEQUENCE_EDITOR"
+    region = next(r for r in area.regions if r.type == "WINDOW")
+    if hasattr(bpy.context.workspace, "sequencer_scene"):  # 5.0+
+        bpy.context.workspace.sequencer_scene = scene
+    folder, name = os.path.split(path)
+    compat = addon_module("compat")
+    before = {s.name for s in compat.all_strips(scene.sequence_editor)}
+    with bpy.context.temp_override(window=window, area=area, region=region):
+        bpy.ops.sequencer.movie_strip_add(filepath=path, directory=folder + os.sep, files=[{"name": name}],
+                                          frame_start=frame_start, channel=channel, adjust_playback_rate=True,
+                                          use_framerate=False, sound=False, move_strips=False)
+    (strip,) = [s for s in compat.all_strips(scene.sequence_editor) if s.name not in before]
+    return strip
+
+
+def scenario_engine_dies(args: dict) -> dict:
+    """The engine process is killed mid-render: the run ends with one clear failure, nothing placed."""
+    import signal
+    set_prefs(args)
+    scene, sed = new_scene()
+    source = add_movie(scene, args)
+    select_only(scene, {source.name})
+    jobs, operators, props, compat = (addon_module(n) for n in ("jobs", "operators", "props", "compat"))
+    plans = jobs.plan_strips(scene, compat.selected_strips(bpy.context, scene))
+    run = jobs.Run(plans, jobs.engine_params(props.values(scene.toon_ofx)), operators.output_root(bpy.context),
+                   operators.connector(bpy.context)).start(background=True)
+    before = all_strips(scene)
+    deadline = time.monotonic() + 60
+    killed = False
+    while not run.done and time.monotonic() < deadline:
+        run.tick()
+        if not killed and run.pending and run.pending[0].frames_done >= 1:
+            with open(os.path.join(os.environ["TOON_OFX_CONFIG_DIR"], "server.json")) as fh:
+                os.kill(json.load(fh)["pid"], signal.SIGKILL)
+            killed = True
+        time.sleep(0.1)
+    return {"done": run.done, "killed": killed, "reports": [jobs.finish_message(m) for m in run.finals],
+            "unchanged": all_strips(scene) == before}
+
+
+def scenario_placement(args: dict) -> dict:
+    """plan_strip + place_result on many strip layouts, checked with Blender's renderer.
+
+    The test clip's frame n is grey level 3n, and so is result frame n: rendering each
+    timeline frame with the new strip muted and unmuted must decode the same number.
+    """
+    jobs, compat = addon_module("jobs"), addon_module("compat")
+    out = {}
+    for case in args["cases"]:
+        scene, sed = new_scene(int(args.get("fps", 24)))
+        setup_render(scene)
+        top = compat.top_level(sed)
+        if case.get("image"):
+            source = compat.new_image(top, "still", case["image"], case.get("channel", 1), case.get("frame_start", 1))
+            source.frame_final_end = case["frame_final_end"]
+        elif case.get("sequence"):
+            files = case["sequence"]
+            source = compat.new_image(top, "seq", files[0], case.get("channel", 1), case.get("frame_start", 1))
+            for path in files[1:]:
+                source.elements.append(os.path.basename(path))
+        elif case.get("ui_add"):
+            source = add_movie_like_the_ui(scene, args["clip"], case.get("channel", 2), case.get("frame_start", 10))
+        else:
+            source = compat.new_movie(top, "clip", args["clip"], case.get("channel", 2), case.get("frame_start", 10))
+        for key, attr in (("animation_offset_start", "animation_offset_start"),
+                          ("animation_offset_end", "animation_offset_end"),
+                          ("frame_offset_start", "frame_offset_start"), ("frame_offset_end", "frame_offset_end"),
+                          ("reverse", "use_reverse_frames"), ("strobe", "strobe")):
+            if key in case:
+                setattr(source, attr, case[key])
+        source.transform.offset_x = float(case.get("offset_x", 0.0))
+        if case.get("meta"):
+            meta = top.new_meta(name="meta", channel=source.channel + 1, frame_start=source.frame_final_start)
+            source.move_to_meta(meta)
+            source = compat.children(meta)[0]
+        add_blockers(scene, case.get("blockers"))
+        plan = jobs.plan_strip(scene, source)
+        source_before = describe(source)
+        pattern = _write_gray_frames(os.path.join(args["folder"], case["label"]), "res", plan.first, plan.last)
+        result = {"kind": "sequence", "pattern": pattern, "first_frame": plan.first, "last_frame": plan.last}
+        strip = jobs.place_result(scene, source, result, case.get("output_kind", "frame"))
+        entry = {"plan": [plan.first, plan.last], "plan_source": plan.source, "rate": plan.mapping.rate,
+                 "source_before": source_before, "source_after": describe(source), "new": describe(strip)}
+        if args.get("render", True) and not case.get("no_render"):
+            for other in compat.all_strips(sed):   # only the source (and its meta) and the result render
+                if other.name.startswith("blocker"):
+                    other.mute = True
+            frames = range(source.frame_final_start, source.frame_final_end)
+            folder = os.path.join(args["folder"], case["label"] + "_render")
+            strip.mute = True
+            entry["rendered_source"] = [rendered_code(scene, t, os.path.join(folder, f"s{t}.png")) for t in frames]
+            strip.mute = False
+            entry["rendered_result"] = [rendered_code(scene, t, os.path.join(folder, f"r{t}.png")) for t in frames]
+        out[case["label"]] = entry
+    return out
+
+
+class _FakeWindowManager:
+    """What the modal operator asks of context.window_manager, recorded."""
+
+    def __init__(self, calls):
+        self.calls, self.windows = calls, []
+
+    def event_timer_add(self, step, window=None):
+        self.calls.append(("timer_add", step))
+        return "timer"
+
+    def event_timer_remove(self, timer):
+        self.calls.append(("timer_remove",))
+
+    def modal_handler_add(self, op):
+        self.calls.append(("modal_handler_add",))
+
+    def progress_begin(self, a, b):
+        self.calls.append(("progress_begin", a, b))
+
+    def progress_update(self, value):
+        self.calls.append(("progress_update", value))
+
+    def progress_end(self):
+        self.calls.append(("progress_end",))
+
+
+class _FakeWorkspace:
+    def __init__(self, calls):
+        self.calls = calls
+
+    def status_text_set(self, text):
+        self.calls.append(("status", text))
+
+
+def scenario_modal(args: dict) -> dict:
+    """The interactive path (invoke + modal), which Blender never calls headless.
+
+    The operator's own invoke()/modal() functions run with a stand-in context whose
+    window manager and workspace record the calls; events are fed as Blender would
+    (timer ticks, Esc). Everything else is real: the scene, the strips, the engine.
+    """
+    import types
+    set_prefs(args)
+    scene, sed = new_scene()
+    source = add_movie(scene, args)
+    select_only(scene, {source.name})
+    operators = addon_module("operators")
+    cls = operators.TOONOFX_OT_toonify
+
+    class Op:
+        invoke, modal, cancel, _show, _stop = cls.invoke, cls.modal, cls.cancel, cls._show, cls._stop
+
+        def __init__(self):
+            self.reports = []
+
+        def report(self, level, text):
+            self.reports.append([sorted(level)[0], text])
+
+    def drive(esc_after_frames=None, limit=60.0):
+        calls = []
+        context = types.SimpleNamespace(scene=scene, preferences=bpy.context.preferences, window=None,
+                                        window_manager=_FakeWindowManager(calls), workspace=_FakeWorkspace(calls))
+        op = Op()
+        before = all_strips(scene)
+        first = op.invoke(context, types.SimpleNamespace(type="LEFTMOUSE", value="PRESS"))
+        states = [sorted(first)]
+        poll_while_running = cls.poll(context)
+        passthrough = sorted(op.modal(context, types.SimpleNamespace(type="MOUSEMOVE", value="NOTHING")))
+        deadline = time.monotonic() + limit
+        result = first
+        while result == {"RUNNING_MODAL"} and time.monotonic() < deadline:
+            time.sleep(0.05)
+            job = op._run.pending[0] if op._run.pending else None
+            if esc_after_frames is not None and job is not None and job.frames_done >= esc_after_frames:
+                event = types.SimpleNamespace(type="ESC", value="PRESS")
+            else:
+                event = types.SimpleNamespace(type="TIMER", value="NOTHING")
+            result = op.modal(context, event)
+            states.append(sorted(result))
+        job = op._run.pending[0] if op._run.pending else None
+        engine_state = None
+        for _ in range(50):  # a cancelled job stops after the frame in hand
+            engine_state = op._run.client.job(job.job_id)["state"] if job else None
+            if engine_state in ("done", "failed", "cancelled"):
+                break
+            time.sleep(0.1)
+        after = all_strips(scene)
+        return {"first": sorted(first), "final": sorted(result), "passthrough": passthrough,
+                "poll_while_running": poll_while_running, "poll_after": cls.poll(context),
+                "reports": op.reports, "calls": calls, "engine_state": engine_state,
+                "new": [describe(addon_module("compat").find_strip(scene, n)) for n in after if n not in before],
+                "source_unchanged": before[source.name] == after[source.name]}
+
+    full = drive()
+    cancelled = drive(esc_after_frames=2)
+    return {"full": full, "cancelled": cancelled}
+
+
+def scenario_checkout(args: dict) -> dict:
+    """The unbuilt add-on from a checkout (a local extension repository holding a symlink to
+    blender_addon/) loads toon-ofx's modules from ../toon_ofx; disabling unregisters cleanly."""
+    import addon_utils
+    out = {"vendored_source": sys.modules[MODULE + ".engine_link"].SOURCE}
+    addon_utils.disable(MODULE, default_set=True, handle_error=None)   # one copy at a time
+    out["after_disable_zip"] = hasattr(bpy.types.Scene, "toon_ofx") or hasattr(bpy.types, "TOONOFX_PT_toonify")
+    bpy.context.preferences.extensions.repos.new(name="dev", module="dev", custom_directory=args["repo_dir"],
+                                                 source="USER")
+    addon_utils.enable("bl_ext.dev.toon_ofx", default_set=True, handle_error=None)
+    link = importlib.import_module("bl_ext.dev.toon_ofx.engine_link")
+    out.update(source=link.SOURCE, client_file=link.client_module().__file__,
+               registered=hasattr(bpy.types.Scene, "toon_ofx") and hasattr(bpy.types, "TOONOFX_PT_toonify"))
+    addon_utils.disable("bl_ext.dev.toon_ofx", default_set=True, handle_error=None)
+    out["after_disable"] = hasattr(bpy.types.Scene, "toon_ofx") or hasattr(bpy.types, "TOONOFX_PT_toonify")
+    return out
+
+
+def scenario_schema(args: dict) -> dict:
+    """The panel's properties as Blender registered them, and what else the extension registered."""
+    scene, sed = new_scene()
+    props = {}
+    for prop in scene.toon_ofx.bl_rna.properties:
+        if prop.identifier in ("rna_type", "name"):
+            continue
+        entry = {"type": prop.type, "name": prop.name}
+        if prop.type == "ENUM":
+            entry["items"] = [item.identifier for item in prop.enum_items]
+            entry["default"] = prop.default
+        else:
+            entry["default"] = prop.default
+            if prop.type in ("INT", "FLOAT"):
+                entry["min"], entry["max"] = prop.hard_min, prop.hard_max
+        props[prop.identifier] = entry
+    panels = [name for name in ("TOONOFX_PT_toonify", "TOONOFX_PT_advanced") if hasattr(bpy.types, name)]
+    panel = getattr(bpy.types, "TOONOFX_PT_toonify")
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    return {"props": props, "values": addon_module("props").values(scene.toon_ofx), "panels": panels,
+            "panel_category": panel.bl_category, "space": panel.bl_space_type,
+            "prefs_idname": type(prefs).bl_idname, "operators": [n for n in dir(bpy.ops.toon_ofx) if not n.startswith("_")]}
+
+
+SCENARIOS = {name[len("scenario_"):]: fn for name, fn in globals().items() if name.startswith("scenario_")}
+
+
+def main() -> int:
+    scenario, args_json, result_path = sys.argv[-3:]
+    args = json.loads(args_json)
+    try:
+        install(args["zip"])
+        result = {"ok": True, "blender": bpy.app.version_string, "data": SCENARIOS[scenario](args)}
+    except BaseException:
+        result = {"ok": False, "traceback": traceback.format_exc()}
+    with open(result_path, "w") as fh:
+        json.dump(result, fh, indent=1)
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,607 @@
+"""The Blender Video Sequencer extension (blender_addon/), tested in a real Blender.
+
+Blender here is the `bpy` module from PyPI (bpy 5.0.1, Python 3.11). It pins
+numpy<2, which clashes with the engine's environment, so it lives in its own
+venv (scripts/setup_blender_env.sh; found via $TOON_OFX_BPY_PYTHON,
+<repo>/.venv-blender or /tmp/venv-blender). Each Blender test runs
+tests/blender/run_scenario.py in that interpreter as a subprocess: it installs
+the built extension zip with Blender's own "Install from Disk" operator,
+builds a scene and drives the add-on; pytest asserts on the JSON it writes.
+
+The engine is always the real process, `python -m toon_ofx serve` (its HTTP
+contract, job queue, media decoding and frame numbering). Most tests give it a
+stand-in renderer (tests/blender/engine_stub.py) that writes every source frame
+unchanged, so Blender's renderer can prove the result lines up frame by frame;
+one test renders with tiny StyleGAN2 models (conftest.py's tiny_model_paths).
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ADDON = REPO / "blender_addon"
+SCENARIO = REPO / "tests" / "blender" / "run_scenario.py"
+SHARED_CLIP = REPO.parent / "shared" / "fixtures" / "single_face.mp4"
+SHARED_IMAGE = REPO.parent / "shared" / "fixtures" / "astronaut.png"
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+timeline = _load("toon_addon_timeline", ADDON / "timeline.py")
+build_script = _load("build_blender_addon", REPO / "scripts" / "build_blender_addon.py")
+png = _load("toon_test_png", REPO / "tests" / "blender" / "png.py")
+
+
+# ----------------------------------------------------------------------------- helpers and fixtures
+
+def bpy_python():
+    """The Python of the bpy venv, or None."""
+    candidates = [os.environ.get("TOON_OFX_BPY_PYTHON"), REPO / ".venv-blender" / "bin" / "python",
+                  "/tmp/venv-blender/bin/python"]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return str(candidate)
+    return None
+
+
+needs_bpy = pytest.mark.skipif(
+    bpy_python() is None,
+    reason="no bpy venv (create it with: bash scripts/setup_blender_env.sh .venv-blender, "
+           "or set TOON_OFX_BPY_PYTHON)")
+
+
+@pytest.fixture(scope="session")
+def addon_zip(tmp_path_factory) -> Path:
+    return build_script.build(tmp_path_factory.mktemp("addon") / "toon_ofx.zip")
+
+
+@pytest.fixture(scope="session")
+def clip(tmp_path_factory) -> Path:
+    """The shared face clip (72 frames at 30 fps), else a synthetic 72-frame clip made with ffmpeg."""
+    if SHARED_CLIP.is_file():
+        return SHARED_CLIP
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        pytest.skip(f"{SHARED_CLIP} is missing and ffmpeg is not installed to make a clip")
+    out = tmp_path_factory.mktemp("clip") / "synthetic.mp4"
+    subprocess.run([ffmpeg, "-v", "error", "-f", "lavfi", "-i", "testsrc=size=160x90:rate=30:duration=2.4",
+                    "-pix_fmt", "yuv420p", str(out)], check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def grey_clip(tmp_path_factory) -> Path:
+    """72 frames at 30 fps, 64x36, frame n a flat grey of level 3n: a render tells which frame shows."""
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        pytest.skip("ffmpeg is not installed (needed to make the grey-coded test clip)")
+    folder = tmp_path_factory.mktemp("grey")
+    for n in range(72):
+        (folder / f"g{n:03d}.png").write_bytes(png.png_bytes(64, 36, (3 * n,) * 3))
+    out = folder / "grey30.mp4"
+    subprocess.run([ffmpeg, "-v", "error", "-framerate", "30", "-i", str(folder / "g%03d.png"), "-c:v", "libx264",
+                    "-qp", "0", "-pix_fmt", "yuv444p", str(out)], check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def grey_sequence(tmp_path_factory) -> Path:
+    """shot.0001.png .. shot.0020.png; shot.N is grey level 3(N-1), its source frame in the engine's numbering."""
+    folder = tmp_path_factory.mktemp("greyseq")
+    for n in range(1, 21):
+        (folder / f"shot.{n:04d}.png").write_bytes(png.png_bytes(64, 36, (3 * (n - 1),) * 3))
+    return folder
+
+
+def start_engine_process(tmp_path: Path, *extra: str, env_extra=None) -> tuple:
+    """`python -m toon_ofx serve --port 0` as a real process; returns (process, config dir) once it is up."""
+    config = tmp_path / "config"
+    env = dict(os.environ, TOON_OFX_CONFIG_DIR=str(config), TOON_OFX_DATA_DIR=str(tmp_path / "engine_data"),
+               PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "blender"), str(REPO)]))
+    env.update(env_extra or {})
+    log = open(tmp_path / "engine.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "toon_ofx", "serve", "--port", "0", *extra], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path))
+    log.close()
+    deadline = time.monotonic() + 120
+    while not (config / "server.json").is_file():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"engine did not start: {(tmp_path / 'engine.log').read_text()[-3000:]}")
+        time.sleep(0.1)
+    return proc, config
+
+
+def stop_process(proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:  # pragma: no cover
+        proc.kill()
+
+
+@pytest.fixture
+def engine(tmp_path):
+    """The engine process with the identity stand-in renderer; yields its config dir."""
+    proc, config = start_engine_process(tmp_path, "--render-fn", "engine_stub:identity_render")
+    yield config
+    stop_process(proc)
+
+
+@pytest.fixture
+def slow_engine(tmp_path):
+    """The same, 0.1 s per frame, for progress and cancellation."""
+    proc, config = start_engine_process(tmp_path, "--render-fn", "engine_stub:identity_render",
+                                        env_extra={"TOON_STUB_DELAY": "0.1"})
+    yield config
+    stop_process(proc)
+
+
+def engine_jobs(config: Path) -> list:
+    sys.path.insert(0, str(REPO))
+    from toon_ofx.client import EngineClient
+    return EngineClient(config_dir=str(config)).jobs()
+
+
+def run_blender(scenario: str, args: dict, tmp_path: Path, config_dir: Path, timeout: float = 300) -> dict:
+    """Run one scenario in the bpy venv; returns its "data" (fails with Blender's output otherwise)."""
+    result_path = tmp_path / f"{scenario}-result.json"
+    env = dict(os.environ)
+    env.update(BLENDER_USER_RESOURCES=str(tmp_path / "blender_user"), TOON_OFX_CONFIG_DIR=str(config_dir),
+               TOON_OFX_DATA_DIR=str(tmp_path / "engine_data"), PYTHONNOUSERSITE="1",
+               PYTHONDONTWRITEBYTECODE="1")
+    env.pop("PYTHONPATH", None)
+    env.pop("TOON_OFX_PYTHON", None)
+    t = time.perf_counter()
+    proc = subprocess.run([bpy_python(), str(SCENARIO), scenario, json.dumps(args), str(result_path)],
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    seconds = time.perf_counter() - t
+    output = f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+    assert result_path.is_file(), f"Blender exited {proc.returncode} without a result\n{output}"
+    result = json.loads(result_path.read_text())
+    assert result["ok"], f"scenario {scenario} failed in Blender:\n{result.get('traceback')}\n{output}"
+    result["data"]["_seconds"] = seconds
+    result["data"]["_stdout"] = proc.stdout
+    return result["data"]
+
+
+def shown_files(strip: dict) -> dict:
+    return {int(t): name for t, name in strip["shown"].items()}
+
+
+# ----------------------------------------------------------------------------- no Blender needed
+
+def test_timeline_trim_hold_offset_and_reverse():
+    # movie strip: content starts at frame 10, 3 source frames cut (hold offset), 5 trimmed left, 10 right
+    t = timeline.StripTiming(content_start=10, content_length=69, final_start=15, final_end=69, source_offset=3)
+    assert t.visible_timeline_range() == (15, 68)
+    assert t.visible_source_range() == (8, 61)
+    assert t.source_frame_at(15) == 8 and t.source_frame_at(40) == 33
+    assert t.shown_frames() == list(range(8, 62))
+    r = timeline.StripTiming(10, 69, 15, 69, source_offset=3, reverse=True)
+    assert r.source_frame_at(15) == 66 and r.source_frame_at(68) == 13
+    assert r.visible_source_range() == (13, 66)
+    assert r.shown_frames() == list(range(66, 12, -1))
+
+
+def test_timeline_hold_frames_strobe_and_nothing_visible():
+    hold = timeline.StripTiming(content_start=10, content_length=72, final_start=5, final_end=86)
+    assert hold.visible_source_range() == (0, 71)
+    assert hold.source_frame_at(5) == 0 and hold.source_frame_at(85) == 71
+    still = timeline.StripTiming(content_start=1, content_length=1, final_start=1, final_end=25)
+    assert still.visible_source_range() == (0, 0)
+    strobe = timeline.StripTiming(content_start=1, content_length=10, final_start=1, final_end=11, strobe=3)
+    assert strobe.shown_frames() == [0, 0, 0, 3, 3, 3, 6, 6, 6, 9]
+    with pytest.raises(timeline.TimelineError):
+        timeline.StripTiming(content_start=10, content_length=5, final_start=20, final_end=30).visible_source_range()
+
+
+def test_timeline_playback_rate():
+    """A 30 fps movie added with "Adjust Playback Rate" to a 24 fps scene: 72 frames span 57 timeline frames.
+
+    The expected frames are what Blender 5.0.1 rendered for a grey-coded clip.
+    """
+    t = timeline.StripTiming(content_start=1, content_length=57, final_start=1, final_end=58, rate=30 / 24,
+                             source_length=72)
+    assert t.shown_frames()[:9] == [0, 1, 3, 4, 5, 6, 8, 9, 10]    # idx * 1.25, halves rounded up
+    assert t.shown_frames()[-3:] == [68, 69, 70]
+    r = timeline.StripTiming(1, 52, 1, 53, source_offset=7, reverse=True, rate=1.25, source_length=65)
+    assert r.shown_frames()[:5] == [71, 70, 68, 67, 66] and r.shown_frames()[-2:] == [8, 7]
+
+
+def test_first_free_channel():
+    occupied = [(3, 0, 20), (4, 100, 120), (5, 10, 11)]
+    assert timeline.first_free_channel(occupied, 2, 10, 50) == 4   # 3 overlaps, 4 is free over 10-49
+    assert timeline.first_free_channel(occupied, 2, 20, 50) == 3   # end is exclusive
+    assert timeline.first_free_channel([], 1, 0, 10) == 2
+    with pytest.raises(timeline.TimelineError):
+        timeline.first_free_channel([(c, 0, 10) for c in range(2, 129)], 1, 0, 10)
+
+
+def test_image_sequence_source(tmp_path):
+    for i in range(1, 21):
+        (tmp_path / f"shot.{i:04d}.png").write_bytes(b"x")
+    files = [f"shot.{i:04d}.png" for i in range(5, 15)]
+    pattern, base = timeline.image_sequence_source(str(tmp_path), files)
+    assert pattern == str(tmp_path / "shot.%04d.png") and base == 4   # the engine counts from shot.0001
+    assert timeline.image_sequence_source(str(tmp_path), ["a.png"]) == (str(tmp_path / "a.png"), 0)
+    with pytest.raises(timeline.TimelineError):
+        timeline.image_sequence_source(str(tmp_path), ["shot.0001.png", "shot.0003.png"])
+    with pytest.raises(timeline.TimelineError):
+        timeline.image_sequence_source(str(tmp_path), ["shot.0001.png", "other.0002.png"])
+
+
+def test_addon_imports_only_stdlib_and_bpy():
+    allowed = set(sys.stdlib_module_names) | {"bpy"}
+    for path in ADDON.rglob("*.py"):
+        if "_vendor" in path.parts:
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                assert name.split(".")[0] in allowed, f"{path.name} imports {name}"
+
+
+def test_strip_api_names_only_in_compat():
+    """4.2's `sequences`/`Sequence` vs 5.0's `strips`/`Strip` live in compat.py alone."""
+    words = ("sequences_all", ".sequences", "selected_sequences", "strips_all", "selected_strips",
+             "sequencer_scene", "types.Sequence", "types.Strip", "new_movie(", "new_image(")
+    for path in ADDON.glob("*.py"):
+        if path.name == "compat.py":
+            continue
+        text = path.read_text()
+        for word in words:
+            if word in text:
+                # compat.new_image(...) / compat.sequencer_scene(...) calls are fine
+                stripped = text.replace(f"compat.{word.lstrip('.')}", "")
+                assert word not in stripped, f"{path.name} uses {word!r} outside compat.py"
+
+
+def test_build_zip_layout(addon_zip):
+    with zipfile.ZipFile(addon_zip) as zf:
+        names = zf.namelist()
+        manifest = zf.read("blender_manifest.toml").decode()
+    assert names[0] == "blender_manifest.toml"
+    for name in ("__init__.py", "compat.py", "jobs.py", "operators.py", "props.py", "timeline.py", "ui.py",
+                 "engine_link.py", "_vendor/__init__.py", "_vendor/toon_ofx/__init__.py",
+                 "_vendor/toon_ofx/client.py", "_vendor/toon_ofx/params.py", "_vendor/toon_ofx/errors.py",
+                 "_vendor/toon_ofx/dirs.py"):
+        assert name in names
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+    assert 'id = "toon_ofx"' in manifest and 'blender_version_min = "4.2.0"' in manifest
+    # same sources, same bytes
+    again = build_script.build(addon_zip.with_name("again.zip"))
+    assert again.read_bytes() == addon_zip.read_bytes()
+
+
+def test_build_refuses_non_stdlib_vendored_module(tmp_path):
+    fake = tmp_path / "toon_ofx"
+    shutil.copytree(REPO / "toon_ofx", fake, ignore=shutil.ignore_patterns("__pycache__"))
+    (fake / "client.py").write_text((fake / "client.py").read_text() + "\nimport numpy\n")
+    with pytest.raises(build_script.BuildError, match="numpy"):
+        build_script.build(tmp_path / "x.zip", fake)
+    assert build_script.main(["-o", str(tmp_path / "y.zip"), "--toon-ofx-dir", str(fake)]) == 1
+    assert not (tmp_path / "y.zip").exists()
+
+
+# ----------------------------------------------------------------------------- in Blender
+
+@pytest.mark.blender
+@needs_bpy
+def test_extension_zip_passes_blenders_validator(addon_zip):
+    validator = next(Path(bpy_python()).parents[1].glob("lib/python3*/site-packages/bpy/*/scripts/addons_core/"
+                                                         "bl_pkg/cli/blender_ext.py"), None)
+    if validator is None:
+        pytest.skip("bpy's extension command-line tool not found")
+    proc = subprocess.run([bpy_python(), str(validator), "validate", str(addon_zip)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.blender
+@needs_bpy
+def test_panel_properties_come_from_the_schema(addon_zip, tmp_path):
+    data = run_blender("schema", {"zip": str(addon_zip)}, tmp_path, tmp_path / "config")
+    sys.path.insert(0, str(REPO))
+    from toon_ofx import params
+    props = data["props"]
+    assert list(props) == [p.name for p in params.PARAMS]
+    for p in params.PARAMS:
+        prop = props[p.name]
+        if p.choices is not None:
+            assert prop["type"] == "ENUM" and prop["items"] == [str(c) for c in p.choices]
+            assert prop["default"] == str(p.default)
+        else:
+            if p.type is float:
+                assert prop["default"] == pytest.approx(p.default, rel=1e-6), p.name   # float32 in Blender
+            else:
+                assert prop["default"] == p.default, p.name
+            assert prop["type"] == {bool: "BOOLEAN", int: "INT", float: "FLOAT", str: "STRING"}[p.type]
+            if p.minimum is not None:
+                assert prop["min"] == pytest.approx(p.minimum), p.name
+            if p.maximum is not None:
+                assert prop["max"] == pytest.approx(p.maximum), p.name
+        assert prop["name"] == p.label
+    assert data["values"] == params.defaults()      # the panel's values as the engine gets them
+    assert data["panels"] == ["TOONOFX_PT_toonify", "TOONOFX_PT_advanced"]
+    assert data["panel_category"] == "Toon" and data["space"] == "SEQUENCE_EDITOR"
+    assert data["prefs_idname"] == "bl_ext.user_default.toon_ofx"
+    assert set(data["operators"]) >= {"toonify", "cancel", "check_engine"}
+
+
+@pytest.mark.blender
+@needs_bpy
+def test_unbuilt_checkout_and_disable(addon_zip, tmp_path):
+    repo_dir = tmp_path / "dev_repo"
+    repo_dir.mkdir()
+    (repo_dir / "toon_ofx").symlink_to(ADDON, target_is_directory=True)
+    data = run_blender("checkout", {"zip": str(addon_zip), "repo_dir": str(repo_dir)}, tmp_path, tmp_path / "cfg")
+    assert data["source"] == "checkout" and data["client_file"] == str(REPO / "toon_ofx" / "client.py")
+    assert data["vendored_source"] == "vendored"            # the installed zip uses its bundled copy
+    assert data["registered"] and not data["after_disable"] and not data["after_disable_zip"]
+
+
+@pytest.mark.blender
+@needs_bpy
+def test_placement_lines_up_with_the_source(addon_zip, tmp_path, grey_clip, grey_sequence):
+    """plan_strip + place_result: Blender's renderer shows result frame n wherever the source shows frame n."""
+    cases = [
+        {"label": "trim", "frame_start": 10, "frame_offset_start": 5, "frame_offset_end": 10,
+         "animation_offset_start": 3, "offset_x": 12.5},
+        {"label": "reverse", "frame_start": 10, "frame_offset_start": 5, "frame_offset_end": 10,
+         "animation_offset_start": 3, "reverse": True},
+        {"label": "hold", "frame_start": 10, "frame_offset_start": -5, "frame_offset_end": -4},
+        {"label": "strobe", "frame_start": 1, "strobe": 3.0, "frame_offset_end": 40},
+        {"label": "playback_rate", "ui_add": True, "frame_start": 10},
+        {"label": "playback_rate_trim_reverse", "ui_add": True, "frame_start": 10, "animation_offset_start": 7,
+         "frame_offset_start": 3, "frame_offset_end": 4, "reverse": True},
+        {"label": "still", "image": str(grey_sequence / "shot.0001.png"), "channel": 1, "frame_start": 1,
+         "frame_final_end": 25},
+        {"label": "blockers", "channel": 2, "frame_start": 1, "blockers": [[3, 50, 10], [4, 200, 10], [5, 1, 3]],
+         "output_kind": "overlay"},
+        {"label": "sequence", "sequence": [str(grey_sequence / f"shot.{i:04d}.png") for i in range(5, 15)],
+         "channel": 3, "frame_start": 100, "frame_offset_start": 2, "frame_offset_end": 1},
+        {"label": "meta", "meta": True, "frame_start": 10, "frame_offset_start": 5},
+    ]
+    data = run_blender("placement", {"zip": str(addon_zip), "clip": str(grey_clip), "folder": str(tmp_path / "out"),
+                                     "cases": cases, "fps": 24}, tmp_path, tmp_path / "config")
+    for case in cases:
+        label = case["label"]
+        got = data[label]
+        assert got["source_before"] == got["source_after"], f"{label}: the source strip changed"
+        new, src = got["new"], got["source_after"]
+        assert new["type"] == "IMAGE"
+        assert (new["frame_final_start"], new["frame_final_end"]) == (src["frame_final_start"], src["frame_final_end"])
+        # the decisive check: what Blender renders, frame by frame
+        assert got["rendered_result"] == got["rendered_source"], label
+        if label != "still":
+            assert len(set(got["rendered_source"])) > 1, label
+
+    def check(label, plan, channel):
+        assert data[label]["plan"] == plan, label
+        assert data[label]["new"]["channel"] == channel, label
+
+    # frame_start 10, 3 source frames cut: timeline 15 shows source 3 + (15 - 10) = 8
+    check("trim", [8, 61], 3)
+    assert data["trim"]["rendered_source"][:2] == [8, 9]
+    assert data["trim"]["new"]["transform"][:1] == [12.5]            # placement copied
+    check("reverse", [13, 66], 3)
+    check("hold", [0, 71], 3)
+    assert data["hold"]["rendered_source"][:6] == [0] * 6             # held first frame stays held
+    assert data["playback_rate"]["rate"] == pytest.approx(1.25)
+    assert data["playback_rate"]["new"]["frame_final_duration"] == 57
+    check("playback_rate", [0, 70], 3)
+    check("still", [0, 0], 2)
+    assert data["still"]["new"]["frame_final_duration"] == 24
+    check("blockers", [0, 71], 4)                                     # 3 is taken, 4 only later, 5 only before
+    assert data["blockers"]["new"]["blend_type"] == "ALPHA_OVER"
+    # shot.0005..0014 of a folder starting at shot.0001: source frames 4..13, trimmed by 2 and 1
+    assert data["sequence"]["plan_source"] == str(grey_sequence / "shot.%04d.png")
+    check("sequence", [6, 12], 4)
+    check("meta", [5, 71], 3)
+    assert data["meta"]["new"]["parent_meta"] == "meta"
+
+
+@pytest.mark.blender
+@needs_bpy
+def test_toonify_operator_with_the_engine_process(addon_zip, tmp_path, grey_clip, engine):
+    """The operator's execute() against `toon-ofx serve`: a trimmed 30 fps movie in a 24 fps scene, added
+    the way the UI does (real-time playback rate), channel 3 taken, overlay output. The stand-in renderer
+    copies source frames, so the timeline must render the same with and without the new strip."""
+    args = {"zip": str(addon_zip), "clip": str(grey_clip), "output_folder": str(tmp_path / "renders"),
+            "ui_add": True, "frame_start": 10, "frame_offset_start": 5, "frame_offset_end": 10,
+            "blockers": [[3, 1, 20]], "render": True,
+            "params": {"steps": 3, "warm_steps": 1, "swap_res": 32, "output_kind": "overlay", "device": "cpu"}}
+    data = run_blender("toonify", args, tmp_path, engine)
+    assert data["op"]["error"] is None and data["op"]["result"] == ["FINISHED"], \
+        (data["op"], (tmp_path / "engine.log").read_text()[-3000:])
+    assert data["before"][data["source"]] == data["after"][data["source"]]   # original untouched
+    (name,) = data["new"]
+    new, src = data["after"][name], data["after"][data["source"]]
+    assert src["frame_duration"] == 57                     # 72 frames at 30 fps, in real time at 24 fps
+    assert (new["channel"], new["frame_final_start"], new["frame_final_duration"]) == (4, 15, 42)
+    assert new["blend_type"] == "ALPHA_OVER"
+    # timeline frame 15 shows movie frame round((15 - 10) * 30 / 24) = 6
+    assert new["files"][0] == "grey30_toon.000006.png" and len(new["files"]) == 42
+    assert Path(new["directory"], new["files"][0]).is_file()
+    assert Path(new["directory"]).parent == tmp_path / "renders"
+    assert data["rendered_result"] == data["rendered_source"]
+    (job,) = engine_jobs(engine)                           # what the engine was asked for
+    assert job["frames"] == [6, 58] and job["source"] == str(grey_clip) and job["state"] == "done"
+    assert (job["params"]["steps"], job["params"]["warm_steps"], job["params"]["swap_res"]) == (3, 1, 32)
+    assert job["params"]["output_kind"] == "overlay"
+
+
+@pytest.mark.blender
+@needs_bpy
+def test_errors_are_reports_not_tracebacks(addon_zip, tmp_path, clip, engine):
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("this is not a video")
+    empty = tmp_path / "empty_config"
+    empty.mkdir()
+    data = run_blender("errors", {"zip": str(addon_zip), "clip": str(clip), "output_folder": str(tmp_path / "r"),
+                                  "bad_media": str(bad), "empty_config_dir": str(empty)},
+                       tmp_path, engine)
+    expected = {"nothing_selected": "select one or more movie or image strips",
+                "no_media_selected": "select one or more movie or image strips",
+                "no_engine": "cannot start the engine with /nonexistent/python3",
+                "no_engine_python": "no toon-ofx engine is running, and no Engine Python is set",
+                "bad_media": f"{bad} is not a video",                      # the engine's own message
+                "render_failed": "Toonify 'clip' failed: the stand-in renderer was told to fail"}
+    for label, text in expected.items():
+        case = data[label]
+        assert case["op"]["result"] == ["ERROR"], (label, case)
+        assert text in case["op"]["error"], (label, case["op"]["error"])
+        assert "Traceback" not in case["op"]["error"]
+        assert case["unchanged"], f"{label}: strips changed"
+    assert "Traceback" not in data["_stdout"]
+
+
+@pytest.mark.blender
+@needs_bpy
+def test_cancel_while_rendering(addon_zip, tmp_path, clip, slow_engine):
+    data = run_blender("cancel", {"zip": str(addon_zip), "clip": str(clip), "output_folder": str(tmp_path / "r")},
+                       tmp_path, slow_engine)
+    assert data["done"] and data["cancelled"] and data["error"] is None
+    assert data["engine_state"] == "cancelled"
+    assert data["reports"] == [["WARNING", "Toonify 'clip' cancelled"]]
+    assert data["unchanged"]
+    assert any("frame 2/72" in s for s in data["statuses"])
+    assert data["progress"] == sorted(data["progress"]) and 0 < data["progress"][-1] < 1
+
+
+@pytest.mark.blender
+@needs_bpy
+def test_engine_killed_mid_render(addon_zip, tmp_path, clip, slow_engine):
+    data = run_blender("engine_dies", {"zip": str(addon_zip), "clip": str(clip), "output_folder": str(tmp_path / "r"),
+                                       "frame_offset_end": 40}, tmp_path, slow_engine)
+    assert data["killed"] and data["done"] and data["unchanged"]
+    ((level, text),) = data["reports"]
+    assert level == "ERROR" and text.startswith("Toonify 'clip' failed: cannot reach the engine"), text
+
+
+@pytest.mark.blender
+@needs_bpy
+def test_modal_operator_progress_and_esc(addon_zip, tmp_path, clip, slow_engine):
+    """invoke() + modal() (never called by headless Blender) driven with recorded window-manager calls."""
+    args = {"zip": str(addon_zip), "clip": str(clip), "output_folder": str(tmp_path / "r"),
+            "frame_start": 1, "frame_offset_start": 10, "frame_offset_end": 50}
+    data = run_blender("modal", args, tmp_path, slow_engine)
+    full, cancelled = data["full"], data["cancelled"]
+
+    assert full["first"] == ["RUNNING_MODAL"] and full["final"] == ["FINISHED"]
+    assert full["passthrough"] == ["PASS_THROUGH"]             # the UI keeps its events
+    assert full["poll_while_running"] is False and full["poll_after"] is True
+    assert full["engine_state"] == "done" and full["source_unchanged"]
+    (new,) = full["new"]
+    assert (new["channel"], new["frame_final_start"], new["frame_final_duration"]) == (3, 11, 12)
+    calls = full["calls"]
+    assert calls[:3] == [["timer_add", 0.25], ["progress_begin", 0, 100], ["modal_handler_add"]]
+    statuses = [c[1] for c in calls if c[0] == "status"]
+    assert statuses[0].startswith("Toonify: connecting") and statuses[-1] is None
+    assert any("frame 5/12" in (s or "") for s in statuses)
+    progress = [c[1] for c in calls if c[0] == "progress_update"]
+    assert progress == sorted(progress) and progress[-1] > 0
+    assert calls[-3:] == [["timer_remove"], ["progress_end"], ["status", None]]
+    assert full["reports"] == [["INFO", "Toonify 'clip': added 'clip toon' in channel 3, frames 11-22"]]
+
+    assert cancelled["final"] == ["CANCELLED"] and cancelled["new"] == [] and cancelled["source_unchanged"]
+    assert cancelled["engine_state"] == "cancelled"
+    assert cancelled["reports"] == [["WARNING", "Toonify 'clip' cancelled"]]
+    assert cancelled["calls"][-3:] == [["timer_remove"], ["progress_end"], ["status", None]]
+
+
+def _png_size(path: Path) -> tuple:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", path
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def _stop_started_engine(config: Path) -> None:
+    """Stop the engine the add-on started (it runs detached from the test)."""
+    import signal
+    info = config / "server.json"
+    if not info.is_file():
+        return
+    pid = json.loads(info.read_text()).get("pid")
+    if not pid:
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)  # pragma: no cover
+
+
+@pytest.mark.slow
+@pytest.mark.blender
+@needs_bpy
+def test_toonify_real_engine_started_by_the_addon(addon_zip, tmp_path, tiny_params):
+    """End to end with nothing stubbed: no engine is running, the add-on starts `python -m toon_ofx serve`
+    from its Engine Python preference, the real renderer toonifies the trimmed face clip with tiny
+    StyleGAN2 models, and the result strip lands above the original on the same frames."""
+    clip = SHARED_CLIP
+    if not clip.is_file():
+        pytest.skip(f"{clip} is missing")
+    config = tmp_path / "config"
+    args = {"zip": str(addon_zip), "clip": str(clip), "output_folder": str(tmp_path / "renders"),
+            "engine_python": sys.executable, "start_timeout": 180, "timeout": 900,
+            "channel": 2, "frame_start": 1, "frame_offset_start": 20, "frame_offset_end": 44,
+            "params": dict(tiny_params, output_kind="frame")}
+    try:
+        data = run_blender("toonify", args, tmp_path, config, timeout=1200)
+        jobs = engine_jobs(config)
+    finally:
+        _stop_started_engine(config)
+    log = tmp_path / "engine_data" / "logs" / "server.log"
+    assert data["op"]["error"] is None and data["op"]["result"] == ["FINISHED"], \
+        (data["op"], log.read_text()[-4000:] if log.is_file() else "no engine log")
+    assert data["before"][data["source"]] == data["after"][data["source"]]
+    (name,) = data["new"]
+    new = data["after"][name]
+    assert (new["channel"], new["frame_final_start"], new["frame_final_duration"]) == (3, 21, 8)
+    assert new["files"] == [f"clip_toon.{n:06d}.png" for n in range(20, 28)]   # named after the strip
+    first = Path(new["directory"], new["files"][0])
+    assert _png_size(first) == (640, 360)                    # full frames at the source's size
+    (job,) = jobs
+    assert job["state"] == "done" and job["frames"] == [20, 27]
+    assert job["params"]["model"] == tiny_params["model"] and job["params"]["swap_res"] == 16
+    assert job["progress"]["faces"] > 0                      # the real face was found and replaced
+    import cv2
+    import numpy as np
+    cap = cv2.VideoCapture(str(clip))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, 20)
+    ok, original = cap.read()
+    cap.release()
+    toon = cv2.imread(str(first))
+    assert ok and toon.shape == original.shape
+    assert np.abs(toon.astype(int) - original.astype(int)).mean() > 0.5   # the face changed
