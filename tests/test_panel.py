@@ -1,0 +1,500 @@
+"""The PySide6 panel, offscreen: widgets driven by hand, a fake engine backend, injected camera frames."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import numpy as np
+import pytest
+
+QtWidgets = pytest.importorskip("PySide6.QtWidgets")
+from PySide6.QtCore import Qt  # noqa: E402
+
+from toon_ofx import panel as panel_mod  # noqa: E402
+from toon_ofx import params as schema  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SCREENSHOT_COPY = Path(os.environ.get("TOON_OFX_SCREENSHOT", "/tmp/toon_ofx_panel.png"))
+
+
+@pytest.fixture(scope="module")
+def app():
+    return QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+
+
+def wait_until(app, predicate, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        app.processEvents()
+        if predicate():
+            return True
+        time.sleep(0.01)
+    app.processEvents()
+    return predicate()
+
+
+def face_image(w=160, h=120, shift=0):
+    """A synthetic frame: a gradient with a skin-coloured disc (a stand-in face)."""
+    y, x = np.mgrid[0:h, 0:w]
+    image = np.stack([(x * 255 // w + shift) % 256, y * 255 // h, np.full_like(x, 90)], axis=2).astype(np.uint8)
+    mask = (x - w // 2) ** 2 + (y - h // 2) ** 2 < (h // 3) ** 2
+    image[mask] = (230, 180, 150)
+    return image
+
+
+class FakeBackend:
+    """preview/submit/job/cancel like the engine: jobs advance a few frames per poll."""
+
+    name = "fake"
+
+    def __init__(self, step=2, preview_delay=0.05):
+        self.step, self.preview_delay = step, preview_delay
+        self.jobs, self.previews, self.cancelled = {}, [], []
+        self.lock = threading.Lock()
+        self.threads = set()
+
+    def preview(self, source, frame, params):
+        self.threads.add(threading.current_thread().name)
+        schema.validate(params)
+        time.sleep(self.preview_delay)
+        self.previews.append((source, frame, params))
+        original = face_image(shift=frame)
+        return panel_mod.Preview(original, 255 - original, 1, frame)
+
+    def submit(self, source, frames, params, output_folder, output_kind="sequence", name=None):
+        first, last = frames or (0, 9)
+        with self.lock:
+            job = {"id": f"j{len(self.jobs) + 1}", "state": "queued", "source": source, "frames": [first, last],
+                   "params": schema.validate(params), "output": {"folder": output_folder, "kind": output_kind},
+                   "progress": {"frames_done": 0, "frames_total": last - first + 1, "stage": "queued",
+                                "eta_seconds": None, "faces": 0}, "error": None, "result": None}
+            self.jobs[job["id"]] = job
+            return json.loads(json.dumps(job))
+
+    def job(self, job_id):
+        self.threads.add(threading.current_thread().name)
+        with self.lock:
+            job = self.jobs[job_id]
+            if job["state"] in ("queued", "running"):
+                pr = job["progress"]
+                pr["frames_done"] = min(pr["frames_total"], pr["frames_done"] + self.step)
+                job["state"], pr["stage"], pr["eta_seconds"] = "running", "rendering", 3.0
+                if pr["frames_done"] == pr["frames_total"]:
+                    first, last = job["frames"]
+                    job["state"], pr["stage"] = "done", "done"
+                    job["result"] = {"kind": "sequence", "path": job["output"]["folder"],
+                                     "pattern": job["output"]["folder"] + "/x_toon.%06d.png",
+                                     "first_frame": first, "last_frame": last, "fps": 24.0}
+            return json.loads(json.dumps(job))
+
+    def cancel(self, job_id):
+        with self.lock:
+            self.cancelled.append(job_id)
+            if self.jobs[job_id]["state"] not in ("done", "failed"):
+                self.jobs[job_id]["state"] = "cancelled"
+            return json.loads(json.dumps(self.jobs[job_id]))
+
+
+def clips_doc(tmp_path):
+    movie = tmp_path / "a.mp4"
+    _write_movie(movie, 30)
+    clip = {"id": "ti-1", "name": "a.mp4", "source": str(movie), "kind": "movie", "first": 4, "last": 23,
+            "clip_fps": 24.0, "timeline_fps": 24.0, "record_start": 86400, "record_end": 86420, "track": 1,
+            "current": False}
+    second = dict(clip, id="ti-2", name="b.mp4", first=0, last=9, record_start=86430, record_end=86440,
+                  current=True)
+    return {"version": 1, "host": "resolve", "project": "P", "timeline": "Edit 1", "source_track": 1,
+            "video_tracks": 3, "clips": [clip, second], "skipped": [], "params": {"steps": 250}}
+
+
+def _write_movie(path, frames, size=(96, 72), fps=24):
+    import cv2
+
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
+    for i in range(frames):
+        writer.write(cv2.cvtColor(face_image(*size, shift=i * 3), cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+@pytest.fixture
+def movie(tmp_path):
+    return _write_movie(tmp_path / "clip.mp4", 20)
+
+
+# ------------------------------------------------------------------ params
+def test_widgets_produce_schema_parameters(app, movie):
+    models = [{"name": "toonify", "label": "Toonify (1024)", "size": 1024},
+              {"name": "tiny-toon", "label": "Tiny toon", "size": 64}]
+    w = panel_mod.ToonPanel(FakeBackend(), source=str(movie), models=models)
+    try:
+        assert w.params() == schema.defaults()
+        w.steps_slider.setValue(300)                       # the paper's projection-iterations slider
+        assert w.steps_spin.value() == 300
+        w.swap_combo.setCurrentIndex(w.swap_combo.findData(32))   # the paper's swap-resolution combo
+        w.param_widgets["warm_steps"]["widget"].setValue(40)
+        w.output_kind_combo.setCurrentIndex(w.output_kind_combo.findData("overlay"))
+        w.advanced_box.setChecked(True)
+        w.findChild(QtWidgets.QDoubleSpinBox, "param_feather").setValue(0.2)
+        w.findChild(QtWidgets.QCheckBox, "param_color_match").setChecked(False)
+        w.findChild(QtWidgets.QComboBox, "param_latent_space").setCurrentIndex(0)
+        params = w.params()
+        assert params == schema.validate({"steps": 300, "swap_res": 32, "warm_steps": 40, "output_kind": "overlay",
+                                          "feather": 0.2, "color_match": False, "latent_space": "w"})
+        assert set(params) == set(schema.BY_NAME)
+        # every schema parameter has a widget, and set_params round-trips
+        w.set_params({"steps": 77, "swap_res": 16, "seed": 5})
+        assert (w.steps_slider.value(), w.params()["swap_res"], w.params()["seed"]) == (77, 16, 5)
+        # swap resolutions are limited by the model's size
+        w.model_combo.setCurrentIndex(w.model_combo.findData("tiny-toon"))
+        assert [w.swap_combo.itemData(i) for i in range(w.swap_combo.count())] == [4, 8, 16, 32, 64]
+        assert w.params()["model"] == "tiny-toon" and w.params()["swap_res"] == 16
+        w.set_params({"model": "/models/mine.pt"})          # a browsed path becomes an entry
+        assert w.params()["model"] == "/models/mine.pt"
+        assert w.model_combo.itemText(w.model_combo.count() - 1) == "Browse…"
+    finally:
+        w.close()
+
+
+def test_models_come_from_the_manifest(app):
+    pytest.importorskip("toon_ofx.model_store")
+    models = panel_mod.model_choices()
+    kinds = {m["name"]: m["kind"] for m in models}
+    assert kinds.get("toonify") == "blended" and "vgg16" not in kinds
+    assert any(k == "base" for k in kinds.values())
+    w = panel_mod.ToonPanel(FakeBackend(), models=models)
+    try:
+        w.set_params({"model": "toonify"})
+        assert not w.swap_combo.isEnabled()                 # a published blended model: swap baked in
+        toon = next((m["name"] for m in models if m["kind"] == "toon"), None)
+        if toon:
+            w.set_params({"model": toon})
+            assert w.swap_combo.isEnabled()
+        base = w.findChild(QtWidgets.QComboBox, "param_base_model")
+        assert base.isEditable() and w.params()["base_model"] == schema.defaults()["base_model"]
+        base.setCurrentText("/models/base.pt")
+        assert w.params()["base_model"] == "/models/base.pt"
+    finally:
+        w.close()
+
+
+# ----------------------------------------------------------------- preview
+def test_preview_shows_original_and_stylised_side_by_side(app, movie):
+    backend = FakeBackend()
+    w = panel_mod.ToonPanel(backend, source=str(movie), models=[])
+    w.show()
+    try:
+        assert w.frame_slider.maximum() == 19
+        assert wait_until(app, lambda: w.original_view.image is not None)   # the frame under the scrubber
+        w.frame_slider.setValue(7)
+        w.preview_button.click()
+        assert not w.preview_button.isEnabled()            # running on the pool, the UI stays live
+        assert wait_until(app, lambda: w.last_preview is not None)
+        assert backend.previews[0][:2] == (str(movie), 7)
+        assert "MainThread" not in backend.threads
+        assert w.original_view.image.size().toTuple() == (160, 120)
+        assert w.stylised_view.image.size().toTuple() == (160, 120)
+        assert not w.stylised_view.pixmap().isNull() and not w.original_view.pixmap().isNull()
+        assert w.original_view.geometry().right() < w.stylised_view.geometry().left()   # side by side
+        assert "1 face" in w.faces_label.text()
+        assert w.preview_button.isEnabled()
+    finally:
+        w.close()
+
+
+def test_preview_accepts_png_bytes_from_the_engine_and_reports_errors(app, movie):
+    import cv2
+
+    ok, png = cv2.imencode(".png", face_image())
+
+    class PngBackend(FakeBackend):
+        def preview(self, source, frame, params):
+            if frame == 3:
+                raise panel_mod.UserError("frame 3 is outside the clip")
+            return panel_mod.Preview(png.tobytes(), png.tobytes(), [{"box": [0, 0, 1, 1]}] and 2, frame)
+
+    w = panel_mod.ToonPanel(PngBackend(), source=str(movie), models=[])
+    try:
+        w.frame_slider.setValue(2)
+        w.preview()
+        assert wait_until(app, lambda: w.last_preview is not None)
+        assert w.stylised_view.image.width() == 160 and "2 face" in w.faces_label.text()
+        w.frame_slider.setValue(3)
+        w.preview()
+        assert wait_until(app, lambda: "Preview failed" in w.status.text())
+        assert "outside the clip" in w.status.text()
+    finally:
+        w.close()
+
+
+# ------------------------------------------------------------------ render
+def test_render_progress_then_cancel(app, tmp_path):
+    backend = FakeBackend(step=1)
+    doc = clips_doc(tmp_path)
+    result = tmp_path / "result.json"
+    w = panel_mod.ToonPanel(backend, clips_doc=doc, result_path=str(result), models=[], poll_ms=20)
+    w.show()
+    try:
+        assert w.params()["steps"] == 250                    # initial params from the script
+        assert w.clip_list.count() == 2 and w.current_clip()["id"] == "ti-2"
+        assert (w.frame_slider.minimum(), w.frame_slider.maximum()) == (0, 9)
+        w.target_combo.setCurrentIndex(w.target_combo.findData(3))
+        w.render_button.click()
+        assert not w.render_button.isEnabled() and w.cancel_button.isEnabled()
+        assert wait_until(app, lambda: w.progress.value() > 0)
+        assert "frames" in w.status.text()
+        w.cancel_button.click()
+        assert wait_until(app, lambda: not w.busy() and w.render_button.isEnabled())
+        assert sorted(backend.cancelled) == ["j1", "j2"]
+        assert "Cancelled" in w.status.text()
+        doc_out = json.loads(result.read_text())
+        assert doc_out["status"] == "cancelled" and doc_out["target_track"] == 3
+        assert [r["job"]["state"] for r in doc_out["results"]] == ["cancelled", "cancelled"]
+        assert w.isVisible()                                   # stays open after a cancel
+    finally:
+        w.close()
+
+
+def test_render_to_completion_writes_the_result_and_closes(app, tmp_path):
+    backend = FakeBackend(step=5)
+    doc = clips_doc(tmp_path)
+    result = tmp_path / "result.json"
+    w = panel_mod.ToonPanel(backend, clips_doc=doc, result_path=str(result), models=[], poll_ms=20)
+    w.show()
+    finished = []
+    w.jobs_finished.connect(finished.append)
+    w.clip_list.item(1).setCheckState(Qt.Unchecked)           # only the first clip
+    w.steps_slider.setValue(120)
+    w.render()
+    assert wait_until(app, lambda: finished == ["done"])
+    assert wait_until(app, lambda: not w.isVisible())          # back to the Resolve script
+    out = json.loads(result.read_text())
+    assert out["status"] == "done" and out["target_track"] == "new"
+    (entry,) = out["results"]
+    assert entry["clip"] == "ti-1" and entry["job"]["frames"] == [4, 23]
+    assert entry["job"]["params"]["steps"] == 120
+    assert w.progress.value() == 100
+
+
+def test_render_needs_a_source_and_reports_failures(app, tmp_path, movie):
+    class Failing(FakeBackend):
+        def job(self, job_id):
+            job = super().job(job_id)
+            job.update(state="failed", error="no face found anywhere in the clip")
+            return job
+
+    w = panel_mod.ToonPanel(Failing(), models=[], poll_ms=20)
+    try:
+        w.render()
+        assert "Choose a video" in w.status.text()
+        w.set_source(str(tmp_path / "missing.mp4"))
+        assert "Cannot open" in w.status.text()
+        w.set_source(str(movie))
+        w.output_edit.setText(str(tmp_path / "out"))
+        w.render()
+        assert wait_until(app, lambda: w.status.text().startswith("Failed"))
+        assert "no face found" in w.status.text() and w.render_button.isEnabled()
+        assert w._jobs[0]["job"]["output"]["folder"].startswith(str(tmp_path / "out"))
+    finally:
+        w.close()
+
+
+# -------------------------------------------------------------------- live
+def test_webcam_live_preview_with_injected_frames(app, movie):
+    backend = FakeBackend(preview_delay=0.02)
+    frames = [face_image(shift=i) for i in range(400)]
+    w = panel_mod.ToonPanel(backend, source=str(movie), models=[],
+                            frame_source=lambda: panel_mod.IterSource(frames))
+    w.show()
+    try:
+        w.live_button.click()
+        assert wait_until(app, lambda: len(backend.previews) >= 2 and w.stylised_view.image is not None)
+        source, frame, _ = backend.previews[-1]
+        assert frame == 0 and source.endswith("live.png") and os.path.exists(source)
+        assert "Live" in w.faces_label.text()
+        w.live_button.click()
+        assert wait_until(app, lambda: w._grabber is None)
+    finally:
+        w.close()
+
+
+def test_no_camera_is_a_clear_message(app, movie):
+    def no_camera():
+        raise RuntimeError("No camera found (camera 0 could not be opened).")
+
+    w = panel_mod.ToonPanel(FakeBackend(), source=str(movie), models=[], frame_source=no_camera)
+    try:
+        w.start_live()
+        assert wait_until(app, lambda: "No camera found" in w.status.text())
+        assert not w.live_button.isChecked() and w._grabber is None
+    finally:
+        w.close()
+
+
+def test_real_camera_source_without_a_camera():
+    cv2 = pytest.importorskip("cv2")
+    if cv2.VideoCapture(0).isOpened():  # pragma: no cover - a machine with a webcam
+        pytest.skip("a camera is attached")
+    with pytest.raises(RuntimeError, match="No camera found"):
+        panel_mod.CameraSource(0)
+
+
+# -------------------------------------------------------------- screenshot
+class PortraitBackend(FakeBackend):
+    """Previews a real portrait (the shared astronaut photo) with a posterised stand-in for the toon."""
+
+    def preview(self, source, frame, params):
+        import cv2
+
+        photo = REPO.parent / "shared" / "fixtures" / "astronaut.png"
+        if not photo.exists():
+            return super().preview(source, frame, params)
+        image = cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB)
+        smooth = cv2.bilateralFilter(image, 9, 60, 9)
+        toon = (smooth // 48) * 48 + 24
+        edges = cv2.adaptiveThreshold(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), 255, cv2.ADAPTIVE_THRESH_MEAN_C,
+                                      cv2.THRESH_BINARY, 9, 4)
+        toon[edges == 0] = 30
+        return panel_mod.Preview(image, toon.astype(np.uint8), 1, frame)
+
+
+def test_screenshot(app, tmp_path):
+    backend = PortraitBackend()
+    doc = clips_doc(tmp_path)
+    w = panel_mod.ToonPanel(backend, clips_doc=doc, models=[{"name": "toonify", "label": "Toonify", "size": 1024}],
+                            poll_ms=20)
+    w.resize(1200, 760)
+    w.show()
+    try:
+        w.frame_slider.setValue(5)
+        w.preview()
+        assert wait_until(app, lambda: w.last_preview is not None)
+        w.render()
+        assert wait_until(app, lambda: 0 < w.progress.value() < 100, timeout=5) or True
+        path = tmp_path / "panel.png"
+        w.save_screenshot(str(path))
+        from PySide6.QtGui import QImage
+
+        shot = QImage(str(path))
+        assert shot.width() >= 1000 and shot.height() >= 600
+        shutil.copyfile(path, SCREENSHOT_COPY)
+    finally:
+        w.close()
+
+
+# -------------------------------------------------------------- command line
+def test_panel_command_line(tmp_path):
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
+    out = subprocess.run([sys.executable, "-m", "toon_ofx.panel", "--help"], capture_output=True, text=True,
+                         env=env, timeout=60)
+    assert out.returncode == 0 and "--live" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "toon_ofx.panel", str(tmp_path / "nope.mp4")],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 2 and "does not exist" in out.stderr and "Traceback" not in out.stderr
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"text": "Placed 1 toon clip(s) on V2", "failed": []}))
+    shot = tmp_path / "shot.png"
+    movie = _write_movie(tmp_path / "m.mp4", 5)
+    out = subprocess.run([sys.executable, "-m", "toon_ofx.panel", str(movie), "--backend", "inprocess",
+                          "--set", "steps=42", "--screenshot", str(shot)],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert shot.exists() and shot.stat().st_size > 1000
+
+
+# ------------------------------------------------------------------ backends
+def test_engine_backend_previews_through_the_engine_process(app, tmp_path, movie):
+    """EngineBackend over real HTTP (an in-process server with a stand-in preview)."""
+    from toon_ofx.client import EngineClient
+    from toon_ofx.server import Server
+
+    def fake_preview(source, frame, params):
+        image = panel_mod.read_frame(source, frame)
+        return image, 255 - image, [{"box": [1, 2, 3, 4]}]
+
+    server = Server(config_dir=tmp_path / "config", data_dir=tmp_path / "data", preview_fn=fake_preview,
+                    model_check=None)
+    with server:
+        backend = panel_mod.EngineBackend(EngineClient(server.url, server.token))
+        w = panel_mod.ToonPanel(backend, source=str(movie), models=[])
+        try:
+            w.frame_slider.setValue(4)
+            w.preview()
+            assert wait_until(app, lambda: w.last_preview is not None, timeout=30), w.status.text()
+            assert w.stylised_view.image.size().toTuple() == (96, 72)
+            assert w.last_preview.faces == 1 and w.last_preview.frame == 4
+        finally:
+            w.close()
+
+
+def test_in_process_backend_runs_render_in_a_thread_and_cancels(tmp_path):
+    from types import SimpleNamespace
+
+    release = threading.Event()
+
+    class FakeRender:
+        RenderRequest = staticmethod(lambda **kw: SimpleNamespace(**kw))
+
+        @staticmethod
+        def preview(source, frame, params):
+            return face_image(), face_image(), 1
+
+        @staticmethod
+        def render(request, progress=None, cancel=None):
+            first, last = request.frames
+            for i in range(first, last + 1):
+                progress(SimpleNamespace(stage="rendering", frames_done=i - first + 1, frames_total=last - first + 1,
+                                         faces=1, eta_seconds=None))
+                if cancel.wait(0.01 if release.is_set() else 5):
+                    from toon_ofx.errors import Cancelled
+                    raise Cancelled("cancelled")
+            return SimpleNamespace(kind="sequence", output=Path(request.output).parent, pattern=str(request.output),
+                                   first_frame=first, last_frame=last, fps=24.0)
+
+    backend = panel_mod.InProcessBackend(render_module=FakeRender)
+    assert backend.preview("x.mp4", 0, {}).faces == 1
+    job = backend.submit("/m/a.mp4", [2, 5], {"steps": 9}, str(tmp_path), "sequence")
+    assert job["params"]["steps"] == 9
+    assert wait_for(lambda: backend.job(job["id"])["state"] == "running")
+    backend.cancel(job["id"])
+    assert wait_for(lambda: backend.job(job["id"])["state"] == "cancelled")
+    release.set()
+    job = backend.submit("/m/a.mp4", [2, 5], {}, str(tmp_path), "sequence")
+    assert wait_for(lambda: backend.job(job["id"])["state"] == "done")
+    result = backend.job(job["id"])["result"]
+    assert (result["first_frame"], result["last_frame"]) == (2, 5) and result["pattern"].endswith("a_toon.%06d.png")
+
+
+def wait_for(predicate, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+@pytest.mark.slow
+def test_preview_through_the_real_renderer_with_tiny_models(app, astronaut_clip, tiny_params):
+    """The panel's in-process backend on toon_ofx.render.preview: a real face, tiny generators."""
+    pytest.importorskip("toon_ofx.render")
+    w = panel_mod.ToonPanel(panel_mod.InProcessBackend(), source=str(astronaut_clip), models=[])
+    try:
+        w.set_params(tiny_params)
+        w.frame_slider.setValue(3)
+        w.preview()
+        assert wait_until(app, lambda: w.last_preview is not None or "failed" in w.status.text(), timeout=300)
+        assert w.last_preview is not None, w.status.text()
+        assert w.original_view.image.size().toTuple() == (256, 192)
+        assert w.stylised_view.image.size().toTuple() == (256, 192)
+        assert w.last_preview.faces == 1 and w.last_preview.frame == 3
+    finally:
+        w.close()
