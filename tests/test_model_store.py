@@ -41,8 +41,8 @@ def test_manifest_parses_and_entries_are_complete():
             assert e["resolution"] in (256, 512, 1024), name
             assert e["format"] in ("rosinality-pt", "nvidia-pkl", "nvidia-tf-pkl"), name
             assert "Nvidia Source Code License-NC" in e["licence"], name
-        if e["format"] == "nvidia-tf-pkl":
-            assert e.get("download_file") and e.get("convert"), name
+        if e["format"] in ("nvidia-pkl", "nvidia-tf-pkl"):  # engine.checkpoints loads both as downloaded
+            assert e["file"].endswith(".pkl") and not e.get("download_file") and not e.get("convert"), name
         if e["kind"] == "blended":
             assert e.get("swap_res"), name
     for group, members in m["groups"].items():
@@ -173,13 +173,13 @@ sha256 = ""
 licence = "test"
 notes = ""
 
-[models.tf]
+[models.conv]
 title = "needs conversion"
 kind = "blended"
-file = "tf.pt"
-download_file = "tf.pkl"
-convert = "convert_weight.py tf.pkl"
-format = "nvidia-tf-pkl"
+file = "conv.pt"
+download_file = "conv.zip"
+convert = "unzip conv.zip"
+format = "rosinality-pt"
 resolution = 256
 swap_res = 64
 urls = ["{base}/good.bin"]
@@ -245,11 +245,11 @@ def test_resolve_missing_says_what_to_do(store):
     with pytest.raises(UserError, match="https://example.invalid/manual"):
         ms.resolve("manual")
     with pytest.raises(UserError, match="convert"):
-        ms.resolve("tf")
+        ms.resolve("conv")
     (store / "models").mkdir()
-    (store / "models" / "tf.pkl").write_bytes(b"tf pickle")
+    (store / "models" / "conv.zip").write_bytes(b"zipped")
     with pytest.raises(UserError, match="must be converted"):
-        ms.resolve("tf")
+        ms.resolve("conv")
 
 
 def test_resolve_unknown_lists_names(store):
@@ -275,7 +275,7 @@ def test_pull_verifies_and_installs(store):
     assert ms.pull("prefix", progress=True).read_bytes() == PAYLOAD  # prefix check, with a progress bar
     assert ms.pull("local", progress=False).read_bytes() == PAYLOAD  # file:// URL
     assert ms.pull("fallback", progress=False).read_bytes() == PAYLOAD  # second mirror
-    assert ms.pull("tf", progress=False).name == "tf.pkl"  # the pickle to convert
+    assert ms.pull("conv", progress=False).name == "conv.zip"  # the download to convert
 
 
 def test_pull_group(store):
@@ -333,7 +333,7 @@ def test_cli(store, capsys):
 
     assert run("models", "list") == 0
     out = capsys.readouterr().out
-    assert re.search(r"^good\s+missing", out, re.M) and re.search(r"^tf\s+missing \(convert\)", out, re.M)
+    assert re.search(r"^good\s+missing", out, re.M) and re.search(r"^conv\s+missing \(convert\)", out, re.M)
     assert run("models", "pull", "good", "--no-progress") == 0
     assert capsys.readouterr().out.strip() == str(store / "models" / "good.pt")
     assert run("models", "path", "good") == 0
@@ -344,3 +344,39 @@ def test_cli(store, capsys):
         run("models", "path", "offline")
     assert run("models", "dir") == 0
     assert str(store / "models") in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- TensorFlow pickles load directly
+
+def test_toonify_tf_pickle_is_the_model_file(tmp_path, monkeypatch):
+    """The real manifest's Toonify entries: the downloaded TensorFlow .pkl is what resolves and loads."""
+    torch = pytest.importorskip("torch")
+    from engine.checkpoints import inspect_checkpoint, load_generator
+    from tiny_models import save_tf_pkl, tiny_generator
+
+    for var, sub in (("TOON_OFX_MODELS", "models"), ("TOON_OFX_CACHE_DIR", "cache"), ("TORCH_HOME", "torch")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    monkeypatch.delenv("TOON_OFX_MANIFEST", raising=False)
+    m = ms.load_manifest()
+    for name in ("toonify", "toon-cartoon"):
+        e = m["models"][name]
+        assert e["format"] == "nvidia-tf-pkl" and e["file"].endswith(".pkl") and not e.get("download_file")
+        with pytest.raises(UserError) as err:
+            ms.resolve(name, m)
+        assert "convert" not in err.value.message and e["file"] in err.value.message
+        assert f"toon-ofx models pull {name}" in err.value.message
+    rows = {r["name"]: r for r in ms.list_models(m)}
+    assert not rows["toonify"]["needs_conversion"] and not rows["toon-cartoon"]["needs_conversion"]
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    g = tiny_generator(size=32)
+    pkl = save_tf_pkl(folder / m["models"]["toonify"]["file"], g)  # what `pull` saves
+    assert ms.resolve("toonify", m) == pkl
+    assert ms.is_blended("toonify", m)
+    assert inspect_checkpoint(pkl).format == "nvidia-tf"
+    assert torch.equal(load_generator(ms.resolve("toonify", m)).input.input, g.input.input)
+    # a .pt converted earlier with convert_weight.py is still found
+    legacy = folder / "FFHQ-Cartoons.pt"
+    legacy.write_bytes(b"converted earlier")
+    assert ms.resolve("toon-cartoon", m) == legacy

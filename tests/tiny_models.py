@@ -344,3 +344,211 @@ def save_nvidia_pkl(path, generator: Generator, protocol: int = 4, conv_clamp=No
     )
     return write_nvidia_pickle(path, data, protocol=protocol, module_src=module_src)
 
+
+
+# ------------------------------------------------ NVIDIA TensorFlow look-alikes
+#
+# The original StyleGAN2 release (NVlabs/stylegan2, TensorFlow 1.x) and every
+# model fine-tuned with it (the Toonify models) are pickles of
+# dnnlib.tflib.network.Network objects, usually the tuple (G, D, Gs) that
+# training/misc.py's save_pkl writes. Network.__getstate__ returns
+#   {"version": 4, "name", "static_kwargs": dict, "components": dict of Networks,
+#    "build_module_src": source text, "build_func_name", "variables": [(name, ndarray)]}
+# where the variable names are local to the network (no "G_synthesis/" prefix)
+# and come in TensorFlow creation order. Scalar variables come back from
+# tf.Session.run as numpy scalars (np.float32), not 0-d arrays.
+
+# Stands in for training/networks_stylegan2.py; a loader must never execute it.
+TF_BUILD_MODULE_SRC = (
+    "raise RuntimeError('build_module_src from a TensorFlow network pickle was executed')\n"
+    "# stand-in for NVlabs/stylegan2 training/networks_stylegan2.py\n"
+)
+
+
+class TFNetwork:
+    """Pickled as ``dnnlib.tflib.network.Network`` with the state NVIDIA's __getstate__ writes."""
+
+    def __init__(self, name, build_func_name, static_kwargs=None, variables=(), components=None,
+                 build_module_src=TF_BUILD_MODULE_SRC):
+        self.name = name
+        self.build_func_name = build_func_name
+        self.static_kwargs = dict(static_kwargs or {})
+        self.variables = list(variables)
+        self.components = dict(components or {})
+        self.build_module_src = build_module_src
+
+    def var_names(self):
+        return [k for k, _ in self.variables]
+
+    def __getstate__(self):
+        return {
+            "version": 4,
+            "name": self.name,
+            "static_kwargs": dict(self.static_kwargs),
+            "components": dict(self.components),
+            "build_module_src": self.build_module_src,
+            "build_func_name": self.build_func_name,
+            "variables": list(self.variables),
+        }
+
+
+_TF_ALIASES = {id(TFNetwork): ("dnnlib.tflib.network", "Network")}
+
+
+class _TFPickler(_NvidiaPickler):
+    def save_global(self, obj, name=None):
+        alias = _TF_ALIASES.get(id(obj))
+        if alias is None:
+            return super().save_global(obj, name)
+        module, qualname = alias
+        if self.proto >= 4:
+            self.save(module)
+            self.save(qualname)
+            self.write(pickle.STACK_GLOBAL)
+        else:
+            self.write(pickle.GLOBAL + module.encode() + b"\n" + qualname.encode() + b"\n")
+        self.memoize(obj)
+
+
+def write_tf_pickle(path, data, protocol: int = 4) -> Path:
+    """Pickle ``data`` (which may contain TFNetwork objects) like NVIDIA's TensorFlow code."""
+    path = Path(path)
+    with open(path, "wb") as f:
+        _TFPickler(f, protocol=protocol).dump(data)
+    return path
+
+
+def _np(t) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32)
+
+
+def tf_variables(g: Generator, mapping_lrmul: float = 0.01, use_noise: bool = True,
+                 architecture: str = "skip", label_size: int = 0, seed: int = 3):
+    """(Gs own, G_mapping, G_synthesis) variable lists holding ``g`` the way TensorFlow stores it.
+
+    Written from NVlabs/stylegan2 networks_stylegan2.py's conventions, not by
+    inverting engine.checkpoints:
+      * get_weight(shape=[..., fan_out]) returns var * runtime_coef with
+        runtime_coef = lrmul / sqrt(fan_in); dense weights are [in, out];
+        apply_bias_act adds bias * lrmul. rosinality's EqualLinear computes
+        x @ (W * lr_mlp / sqrt(in)).T + b * lr_mlp with W [out, in], so
+        var = W.T * lr_mlp / lrmul and bias = b * lr_mlp / lrmul.
+      * tf.nn.conv2d(NCHW, filter HWIO, 'SAME') is a correlation like torch's
+        conv2d with OIHW: var[h, w, i, o] = W[o, i, h, w].
+      * Conv0_up: upsample_conv_2d(x, v) = zero-insert x, correlate with v
+        (it flips v and runs conv2d_transpose), then blur. rosinality runs
+        conv_transpose2d with W, which convolves (= correlates with W flipped),
+        so var[h, w, i, o] = W[o, i, k-1-h, k-1-w].
+      * modulation: s = dense(w, mod_weight [D, in]) + mod_bias + 1.
+      * noise_strength is a scalar variable; noise inputs noise0..noiseN are
+        [1, 1, R, R] variables created before the layers.
+    ``architecture``/``label_size`` add the variables of the unsupported
+    'resnet'/'orig' synthesis networks and of a class-conditional mapping network.
+    """
+    rng = np.random.RandomState(seed)
+    sd = {k: v.detach().clone() for k, v in g.state_dict().items()}
+    lr_mlp = 0.01  # what Generator uses
+
+    mapping = []
+    if label_size:
+        mapping.append(("LabelConcat/weight", rng.randn(label_size, g.style_dim).astype(np.float32)))
+    for i in range(g.n_mlp):
+        w = sd[f"style.{i + 1}.weight"].double() * (lr_mlp / mapping_lrmul)
+        b = sd[f"style.{i + 1}.bias"].double() * (lr_mlp / mapping_lrmul)
+        mapping.append((f"Dense{i}/weight", _np(w.t())))
+        mapping.append((f"Dense{i}/bias", _np(b)))
+
+    synthesis = []
+    if use_noise:
+        for k in range(g.num_layers):
+            synthesis.append((f"noise{k}", _np(sd[f"noises.noise_{k}"])))
+
+    def modconv(scope, prefix, up=False):
+        w = sd[f"{prefix}.conv.weight"][0]  # [O, I, k, k]
+        if up:
+            w = w.flip([2, 3])
+        synthesis.append((f"{scope}/weight", _np(w.permute(2, 3, 1, 0))))
+        synthesis.append((f"{scope}/mod_weight", _np(sd[f"{prefix}.conv.modulation.weight"].t())))
+        synthesis.append((f"{scope}/mod_bias", _np(sd[f"{prefix}.conv.modulation.bias"] - 1)))
+
+    def layer(scope, prefix, up=False):
+        modconv(scope, prefix, up)
+        if use_noise:
+            synthesis.append((f"{scope}/noise_strength", np.float32(sd[f"{prefix}.noise.weight"].item())))
+        synthesis.append((f"{scope}/bias", _np(sd[f"{prefix}.activate.bias"])))
+
+    def torgb(scope, prefix):
+        modconv(scope, prefix)
+        synthesis.append((f"{scope}/bias", _np(sd[f"{prefix}.bias"].reshape(3))))
+
+    synthesis.append(("4x4/Const/const", _np(sd["input.input"])))
+    layer("4x4/Conv", "conv1")
+    if architecture == "skip":
+        torgb("4x4/ToRGB", "to_rgb1")
+    for j in range(g.log_size - 2):
+        r = 2 ** (j + 3)
+        layer(f"{r}x{r}/Conv0_up", f"convs.{2 * j}", up=True)
+        layer(f"{r}x{r}/Conv1", f"convs.{2 * j + 1}")
+        if architecture == "resnet":
+            cin, cout = g.channels[r // 2], g.channels[r]
+            synthesis.append((f"{r}x{r}/Skip/weight", rng.randn(1, 1, cin, cout).astype(np.float32)))
+        if architecture == "skip" or r == g.size:
+            torgb(f"{r}x{r}/ToRGB", f"to_rgbs.{j}")
+
+    own = [("lod", np.float32(0.0)), ("dlatent_avg", _np(g.latent_avg))]
+    return own, mapping, synthesis
+
+
+def tf_generator_network(g: Generator, name: str = "Gs", mapping_lrmul: float = 0.01,
+                         use_noise: bool = True, architecture: str = "skip", label_size: int = 0,
+                         build_module_src: str = TF_BUILD_MODULE_SRC, static_kwargs=None) -> TFNetwork:
+    """A G_main network (with G_mapping and G_synthesis components) holding ``g``."""
+    own, mapping, synthesis = tf_variables(g, mapping_lrmul, use_noise, architecture, label_size)
+    # tflib.Network("G", num_channels=3, resolution=..., label_size=..., **G_args); G_main
+    # forwards these kwargs to both components.
+    kwargs = dict(num_channels=3, resolution=g.size, label_size=label_size,
+                  fmap_base=max(g.channels.values()) * g.size, fmap_max=max(g.channels.values()),
+                  latent_size=g.style_dim, dlatent_size=g.style_dim, mapping_layers=g.n_mlp,
+                  mapping_fmaps=g.style_dim)
+    if mapping_lrmul != 0.01:
+        kwargs["mapping_lrmul"] = mapping_lrmul
+    if architecture != "skip":
+        kwargs["architecture"] = architecture
+    kwargs.update(static_kwargs or {})
+    synthesis_net = TFNetwork("G_synthesis", "G_synthesis_stylegan2", kwargs, synthesis,
+                              build_module_src=build_module_src)
+    mapping_net = TFNetwork("G_mapping", "G_mapping", dict(kwargs, dlatent_broadcast=g.n_latent),
+                            mapping, build_module_src=build_module_src)
+    return TFNetwork(name, "G_main", kwargs, own,
+                     components={"synthesis": synthesis_net, "mapping": mapping_net},
+                     build_module_src=build_module_src)
+
+
+def tf_discriminator_stub(size: int, channels: int = 4) -> TFNetwork:
+    rng = np.random.RandomState(1)
+    variables = [(f"{size}x{size}/FromRGB/weight", rng.randn(1, 1, 3, channels).astype(np.float32)),
+                 (f"{size}x{size}/FromRGB/bias", np.zeros(channels, np.float32)),
+                 ("4x4/Dense0/weight", rng.randn(channels * 16, channels).astype(np.float32)),
+                 ("Output/weight", rng.randn(channels, 1).astype(np.float32)),
+                 ("Output/bias", np.zeros(1, np.float32))]
+    return TFNetwork("D", "D_stylegan2", dict(num_channels=3, resolution=size, label_size=0),
+                     variables)
+
+
+def tf_networks(generator: Generator, training_generator: Generator | None = None, **kwargs):
+    """(G, D, Gs) as NVIDIA's training loop pickles them; G holds ``training_generator`` if given."""
+    G = tf_generator_network(training_generator or generator, name="G", **kwargs)
+    Gs = tf_generator_network(generator, name="Gs", **kwargs)
+    return (G, tf_discriminator_stub(generator.size), Gs)
+
+
+def save_tf_pkl(path, generator: Generator, protocol: int = 4, training_generator=None,
+                **kwargs) -> Path:
+    """Write ``generator`` as a TensorFlow StyleGAN2 ``.pkl``: the tuple (G, D, Gs).
+
+    protocol 4 is what NVlabs/stylegan2's save_pkl (pickle.HIGHEST_PROTOCOL on
+    Python 3.6/3.7) writes; 2 and 3 are what other tools wrote. ``kwargs`` go to
+    :func:`tf_generator_network` (mapping_lrmul, use_noise, architecture,
+    label_size, build_module_src, static_kwargs).
+    """
+    return write_tf_pickle(path, tf_networks(generator, training_generator, **kwargs), protocol)

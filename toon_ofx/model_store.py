@@ -32,6 +32,8 @@ from .errors import UserError
 
 ENV_MODELS = "TOON_OFX_MODELS"
 ENV_MANIFEST = "TOON_OFX_MANIFEST"
+# nvidia-tf-pkl (NVIDIA's TensorFlow StyleGAN2 pickles, e.g. Toonify) loads directly like nvidia-pkl:
+# engine.checkpoints reads both without the authors' code, so neither needs a conversion step.
 FORMATS = ("rosinality-pt", "nvidia-pkl", "nvidia-tf-pkl", "torchvision", "lpips", "face-alignment")
 KINDS = ("base", "toon", "blended", "perceptual", "landmarks")
 REQUIRED = ("title", "kind", "file", "format", "urls", "sha256", "licence", "notes")
@@ -227,7 +229,7 @@ def resolve(name_or_path: os.PathLike | str, manifest: Optional[dict] = None) ->
         for d in search_dirs():
             raw = d / e["download_file"]
             if raw.is_file():
-                raise UserError(f"model {text!r}: found {raw}, a TensorFlow pickle that must be converted once: "
+                raise UserError(f"model {text!r}: found {raw}, which must be converted once: "
                                 f"{e.get('convert', 'see models/README.md')}; put the result {e['file']} in "
                                 f"{folder}", field="model")
     source = e["urls"][0] if e["urls"] else e.get("page", "")
