@@ -82,12 +82,13 @@ def progress_printer(args) -> Optional[Callable]:
     bar = {"bar": None}
 
     def show(event):
-        if event.frames_total and bar["bar"] is None:
+        if event.stage == "loading":
+            return
+        if bar["bar"] is None:
             bar["bar"] = tqdm(total=event.frames_total, initial=event.frames_done, unit="frame",
                               dynamic_ncols=True, file=sys.stderr)
         b = bar["bar"]
         if b is None:
-            print(f"toon-ofx: {event.stage}...", file=sys.stderr)
             return
         b.set_postfix_str(f"{event.stage}, faces {event.faces}")
         b.update(event.frames_done - b.n)
@@ -172,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("farm", "add_farm_parser", "run_farm"),
         ("farm", "add_assemble_parser", "run_assemble"),
         ("panel", "add_panel_parser", "run_panel"),
+        ("resolve_bridge", "add_install_parser", "run_install"),
         ("dataset", "add_dataset_parser", "run_dataset"),
         ("train", "add_train_parser", "run_train"),
     ):

@@ -245,6 +245,16 @@ def resolve(name_or_path: os.PathLike | str, manifest: Optional[dict] = None) ->
                     f"({ENV_MODELS} names another folder).", field="model")
 
 
+def ensure(name_or_path: os.PathLike | str, progress: bool = True, manifest: Optional[dict] = None) -> Path:
+    """Like resolve(), but a known model that is missing and downloadable is pulled first."""
+    m = manifest or load_manifest()
+    text = os.fspath(name_or_path)
+    e = m["models"].get(text)
+    if e is not None and e.get("urls") and find(text, m) is None:
+        pull(text, progress=progress, manifest=m)
+    return resolve(text, m)
+
+
 # ============================================================================ download
 
 def sha256_of(path: os.PathLike) -> str:

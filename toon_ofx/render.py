@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -115,6 +115,45 @@ def pick_device(name: str):
     return torch.device(name)
 
 
+@dataclass
+class Plan:
+    """A checked request: parameters, source facts, frame range and output layout."""
+
+    params: Dict[str, Any]
+    info: "media.MediaInfo"
+    first: int
+    last: int
+    output: OutputPlan
+
+    def pending(self) -> List[int]:
+        """Frames of the range not yet on disk."""
+        return [i for i in range(self.first, self.last + 1) if not Path(self.output.pattern % i).exists()]
+
+
+def check_request(request: RenderRequest) -> Plan:
+    """Everything about a request that can be wrong, checked before any model is loaded."""
+    params = validate(request.params)
+    info = media.probe(request.source)
+    first, last = resolve_range(request.frames, info.frame_count)
+    if request.warmup < 0:
+        raise UserError("warmup must be 0 or more frames", field="warmup")
+    if request.bits not in (8, 16):
+        raise UserError("bits must be 8 or 16", field="bits")
+    output = plan_output(request.source, request.output, params["output_kind"] == "overlay", request.work_dir)
+    model_files(params)  # unknown or missing models fail here, before anything is loaded
+    return Plan(params, info, first, last, output)
+
+
+def model_files(params: Dict[str, Any], download: bool = True) -> Dict[str, Path]:
+    """Paths of every file the parameters need; known models missing locally are downloaded."""
+    get = model_store.ensure if download else model_store.resolve
+    files = {"base": get(params["base_model"]), "toon": get(params["model"]),
+             "vgg16": get("vgg16"), "lpips": get("lpips-vgg")}
+    if params["landmarker"] == "face-alignment":
+        files.update(fan=get("fan-2d"), s3fd=get("s3fd"))
+    return files
+
+
 MODEL_PARAMS = ("model", "base_model", "swap_res", "blend_width", "mapping_from", "landmarker", "device")
 
 
@@ -134,11 +173,10 @@ class Renderer:
         p = self.params
         self.device = pick_device(p["device"])
         t = time.perf_counter()
+        files = model_files(p)
         try:
-            base_path = model_store.resolve(p["base_model"])
-            toon_path = model_store.resolve(p["model"])
-            self.base = load_generator(base_path, device=self.device)
-            toon = load_generator(toon_path, device=self.device, expect_size=self.base.size)
+            self.base = load_generator(files["base"], device=self.device)
+            toon = load_generator(files["toon"], device=self.device, expect_size=self.base.size)
             if p["swap_res"] > self.base.size:
                 raise UserError(f"swap_res {p['swap_res']} is above the model's resolution {self.base.size}",
                                 field="swap_res")
@@ -147,10 +185,13 @@ class Renderer:
             else:
                 self.blended = blend_generators(self.base, toon, p["swap_res"], width=p["blend_width"],
                                                 mapping_from=p["mapping_from"])
-            self.perceptual = load_lpips(model_store.resolve("vgg16"), model_store.resolve("lpips-vgg"),
-                                         device=self.device)
-            self.landmarker = make_landmarker(p["landmarker"], device=str(self.device),
-                                              weights_dir=model_store.models_dir())
+            self.perceptual = load_lpips(files["vgg16"], files["lpips"], device=self.device)
+            if p["landmarker"] == "face-alignment":
+                self.landmarker = make_landmarker("face-alignment", device=str(self.device),
+                                                  fan_path=files["fan"], s3fd_path=files["s3fd"])
+            else:
+                self.landmarker = make_landmarker(p["landmarker"])
+            self.landmarker = _Serialised(self.landmarker)
         except CheckpointError as exc:
             raise UserError(str(exc), field="model") from None
         except FileNotFoundError as exc:
@@ -176,15 +217,13 @@ class Renderer:
         return ToonPipeline(self.landmarker, self.base, self.blended, self.perceptual, config)
 
     def render(self, request: RenderRequest, progress: Optional[Callable[[ProgressEvent], None]] = None,
-               cancel: Optional[threading.Event] = None) -> RenderResult:
+               cancel: Optional[threading.Event] = None, plan: Optional["Plan"] = None) -> RenderResult:
         """Render `request`; frames already on disk are kept and skipped."""
-        params = validate(request.params)
-        info = media.probe(request.source)
-        first, last = resolve_range(request.frames, info.frame_count)
-        overlay = params["output_kind"] == "overlay"
-        plan = plan_output(request.source, request.output, overlay, request.work_dir)
-        Path(plan.pattern).parent.mkdir(parents=True, exist_ok=True)
-        todo = [i for i in range(first, last + 1) if not Path(plan.pattern % i).exists()]
+        plan = plan or check_request(request)
+        params, info, out = plan.params, plan.info, plan.output
+        first, last = plan.first, plan.last
+        Path(out.pattern).parent.mkdir(parents=True, exist_ok=True)
+        todo = plan.pending()
         total = last - first + 1
         skipped = total - len(todo)
         report = _Reporter(progress, total, skipped)
@@ -204,21 +243,21 @@ class Renderer:
                     _add(timings, stage, seconds)
                 if index in pending:
                     t = time.perf_counter()
-                    media.write_frame(Path(plan.pattern % index), result.image, bits=request.bits)
+                    media.write_frame(Path(out.pattern % index), result.image, bits=request.bits)
                     _add(timings, "write", time.perf_counter() - t)
                     report.frame(result.faces)
                 t_read = time.perf_counter()
 
-        if plan.kind == "movie":
+        if out.kind == "movie":
             report.stage("encoding")
             t = time.perf_counter()
-            media.encode_movie(plan.pattern, plan.movie, info, first_frame=first, last_frame=last,
-                               audio_from=request.source, alpha=overlay)
+            media.encode_movie(out.pattern, out.movie, info, first_frame=first, last_frame=last,
+                               audio_from=request.source, alpha=params["output_kind"] == "overlay")
             timings["encode"] = time.perf_counter() - t
             if not request.keep_frames:
-                shutil.rmtree(Path(plan.pattern).parent, ignore_errors=True)
+                shutil.rmtree(Path(out.pattern).parent, ignore_errors=True)
         report.stage("done")
-        return RenderResult(output=plan.movie or Path(plan.pattern).parent, kind=plan.kind, pattern=plan.pattern,
+        return RenderResult(output=out.movie or Path(out.pattern).parent, kind=out.kind, pattern=out.pattern,
                             first_frame=first, last_frame=last, written=len(todo), skipped=skipped,
                             fps=float(info.fps), timings=timings)
 
@@ -229,6 +268,17 @@ class Renderer:
         original = next(iter(media.read_frames(info, index, index)))[1]
         result = self.pipeline(params).process(original, index)
         return original, result.image, result.faces
+
+
+class _Serialised:
+    """One detect() at a time: a preview and a job may share a renderer across threads."""
+
+    def __init__(self, landmarker):
+        self._landmarker, self._lock = landmarker, threading.Lock()
+
+    def detect(self, image, *args, **kwargs):
+        with self._lock:
+            return self._landmarker.detect(image, *args, **kwargs)
 
 
 def _add(timings: Dict[str, float], stage: str, seconds: float) -> None:
@@ -275,9 +325,11 @@ def get_renderer(params: Dict[str, Any]) -> Renderer:
 def render(request: RenderRequest, progress: Optional[Callable[[ProgressEvent], None]] = None,
            cancel: Optional[threading.Event] = None) -> RenderResult:
     """Render `request` with the process-wide renderer (models loaded once per process)."""
+    plan = check_request(request)
     if progress is not None:
-        progress(ProgressEvent("loading", 0, 0, 0, None))
-    return get_renderer(request.params).render(request, progress, cancel)
+        total = plan.last - plan.first + 1
+        progress(ProgressEvent("loading", total - len(plan.pending()), total, 0, None))
+    return get_renderer(plan.params).render(request, progress, cancel, plan)
 
 
 def preview(source: Path, frame: int, params: Dict[str, Any]):
