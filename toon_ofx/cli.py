@@ -153,38 +153,48 @@ def run_blend(args) -> int:
 
 
 # -- wiring ---------------------------------------------------------------
-def _optional(module: str, names: List[str]):
-    """Sub-commands from modules that may need extras (PySide6, Ray)."""
-    import importlib
+# (command, module, parser adder, runner). Modules are imported when the parser is built;
+# one whose optional dependency is missing (PySide6, Ray) still gets its command, which
+# then says what to install.
+SUBCOMMANDS = (
+    ("models", "model_store", "add_models_parser", "run_models"),
+    ("serve", "server", "add_serve_parser", "run_serve"),
+    ("farm", "farm", "add_farm_parser", "run_farm"),
+    ("assemble", "farm", "add_assemble_parser", "run_assemble"),
+    ("panel", "panel", "add_panel_parser", "run_panel"),
+    ("install-resolve-script", "resolve_bridge", "add_install_parser", "run_install"),
+    ("dataset", "dataset", "add_dataset_parser", "run_dataset"),
+    ("train", "train", "add_train_parser", "run_train"),
+)
 
-    mod = importlib.import_module(f".{module}", __package__)
-    return [getattr(mod, n) for n in names]
+
+def _missing_dependency(command: str, package: str):
+    def run(args):
+        raise UserError(f"`toon-ofx {command}` needs the {package} package, which is not installed; "
+                        "run `bash scripts/install.sh` (or pip install it)")
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
     parser = argparse.ArgumentParser(prog="toon-ofx", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"toon-ofx {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_render_parser(sub)
     add_blend_parser(sub)
-    for module, adder, runner in (
-        ("model_store", "add_models_parser", "run_models"),
-        ("server", "add_serve_parser", "run_serve"),
-        ("farm", "add_farm_parser", "run_farm"),
-        ("farm", "add_assemble_parser", "run_assemble"),
-        ("panel", "add_panel_parser", "run_panel"),
-        ("resolve_bridge", "add_install_parser", "run_install"),
-        ("dataset", "add_dataset_parser", "run_dataset"),
-        ("train", "add_train_parser", "run_train"),
-    ):
+    for command, module, adder, runner in SUBCOMMANDS:
         try:
-            add, run = _optional(module, [adder, runner])
-        except (ImportError, AttributeError):
+            mod = importlib.import_module(f".{module}", __package__)
+        except ModuleNotFoundError as exc:
+            if not exc.name or exc.name.split(".")[0] in ("toon_ofx", "engine"):
+                raise
+            p = sub.add_parser(command, help=f"(needs {exc.name})", add_help=False)
+            p.add_argument("rest", nargs=argparse.REMAINDER)
+            p.set_defaults(run=_missing_dependency(command, exc.name))
             continue
-        before = set(sub.choices)
-        add(sub)
-        for name in set(sub.choices) - before:
-            sub.choices[name].set_defaults(run=run)
+        getattr(mod, adder)(sub)
+        sub.choices[command].set_defaults(run=getattr(mod, runner))
     return parser
 
 
