@@ -38,9 +38,8 @@ from toon_ofx.farm import (
 )
 from toon_ofx.params import validate
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures")
+from conftest import FIXTURES  # noqa: E402
+
 CLIP = FIXTURES / "single_face.mp4"   # 72 frames, 30 fps, audio
 
 
@@ -617,40 +616,10 @@ def test_find_sequence_in_a_folder(tmp_path):
 
 
 # -- chunked == whole, with the real engine -------------------------------------------------------------
-def make_engine_models(folder: Path, size: int = 32) -> dict:
-    """Random-weight models the real Renderer loads: tiny generators, LPIPS files in the model folder.
-
-    Returns effect parameters that render with them (set TOON_OFX_MODELS=folder for LPIPS).
-    """
-    import torch
-
-    from engine.checkpoints import save_generator
-    from engine.lpips import LPIPS
-    from tiny_models import tiny_generator
-
-    folder.mkdir(parents=True, exist_ok=True)
-    save_generator(folder / "base.pt", tiny_generator(size, seed=0))
-    save_generator(folder / "toon.pt", tiny_generator(size, seed=1))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        lpips = LPIPS()
-    torch.save(lpips.vgg_state_dict(), folder / "vgg16-397923af.pth")
-    torch.save(lpips.lin_state_dict(), folder / "lpips-vgg-v0.1.pth")
-    return {"model": str(folder / "toon.pt"), "base_model": str(folder / "base.pt"), "swap_res": 16,
-            "steps": 1, "warm_steps": 0, "keyframe_interval": 4, "device": "cpu", "landmarker": "dlib"}
-
-
 @pytest.fixture(scope="module")
-def engine_params(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
-    params = make_engine_models(folder)
-    old = os.environ.get("TOON_OFX_MODELS")
-    os.environ["TOON_OFX_MODELS"] = str(folder)
-    yield params
-    if old is None:
-        os.environ.pop("TOON_OFX_MODELS", None)
-    else:
-        os.environ["TOON_OFX_MODELS"] = old
+def engine_params(tiny_params):
+    """The conftest tiny models with the fewest projection steps that still chain warm starts."""
+    return dict(tiny_params, steps=1, warm_steps=1)
 
 
 def _frames(pattern, first, last):

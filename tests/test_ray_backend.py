@@ -24,26 +24,15 @@ from toon_ofx.errors import Cancelled, UserError  # noqa: E402
 from toon_ofx.ray_backend import _chunk_size_for, render_with_ray  # noqa: E402
 from toon_ofx.render import ProgressEvent, RenderRequest, RenderResult  # noqa: E402
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-if not FIXTURES.is_dir():
-    FIXTURES = Path("/work/shared/fixtures")
+from conftest import FIXTURES  # noqa: E402
+
 CLIP = FIXTURES / "single_face.mp4"   # 72 frames, 30 fps, 640x360, audio
 
 
 @pytest.fixture(scope="module")
-def engine_params(tmp_path_factory):
-    """Tiny random-weight models for the real renderer (TOON_OFX_MODELS reaches the workers)."""
-    from test_farm import make_engine_models
-
-    folder = tmp_path_factory.mktemp("models")
-    params = make_engine_models(folder)
-    old = os.environ.get("TOON_OFX_MODELS")
-    os.environ["TOON_OFX_MODELS"] = str(folder)
-    yield dict(params, smoothing=0.0)
-    if old is None:
-        os.environ.pop("TOON_OFX_MODELS", None)
-    else:
-        os.environ["TOON_OFX_MODELS"] = old
+def engine_params(tiny_params):
+    """Tiny models for the real renderer (TOON_OFX_MODELS, set by conftest, reaches the workers)."""
+    return dict(tiny_params, steps=1, warm_steps=1, smoothing=0.0)
 
 
 @pytest.fixture(scope="module")

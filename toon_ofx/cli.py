@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -53,6 +52,9 @@ def add_render_parser(sub) -> None:
     p.add_argument("--frames", type=_frame_range, metavar="A-B", help="inclusive source frame range (0-based)")
     p.add_argument("--warmup", type=int, default=0, metavar="N",
                    help="process N extra frames before A without writing them")
+    p.add_argument("--chunk-of", type=_frame_range, metavar="F-L",
+                   help="farm tasks: the whole job's range; --frames is moved onto the keyframe grid "
+                        "so no two tasks project the same frames")
     p.add_argument("--work-dir", type=Path, help="where frames of a movie output are kept until encoded")
     p.add_argument("--keep-frames", action="store_true", help="keep the frame folder of a movie output")
     p.add_argument("--16bit", dest="bits", action="store_const", const=16, default=8,
@@ -60,6 +62,7 @@ def add_render_parser(sub) -> None:
     p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
                    help="run frame chunks on a Ray cluster (default: start a local one)")
     p.add_argument("--chunk-size", type=int, default=None, help="frames per Ray chunk")
+    p.add_argument("--workers", type=int, default=None, help="Ray workers (default: one per GPU, else per CPU)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     out.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
@@ -100,18 +103,30 @@ def progress_printer(args) -> Optional[Callable]:
 def run_render(args) -> int:
     from .render import RenderRequest, render
 
-    request = RenderRequest(source=args.source, output=args.output, params=params_from_args(args),
-                            frames=args.frames, warmup=args.warmup, work_dir=args.work_dir,
-                            keep_frames=args.keep_frames, bits=args.bits)
+    params = params_from_args(args)
+    frames = args.frames
+    if args.chunk_of:
+        from .farm import snap_chunk
+
+        if frames is None:
+            raise UserError("--chunk-of needs --frames (this task's chunk)", field="frames")
+        frames = snap_chunk(frames, args.chunk_of, params["keyframe_interval"])
+        if frames is None:
+            if not args.quiet:
+                print("toon-ofx: this chunk lies inside another task's keyframe interval; nothing to do",
+                      file=sys.stderr)
+            return 0
+    request = RenderRequest(source=args.source, output=args.output, params=params, frames=frames,
+                            warmup=args.warmup, work_dir=args.work_dir, keep_frames=args.keep_frames,
+                            bits=args.bits)
     progress = progress_printer(args)
     if args.ray:
         from .ray_backend import render_with_ray
 
         result = render_with_ray(request, address=None if args.ray == "auto" else args.ray,
-                                 chunk_size=args.chunk_size, progress=progress)
+                                 chunk_size=args.chunk_size, workers=args.workers, progress=progress)
     else:
-        cancel = threading.Event()
-        result = render(request, progress=progress, cancel=cancel)
+        result = render(request, progress=progress)
     if not args.quiet and not args.json:
         print(f"toon-ofx: wrote {result.output} (frames {result.first_frame}-{result.last_frame}, "
               f"{result.written} rendered, {result.skipped} already done)", file=sys.stderr)

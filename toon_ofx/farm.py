@@ -211,19 +211,6 @@ def param_args(params: Dict[str, Any]) -> List[str]:
     return out
 
 
-def render_supports_chunk_of() -> bool:
-    """True when this toon-ofx's `render` accepts --chunk-of (per-task snapping onto keyframes)."""
-    try:
-        from .cli import build_parser
-
-        parser = build_parser()
-        subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        render = subcommands.choices["render"]
-    except Exception:
-        return False
-    return any("--chunk-of" in action.option_strings for action in render._actions)
-
-
 @dataclass
 class FarmJob:
     """What a farm job renders, with paths as the farm's workers see them."""
@@ -237,7 +224,7 @@ class FarmJob:
     warmup: int = 0
     executable: str = "toon-ofx"
     name: str = "toon-ofx"
-    chunk_of: bool = False              # pass --chunk-of to render (needs a toon-ofx that has it)
+    chunk_of: bool = True               # pass --chunk-of: each task snaps its chunk onto keyframes
 
     @property
     def keyframe_interval(self) -> int:
@@ -732,8 +719,7 @@ def job_from_args(args: argparse.Namespace) -> FarmJob:
         raise UserError("--warmup must be 0 or more", field="warmup")
     name = args.name or f"toon-ofx {Path(source).stem} {frames[0]}-{frames[1]}"
     return FarmJob(source=source, sequence=sequence, movie=movie, frames=tuple(frames), chunk_size=chunk_size,
-                   params=params, warmup=args.warmup, executable=args.toon_ofx, name=name,
-                   chunk_of=render_supports_chunk_of())
+                   params=params, warmup=args.warmup, executable=args.toon_ofx, name=name)
 
 
 def _range_arg(text: str) -> Tuple[int, int]:
