@@ -40,7 +40,9 @@ fi
 .venv/bin/pip install -q "${TORCH_SPEC:-torch==2.13.0}"
 if [ "$dev" = 1 ]; then
     .venv/bin/pip install -q -e ".[dev]"
-    if [ -f scripts/setup_blender_env.sh ]; then bash scripts/setup_blender_env.sh .venv-blender; fi
+    bash scripts/setup_blender_env.sh .venv-blender
+    # The official OpenJD CLI (validates and runs the farm export) pins an older openjd-model: own venv.
+    [ -x .venv-openjd/bin/openjd ] || { "$python" -m venv .venv-openjd && .venv-openjd/bin/pip install -q openjd-cli; }
 else
     .venv/bin/pip install -q -e ".[accurate,panel]"
 fi

@@ -38,7 +38,7 @@ from toon_ofx.farm import (
 )
 from toon_ofx.params import validate
 
-from conftest import FIXTURES  # noqa: E402
+from conftest import FIXTURES, REPO  # noqa: E402
 
 CLIP = FIXTURES / "single_face.mp4"   # 72 frames, 30 fps, audio
 
@@ -302,7 +302,8 @@ def _fake_toon_ofx(tmp_path) -> Path:
 
 
 def _openjd_cli():
-    return os.environ.get("TOON_OFX_OPENJD_CLI") or shutil.which("openjd")
+    local = REPO / ".venv-openjd" / "bin" / "openjd"
+    return os.environ.get("TOON_OFX_OPENJD_CLI") or (str(local) if local.exists() else shutil.which("openjd"))
 
 
 @pytest.mark.skipif(not _openjd_cli(), reason="the openjd CLI (pip install openjd-cli) is not on PATH")
