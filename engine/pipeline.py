@@ -47,6 +47,14 @@ class PipelineConfig:
 
 
 @dataclass
+class FaceState:
+    """What a face carries to the next frame: its projected latent (n_latent, D) and noise maps."""
+
+    latent: torch.Tensor
+    noises: List[torch.Tensor]
+
+
+@dataclass
 class FrameResult:
     image: np.ndarray
     faces: int
@@ -84,7 +92,7 @@ class ToonPipeline:
     def reset(self) -> None:
         """Forget tracks and latents (a new shot or clip)."""
         self.tracker = FaceTracker(smoothing=self.config.smoothing)
-        self._latents: Dict[int, torch.Tensor] = {}
+        self._latents: Dict[int, FaceState] = {}
         self._last_index: Optional[int] = None
 
     # -- chunking -------------------------------------------------------------
@@ -158,34 +166,40 @@ class ToonPipeline:
         param = next(self.base.parameters())
         device, dtype = param.device, param.dtype
         targets = _to_tensor(crops, device, dtype)
-        # Faces with a previous latent are warm-started with fewer steps.
+        # Faces seen on the previous frame are warm-started (latent and noise maps) with fewer steps.
         groups: Dict[bool, List[int]] = {True: [], False: []}
         for i, tf in enumerate(tracked):
             groups[tf.track_id in self._latents].append(i)
-        latents: List[Optional[torch.Tensor]] = [None] * len(tracked)
+        found: List[Optional[FaceState]] = [None] * len(tracked)
         t = time.perf_counter()
         for warm, members in groups.items():
             steps = cfg.warm_steps if warm else cfg.steps
             for start in range(0, len(members), cfg.batch_size):
                 batch = members[start:start + cfg.batch_size]
-                init = torch.stack([self._latents[tracked[i].track_id] for i in batch]) if warm else None
+                previous = [self._latents[tracked[i].track_id] for i in batch] if warm else None
                 if warm and steps == 0:
-                    found = init
+                    states = previous
                 else:
+                    init = torch.stack([s.latent for s in previous]) if warm else None
+                    init_noises = ([torch.cat(maps) for maps in zip(*(s.noises for s in previous))]
+                                   if warm else None)
                     result = project(self.base, targets[batch], steps=steps, space=cfg.latent_space,
-                                     init=init, perceptual=self.perceptual, pixel_weight=cfg.pixel_weight,
-                                     seed=cfg.seed + index * 1009 + batch[0])
-                    found = result.latents
-                for i, w in zip(batch, found):
-                    latents[i] = w.detach()
+                                     init=init, init_noises=init_noises, perceptual=self.perceptual,
+                                     pixel_weight=cfg.pixel_weight, seed=cfg.seed + index * 1009 + batch[0])
+                    states = [FaceState(result.latents[j].detach(), [n[j:j + 1].detach() for n in result.noises])
+                              for j in range(len(batch))]
+                for i, state in zip(batch, states):
+                    found[i] = state
         timings["project"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        ws = torch.stack(latents)
+        ws = torch.stack([state.latent for state in found]).to(dtype)
+        # The projected noise maps carry the face's fine texture (the high-resolution layers are the
+        # base model's); warm starts carry them from frame to frame, so the texture does not flicker.
+        noise = [torch.cat(maps).to(dtype) for maps in zip(*(state.noises for state in found))]
         with torch.no_grad():
-            # randomize_noise=False: the model's fixed noise buffers, the same texture every frame.
-            images = self.blended.synthesis(ws.to(dtype), noise=None, randomize_noise=False)
+            images = self.blended.synthesis(ws, noise=noise)
         timings["generate"] = time.perf_counter() - t
-        for tf, w in zip(tracked, latents):
-            self._latents[tf.track_id] = w
+        for tf, state in zip(tracked, found):
+            self._latents[tf.track_id] = state
         return _to_images(images)

@@ -1,0 +1,88 @@
+"""engine.pipeline: warm starts, keyframes, batching and pass-through, on real faces."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import engine.pipeline as pipeline_module
+from engine.blend import blend_generators
+from engine.landmarks import make_landmarker
+from engine.lpips import TinyPerceptual
+from engine.pipeline import PipelineConfig, ToonPipeline
+
+from conftest import fixture_path, panning_frames
+from tiny_models import tiny_generator
+
+
+@pytest.fixture(scope="module")
+def parts():
+    base, toon = tiny_generator(32, seed=0), tiny_generator(32, seed=1)
+    return make_landmarker("dlib"), base, blend_generators(base, toon, 8), TinyPerceptual()
+
+
+def spy_projection(monkeypatch):
+    calls = []
+    real = pipeline_module.project
+
+    def spy(generator, targets, **kw):
+        calls.append((targets.shape[0], kw["steps"], kw["init"] is not None))
+        return real(generator, targets, **kw)
+
+    monkeypatch.setattr(pipeline_module, "project", spy)
+    return calls
+
+
+def test_warm_starts_between_keyframes(monkeypatch, parts, astronaut):
+    calls = spy_projection(monkeypatch)
+    pipe = ToonPipeline(*parts, PipelineConfig(steps=3, warm_steps=1, keyframe_interval=3))
+    for index, frame in enumerate(panning_frames(astronaut, 5)):
+        result = pipe.process(frame, index)
+        assert result.faces == 1 and result.image.shape == frame.shape and result.image.dtype == np.uint8
+        assert set(result.timings) >= {"detect", "align", "project", "generate", "paste"}
+    # frame 0 cold, 1-2 warm, 3 (a keyframe) cold again, 4 warm
+    assert [(steps, warm) for _, steps, warm in calls] == [(3, False), (1, True), (1, True), (3, False), (1, True)]
+
+
+def test_a_jump_in_time_restarts_cold(monkeypatch, parts, astronaut):
+    calls = spy_projection(monkeypatch)
+    pipe = ToonPipeline(*parts, PipelineConfig(steps=2, warm_steps=1, keyframe_interval=0))
+    frames = list(panning_frames(astronaut, 2))
+    pipe.process(frames[0], 10)
+    pipe.process(frames[1], 20)
+    assert [warm for *_, warm in calls] == [False, False]
+
+
+def test_warmup_start_covers_keyframe_and_tracker_memory(parts):
+    pipe = ToonPipeline(*parts, PipelineConfig(keyframe_interval=48))
+    memory = pipe.tracker.memory
+    assert pipe.warmup_start(100) == min(96, 100 - memory)
+    assert pipe.warmup_start(5) == 0
+    assert pipe.needs_projection(96, 100) and not pipe.needs_projection(95, 100)
+    assert ToonPipeline(*parts, PipelineConfig(keyframe_interval=0)).warmup_start(100) == 0
+
+
+def test_faces_of_one_frame_are_batched(monkeypatch, parts):
+    from toon_ofx.media import read_image
+
+    image = read_image(fixture_path("multi_face.jpg"))
+    calls = spy_projection(monkeypatch)
+    pipe = ToonPipeline(*parts, PipelineConfig(steps=2, warm_steps=1, batch_size=8))
+    result = pipe.process(image, 0)
+    assert result.faces >= 4
+    assert calls == [(result.faces, 2, False)]
+    changed = np.abs(result.image.astype(int) - image.astype(int)).max(axis=2) > 0
+    assert 0.005 < changed.mean() < 0.6
+
+
+def test_frames_without_faces_pass_through(parts):
+    blank = np.full((120, 160, 3), 90, np.uint8)
+    out = ToonPipeline(*parts).process(blank, 0)
+    assert out.faces == 0 and np.array_equal(out.image, blank)
+    overlay = ToonPipeline(*parts, PipelineConfig(overlay=True)).process(blank, 0)
+    assert overlay.image.shape == (120, 160, 4) and not overlay.image.any()
+
+
+def test_rejects_mismatched_generators(parts):
+    landmarker, base, _, perceptual = parts
+    with pytest.raises(ValueError, match="differ"):
+        ToonPipeline(landmarker, base, tiny_generator(64, seed=0), perceptual)
