@@ -5,7 +5,8 @@ Blender 4.2/4.3 call strips "sequences" (``SequenceEditor.sequences``,
 ``MetaSequence.sequences``). 4.4 added the "strips" names beside them and 5.0
 dropped the old ones (``strips``, ``strips_all``, ``bpy.types.Strip``,
 ``context.selected_strips``). 5.0 also lets the sequencer show a scene other
-than the window's (``context.sequencer_scene``).
+than the window's (``context.sequencer_scene``). And ``frame_duration`` changed
+meaning: see `content_length`.
 
 Nothing outside this module may touch those names.
 """
@@ -90,6 +91,19 @@ def new_image(collection, name: str, filepath: str, channel: int, frame_start: i
 def new_movie(collection, name: str, filepath: str, channel: int, frame_start: int):
     """Add a movie strip."""
     return collection.new_movie(name=name, filepath=filepath, channel=channel, frame_start=frame_start)
+
+
+def content_length(strip) -> int:
+    """Timeline frames the strip's content spans, before its handles (trims or hold frames) apply.
+
+    5.0's ``frame_duration`` is that length. 4.2's is the media's frame count, even
+    for a movie that "Adjust Playback Rate" stretches or squeezes on the timeline
+    (a 72-frame 30 fps movie spans 57 frames of a 24 fps scene; 4.2 says 72). The
+    handles give the same number on both: the content runs from
+    ``frame_final_start - frame_offset_start`` to ``frame_final_end + frame_offset_end``.
+    """
+    span = (strip.frame_final_end + strip.frame_offset_end) - (strip.frame_final_start - strip.frame_offset_start)
+    return int(round(span))
 
 
 def is_retimed(strip) -> bool:

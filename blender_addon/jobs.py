@@ -57,7 +57,7 @@ def strip_timing(strip, mapping: MediaMapping = MediaMapping()) -> StripTiming:
     """The strip's frame layout (see timeline.py for how Blender maps it to source frames)."""
     return StripTiming(
         content_start=int(round(strip.frame_start)),
-        content_length=int(strip.frame_duration),
+        content_length=compat.content_length(strip),
         final_start=int(strip.frame_final_start),
         final_end=int(strip.frame_final_end),
         source_offset=mapping.base + int(getattr(strip, "animation_offset_start", 0)),
@@ -138,11 +138,12 @@ def media_mapping(scene, strip) -> MediaMapping:
     if total is None:
         return MediaMapping()
     used = total - int(strip.animation_offset_start) - int(strip.animation_offset_end)
-    if int(strip.frame_duration) == used:
+    length = compat.content_length(strip)
+    if length == used:
         return MediaMapping(source_length=used)
-    if abs(used / rate - int(strip.frame_duration)) <= 1.0:
+    if abs(used / rate - length) <= 1.0:
         return MediaMapping(rate=rate, source_length=used)
-    raise ToonifyError(f"strip {strip.name!r} spans {int(strip.frame_duration)} frames but its movie has {used} "
+    raise ToonifyError(f"strip {strip.name!r} spans {length} frames but its movie has {used} "
                        f"frames at {movie_fps:g} fps in a {scene_fps(scene):g} fps scene; toonify cannot tell "
                        "which movie frame shows where")
 

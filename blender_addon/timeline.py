@@ -3,13 +3,14 @@
 How Blender picks the source frame a movie or image strip shows at timeline
 frame ``t`` (checked against Blender's own renderer in the tests):
 
-* ``idx = t - frame_start`` (``frame_start + duration - 1 - t`` with Reverse
-  Frames), clamped to ``0 .. frame_duration - 1``; so handles dragged beyond
+* ``idx = t - frame_start`` (``frame_start + length - 1 - t`` with Reverse
+  Frames), clamped to ``0 .. length - 1``; so handles dragged beyond
   the content hold its first or last frame;
 * with Strobe ``n > 1``: ``idx -= idx mod n``;
 * a movie added with "Adjust Playback Rate" (the default when its frame rate
   differs from the scene's) plays in real time: ``idx *= movie_fps / scene_fps``
-  and ``frame_duration`` shrinks or grows by the same factor. Otherwise frames
+  and the content's timeline length shrinks or grows by the same factor (5.0's
+  ``frame_duration``; 4.2's stays the movie's frame count). Otherwise frames
   play 1:1 at the scene rate, whatever the movie's own rate;
 * the source frame is ``animation_offset_start + round(idx)`` (halves up),
   at most the last frame the strip uses.
@@ -38,7 +39,7 @@ class TimelineError(ValueError):
 @dataclass(frozen=True)
 class StripTiming:
     content_start: int        # timeline frame of content element 0 (strip.frame_start)
-    content_length: int       # timeline frames the content spans (strip.frame_duration)
+    content_length: int       # timeline frames the content spans (compat.content_length)
     final_start: int          # first visible timeline frame (strip.frame_final_start)
     final_end: int            # one past the last visible timeline frame (strip.frame_final_end)
     source_offset: int = 0    # source frame of content element 0 (strip.animation_offset_start, plus

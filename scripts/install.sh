@@ -41,6 +41,7 @@ fi
 if [ "$dev" = 1 ]; then
     .venv/bin/pip install -q -e ".[dev]"
     bash scripts/setup_blender_env.sh .venv-blender
+    bash scripts/setup_blender_env.sh .venv-blender-4.2 4.2.x   # the oldest supported Blender, 4.2 LTS
     # The official OpenJD CLI (validates and runs the farm export) pins an older openjd-model: own venv.
     [ -x .venv-openjd/bin/openjd ] || { "$python" -m venv .venv-openjd && .venv-openjd/bin/pip install -q openjd-cli; }
 else

@@ -1,12 +1,24 @@
 """The Blender Video Sequencer extension (blender_addon/), tested in a real Blender.
 
-Blender here is the `bpy` module from PyPI (bpy 5.0.1, Python 3.11). It pins
-numpy<2, which clashes with the engine's environment, so it lives in its own
-venv (scripts/setup_blender_env.sh; found via $TOON_OFX_BPY_PYTHON,
-<repo>/.venv-blender or /tmp/venv-blender). Each Blender test runs
-tests/blender/run_scenario.py in that interpreter as a subprocess: it installs
-the built extension zip with Blender's own "Install from Disk" operator,
-builds a scene and drives the add-on; pytest asserts on the JSON it writes.
+Blender here is the `bpy` module from PyPI (Python 3.11). It needs numpy<2,
+which clashes with the engine's environment, so each Blender lives in its own
+venv (scripts/setup_blender_env.sh), and the Blender tests run against every
+one present (see BPY_VENVS):
+
+* ``bpy-default``: <repo>/.venv-blender (else /tmp/venv-blender), bpy 5.0.1:
+  every scenario;
+* ``bpy-4.2``: <repo>/.venv-blender-4.2 (else /tmp/venv-blender-4.2), the 4.2
+  LTS: install/enable, validator, panel properties, unbuilt checkout,
+  placement, execute() against the engine and the error reports (the
+  cancel/modal/engine-death scenarios exercise no strip API beyond these);
+* ``bpy-env``: $TOON_OFX_BPY_PYTHON, when set: every scenario (point it at the
+  4.2 venv to run the whole list there).
+
+A venv that is absent skips its tests, saying how to create it. Each Blender
+test runs tests/blender/run_scenario.py in that interpreter as a subprocess: it
+installs the built extension zip with Blender's own "Install from Disk"
+operator, builds a scene and drives the add-on; pytest asserts on the JSON it
+writes.
 
 The engine is always the real process, `python -m toon_ofx serve` (its HTTP
 contract, job queue, media decoding and frame numbering). Most tests give it a
@@ -25,7 +37,9 @@ import subprocess
 import sys
 import time
 import zipfile
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -51,20 +65,72 @@ png = _load("toon_test_png", REPO / "tests" / "blender" / "png.py")
 
 # ----------------------------------------------------------------------------- helpers and fixtures
 
-def bpy_python():
-    """The Python of the bpy venv, or None."""
-    candidates = [os.environ.get("TOON_OFX_BPY_PYTHON"), REPO / ".venv-blender" / "bin" / "python",
-                  "/tmp/venv-blender/bin/python"]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_file():
-            return str(candidate)
+@dataclass(frozen=True)
+class BpyVenv:
+    """One Blender (a bpy venv) the Blender tests run in."""
+    label: str                 # the test id
+    python: Optional[str]      # its interpreter; None when absent
+    full: bool                 # runs every scenario (else the 4.2 subset, see the module docstring)
+    series: Optional[str]      # the Blender series it must hold ("4.2"), checked on every run
+    create: str                # how to make it (the skip reason when absent)
+
+    def skip_if_absent(self) -> "BpyVenv":
+        if self.python is None:
+            pytest.skip(f"no {self.label} venv: {self.create}")
+        return self
+
+
+def _first_python(*venvs) -> Optional[str]:
+    for venv in venvs:
+        python = Path(venv) / "bin" / "python"
+        if python.is_file():
+            return str(python)
     return None
 
 
-needs_bpy = pytest.mark.skipif(
-    bpy_python() is None,
-    reason="no bpy venv (create it with: bash scripts/setup_blender_env.sh .venv-blender, "
-           "or set TOON_OFX_BPY_PYTHON)")
+def _venv_key(python: str) -> str:
+    """The same venv, however it is spelled (its bin/python is a symlink to the base Python)."""
+    return str(Path(python).absolute().parent.resolve())
+
+
+def bpy_venvs() -> list:
+    """The bpy venvs to test against: the default, the 4.2 LTS, and $TOON_OFX_BPY_PYTHON when set.
+
+    When $TOON_OFX_BPY_PYTHON names one of the other two, that one runs every scenario instead of
+    appearing twice.
+    """
+    venvs = [
+        BpyVenv("bpy-default", _first_python(REPO / ".venv-blender", "/tmp/venv-blender"), True, None,
+                "create it with: bash scripts/setup_blender_env.sh .venv-blender"),
+        BpyVenv("bpy-4.2", _first_python(REPO / ".venv-blender-4.2", "/tmp/venv-blender-4.2"), False, "4.2",
+                "create it with: bash scripts/setup_blender_env.sh .venv-blender-4.2 4.2.x"),
+    ]
+    env = os.environ.get("TOON_OFX_BPY_PYTHON")
+    if env:
+        if not Path(env).is_file():
+            venvs.append(BpyVenv("bpy-env", None, True, None, f"TOON_OFX_BPY_PYTHON={env} does not exist"))
+        else:
+            same = [i for i, v in enumerate(venvs) if v.python and _venv_key(v.python) == _venv_key(env)]
+            if same:
+                venvs[same[0]] = replace(venvs[same[0]], full=True)
+            else:
+                venvs.append(BpyVenv("bpy-env", env, True, None, ""))
+    return venvs
+
+
+BPY_VENVS = bpy_venvs()
+
+
+@pytest.fixture(scope="session", params=[pytest.param(v, id=v.label) for v in BPY_VENVS])
+def bpy_venv(request) -> BpyVenv:
+    """Every bpy venv (the tests that must pass on the 4.2 LTS too)."""
+    return request.param.skip_if_absent()
+
+
+@pytest.fixture(scope="session", params=[pytest.param(v, id=v.label) for v in BPY_VENVS if v.full])
+def bpy_venv_full(request) -> BpyVenv:
+    """The bpy venvs that run every scenario."""
+    return request.param.skip_if_absent()
 
 
 @pytest.fixture(scope="session")
@@ -160,7 +226,8 @@ def engine_jobs(config: Path) -> list:
     return EngineClient(config_dir=str(config)).jobs()
 
 
-def run_blender(scenario: str, args: dict, tmp_path: Path, config_dir: Path, timeout: float = 300) -> dict:
+def run_blender(venv: BpyVenv, scenario: str, args: dict, tmp_path: Path, config_dir: Path,
+                timeout: float = 300) -> dict:
     """Run one scenario in the bpy venv; returns its "data" (fails with Blender's output otherwise)."""
     result_path = tmp_path / f"{scenario}-result.json"
     env = dict(os.environ)
@@ -170,13 +237,16 @@ def run_blender(scenario: str, args: dict, tmp_path: Path, config_dir: Path, tim
     env.pop("PYTHONPATH", None)
     env.pop("TOON_OFX_PYTHON", None)
     t = time.perf_counter()
-    proc = subprocess.run([bpy_python(), str(SCENARIO), scenario, json.dumps(args), str(result_path)],
+    proc = subprocess.run([venv.python, str(SCENARIO), scenario, json.dumps(args), str(result_path)],
                           env=env, capture_output=True, text=True, timeout=timeout)
     seconds = time.perf_counter() - t
     output = f"--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
     assert result_path.is_file(), f"Blender exited {proc.returncode} without a result\n{output}"
     result = json.loads(result_path.read_text())
     assert result["ok"], f"scenario {scenario} failed in Blender:\n{result.get('traceback')}\n{output}"
+    if venv.series:
+        assert result["blender"].startswith(venv.series + "."), f"{venv.python} is Blender {result['blender']}"
+    result["data"]["_blender"] = result["blender"]
     result["data"]["_seconds"] = seconds
     result["data"]["_stdout"] = proc.stdout
     return result["data"]
@@ -266,9 +336,9 @@ def test_addon_imports_only_stdlib_and_bpy():
 
 
 def test_strip_api_names_only_in_compat():
-    """4.2's `sequences`/`Sequence` vs 5.0's `strips`/`Strip` live in compat.py alone."""
+    """4.2's `sequences`/`Sequence` vs 5.0's `strips`/`Strip` (and `frame_duration`'s meaning) live in compat.py."""
     words = ("sequences_all", ".sequences", "selected_sequences", "strips_all", "selected_strips",
-             "sequencer_scene", "types.Sequence", "types.Strip", "new_movie(", "new_image(")
+             "sequencer_scene", "types.Sequence", "types.Strip", "new_movie(", "new_image(", "strip.frame_duration")
     for path in ADDON.glob("*.py"):
         if path.name == "compat.py":
             continue
@@ -310,20 +380,18 @@ def test_build_refuses_non_stdlib_vendored_module(tmp_path):
 # ----------------------------------------------------------------------------- in Blender
 
 @pytest.mark.blender
-@needs_bpy
-def test_extension_zip_passes_blenders_validator(addon_zip):
-    validator = next(Path(bpy_python()).parents[1].glob("lib/python3*/site-packages/bpy/*/scripts/addons_core/"
+def test_extension_zip_passes_blenders_validator(bpy_venv, addon_zip):
+    validator = next(Path(bpy_venv.python).parents[1].glob("lib/python3*/site-packages/bpy/*/scripts/addons_core/"
                                                          "bl_pkg/cli/blender_ext.py"), None)
     if validator is None:
         pytest.skip("bpy's extension command-line tool not found")
-    proc = subprocess.run([bpy_python(), str(validator), "validate", str(addon_zip)], capture_output=True, text=True)
+    proc = subprocess.run([bpy_venv.python, str(validator), "validate", str(addon_zip)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @pytest.mark.blender
-@needs_bpy
-def test_panel_properties_come_from_the_schema(addon_zip, tmp_path):
-    data = run_blender("schema", {"zip": str(addon_zip)}, tmp_path, tmp_path / "config")
+def test_panel_properties_come_from_the_schema(bpy_venv, addon_zip, tmp_path):
+    data = run_blender(bpy_venv, "schema", {"zip": str(addon_zip)}, tmp_path, tmp_path / "config")
     sys.path.insert(0, str(REPO))
     from toon_ofx import params
     props = data["props"]
@@ -352,20 +420,19 @@ def test_panel_properties_come_from_the_schema(addon_zip, tmp_path):
 
 
 @pytest.mark.blender
-@needs_bpy
-def test_unbuilt_checkout_and_disable(addon_zip, tmp_path):
+def test_unbuilt_checkout_and_disable(bpy_venv, addon_zip, tmp_path):
     repo_dir = tmp_path / "dev_repo"
     repo_dir.mkdir()
     (repo_dir / "toon_ofx").symlink_to(ADDON, target_is_directory=True)
-    data = run_blender("checkout", {"zip": str(addon_zip), "repo_dir": str(repo_dir)}, tmp_path, tmp_path / "cfg")
+    data = run_blender(bpy_venv, "checkout", {"zip": str(addon_zip), "repo_dir": str(repo_dir)}, tmp_path,
+                       tmp_path / "cfg")
     assert data["source"] == "checkout" and data["client_file"] == str(REPO / "toon_ofx" / "client.py")
     assert data["vendored_source"] == "vendored"            # the installed zip uses its bundled copy
     assert data["registered"] and not data["after_disable"] and not data["after_disable_zip"]
 
 
 @pytest.mark.blender
-@needs_bpy
-def test_placement_lines_up_with_the_source(addon_zip, tmp_path, grey_clip, grey_sequence):
+def test_placement_lines_up_with_the_source(bpy_venv, addon_zip, tmp_path, grey_clip, grey_sequence):
     """plan_strip + place_result: Blender's renderer shows result frame n wherever the source shows frame n."""
     cases = [
         {"label": "trim", "frame_start": 10, "frame_offset_start": 5, "frame_offset_end": 10,
@@ -385,8 +452,8 @@ def test_placement_lines_up_with_the_source(addon_zip, tmp_path, grey_clip, grey
          "channel": 3, "frame_start": 100, "frame_offset_start": 2, "frame_offset_end": 1},
         {"label": "meta", "meta": True, "frame_start": 10, "frame_offset_start": 5},
     ]
-    data = run_blender("placement", {"zip": str(addon_zip), "clip": str(grey_clip), "folder": str(tmp_path / "out"),
-                                     "cases": cases, "fps": 24}, tmp_path, tmp_path / "config")
+    args = {"zip": str(addon_zip), "clip": str(grey_clip), "folder": str(tmp_path / "out"), "cases": cases, "fps": 24}
+    data = run_blender(bpy_venv, "placement", args, tmp_path, tmp_path / "config")
     for case in cases:
         label = case["label"]
         got = data[label]
@@ -425,8 +492,7 @@ def test_placement_lines_up_with_the_source(addon_zip, tmp_path, grey_clip, grey
 
 
 @pytest.mark.blender
-@needs_bpy
-def test_toonify_operator_with_the_engine_process(addon_zip, tmp_path, grey_clip, engine):
+def test_toonify_operator_with_the_engine_process(bpy_venv, addon_zip, tmp_path, grey_clip, engine):
     """The operator's execute() against `toon-ofx serve`: a trimmed 30 fps movie in a 24 fps scene, added
     the way the UI does (real-time playback rate), channel 3 taken, overlay output. The stand-in renderer
     copies source frames, so the timeline must render the same with and without the new strip."""
@@ -434,13 +500,13 @@ def test_toonify_operator_with_the_engine_process(addon_zip, tmp_path, grey_clip
             "ui_add": True, "frame_start": 10, "frame_offset_start": 5, "frame_offset_end": 10,
             "blockers": [[3, 1, 20]], "render": True,
             "params": {"steps": 3, "warm_steps": 1, "swap_res": 32, "output_kind": "overlay", "device": "cpu"}}
-    data = run_blender("toonify", args, tmp_path, engine)
+    data = run_blender(bpy_venv, "toonify", args, tmp_path, engine)
     assert data["op"]["error"] is None and data["op"]["result"] == ["FINISHED"], \
         (data["op"], (tmp_path / "engine.log").read_text()[-3000:])
     assert data["before"][data["source"]] == data["after"][data["source"]]   # original untouched
     (name,) = data["new"]
     new, src = data["after"][name], data["after"][data["source"]]
-    assert src["frame_duration"] == 57                     # 72 frames at 30 fps, in real time at 24 fps
+    assert src["content_length"] == 57                     # 72 frames at 30 fps, in real time at 24 fps
     assert (new["channel"], new["frame_final_start"], new["frame_final_duration"]) == (4, 15, 42)
     assert new["blend_type"] == "ALPHA_OVER"
     # timeline frame 15 shows movie frame round((15 - 10) * 30 / 24) = 6
@@ -455,15 +521,14 @@ def test_toonify_operator_with_the_engine_process(addon_zip, tmp_path, grey_clip
 
 
 @pytest.mark.blender
-@needs_bpy
-def test_errors_are_reports_not_tracebacks(addon_zip, tmp_path, clip, engine):
+def test_errors_are_reports_not_tracebacks(bpy_venv, addon_zip, tmp_path, clip, engine):
     bad = tmp_path / "bad.mp4"
     bad.write_text("this is not a video")
     empty = tmp_path / "empty_config"
     empty.mkdir()
-    data = run_blender("errors", {"zip": str(addon_zip), "clip": str(clip), "output_folder": str(tmp_path / "r"),
-                                  "bad_media": str(bad), "empty_config_dir": str(empty)},
-                       tmp_path, engine)
+    args = {"zip": str(addon_zip), "clip": str(clip), "output_folder": str(tmp_path / "r"), "bad_media": str(bad),
+            "empty_config_dir": str(empty)}
+    data = run_blender(bpy_venv, "errors", args, tmp_path, engine)
     expected = {"nothing_selected": "select one or more movie or image strips",
                 "no_media_selected": "select one or more movie or image strips",
                 "no_engine": "cannot start the engine with /nonexistent/python3",
@@ -480,10 +545,9 @@ def test_errors_are_reports_not_tracebacks(addon_zip, tmp_path, clip, engine):
 
 
 @pytest.mark.blender
-@needs_bpy
-def test_cancel_while_rendering(addon_zip, tmp_path, clip, slow_engine):
-    data = run_blender("cancel", {"zip": str(addon_zip), "clip": str(clip), "output_folder": str(tmp_path / "r")},
-                       tmp_path, slow_engine)
+def test_cancel_while_rendering(bpy_venv_full, addon_zip, tmp_path, clip, slow_engine):
+    args = {"zip": str(addon_zip), "clip": str(clip), "output_folder": str(tmp_path / "r")}
+    data = run_blender(bpy_venv_full, "cancel", args, tmp_path, slow_engine)
     assert data["done"] and data["cancelled"] and data["error"] is None
     assert data["engine_state"] == "cancelled"
     assert data["reports"] == [["WARNING", "Toonify 'clip' cancelled"]]
@@ -493,22 +557,20 @@ def test_cancel_while_rendering(addon_zip, tmp_path, clip, slow_engine):
 
 
 @pytest.mark.blender
-@needs_bpy
-def test_engine_killed_mid_render(addon_zip, tmp_path, clip, slow_engine):
-    data = run_blender("engine_dies", {"zip": str(addon_zip), "clip": str(clip), "output_folder": str(tmp_path / "r"),
-                                       "frame_offset_end": 40}, tmp_path, slow_engine)
+def test_engine_killed_mid_render(bpy_venv_full, addon_zip, tmp_path, clip, slow_engine):
+    args = {"zip": str(addon_zip), "clip": str(clip), "output_folder": str(tmp_path / "r"), "frame_offset_end": 40}
+    data = run_blender(bpy_venv_full, "engine_dies", args, tmp_path, slow_engine)
     assert data["killed"] and data["done"] and data["unchanged"]
     ((level, text),) = data["reports"]
     assert level == "ERROR" and text.startswith("Toonify 'clip' failed: cannot reach the engine"), text
 
 
 @pytest.mark.blender
-@needs_bpy
-def test_modal_operator_progress_and_esc(addon_zip, tmp_path, clip, slow_engine):
+def test_modal_operator_progress_and_esc(bpy_venv_full, addon_zip, tmp_path, clip, slow_engine):
     """invoke() + modal() (never called by headless Blender) driven with recorded window-manager calls."""
     args = {"zip": str(addon_zip), "clip": str(clip), "output_folder": str(tmp_path / "r"),
             "frame_start": 1, "frame_offset_start": 10, "frame_offset_end": 50}
-    data = run_blender("modal", args, tmp_path, slow_engine)
+    data = run_blender(bpy_venv_full, "modal", args, tmp_path, slow_engine)
     full, cancelled = data["full"], data["cancelled"]
 
     assert full["first"] == ["RUNNING_MODAL"] and full["final"] == ["FINISHED"]
@@ -564,8 +626,7 @@ def _stop_started_engine(config: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.blender
-@needs_bpy
-def test_toonify_real_engine_started_by_the_addon(addon_zip, tmp_path, tiny_params):
+def test_toonify_real_engine_started_by_the_addon(bpy_venv_full, addon_zip, tmp_path, tiny_params):
     """End to end with nothing stubbed: no engine is running, the add-on starts `python -m toon_ofx serve`
     from its Engine Python preference, the real renderer toonifies the trimmed face clip with tiny
     StyleGAN2 models, and the result strip lands above the original on the same frames."""
@@ -578,7 +639,7 @@ def test_toonify_real_engine_started_by_the_addon(addon_zip, tmp_path, tiny_para
             "channel": 2, "frame_start": 1, "frame_offset_start": 20, "frame_offset_end": 44,
             "params": dict(tiny_params, output_kind="frame")}
     try:
-        data = run_blender("toonify", args, tmp_path, config, timeout=1200)
+        data = run_blender(bpy_venv_full, "toonify", args, tmp_path, config, timeout=1200)
         jobs = engine_jobs(config)
     finally:
         _stop_started_engine(config)

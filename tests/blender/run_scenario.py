@@ -1,4 +1,4 @@
-"""Run one add-on test scenario inside the real `bpy` module (Blender 5.x from PyPI).
+"""Run one add-on test scenario inside the real `bpy` module (Blender 4.2 LTS or 5.x from PyPI).
 
     <bpy venv>/bin/python run_scenario.py SCENARIO ARGS_JSON RESULT_JSON
 
@@ -68,6 +68,8 @@ def describe(strip) -> dict:
         if hasattr(strip, name):
             value = getattr(strip, name)
             out[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    # frame_duration means the content's timeline length in 5.0, the media's frame count in 4.2
+    out["content_length"] = addon_module("compat").content_length(strip)
     if strip.type == "IMAGE":
         out["files"] = [e.filename for e in strip.elements]
         # Blender's own answer for which file shows at each visible timeline frame.
@@ -100,11 +102,28 @@ def add_movie(scene, args: dict):
     return strip
 
 
+def _parameters(rna_function) -> set:
+    return {p.identifier for p in rna_function.parameters}
+
+
+def new_color_strip(collection, name: str, channel: int, start: int, length: int):
+    """A colour strip over timeline frames [start, start + length).
+
+    The harness's own strip-API difference (the add-on never adds effect strips):
+    ``new_effect`` takes ``length`` in 5.0 and an exclusive ``frame_end`` in 4.2.
+    """
+    if "length" in _parameters(collection.bl_rna.functions["new_effect"]):
+        return collection.new_effect(name=name, type="COLOR", channel=channel, frame_start=start, length=length)
+    return collection.new_effect(name=name, type="COLOR", channel=channel, frame_start=start,
+                                 frame_end=start + length)
+
+
 def add_blockers(scene, blockers) -> None:
     """Colour strips occupying (channel, start, length) so the result must skip those channels."""
     strips = addon_module("compat").top_level(scene.sequence_editor)
     for i, (channel, start, length) in enumerate(blockers or []):
-        strips.new_effect(name=f"blocker{i}", type="COLOR", channel=channel, frame_start=start, length=length)
+        strip = new_color_strip(strips, f"blocker{i}", channel, start, length)
+        assert (strip.frame_final_start, strip.frame_final_end) == (start, start + length), describe(strip)
 
 
 def select_only(scene, names) -> None:
@@ -280,10 +299,14 @@ def add_movie_like_the_ui(scene, path: str, channel: int, frame_start: int):
     folder, name = os.path.split(path)
     compat = addon_module("compat")
     before = {s.name for s in compat.all_strips(scene.sequence_editor)}
+    options = dict(filepath=path, directory=folder + os.sep, files=[{"name": name}], frame_start=frame_start,
+                   channel=channel, adjust_playback_rate=True, use_framerate=False, sound=False)
+    operator = bpy.ops.sequencer.movie_strip_add
+    if "move_strips" in {p.identifier for p in operator.get_rna_type().properties}:  # 5.0+
+        options["move_strips"] = False   # keep the strip where asked, overlapping or not
     with bpy.context.temp_override(window=window, area=area, region=region):
-        bpy.ops.sequencer.movie_strip_add(filepath=path, directory=folder + os.sep, files=[{"name": name}],
-                                          frame_start=frame_start, channel=channel, adjust_playback_rate=True,
-                                          use_framerate=False, sound=False, move_strips=False)
+        result = operator(**options)
+    assert result == {"FINISHED"}, result
     (strip,) = [s for s in compat.all_strips(scene.sequence_editor) if s.name not in before]
     return strip
 
