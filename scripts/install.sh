@@ -42,6 +42,8 @@ if [ "$dev" = 1 ]; then
     .venv/bin/pip install -q -e ".[dev]"
     bash scripts/setup_blender_env.sh .venv-blender
     bash scripts/setup_blender_env.sh .venv-blender-4.2 4.2.x   # the oldest supported Blender, 4.2 LTS
+    # The reference LPIPS code and its v0.1 heads, only for the parity test (never imported by the engine).
+    [ -f .lpips-reference/lpips/lpips.py ] || .venv/bin/pip install -q --no-deps --target .lpips-reference lpips==0.1.4
     # The official OpenJD CLI (validates and runs the farm export) pins an older openjd-model: own venv.
     [ -x .venv-openjd/bin/openjd ] || { "$python" -m venv .venv-openjd && .venv-openjd/bin/pip install -q openjd-cli; }
 else

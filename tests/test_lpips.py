@@ -161,8 +161,8 @@ def test_tiny_perceptual_same_interface():
 # ---------------------------------------------------------------- parity with the lpips package
 
 def _lpips_pkg_dir() -> Path | None:
-    """Unpacked ``lpips`` wheel (``pip download --no-deps lpips``), if present."""
-    cand = os.environ.get("TOON_OFX_LPIPS_PKG", "/tmp/lpips_whl/ex")
+    """The reference ``lpips`` package files (install.sh --dev puts them in .lpips-reference), if present."""
+    cand = os.environ.get("TOON_OFX_LPIPS_PKG", Path(__file__).resolve().parents[1] / ".lpips-reference")
     p = Path(cand)
     return p if (p / "lpips" / "lpips.py").is_file() else None
 
