@@ -6,6 +6,11 @@ measure the code, not the weights. Figures are shares of one run's total
 (these machines are noisy): compare ratios, not seconds.
 
     python bench/bench_pipeline.py [--size 64] [--frames 12] [--steps 20 --warm-steps 5]
+        [--frame-batch B [--keyframe-interval 4] [--batch-size N]]
+
+With --frame-batch B > 1 the clip is rendered twice with the same models and
+keyframe interval, frame_batch 1 and B (batch_size N, default B), and frames/s
+of both and their ratio are printed.
 """
 from __future__ import annotations
 
@@ -27,7 +32,12 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=12)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warm-steps", type=int, default=5)
+    ap.add_argument("--frame-batch", type=int, default=1, help="also render with this frame_batch; print the ratio")
+    ap.add_argument("--keyframe-interval", type=int, default=None,
+                    help="default: 0, or 4 with --frame-batch > 1")
+    ap.add_argument("--batch-size", type=int, default=None, help="faces per projection (default: --frame-batch)")
     args = ap.parse_args()
+    keyframes = args.keyframe_interval if args.keyframe_interval is not None else (4 if args.frame_batch > 1 else 0)
 
     import torch
     from skimage import data
@@ -35,6 +45,7 @@ def main() -> int:
     from conftest import make_clip, panning_frames
     from engine.checkpoints import save_generator
     from engine.lpips import LPIPS
+    from engine.projection import latent_stats
     from engine.stylegan2 import Generator
     from toon_ofx.render import RenderRequest, Renderer
 
@@ -49,13 +60,25 @@ def main() -> int:
     clip = make_clip(work / "clip.mp4", panning_frames(data.astronaut(), args.frames))
 
     params = {"model": str(work / "toon.pt"), "base_model": str(work / "base.pt"), "swap_res": 16,
-              "steps": args.steps, "warm_steps": args.warm_steps, "keyframe_interval": 0, "device": "cpu"}
+              "steps": args.steps, "warm_steps": args.warm_steps, "keyframe_interval": keyframes,
+              "batch_size": args.batch_size or args.frame_batch, "device": "cpu"}
     t = time.perf_counter()
     renderer = Renderer(params)
     load = time.perf_counter() - t
+    latent_stats(renderer.base)  # cached: neither timed run pays for it
     t = time.perf_counter()
     result = renderer.render(RenderRequest(clip, work / "out.mp4", params))
     total = time.perf_counter() - t
+    batched = None
+    if args.frame_batch > 1:
+        t = time.perf_counter()
+        renderer.render(RenderRequest(clip, work / "out_batched.mp4", dict(params, frame_batch=args.frame_batch)))
+        seconds = time.perf_counter() - t
+        batched = {"frame_batch": args.frame_batch, "batch_size": params["batch_size"],
+                   "keyframe_interval": keyframes,
+                   "fps_frame_batch_1": round(args.frames / total, 3),
+                   f"fps_frame_batch_{args.frame_batch}": round(args.frames / seconds, 3),
+                   "speedup": round(total / seconds, 3)}
     stages = dict(result.timings)
     per_frame = {k: v / args.frames for k, v in stages.items()}
     share = {k: v / total for k, v in stages.items()}
@@ -66,6 +89,8 @@ def main() -> int:
         "per_frame_s": {k: round(v, 4) for k, v in per_frame.items()},
         "share_of_total": {k: round(v, 3) for k, v in share.items()},
     }
+    if batched is not None:
+        report["frame_batch"] = batched
     print(json.dumps(report, indent=2))
     return 0
 

@@ -13,12 +13,18 @@ frames, and both are bounded here so a short warm-up reproduces them exactly:
 - landmark smoothing uses a finite window (see engine.tracking).
 `warmup_start(first)` says where a chunk has to start processing so that its
 first written frame sees the same history as in a single-pass render.
+
+`process` is three stages: `prepare` (detect, track, align, warm/cold and seed
+per face), `project_faces` and `finish` (generate, paste, carry latents). A
+renderer can run several independent chains (keyframe segments) in lockstep and
+project their faces in one batch; a face's seed depends only on its frame index
+and position, never on the batch it lands in.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -52,6 +58,36 @@ class FaceState:
 
     latent: torch.Tensor
     noises: List[torch.Tensor]
+
+
+@dataclass
+class FaceTask:
+    """One face of a prepared frame: its aligned target (1, 3, S, S), the state it warm-starts
+    from (None: cold), its step count and seed; `state` is filled in by the projection."""
+
+    target: torch.Tensor
+    previous: Optional[FaceState]
+    steps: int
+    seed: int
+    state: Optional[FaceState] = None
+
+    @property
+    def warm(self) -> bool:
+        return self.previous is not None
+
+
+@dataclass
+class Prepared:
+    """A frame between ToonPipeline.prepare and ToonPipeline.finish."""
+
+    pipeline: Any
+    frame: np.ndarray
+    index: int
+    faces: int = 0
+    tracked: List[Any] = field(default_factory=list)
+    aligned: List[Any] = field(default_factory=list)
+    tasks: List[FaceTask] = field(default_factory=list)
+    timings: Dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -119,78 +155,100 @@ class ToonPipeline:
 
         With stylise=False the frame only advances the tracker (warm-up frames
         whose output is not needed and whose latents are not carried).
+        The three stages (prepare, project_faces, finish) can be interleaved
+        across pipelines to project the faces of several frames together.
         """
+        prepared = self.prepare(frame, index, stylise=stylise)
+        self.project_faces([prepared])
+        return self.finish(prepared)
+
+    def prepare(self, frame: np.ndarray, index: int, *, stylise: bool = True) -> "Prepared":
+        """Detect, track and align the faces of a frame; decide each face's warm or cold projection."""
         if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
             raise ValueError(f"expected an H x W x 3 uint8 frame, got {frame.shape} {frame.dtype}")
         if self._last_index is not None and index != self._last_index + 1:
             self.reset()  # a jump in time breaks tracks and warm starts
         self._last_index = index
-        timings: Dict[str, float] = {}
+        prepared = Prepared(self, frame, index)
 
         t = time.perf_counter()
         faces = self.landmarker.detect(frame)
         tracked = self.tracker.update(faces)
-        timings["detect"] = time.perf_counter() - t
+        prepared.timings["detect"] = time.perf_counter() - t
+        prepared.faces = len(tracked)
 
         if self.is_keyframe(index):
             self._latents.clear()
         live = {tf.track_id for tf in tracked}
         self._latents = {tid: w for tid, w in self._latents.items() if tid in live}
-
+        if not stylise:
+            self._latents.clear()
         if not stylise or not tracked:
-            if not stylise:
-                self._latents.clear()
-            empty = self._blank_overlay(frame) if self.config.overlay else frame.copy()
-            return FrameResult(empty, len(tracked), timings)
+            return prepared
 
         t = time.perf_counter()
         # Face order by position, not track id: ids depend on where a render started.
-        tracked = sorted(tracked, key=lambda tf: (float(tf.quad[:, 0].mean()), float(tf.quad[:, 1].mean())))
-        aligned = [align_face(frame, tf.quad, self.size) for tf in tracked]
-        timings["align"] = time.perf_counter() - t
-
-        crops = self._stylise(index, tracked, [crop for crop, _ in aligned], timings)
-
-        t = time.perf_counter()
-        image = paste_faces(frame, [(crop, tr) for crop, (_, tr) in zip(crops, aligned)],
-                            feather=self.config.feather, color_match=self.config.color_match,
-                            overlay=self.config.overlay)
-        timings["paste"] = time.perf_counter() - t
-        return FrameResult(image, len(tracked), timings)
-
-    def _blank_overlay(self, frame: np.ndarray) -> np.ndarray:
-        return np.zeros(frame.shape[:2] + (4,), np.uint8)
-
-    def _stylise(self, index, tracked, crops, timings) -> List[np.ndarray]:
-        cfg = self.config
+        prepared.tracked = sorted(tracked, key=lambda tf: (float(tf.quad[:, 0].mean()), float(tf.quad[:, 1].mean())))
+        prepared.aligned = [align_face(frame, tf.quad, self.size) for tf in prepared.tracked]
+        prepared.timings["align"] = time.perf_counter() - t
         param = next(self.base.parameters())
-        device, dtype = param.device, param.dtype
-        targets = _to_tensor(crops, device, dtype)
-        # Faces seen on the previous frame are warm-started (latent and noise maps) with fewer steps.
-        groups: Dict[bool, List[int]] = {True: [], False: []}
-        for i, tf in enumerate(tracked):
-            groups[tf.track_id in self._latents].append(i)
-        found: List[Optional[FaceState]] = [None] * len(tracked)
+        targets = _to_tensor([crop for crop, _ in prepared.aligned], param.device, param.dtype)
+        cfg = self.config
+        for position, tf in enumerate(prepared.tracked):
+            # Faces seen on the previous frame are warm-started (latent and noise maps) with fewer steps.
+            previous = self._latents.get(tf.track_id)
+            prepared.tasks.append(FaceTask(targets[position:position + 1], previous,
+                                           cfg.warm_steps if previous is not None else cfg.steps,
+                                           cfg.seed + index * 1009 + position))
+        return prepared
+
+    def project_faces(self, frames: Sequence["Prepared"]) -> None:
+        """Project the faces of `frames` in batches of `batch_size`, grouped by warm/cold and step count.
+
+        `frames` may come from several pipelines that share this one's base model,
+        perceptual loss and projection settings (independent chains, e.g. keyframe
+        segments rendered in lockstep). A face's seed depends only on its frame and
+        position, so it is projected the same whatever batch it lands in.
+        """
+        cfg = self.config
+        tasks = [task for prepared in frames for task in prepared.tasks]
+        groups: Dict[Tuple[bool, int], List[FaceTask]] = {}
+        for task in sorted(tasks, key=lambda task: not task.warm):  # warm first, as before; stable
+            groups.setdefault((task.warm, task.steps), []).append(task)
         t = time.perf_counter()
-        for warm, members in groups.items():
-            steps = cfg.warm_steps if warm else cfg.steps
+        for (warm, steps), members in groups.items():
             for start in range(0, len(members), cfg.batch_size):
                 batch = members[start:start + cfg.batch_size]
-                previous = [self._latents[tracked[i].track_id] for i in batch] if warm else None
                 if warm and steps == 0:
-                    states = previous
-                else:
-                    init = torch.stack([s.latent for s in previous]) if warm else None
-                    init_noises = ([torch.cat(maps) for maps in zip(*(s.noises for s in previous))]
-                                   if warm else None)
-                    result = project(self.base, targets[batch], steps=steps, space=cfg.latent_space,
-                                     init=init, init_noises=init_noises, perceptual=self.perceptual,
-                                     pixel_weight=cfg.pixel_weight, seed=cfg.seed + index * 1009 + batch[0])
-                    states = [FaceState(result.latents[j].detach(), [n[j:j + 1].detach() for n in result.noises])
-                              for j in range(len(batch))]
-                for i, state in zip(batch, states):
-                    found[i] = state
-        timings["project"] = time.perf_counter() - t
+                    for task in batch:
+                        task.state = task.previous
+                    continue
+                previous = [task.previous for task in batch] if warm else None
+                init = torch.stack([s.latent for s in previous]) if warm else None
+                init_noises = [torch.cat(maps) for maps in zip(*(s.noises for s in previous))] if warm else None
+                result = project(self.base, torch.cat([task.target for task in batch]), steps=steps,
+                                 space=cfg.latent_space, init=init, init_noises=init_noises,
+                                 perceptual=self.perceptual, pixel_weight=cfg.pixel_weight,
+                                 seed=[task.seed for task in batch])
+                for j, task in enumerate(batch):
+                    task.state = FaceState(result.latents[j].detach(), [n[j:j + 1].detach() for n in result.noises])
+        elapsed = time.perf_counter() - t
+        for prepared in frames:  # a shared batch's time is split by faces
+            if prepared.tasks:
+                prepared.timings["project"] = elapsed * len(prepared.tasks) / len(tasks)
+
+    def finish(self, prepared: "Prepared") -> FrameResult:
+        """Render the projected faces with the blended model, paste them back, carry their latents."""
+        if prepared.pipeline is not self:
+            raise ValueError("a prepared frame must be finished by the pipeline that prepared it")
+        frame, timings = prepared.frame, prepared.timings
+        if not prepared.tasks:
+            empty = self._blank_overlay(frame) if self.config.overlay else frame.copy()
+            return FrameResult(empty, prepared.faces, timings)
+        found = [task.state for task in prepared.tasks]
+        if any(state is None for state in found):
+            raise ValueError(f"frame {prepared.index}: faces not projected (call project_faces first)")
+        dtype = next(self.base.parameters()).dtype
 
         t = time.perf_counter()
         ws = torch.stack([state.latent for state in found]).to(dtype)
@@ -200,6 +258,16 @@ class ToonPipeline:
         with torch.no_grad():
             images = self.blended.synthesis(ws, noise=noise)
         timings["generate"] = time.perf_counter() - t
-        for tf, state in zip(tracked, found):
+        for tf, state in zip(prepared.tracked, found):
             self._latents[tf.track_id] = state
-        return _to_images(images)
+        crops = _to_images(images)
+
+        t = time.perf_counter()
+        image = paste_faces(frame, [(crop, tr) for crop, (_, tr) in zip(crops, prepared.aligned)],
+                            feather=self.config.feather, color_match=self.config.color_match,
+                            overlay=self.config.overlay)
+        timings["paste"] = time.perf_counter() - t
+        return FrameResult(image, prepared.faces, timings)
+
+    def _blank_overlay(self, frame: np.ndarray) -> np.ndarray:
+        return np.zeros(frame.shape[:2] + (4,), np.uint8)

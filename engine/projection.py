@@ -23,6 +23,7 @@ Differences from rosinality, for video and batches:
 from __future__ import annotations
 
 import math
+import numbers
 import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -232,7 +233,7 @@ def project(
     pixel_weight: float = 0.1,
     noise_regularize: float = 1e5,
     lr: float = 0.1,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     callback: LossCallback | None = None,
     init_noises: Sequence[torch.Tensor] | None = None,
     optimize_noise: bool = True,
@@ -253,7 +254,9 @@ def project(
     with); ``optimize_noise=False`` keeps them fixed.
     ``perceptual(x, y) -> (N,)``.  ``callback(step, losses)`` is called after
     every step with per-sample (N,) losses of that step; returning True stops.
-    Deterministic given ``seed``; sample i uses the random stream ``seed + i``.
+    Deterministic given ``seed``; sample i uses the random stream ``seed + i``,
+    or ``seed[i]`` when ``seed`` is a sequence of N per-sample seeds (so a sample
+    draws the same numbers whatever batch it is projected in).
     """
     if space not in ("w", "w+"):
         raise ValueError(f"space must be 'w' or 'w+', got {space!r}")
@@ -268,10 +271,16 @@ def project(
     n = target.shape[0]
     target_l = _to_loss_size(target, loss_size)
 
-    latent, latent_std, warm = _initial_latent(generator, n, init, space, seed, n_mean_latent)
+    if isinstance(seed, numbers.Integral):
+        seeds = [int(seed) + i for i in range(n)]
+    else:
+        seeds = [int(s) for s in seed]
+        if len(seeds) != n:
+            raise ValueError(f"seed has {len(seeds)} per-sample seeds for {n} targets")
+    latent, latent_std, warm = _initial_latent(generator, n, init, space, seeds[0], n_mean_latent)
     if schedule is None:
         schedule = warm_schedule(lr, warm_lr_scale) if warm else Schedule(lr=lr)
-    rngs = [torch.Generator().manual_seed(seed + i) for i in range(n)]
+    rngs = [torch.Generator().manual_seed(s) for s in seeds]
 
     shapes = [tuple(t.shape[-2:]) for t in generator.make_noise()]
     if init_noises is None:

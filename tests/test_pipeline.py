@@ -86,3 +86,27 @@ def test_rejects_mismatched_generators(parts):
     landmarker, base, _, perceptual = parts
     with pytest.raises(ValueError, match="differ"):
         ToonPipeline(landmarker, base, tiny_generator(64, seed=0), perceptual)
+
+
+def test_faces_of_two_pipelines_projected_together_match_separate_runs(monkeypatch, parts, astronaut):
+    """The stages of process(): two independent chains, their faces in one project() call."""
+    frames = list(panning_frames(astronaut, 4))
+    config = PipelineConfig(steps=2, warm_steps=1, keyframe_interval=2, batch_size=4)
+    alone = ToonPipeline(*parts, config)
+    expected = [alone.process(frame, index).image for index, frame in enumerate(frames)]
+    calls = spy_projection(monkeypatch)
+    first, second = ToonPipeline(*parts, config), ToonPipeline(*parts, config)
+    for index in range(2):  # the second chain's tracker warm-up (warmup_start(2) == 0)
+        second.process(frames[index], index, stylise=False)
+    got = {}
+    for step in range(2):  # chains 0-1 and 2-3 in lockstep
+        prepared = [first.prepare(frames[step], step), second.prepare(frames[2 + step], 2 + step)]
+        first.project_faces(prepared)
+        got[step], got[2 + step] = first.finish(prepared[0]).image, second.finish(prepared[1]).image
+    assert calls == [(2, 2, False), (2, 1, True)]
+    for index, image in enumerate(expected):
+        # batched convolutions may round differently: at most one grey level, on a few pixels
+        diff = np.abs(got[index].astype(int) - image.astype(int))
+        assert diff.max() <= 1 and diff.mean() < 0.01, (index, diff.max(), diff.mean())
+    with pytest.raises(ValueError, match="pipeline that prepared"):
+        second.finish(first.prepare(frames[0], 0))

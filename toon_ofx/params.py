@@ -119,6 +119,10 @@ PARAMS: Tuple[Param, ...] = (
           choices=("dlib", "face-alignment")),
     Param("device", str, "auto", "Device", "auto, cpu, cuda, cuda:N or mps."),
     Param("batch_size", int, 1, "Batch size", "Faces projected together.", minimum=1, maximum=64),
+    Param("frame_batch", int, 1, "Frame batch",
+          "Keyframe segments rendered in lockstep so their faces are projected together "
+          "(GPU throughput; batch_size still caps the faces per projection); "
+          "needs keyframe_interval > 0.", minimum=1, maximum=16),
     Param("seed", int, 0, "Seed", "Random seed for noise inputs and projection.", minimum=0, maximum=2**31 - 1),
 )
 
@@ -148,6 +152,9 @@ def validate(values: Mapping[str, Any], *, partial: bool = True) -> Dict[str, An
     device = out["device"]
     if not (device in ("auto", "cpu", "cuda", "mps") or (device.startswith("cuda:") and device[5:].isdigit())):
         raise ParamError("device", f"must be auto, cpu, cuda, cuda:N or mps; got {device!r}")
+    if out["frame_batch"] > 1 and out["keyframe_interval"] == 0:
+        raise ParamError("frame_batch", "frame batching needs keyframe_interval > 0 "
+                         "(frames of one warm-start chain depend on each other)")
     return out
 
 

@@ -229,7 +229,9 @@ class Renderer:
         report = _Reporter(progress, total, skipped)
         timings: Dict[str, float] = {}
 
-        if todo:
+        if todo and params["frame_batch"] > 1:
+            self._render_segments(request, plan, todo, report, timings, cancel)
+        elif todo:
             pipeline = self.pipeline(params)
             start = max(0, min(pipeline.warmup_start(todo[0]), todo[0] - request.warmup))
             pending = set(todo)
@@ -261,6 +263,81 @@ class Renderer:
                             first_frame=first, last_frame=last, written=len(todo), skipped=skipped,
                             fps=float(info.fps), timings=timings)
 
+    def _render_segments(self, request: RenderRequest, plan: "Plan", todo: List[int], report: "_Reporter",
+                         timings: Dict[str, float], cancel: Optional[threading.Event]) -> None:
+        """frame_batch > 1: keyframe segments in lockstep, their faces projected together.
+
+        The warm-start chain restarts at every keyframe, so each segment of pending
+        frames is an independent chain: it gets its own pipeline (tracker, face
+        states; shared models), its own decoder stream and its own warm-up, exactly
+        as a farm chunk would. Up to `frame_batch` segments advance one projected
+        frame per step (tracker-only warm-up frames are run through in between);
+        when one ends the next starts, so at most `frame_batch` frames are in
+        flight. Frames are written as they finish (not in order).
+        """
+        params, info, out = plan.params, plan.info, plan.output
+        k = params["keyframe_interval"]
+        segments: Dict[int, List[int]] = {}
+        for index in todo:
+            segments.setdefault(index // k, []).append(index)
+        queue = list(segments.values())
+        active: List[_Segment] = []
+        try:
+            while queue or active:
+                while queue and len(active) < params["frame_batch"]:
+                    frames = queue.pop(0)
+                    pipeline = self.pipeline(params)
+                    start = pipeline.warmup_start(frames[0])
+                    if frames[0] == todo[0]:
+                        start = max(0, min(start, todo[0] - request.warmup))
+                    active.append(_Segment(pipeline, media.read_frames(info, start, frames[-1]), frames))
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled(f"cancelled after {report.done} of {report.total} frames")
+                step = []
+                for segment in list(active):
+                    prepared = self._next_projected(segment, timings)
+                    if prepared is None:  # the stream ended early (as the single-pass loop allows)
+                        segment.frames.close()
+                        active.remove(segment)
+                    else:
+                        step.append((segment, prepared))
+                if step:  # one projection pass for the faces of every segment's current frame
+                    step[0][0].pipeline.project_faces([prepared for _, prepared in step])
+                for segment, prepared in step:
+                    result = segment.pipeline.finish(prepared)
+                    for stage, seconds in result.timings.items():
+                        _add(timings, stage, seconds)
+                    if prepared.index in segment.pending:
+                        t = time.perf_counter()
+                        media.write_frame(Path(out.pattern % prepared.index), result.image, bits=request.bits)
+                        _add(timings, "write", time.perf_counter() - t)
+                        report.frame(result.faces)
+                    if prepared.index == segment.last:
+                        segment.frames.close()
+                        active.remove(segment)
+        finally:
+            for segment in active:
+                segment.frames.close()
+
+    @staticmethod
+    def _next_projected(segment: "_Segment", timings: Dict[str, float]):
+        """The segment's next frame that needs projection, prepared; frames before its keyframe only
+        feed the tracker and are run through at once, so the segments' keyframes line up in one step."""
+        pipe = segment.pipeline
+        while True:
+            t = time.perf_counter()
+            item = next(segment.frames, None)
+            _add(timings, "decode", time.perf_counter() - t)
+            if item is None:
+                return None
+            index, frame = item
+            stylise = pipe.needs_projection(index, segment.first)
+            prepared = pipe.prepare(frame, index, stylise=stylise)
+            if stylise:
+                return prepared
+            for stage, seconds in pipe.finish(prepared).timings.items():
+                _add(timings, stage, seconds)
+
     def preview(self, source: Path, frame: int, params: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray, int]:
         """One frame, cold-started: (original RGB, stylised RGB or RGBA, faces found)."""
         info = media.probe(source)
@@ -268,6 +345,14 @@ class Renderer:
         original = next(iter(media.read_frames(info, index, index)))[1]
         result = self.pipeline(params).process(original, index)
         return original, result.image, result.faces
+
+
+class _Segment:
+    """One keyframe segment of a frame-batched render: its pipeline, decoder stream and frames to write."""
+
+    def __init__(self, pipeline, frames, pending: List[int]):
+        self.pipeline, self.frames, self.pending = pipeline, frames, set(pending)
+        self.first, self.last = pending[0], pending[-1]
 
 
 class _Serialised:
