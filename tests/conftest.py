@@ -33,6 +33,14 @@ def fixture_path(name: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tiny models: one thread is fastest and does not fight the other test process for the cores."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def astronaut() -> np.ndarray:
     """scikit-image's astronaut photo (one real face), RGB uint8 512x512."""

@@ -17,20 +17,8 @@ from engine import checkpoints as ck
 from engine.checkpoints import (CheckpointError, CheckpointInfo, inspect_checkpoint,
                                 load_generator, save_generator)
 from engine.stylegan2 import Generator
-from tiny_models import (EasyDict, nv_module, nvidia_generator, nvidia_state_dict,
+from tiny_models import (EasyDict, nv_module, nvidia_generator, nvidia_state_dict, same_outputs,
                          save_nvidia_pkl, tiny_generator, write_nvidia_pickle)
-
-
-def _ws(g, n=2, seed=1):
-    return torch.randn(n, g.n_latent, g.style_dim, generator=torch.Generator().manual_seed(seed))
-
-
-def _same_outputs(g1, g2, n=2):
-    ws = _ws(g1, n)
-    noise = g1.make_noise()
-    with torch.no_grad():
-        return (torch.equal(g1.synthesis(ws), g2.synthesis(ws))
-                and torch.equal(g1.synthesis(ws, noise=noise), g2.synthesis(ws, noise=noise)))
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +35,7 @@ def test_rosinality_round_trip_is_bit_identical(gen, tmp_path):
     assert info == CheckpointInfo(format="rosinality", size=32, n_latent=8, style_dim=16, n_mlp=2,
                                   channels={4: 16, 8: 16, 16: 16, 32: 16}, path=path)
     g2 = load_generator(path, expect_size=32)
-    assert _same_outputs(gen, g2)
+    assert same_outputs(gen, g2)
     assert torch.equal(g2.latent_avg, gen.latent_avg)
     assert not g2.training and not any(p.requires_grad for p in g2.parameters())
     raw = torch.load(path, weights_only=True)
@@ -62,7 +50,7 @@ def test_nvidia_pkl_round_trip_is_bit_identical(gen, tmp_path, protocol):
     assert (info.format, info.size, info.n_latent, info.style_dim, info.n_mlp) == \
         ("nvidia", 32, 8, 16, 2)
     g2 = load_generator(path)
-    assert _same_outputs(gen, g2)
+    assert same_outputs(gen, g2)
     assert torch.equal(g2.latent_avg, gen.latent_avg)  # from mapping.w_avg
     assert g2.conv_clamp is None
 
@@ -81,7 +69,7 @@ def test_conv_clamp_survives_pkl_and_pt(gen, tmp_path):
     g2 = load_generator(pkl)
     assert g2.conv_clamp == 256.0
     g3 = load_generator(save_generator(tmp_path / "c.pt", g2))
-    assert g3.conv_clamp == 256.0 and _same_outputs(g2, g3)
+    assert g3.conv_clamp == 256.0 and same_outputs(g2, g3)
 
 
 def test_1024_and_512_layouts_round_trip(tmp_path):
@@ -107,12 +95,12 @@ def test_rosinality_training_checkpoint_with_args_and_legacy_format(gen, tmp_pat
             "latent_avg": gen.latent_avg[None]}
     p1 = tmp_path / "050000.pt"
     torch.save(ckpt, p1)
-    assert _same_outputs(gen, load_generator(p1))
+    assert same_outputs(gen, load_generator(p1))
     p2 = tmp_path / "legacy.pt"
     torch.save({"g_ema": gen.state_dict(), "latent_avg": gen.latent_avg}, p2,
                _use_new_zipfile_serialization=False)
     assert inspect_checkpoint(p2).format == "rosinality"
-    assert _same_outputs(gen, load_generator(p2))
+    assert same_outputs(gen, load_generator(p2))
 
 
 def test_bare_state_dict_and_missing_latent_avg(gen, tmp_path):
@@ -120,7 +108,7 @@ def test_bare_state_dict_and_missing_latent_avg(gen, tmp_path):
     torch.save(gen.state_dict(), p)
     g1 = load_generator(p)
     g2 = load_generator(p)
-    assert _same_outputs(gen, g1)
+    assert same_outputs(gen, g1)
     # latent_avg is estimated deterministically when the file has none
     assert torch.equal(g1.latent_avg, g2.latent_avg) and g1.latent_avg.abs().sum() > 0
 
@@ -129,7 +117,7 @@ def test_missing_blur_kernels_are_filled(gen, tmp_path):
     sd = {k: v for k, v in gen.state_dict().items() if not k.endswith(".kernel")}
     p = tmp_path / "old.pt"
     torch.save({"g_ema": sd, "latent_avg": gen.latent_avg}, p)
-    assert _same_outputs(gen, load_generator(p))
+    assert same_outputs(gen, load_generator(p))
 
 
 def test_half_generator_saves_as_float32(gen, tmp_path):
@@ -372,7 +360,7 @@ def test_module_src_is_never_executed(gen, tmp_path):
     sentinel = tmp_path / "ran.txt"
     src = SENTINEL_CODE.format(path=str(sentinel)) + "\nclass Generator: pass\n"
     p = save_nvidia_pkl(tmp_path / "g.pkl", gen, module_src=src)
-    assert _same_outputs(gen, load_generator(p))
+    assert same_outputs(gen, load_generator(p))
     assert not sentinel.exists()
 
 

@@ -28,7 +28,6 @@ from toon_ofx import farm
 from toon_ofx.cli import build_parser, main, params_from_args
 from toon_ofx.errors import UserError
 from toon_ofx.farm import (
-    Chunk,
     FarmJob,
     chunk_warmup_first,
     effective_chunk_size,

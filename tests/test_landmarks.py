@@ -175,17 +175,6 @@ def test_face_alignment_missing_weights_is_clear(tmp_path):
         FaceAlignmentLandmarker(fan_path=tmp_path / "nope.pth", detector="none")
 
 
-@pytest.fixture()
-def one_thread():
-    """FAN on CPU: one torch thread is several times faster on a busy 2-core machine."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def random_fan_dir(tmp_path_factory):
     """A weights folder in face-alignment's TORCH_HOME layout, holding random-weight nets."""
@@ -202,7 +191,7 @@ def random_fan_dir(tmp_path_factory):
     return root
 
 
-def test_face_alignment_code_path_with_random_weights(random_fan_dir, astronaut, dlib_lm, one_thread):
+def test_face_alignment_code_path_with_random_weights(random_fan_dir, astronaut, dlib_lm):
     box = dlib_lm.detect(astronaut)[0].box
     fan_file = random_fan_dir / "hub" / "checkpoints" / FaceAlignmentLandmarker.FAN_FILE
     fa = FaceAlignmentLandmarker(fan_path=fan_file, detector="none", flip_input=True)
@@ -219,7 +208,7 @@ def test_face_alignment_code_path_with_random_weights(random_fan_dir, astronaut,
         fa.detect(astronaut)
 
 
-def test_face_alignment_with_dlib_boxes_and_s3fd_weights(random_fan_dir, astronaut, one_thread):
+def test_face_alignment_with_dlib_boxes_and_s3fd_weights(random_fan_dir, astronaut):
     fa = FaceAlignmentLandmarker(weights_dir=random_fan_dir / "hub" / "checkpoints", detector="dlib",
                                  flip_input=False)
     faces = fa.detect(astronaut)

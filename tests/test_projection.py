@@ -22,15 +22,6 @@ except ImportError:  # tests/ on sys.path (conftest) rather than the repo root
     from tiny_models import tiny_generator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: one thread is fastest and does not fight other jobs for the cores
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def G():
     return tiny_generator()

@@ -577,26 +577,9 @@ def test_kill_9_mid_job_resumes_without_losing_or_repeating_frames(tmp_path, cli
 
 # --------------------------------------------------------------------------- the real renderer
 
-def _real_render_available():
-    try:
-        import toon_ofx.render  # noqa: F401
-        import toon_ofx.media  # noqa: F401
-        import toon_ofx.model_store  # noqa: F401
-    except ImportError as exc:
-        return f"toon_ofx.render is not usable yet ({exc})"
-    return None
-
-
-def test_real_render_end_to_end(tmp_path, clip, request):
+def test_real_render_end_to_end(tmp_path, clip, tiny_model_paths):
     """One job through the real toon_ofx.render (tiny models from tests/conftest.py), over HTTP."""
-    why = _real_render_available()
-    if why:
-        pytest.skip(why)
-    try:
-        models = request.getfixturevalue("tiny_model_paths")
-    except pytest.FixtureLookupError:
-        pytest.skip("tests/conftest.py has no tiny_model_paths fixture yet")
-    base, toon = (models["base"], models["toon"]) if isinstance(models, dict) else models[:2]
+    base, toon = tiny_model_paths["base"], tiny_model_paths["toon"]
     server = Server(config_dir=tmp_path / "config", data_dir=tmp_path / "data")
     with server:
         client = EngineClient(server.url, server.token)

@@ -11,7 +11,6 @@ conversion cannot cancel out against the test writer.
 
 import math
 import os
-import pickle
 
 import numpy as np
 import pytest
@@ -20,25 +19,14 @@ import torch.nn.functional as F
 
 from engine import checkpoints as ck
 from engine.checkpoints import CheckpointError, inspect_checkpoint, load_generator, save_generator
-from tiny_models import (TF_BUILD_MODULE_SRC, TFNetwork, save_tf_pkl, tf_discriminator_stub,
-                         tf_generator_network, tf_networks, tiny_generator, write_tf_pickle)
+from tiny_models import (TF_BUILD_MODULE_SRC, TFNetwork, random_ws, same_outputs, save_tf_pkl,
+                         tf_discriminator_stub, tf_generator_network, tf_networks, tiny_generator,
+                         write_tf_pickle)
 
 
 @pytest.fixture(scope="module")
 def gen():
     return tiny_generator(size=32, seed=0)
-
-
-def _ws(g, n=2, seed=1):
-    return torch.randn(n, g.n_latent, g.style_dim, generator=torch.Generator().manual_seed(seed))
-
-
-def _same_outputs(g1, g2, n=2):
-    ws = _ws(g1, n)
-    noise = g1.make_noise()
-    with torch.no_grad():
-        return (torch.equal(g1.synthesis(ws), g2.synthesis(ws))
-                and torch.equal(g1.synthesis(ws, noise=noise), g2.synthesis(ws, noise=noise)))
 
 
 def _same_state(g1, g2):
@@ -69,7 +57,7 @@ def test_tf_pkl_round_trip_is_bit_identical(gen, tmp_path, protocol):
                                      channels={4: 16, 8: 16, 16: 16, 32: 16}, path=path)
     g2 = load_generator(path, expect_size=32)
     assert _same_state(gen, g2)  # every tensor, noise buffers and latent_avg (dlatent_avg) included
-    assert _same_outputs(gen, g2)
+    assert same_outputs(gen, g2)
     assert g2.conv_clamp is None
     assert not g2.training and not any(p.requires_grad for p in g2.parameters())
 
@@ -285,7 +273,7 @@ def test_stylegan2_ada_tensorflow_options(gen, tmp_path):
         for k, v in g4.state_dict().items():
             if k.endswith("noise.weight"):
                 v.zero_()
-        ws = _ws(gen)
+        ws = random_ws(gen)
         assert torch.equal(g3.synthesis(ws), g4.synthesis(ws))
 
 

@@ -32,16 +32,6 @@ from toon_ofx.train import ImageBank, train
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two busy shared cores: one thread is several times faster than two here, and
-    # results do not depend on the thread count of other test modules.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def tiny_discriminator(seed: int = 1) -> Discriminator:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

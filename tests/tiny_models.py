@@ -552,3 +552,17 @@ def save_tf_pkl(path, generator: Generator, protocol: int = 4, training_generato
     label_size, build_module_src, static_kwargs).
     """
     return write_tf_pickle(path, tf_networks(generator, training_generator, **kwargs), protocol)
+
+
+def random_ws(g: Generator, n: int = 2, seed: int = 1) -> torch.Tensor:
+    """Fixed random W+ latents for `g`."""
+    return torch.randn(n, g.n_latent, g.style_dim, generator=torch.Generator().manual_seed(seed))
+
+
+def same_outputs(g1: Generator, g2: Generator, n: int = 2) -> bool:
+    """Bit-identical images for fixed latents, with the stored noise and with explicit noise."""
+    ws = random_ws(g1, n)
+    noise = g1.make_noise()
+    with torch.no_grad():
+        return (torch.equal(g1.synthesis(ws), g2.synthesis(ws))
+                and torch.equal(g1.synthesis(ws, noise=noise), g2.synthesis(ws, noise=noise)))

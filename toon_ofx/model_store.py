@@ -334,7 +334,7 @@ def _pull_one(e: dict, progress: bool, force: bool, m: dict, dest) -> Path:
                 raise UserError(str(exc), field="model") from None
     offline = all("unreachable" in x or "timed out" in x for x in errors)
     reason = "; ".join(errors)
-    hint = (f"It looks like this machine is offline. " if offline else "") + (
+    hint = ("It looks like this machine is offline. " if offline else "") + (
         f"Download {fname} from {e['urls'][0]} on a machine with internet access and copy it to {folder}"
         f" (or into a folder named by {ENV_MODELS}).")
     raise UserError(f"could not download {fname} for model {e['name']!r} ({reason}). {hint}", field="model")
