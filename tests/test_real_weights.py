@@ -6,12 +6,25 @@ the tiny-model tests cover the same code paths everywhere.
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 from toon_ofx import model_store
 
 pytestmark = pytest.mark.slow
+
+# The user's own model folder, read before any fixture points TOON_OFX_MODELS at tiny test models.
+USER_MODELS = os.environ.get("TOON_OFX_MODELS")
+
+
+@pytest.fixture(autouse=True)
+def user_model_folder(monkeypatch):
+    if USER_MODELS is None:
+        monkeypatch.delenv("TOON_OFX_MODELS", raising=False)
+    else:
+        monkeypatch.setenv("TOON_OFX_MODELS", USER_MODELS)
 
 
 def installed(*names: str) -> None:
