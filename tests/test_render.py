@@ -59,11 +59,11 @@ def test_faces_found_and_only_the_face_changes(whole_render, astronaut_clip):
     for src, out in zip(source, rendered):
         assert out.shape == src.shape and out.dtype == np.uint8
         changed = np.abs(out.astype(int) - src.astype(int)).max(axis=2) > 0
-        ys, xs = np.nonzero(changed)
         assert changed.mean() > 0.01, "the face was not stylised"
-        # Everything outside the face region is bit-identical to the decoded source.
-        assert changed.mean() < 0.5
-        assert xs.min() > 0 or ys.min() > 0
+        assert changed.mean() < 0.5, "more than the face region changed"
+        # Outside the face region the frame is bit-identical to the source.
+        for corner in (changed[:20, :20], changed[:20, -20:], changed[-20:, :20], changed[-20:, -20:]):
+            assert not corner.any()
 
 
 def test_resume_renders_only_missing_frames_identically(tmp_path, whole_render, astronaut_clip, tiny_params):
