@@ -129,6 +129,7 @@ class _NvidiaPickler(pickle._Pickler):
 
     dispatch = dict(pickle._Pickler.dispatch)
     dispatch[types.FunctionType] = _save_function
+    alias_tables = (_ALIASES,)  # dicts id(object) -> (module, name) it is pickled as
 
     def reducer_override(self, obj):
         if isinstance(obj, _NVModule):
@@ -141,7 +142,7 @@ class _NvidiaPickler(pickle._Pickler):
         return NotImplemented
 
     def save_global(self, obj, name=None):
-        alias = _ALIASES.get(id(obj))
+        alias = next((t[id(obj)] for t in self.alias_tables if id(obj) in t), None)
         if alias is None:
             return super().save_global(obj, name)
         module, qualname = alias
@@ -396,18 +397,7 @@ _TF_ALIASES = {id(TFNetwork): ("dnnlib.tflib.network", "Network")}
 
 
 class _TFPickler(_NvidiaPickler):
-    def save_global(self, obj, name=None):
-        alias = _TF_ALIASES.get(id(obj))
-        if alias is None:
-            return super().save_global(obj, name)
-        module, qualname = alias
-        if self.proto >= 4:
-            self.save(module)
-            self.save(qualname)
-            self.write(pickle.STACK_GLOBAL)
-        else:
-            self.write(pickle.GLOBAL + module.encode() + b"\n" + qualname.encode() + b"\n")
-        self.memoize(obj)
+    alias_tables = (_TF_ALIASES, _ALIASES)
 
 
 def write_tf_pickle(path, data, protocol: int = 4) -> Path:
