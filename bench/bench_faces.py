@@ -19,10 +19,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.align import align_face  # noqa: E402
-from engine.landmarks import DlibLandmarker  # noqa: E402
-from engine.paste import paste_faces  # noqa: E402
-from engine.tracking import FaceTracker  # noqa: E402
+from engine.faces.align import align_face  # noqa: E402
+from engine.faces.landmarks import DlibLandmarker  # noqa: E402
+from engine.faces.paste import paste_faces  # noqa: E402
+from engine.faces.tracking import FaceTracker  # noqa: E402
 
 DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "single_face.mp4"
 

@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from toon_ofx import media  # noqa: E402
+from toon_ofx.core import media  # noqa: E402
 
 FIXTURES = ROOT.parent / "shared" / "fixtures"
 if not FIXTURES.is_dir():
@@ -51,7 +51,7 @@ class SyntheticRenderer:
         self.load_seconds = time.perf_counter() - t
 
     def render(self, request, progress=None, cancel=None):
-        from toon_ofx.render import ProgressEvent, RenderResult
+        from toon_ofx.core.render import ProgressEvent, RenderResult
 
         first, last = request.frames
         pattern = str(request.output)
@@ -72,7 +72,7 @@ class SyntheticRenderer:
 
 
 def _run(ray, request, workers, chunk, factory, persistent):
-    from toon_ofx.ray_backend import render_with_ray
+    from toon_ofx.farm.ray_backend import render_with_ray
 
     ray.init(num_cpus=workers, object_store_memory=100 * 1024 ** 2, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
@@ -108,9 +108,9 @@ def make_engine_models(folder: Path, size: int, *, tiny: bool = True) -> dict:
     """
     import torch
 
-    from engine.checkpoints import save_generator
-    from engine.lpips import LPIPS
-    from engine.stylegan2 import Generator
+    from engine.generator.checkpoints import save_generator
+    from engine.inversion.lpips import LPIPS
+    from engine.generator.stylegan2 import Generator
 
     folder.mkdir(parents=True, exist_ok=True)
     for name, seed in (("base.pt", 0), ("toon.pt", 1)):
@@ -133,7 +133,7 @@ def make_engine_models(folder: Path, size: int, *, tiny: bool = True) -> dict:
 
 def engine_factory(tmp: Path, size: int):
     """The real Renderer (default factory) with random-weight models of `size` px."""
-    from toon_ofx.render import Renderer
+    from toon_ofx.core.render import Renderer
 
     params = make_engine_models(tmp / "models", size)
     os.environ["TOON_OFX_MODELS"] = str(tmp / "models")
@@ -143,7 +143,7 @@ def engine_factory(tmp: Path, size: int):
 
 def production_load(tmp: Path, size: int = 1024) -> dict:
     """Load time of the real Renderer with full-size (config-f, `size` px) random checkpoints."""
-    from toon_ofx.render import Renderer
+    from toon_ofx.core.render import Renderer
 
     t = time.perf_counter()
     params = make_engine_models(tmp / "full", size, tiny=False)
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
 
     import ray
 
-    from toon_ofx.render import RenderRequest
+    from toon_ofx.core.render import RenderRequest
 
     report = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "ray": ray.__version__},
               "clip": CLIP.name, "runs": []}

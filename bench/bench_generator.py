@@ -38,7 +38,7 @@ def run_one(size: int, batch: int, repeats: int, device: str, half: bool) -> dic
     import torch
 
     sys.path.insert(0, str(ROOT))
-    from engine.stylegan2 import Generator
+    from engine.generator.stylegan2 import Generator
 
     torch.manual_seed(0)
     rss_before = _peak_rss_mb()

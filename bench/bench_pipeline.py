@@ -43,11 +43,11 @@ def main() -> int:
     from skimage import data
 
     from conftest import make_clip, panning_frames
-    from engine.checkpoints import save_generator
-    from engine.lpips import LPIPS
-    from engine.projection import latent_stats
-    from engine.stylegan2 import Generator
-    from toon_ofx.render import RenderRequest, Renderer
+    from engine.generator.checkpoints import save_generator
+    from engine.inversion.lpips import LPIPS
+    from engine.inversion.projection import latent_stats
+    from engine.generator.stylegan2 import Generator
+    from toon_ofx.core.render import RenderRequest, Renderer
 
     work = Path(tempfile.mkdtemp(prefix="toon-bench-"))
     torch.manual_seed(0)

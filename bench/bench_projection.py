@@ -35,9 +35,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.lpips import LPIPS, TinyPerceptual, load_lpips  # noqa: E402
-from engine.projection import project  # noqa: E402
-from engine.stylegan2 import Generator  # noqa: E402
+from engine.inversion.lpips import LPIPS, TinyPerceptual, load_lpips  # noqa: E402
+from engine.inversion.projection import project  # noqa: E402
+from engine.generator.stylegan2 import Generator  # noqa: E402
 
 LADDER = (2, 3, 4, 6, 8, 11, 16, 22, 32, 45, 64, 90, 128, 180, 256, 360, 512)
 

@@ -1,8 +1,8 @@
 """Where the add-on gets toon-ofx's stdlib client and parameter schema.
 
 Blender's Python has no ``toon_ofx`` installed, so the built extension carries
-copies of ``client.py``, ``params.py``, ``errors.py`` and ``dirs.py`` in
-``_vendor/toon_ofx/`` (see ``scripts/build_blender_addon.py``). In a repository
+copies of ``client.py`` and ``core/params.py``, ``core/errors.py``, ``core/dirs.py``
+in ``_vendor/toon_ofx/`` (see ``scripts/build_blender_addon.py``). In a repository
 checkout (``blender_addon/`` beside ``toon_ofx/``) the add-on loads the
 repository's modules instead, under a private package name, so that
 ``sys.path`` and the global ``toon_ofx`` name stay untouched.
@@ -46,8 +46,8 @@ def _load():
 
 
 _package, SOURCE = _load()
-params = importlib.import_module(_package.__name__ + ".params")
-errors = importlib.import_module(_package.__name__ + ".errors")
+params = importlib.import_module(_package.__name__ + ".core.params")
+errors = importlib.import_module(_package.__name__ + ".core.errors")
 
 
 def client_module():

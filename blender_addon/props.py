@@ -51,7 +51,7 @@ def make_property_group():
     annotations = {p.name: property_for(p) for p in schema.PARAMS}
     return type("TOONOFX_PG_params", (bpy.types.PropertyGroup,), {
         "__annotations__": annotations,
-        "__doc__": "toon-ofx effect parameters (generated from toon_ofx.params)",
+        "__doc__": "toon-ofx effect parameters (generated from toon_ofx.core.params)",
     })
 
 

@@ -10,7 +10,7 @@ frames, and both are bounded here so a short warm-up reproduces them exactly:
 - the warm-start chain restarts (cold projection) at every keyframe, frame
   indices that are multiples of `keyframe_interval`, like a video GOP; this
   also stops drift from accumulating in long shots;
-- landmark smoothing uses a finite window (see engine.tracking).
+- landmark smoothing uses a finite window (see engine.faces.tracking).
 `warmup_start(first)` says where a chunk has to start processing so that its
 first written frame sees the same history as in a single-pass render.
 
@@ -29,10 +29,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .align import align_face
-from .paste import paste_faces
-from .projection import project
-from .tracking import FaceTracker
+from .faces.align import align_face
+from .faces.paste import paste_faces
+from .inversion.projection import project
+from .faces.tracking import FaceTracker
 
 
 @dataclass

@@ -18,7 +18,7 @@ TOON_OFX_PYTHON = None  # the Python with toon-ofx, torch and PySide6 (the engin
 def _find_lib():
     here = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else os.getcwd()
     for folder in (os.environ.get("TOON_OFX_LIB"), TOON_OFX_LIB, os.path.dirname(here)):
-        if folder and os.path.isfile(os.path.join(folder, "toon_ofx", "resolve_bridge.py")):
+        if folder and os.path.isfile(os.path.join(folder, "toon_ofx", "hosts", "resolve.py")):
             return folder
     return None
 
@@ -29,7 +29,7 @@ if _lib is None:
 else:
     if _lib not in sys.path:
         sys.path.insert(0, _lib)
-    from toon_ofx import resolve_bridge
+    from toon_ofx.hosts import resolve as resolve_bridge
 
     _code = resolve_bridge.script_main(globals(), engine_python=TOON_OFX_PYTHON)
     if __name__ == "__main__" and not any(globals().get(k) for k in resolve_bridge.IN_APP_NAMES):

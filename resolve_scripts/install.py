@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from toon_ofx import resolve_bridge  # noqa: E402
+from toon_ofx.hosts import resolve as resolve_bridge  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -5,16 +5,15 @@
     python scripts/build_blender_addon.py -o my.zip
 
 The zip holds ``blender_addon/`` at its root (manifest first) plus copies of
-toon-ofx's stdlib client modules (``client.py``, ``params.py``, ``errors.py``,
-``dirs.py``) under ``_vendor/toon_ofx/``, because Blender's Python has no
-toon-ofx installed. The build fails if a bundled module imports anything but
-the standard library and its bundled siblings. Standard library only; any
+toon-ofx's stdlib client and parameter schema, with what they import
+(``toon_ofx.vendor.closure``), under ``_vendor/toon_ofx/``, because Blender's
+Python has no toon-ofx installed. The build fails if a bundled module imports
+anything but the standard library and other bundled modules. Standard library only; any
 Python 3.9+ works, Blender's own included.
 """
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import re
 import sys
@@ -22,8 +21,10 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from toon_ofx import vendor  # noqa: E402  (stdlib only, like this script)
+
 ADDON = ROOT / "blender_addon"
-VENDORED = ("__init__.py", "client.py", "params.py", "errors.py", "dirs.py")
 VENDOR_DIR = "_vendor/toon_ofx"
 SKIP_DIRS = {"__pycache__", "_vendor", ".pytest_cache"}
 SKIP_SUFFIXES = (".pyc", ".pyo", ".zip", ".blend1")
@@ -43,40 +44,6 @@ def manifest_value(key: str) -> str:
     return match.group(1)
 
 
-def stdlib_names() -> set:
-    names = set(getattr(sys, "stdlib_module_names", ()))
-    if not names:  # Python < 3.10: good enough for the modules we bundle
-        names = {"__future__", "argparse", "base64", "contextlib", "dataclasses", "errno", "http", "json",
-                 "os", "pathlib", "platform", "re", "shutil", "signal", "socket", "subprocess", "sys",
-                 "tempfile", "threading", "time", "typing", "urllib", "uuid"}
-    return names
-
-
-def check_imports(path: Path, siblings: set) -> None:
-    """Fail unless `path` imports only the standard library and bundled siblings."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-    allowed = stdlib_names()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative: must name a bundled sibling
-                targets = [node.module] if node.module else [a.name for a in node.names]
-                for target in targets:
-                    if target.split(".")[0] not in siblings:
-                        raise BuildError(f"{path.name}:{node.lineno} imports .{target}, which is not bundled "
-                                         f"(bundled: {', '.join(sorted(siblings))})")
-                continue
-            names = [node.module or ""]
-        else:
-            continue
-        for name in names:
-            top = name.split(".")[0]
-            if top not in allowed:
-                raise BuildError(f"{path.name}:{node.lineno} imports {name!r}, which is not in the standard "
-                                 "library; the Blender add-on can only bundle stdlib-only modules")
-
-
 def addon_files():
     for dirpath, dirnames, filenames in os.walk(ADDON):
         dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS and not d.startswith("."))
@@ -88,13 +55,13 @@ def addon_files():
 
 
 def vendored_files(toon_ofx_dir: Path):
-    siblings = {Path(n).stem for n in VENDORED if n != "__init__.py"}
-    for name in VENDORED:
-        path = toon_ofx_dir / name
-        if not path.is_file():
-            raise BuildError(f"{path} is missing: the add-on bundles {', '.join(VENDORED)} from toon_ofx/")
-        check_imports(path, siblings)
-        yield path, f"{VENDOR_DIR}/{name}"
+    """The client and the schema with everything they import (stdlib only, checked by toon_ofx.vendor)."""
+    try:
+        names = vendor.closure(vendor.BLENDER_ROOTS, toon_ofx_dir)
+    except vendor.VendorError as exc:
+        raise BuildError(str(exc)) from None
+    for name in names:
+        yield toon_ofx_dir / name, f"{VENDOR_DIR}/{name}"
 
 
 def build(output: Path = None, toon_ofx_dir: Path = None) -> Path:

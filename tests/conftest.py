@@ -52,8 +52,8 @@ def astronaut() -> np.ndarray:
 def _write_tiny_models(folder: Path) -> None:
     import torch
 
-    from engine.checkpoints import save_generator
-    from engine.lpips import LPIPS
+    from engine.generator.checkpoints import save_generator
+    from engine.inversion.lpips import LPIPS
     from tiny_models import tiny_generator
 
     base = tiny_generator(TINY_SIZE, seed=0)

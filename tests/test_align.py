@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engine.align import (
+from engine.faces.align import (
     FFHQ_EYE_LEFT,
     FFHQ_EYE_RIGHT,
     AlignTransform,
@@ -21,7 +21,7 @@ from engine.align import (
     quad_params,
     warp_affine,
 )
-from engine.landmarks import DlibLandmarker
+from engine.faces.landmarks import DlibLandmarker
 
 FIXTURES = Path(os.environ.get("TOON_OFX_FIXTURES",
                               Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"))

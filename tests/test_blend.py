@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from engine.blend import (
+from engine.generator.blend import (
     blend_checkpoints,
     blend_generators,
     blend_state_dicts,
@@ -16,7 +16,7 @@ from engine.blend import (
     param_resolution,
     toon_weight,
 )
-from engine.stylegan2 import Generator
+from engine.generator.stylegan2 import Generator
 
 
 def _gen(size, seed, ch=2, style_dim=4, n_mlp=2):
@@ -211,7 +211,7 @@ def test_blended_output_matches_sources():
 
 
 def test_blended_generator_saves_and_loads_like_any_other(tmp_path):
-    from engine.checkpoints import load_generator, save_generator
+    from engine.generator.checkpoints import load_generator, save_generator
 
     try:
         from tests.tiny_models import tiny_generator

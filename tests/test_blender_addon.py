@@ -357,8 +357,9 @@ def test_build_zip_layout(addon_zip):
     assert names[0] == "blender_manifest.toml"
     for name in ("__init__.py", "compat.py", "jobs.py", "operators.py", "props.py", "timeline.py", "ui.py",
                  "engine_link.py", "_vendor/__init__.py", "_vendor/toon_ofx/__init__.py",
-                 "_vendor/toon_ofx/client.py", "_vendor/toon_ofx/params.py", "_vendor/toon_ofx/errors.py",
-                 "_vendor/toon_ofx/dirs.py"):
+                 "_vendor/toon_ofx/client.py", "_vendor/toon_ofx/core/__init__.py",
+                 "_vendor/toon_ofx/core/params.py", "_vendor/toon_ofx/core/errors.py",
+                 "_vendor/toon_ofx/core/dirs.py"):
         assert name in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert 'id = "toon_ofx"' in manifest and 'blender_version_min = "4.2.0"' in manifest
@@ -393,7 +394,7 @@ def test_extension_zip_passes_blenders_validator(bpy_venv, addon_zip):
 def test_panel_properties_come_from_the_schema(bpy_venv, addon_zip, tmp_path):
     data = run_blender(bpy_venv, "schema", {"zip": str(addon_zip)}, tmp_path, tmp_path / "config")
     sys.path.insert(0, str(REPO))
-    from toon_ofx import params
+    from toon_ofx.core import params
     props = data["props"]
     assert list(props) == [p.name for p in params.PARAMS]
     for p in params.PARAMS:

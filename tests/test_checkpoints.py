@@ -1,4 +1,4 @@
-"""engine.checkpoints: rosinality .pt and NVIDIA .pkl round trips, and every error path."""
+"""engine.generator.checkpoints: rosinality .pt and NVIDIA .pkl round trips, and every error path."""
 
 import argparse
 import io
@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import checkpoints as ck
-from engine.checkpoints import (CheckpointError, CheckpointInfo, inspect_checkpoint,
+from engine.generator import checkpoints as ck
+from engine.generator.checkpoints import (CheckpointError, CheckpointInfo, inspect_checkpoint,
                                 load_generator, save_generator)
-from engine.stylegan2 import Generator
+from engine.generator.stylegan2 import Generator
 from tiny_models import (EasyDict, nv_module, nvidia_generator, nvidia_state_dict, same_outputs,
                          save_nvidia_pkl, tiny_generator, write_nvidia_pickle)
 

@@ -27,7 +27,7 @@ def test_missing_optional_package_gives_a_clear_error(monkeypatch, capsys):
     real_import = importlib.import_module
 
     def fake_import(name, package=None):
-        if name == ".panel":
+        if name == ".panel.window":
             raise ModuleNotFoundError("No module named 'PySide6'", name="PySide6")
         return real_import(name, package)
 
@@ -38,7 +38,7 @@ def test_missing_optional_package_gives_a_clear_error(monkeypatch, capsys):
 
 
 def test_blend_writes_a_loadable_checkpoint_and_never_overwrites(tmp_path, capsys):
-    from engine.checkpoints import load_generator, save_generator
+    from engine.generator.checkpoints import load_generator, save_generator
 
     save_generator(tmp_path / "base.pt", tiny_generator(32, seed=0))
     save_generator(tmp_path / "toon.pt", tiny_generator(32, seed=1))
@@ -56,7 +56,7 @@ def test_blend_writes_a_loadable_checkpoint_and_never_overwrites(tmp_path, capsy
 
 @pytest.mark.parametrize("swap_res", ["3", "64"])
 def test_blend_bad_swap_resolution(tmp_path, capsys, swap_res):
-    from engine.checkpoints import save_generator
+    from engine.generator.checkpoints import save_generator
 
     save_generator(tmp_path / "base.pt", tiny_generator(32, seed=0))
     code = cli.main(["blend", str(tmp_path / "base.pt"), str(tmp_path / "base.pt"), "-o",

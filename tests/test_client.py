@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_jobs import CLIP, REPO, make_fake_render, needs_clip  # noqa: E402
 
 from toon_ofx.client import EngineClient, EngineError, EngineUnavailable  # noqa: E402
-from toon_ofx.server import Server  # noqa: E402
+from toon_ofx.service.server import Server  # noqa: E402
 
 CLIENT = REPO / "toon_ofx" / "client.py"
 HEAVY = ("numpy", "torch", "cv2", "scipy", "PIL", "engine", "platformdirs")
@@ -69,13 +69,13 @@ def test_client_imports_without_site_packages(python):
     out = json.loads(run_py(IMPORT_CHECK.format(root=str(REPO), module="toon_ofx.client", heavy=HEAVY),
                             python=python))
     assert out["site"] == [] and out["heavy"] == []
-    assert out["mine"] == ["toon_ofx", "toon_ofx.client", "toon_ofx.dirs"]
+    assert out["mine"] == ["toon_ofx", "toon_ofx.client", "toon_ofx.core", "toon_ofx.core.dirs"]
     assert not out["inline"]
 
 
 @pytest.mark.parametrize("python", _pythons())
 def test_client_works_vendored_as_one_file(tmp_path, python):
-    """Copied alone next to an add-on's code: the inline folder lookup agrees with toon_ofx.dirs."""
+    """Copied alone next to an add-on's code: the inline folder lookup agrees with toon_ofx.core.dirs."""
     addon = tmp_path / "addon"
     addon.mkdir()
     shutil.copy(CLIENT, addon / "toon_client.py")
@@ -90,7 +90,7 @@ def test_client_works_vendored_as_one_file(tmp_path, python):
                                      python=python, env=env))
         assert vendored["inline"] and vendored["heavy"] == [] and vendored["mine"] == ["toon_client"]
         reference = json.loads(run_py(
-            "import json, sys; sys.path.insert(0, %r); from toon_ofx import dirs; "
+            "import json, sys; sys.path.insert(0, %r); from toon_ofx.core import dirs; "
             "print(json.dumps([dirs.user_config_dir(), dirs.user_data_dir()]))" % str(REPO), env=env))
         assert [vendored["config"], vendored["data"]] == reference, env
         import platformdirs  # the reference the dirs module follows (no override set)
@@ -113,7 +113,7 @@ def test_importtime_shows_no_numpy_or_torch():
 
 
 def test_client_source_is_python39_syntax():
-    for path in (CLIENT, REPO / "toon_ofx" / "dirs.py"):
+    for path in (CLIENT, REPO / "toon_ofx" / "core" / "dirs.py"):
         ast.parse(path.read_text(), filename=str(path), feature_version=(3, 9))
     tree = ast.parse(CLIENT.read_text())
     imported = set()
@@ -122,7 +122,7 @@ def test_client_source_is_python39_syntax():
             imported |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add("." + (node.module or "") if node.level else node.module.split(".")[0])
-    allowed_local = {"."}  # `from . import dirs` only
+    allowed_local = {".core"}  # `from .core import dirs` only
     local = {m for m in imported if m.startswith(".")}
     assert local <= allowed_local, local
     assert all(m in sys.stdlib_module_names or m == "__future__" for m in imported - local), imported

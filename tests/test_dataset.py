@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import fixture_path
-from toon_ofx import cli, media
-from toon_ofx.dataset import (
+from toon_ofx import cli
+from toon_ofx.core import media
+from toon_ofx.training.dataset import (
     DatasetBuilder,
     DatasetOptions,
     HashIndex,
@@ -22,7 +23,7 @@ from toon_ofx.dataset import (
     load_dataset_images,
     outside_fraction,
 )
-from toon_ofx.errors import UserError
+from toon_ofx.core.errors import UserError
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
 
@@ -33,7 +34,7 @@ def rows(folder: Path) -> list:
 
 @pytest.fixture(scope="module")
 def landmarker():
-    from engine.landmarks import make_landmarker
+    from engine.faces.landmarks import make_landmarker
 
     return make_landmarker("dlib")
 
@@ -87,7 +88,7 @@ def test_build_from_clip_writes_aligned_crops_and_rerun_adds_nothing(tmp_path, c
         assert len(row["quad"]) == 4 and row["sharpness"] >= 50
         assert Path(row["source"]) == clip
     # The crop is the same FFHQ alignment rendering uses.
-    from engine.align import align_face
+    from engine.faces.align import align_face
 
     first = got[0]
     frame = dict(media.read_frames(clip, first["frame"], first["frame"]))[first["frame"]]
@@ -135,7 +136,7 @@ def test_tiny_cut_off_blurred_and_near_duplicate_faces_are_skipped(tmp_path, fra
     src.mkdir()
 
     def scaled(f, s, dx=0.0):
-        from engine.landmarks import Face
+        from engine.faces.landmarks import Face
 
         return Face(f.box * s + [dx, 0, dx, 0], f.score, f.landmarks * s + [dx, 0])
 
@@ -165,7 +166,7 @@ def test_tiny_cut_off_blurred_and_near_duplicate_faces_are_skipped(tmp_path, fra
 
 
 def test_duplicate_hash_tells_people_apart(frame0, astronaut, landmarker):
-    from engine.align import align_face, ffhq_quad
+    from engine.faces.align import align_face, ffhq_quad
 
     a = align_face(frame0, ffhq_quad(landmarker.detect(frame0)[0].landmarks), 128)[0]
     b = align_face(astronaut, ffhq_quad(landmarker.detect(astronaut)[0].landmarks), 128)[0]

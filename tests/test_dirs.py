@@ -1,4 +1,4 @@
-"""toon_ofx.dirs must answer exactly what platformdirs answers (stdlib only)."""
+"""toon_ofx.core.dirs must answer exactly what platformdirs answers (stdlib only)."""
 from __future__ import annotations
 
 import ast
@@ -8,7 +8,7 @@ from pathlib import Path
 import platformdirs
 import pytest
 
-from toon_ofx import dirs
+from toon_ofx.core import dirs
 
 KINDS = ("config", "data", "cache")
 ENV = {"config": dirs.ENV_CONFIG, "data": dirs.ENV_DATA, "cache": dirs.ENV_CACHE}

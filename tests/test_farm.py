@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toon_ofx import farm
+from toon_ofx.farm import farm
 from toon_ofx.cli import build_parser, main, params_from_args
-from toon_ofx.errors import UserError
-from toon_ofx.farm import (
+from toon_ofx.core.errors import UserError
+from toon_ofx.farm.farm import (
     FarmJob,
     chunk_warmup_first,
     effective_chunk_size,
@@ -35,7 +35,7 @@ from toon_ofx.farm import (
     plan_chunks,
     snap_chunk,
 )
-from toon_ofx.params import validate
+from toon_ofx.core.params import validate
 
 from conftest import FIXTURES, REPO  # noqa: E402
 
@@ -279,7 +279,7 @@ def _fake_toon_ofx(tmp_path) -> Path:
         import json, sys
         sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
         from toon_ofx.cli import build_parser
-        from toon_ofx.farm import snap_chunk
+        from toon_ofx.farm.farm import snap_chunk
         argv = sys.argv[1:]
         with open({str(log)!r}, "a") as f:
             f.write(json.dumps(argv) + "\\n")
@@ -554,7 +554,7 @@ def test_cli_farm_export_unreadable_source_needs_frames(tmp_path, capsys):
 # -- assemble -------------------------------------------------------------------------------------------------
 def _source_frames(tmp_path, first, last, skip=()):
     """An identity 'render': the source's own frames written as the sequence."""
-    from toon_ofx import media
+    from toon_ofx.core import media
 
     pattern = str(tmp_path / "seq" / "single_face_toon.%06d.png")
     for index, frame in media.read_frames(CLIP, first, last):
@@ -564,7 +564,7 @@ def _source_frames(tmp_path, first, last, skip=()):
 
 
 def test_assemble_encodes_the_range_with_audio(tmp_path, capsys):
-    from toon_ofx import media
+    from toon_ofx.core import media
 
     pattern = _source_frames(tmp_path, 6, 17)
     out = tmp_path / "out.mp4"
@@ -623,13 +623,13 @@ def engine_params(tiny_params):
 
 
 def _frames(pattern, first, last):
-    from toon_ofx import media
+    from toon_ofx.core import media
 
     return [media.read_image(pattern % i) for i in range(first, last + 1)]
 
 
 def _tracker_has_bounded_memory() -> bool:
-    from engine.tracking import FaceTracker
+    from engine.faces.tracking import FaceTracker
 
     return hasattr(FaceTracker(), "memory")
 
@@ -638,12 +638,12 @@ def _tracker_has_bounded_memory() -> bool:
     0.0,
     pytest.param(0.5, marks=pytest.mark.skipif(
         not _tracker_has_bounded_memory(),
-        reason="engine.tracking smooths with an unbounded (IIR) filter: no FaceTracker.memory yet")),
+        reason="engine.faces.tracking smooths with an unbounded (IIR) filter: no FaceTracker.memory yet")),
 ])
 def test_chunked_render_equals_whole_render(tmp_path, engine_params, smoothing):
     """Frames 2-9 rendered in one piece, in keyframe-aligned chunks (in reverse order) and in
     chunks that cut through keyframe intervals (as OpenJD divides a range) are the same pixels."""
-    from toon_ofx.render import Renderer, RenderRequest
+    from toon_ofx.core.render import Renderer, RenderRequest
 
     params = dict(engine_params, smoothing=smoothing)
     renderer = Renderer(params)

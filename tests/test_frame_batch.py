@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import engine.pipeline as pipeline_module
-from toon_ofx import media
-from toon_ofx.params import ParamError, validate
-from toon_ofx.render import RenderRequest, render
+from toon_ofx.core import media
+from toon_ofx.core.params import ParamError, validate
+from toon_ofx.core.render import RenderRequest, render
 
 FAST = {"steps": 4, "warm_steps": 2, "keyframe_interval": 3}
 
@@ -97,7 +97,7 @@ def test_frame_batch_needs_keyframes():
 def test_cancel_stops_a_frame_batched_render(tmp_path, astronaut_clip, tiny_params):
     import threading
 
-    from toon_ofx.errors import Cancelled
+    from toon_ofx.core.errors import Cancelled
 
     cancel = threading.Event()
 

@@ -1,6 +1,6 @@
 """The job model without HTTP: request checks, the SQLite queue, workers, output naming.
 
-Also home of `fake_render`, a stand-in for toon_ofx.render.render with the same contract
+Also home of `fake_render`, a stand-in for toon_ofx.core.render.render with the same contract
 (frames named by SOURCE frame number, existing frames skipped, each frame written atomically,
 a movie encoded from the frames at the end). It copies real frames of the source clip slowly, so
 queueing, cancel and kill -9 can be tested without models. The server tests and the subprocess
@@ -19,8 +19,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from toon_ofx.errors import Cancelled, UserError
-from toon_ofx.jobs import (MAX_CRASHES, Conflict, JobQueue, JobSpec, JobStore, RequestError, _partial_movie,
+from toon_ofx.core.errors import Cancelled, UserError
+from toon_ofx.service.jobs import (MAX_CRASHES, Conflict, JobQueue, JobSpec, JobStore, RequestError, _partial_movie,
                            check_name, is_system_folder, parse_preview, parse_submission)
 
 REPO = Path(__file__).resolve().parents[1]

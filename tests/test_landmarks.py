@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.landmarks import (
+from engine.faces.landmarks import (
     DlibLandmarker,
     Face,
     FaceAlignmentLandmarker,

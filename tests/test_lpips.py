@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.lpips import (
+from engine.inversion.lpips import (
     LPIPS,
     PULL_HINT,
     LPIPSWeightsError,

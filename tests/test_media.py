@@ -1,4 +1,4 @@
-"""toon_ofx.media on the real fixtures: probe, streaming reads, frame files, encoding."""
+"""toon_ofx.core.media on the real fixtures: probe, streaming reads, frame files, encoding."""
 from __future__ import annotations
 
 import functools
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toon_ofx import media
-from toon_ofx.errors import UserError
+from toon_ofx.core import media
+from toon_ofx.core.errors import UserError
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 if not FIXTURES.is_dir():

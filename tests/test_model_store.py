@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from toon_ofx import model_store as ms
-from toon_ofx.errors import UserError
+from toon_ofx.core import model_store as ms
+from toon_ofx.core.errors import UserError
 
 PAYLOAD = b"toon-ofx test weights\n" * 500
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -41,7 +41,7 @@ def test_manifest_parses_and_entries_are_complete():
             assert e["resolution"] in (256, 512, 1024), name
             assert e["format"] in ("rosinality-pt", "nvidia-pkl", "nvidia-tf-pkl"), name
             assert "Nvidia Source Code License-NC" in e["licence"], name
-        if e["format"] in ("nvidia-pkl", "nvidia-tf-pkl"):  # engine.checkpoints loads both as downloaded
+        if e["format"] in ("nvidia-pkl", "nvidia-tf-pkl"):  # engine.generator.checkpoints loads both as downloaded
             assert e["file"].endswith(".pkl") and not e.get("download_file") and not e.get("convert"), name
         if e["kind"] == "blended":
             assert e.get("swap_res"), name
@@ -51,7 +51,7 @@ def test_manifest_parses_and_entries_are_complete():
 
 def test_manifest_names_used_elsewhere_exist():
     m = ms.load_manifest()
-    # params defaults, render.py and engine.landmarks' pull hint
+    # params defaults, render.py and engine.faces.landmarks' pull hint
     for name in ("toonify", "ffhq-1024", "ffhq-512", "vgg16", "lpips-vgg", "s3fd", "fan-2d"):
         assert name in m["models"]
     assert set(m["groups"]["face-alignment"]) == {"s3fd", "fan-2d"}
@@ -191,7 +191,7 @@ notes = ""
 title = "shipped in a package"
 kind = "perceptual"
 file = "packaged.pth"
-package_file = "toon_ofx:errors.py"
+package_file = "toon_ofx:core/errors.py"
 format = "lpips"
 urls = ["{base}/good.bin"]
 sha256 = ""
@@ -351,7 +351,7 @@ def test_cli(store, capsys):
 def test_toonify_tf_pickle_is_the_model_file(tmp_path, monkeypatch):
     """The real manifest's Toonify entries: the downloaded TensorFlow .pkl is what resolves and loads."""
     torch = pytest.importorskip("torch")
-    from engine.checkpoints import inspect_checkpoint, load_generator
+    from engine.generator.checkpoints import inspect_checkpoint, load_generator
     from tiny_models import save_tf_pkl, tiny_generator
 
     for var, sub in (("TOON_OFX_MODELS", "models"), ("TOON_OFX_CACHE_DIR", "cache"), ("TORCH_HOME", "torch")):

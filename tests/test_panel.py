@@ -18,8 +18,8 @@ import pytest
 QtWidgets = pytest.importorskip("PySide6.QtWidgets")
 from PySide6.QtCore import Qt  # noqa: E402
 
-from toon_ofx import panel as panel_mod  # noqa: E402
-from toon_ofx import params as schema  # noqa: E402
+from toon_ofx.panel import window as panel_mod  # noqa: E402
+from toon_ofx.core import params as schema  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT_COPY = Path(os.environ.get("TOON_OFX_SCREENSHOT", "/tmp/toon_ofx_panel.png"))
@@ -165,7 +165,7 @@ def test_widgets_produce_schema_parameters(app, movie):
 
 
 def test_models_come_from_the_manifest(app):
-    pytest.importorskip("toon_ofx.model_store")
+    pytest.importorskip("toon_ofx.core.model_store")
     models = panel_mod.model_choices()
     kinds = {m["name"]: m["kind"] for m in models}
     assert kinds.get("toonify") == "blended" and "vgg16" not in kinds
@@ -414,7 +414,7 @@ def test_panel_command_line(tmp_path):
 def test_engine_backend_previews_through_the_engine_process(app, tmp_path, movie):
     """EngineBackend over real HTTP (an in-process server with a stand-in preview)."""
     from toon_ofx.client import EngineClient
-    from toon_ofx.server import Server
+    from toon_ofx.service.server import Server
 
     def fake_preview(source, frame, params):
         image = panel_mod.read_frame(source, frame)
@@ -454,7 +454,7 @@ def test_in_process_backend_runs_render_in_a_thread_and_cancels(tmp_path):
                 progress(SimpleNamespace(stage="rendering", frames_done=i - first + 1, frames_total=last - first + 1,
                                          faces=1, eta_seconds=None))
                 if cancel.wait(0.01 if release.is_set() else 5):
-                    from toon_ofx.errors import Cancelled
+                    from toon_ofx.core.errors import Cancelled
                     raise Cancelled("cancelled")
             return SimpleNamespace(kind="sequence", output=Path(request.output).parent, pattern=str(request.output),
                                    first_frame=first, last_frame=last, fps=24.0)
@@ -484,8 +484,8 @@ def wait_for(predicate, timeout=10.0):
 
 @pytest.mark.slow
 def test_preview_through_the_real_renderer_with_tiny_models(app, astronaut_clip, tiny_params):
-    """The panel's in-process backend on toon_ofx.render.preview: a real face, tiny generators."""
-    pytest.importorskip("toon_ofx.render")
+    """The panel's in-process backend on toon_ofx.core.render.preview: a real face, tiny generators."""
+    pytest.importorskip("toon_ofx.core.render")
     w = panel_mod.ToonPanel(panel_mod.InProcessBackend(), source=str(astronaut_clip), models=[])
     try:
         w.set_params(tiny_params)

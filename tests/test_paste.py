@@ -10,9 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.align import align_face, ffhq_quad
-from engine.landmarks import DlibLandmarker
-from engine.paste import face_mask, match_colors, paste_faces
+from engine.faces.align import align_face, ffhq_quad
+from engine.faces.landmarks import DlibLandmarker
+from engine.faces.paste import face_mask, match_colors, paste_faces
 
 FIXTURES = Path(os.environ.get("TOON_OFX_FIXTURES",
                               Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"))

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 import engine.pipeline as pipeline_module
-from engine.blend import blend_generators
-from engine.landmarks import make_landmarker
-from engine.lpips import TinyPerceptual
+from engine.generator.blend import blend_generators
+from engine.faces.landmarks import make_landmarker
+from engine.inversion.lpips import TinyPerceptual
 from engine.pipeline import PipelineConfig, ToonPipeline
 
 from conftest import fixture_path, panning_frames
@@ -62,7 +62,7 @@ def test_warmup_start_covers_keyframe_and_tracker_memory(parts):
 
 
 def test_faces_of_one_frame_are_batched(monkeypatch, parts):
-    from toon_ofx.media import read_image
+    from toon_ofx.core.media import read_image
 
     image = read_image(fixture_path("multi_face.jpg"))
     calls = spy_projection(monkeypatch)

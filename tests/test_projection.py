@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from engine.lpips import TinyPerceptual
-from engine.projection import (
+from engine.inversion.lpips import TinyPerceptual
+from engine.inversion.projection import (
     ProjectionResult,
     latent_stats,
     learning_rate,

@@ -19,10 +19,10 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from toon_ofx import media  # noqa: E402
-from toon_ofx.errors import Cancelled, UserError  # noqa: E402
-from toon_ofx.ray_backend import _chunk_size_for, render_with_ray  # noqa: E402
-from toon_ofx.render import ProgressEvent, RenderRequest, RenderResult  # noqa: E402
+from toon_ofx.core import media  # noqa: E402
+from toon_ofx.core.errors import Cancelled, UserError  # noqa: E402
+from toon_ofx.farm.ray_backend import _chunk_size_for, render_with_ray  # noqa: E402
+from toon_ofx.core.render import ProgressEvent, RenderRequest, RenderResult  # noqa: E402
 
 from conftest import FIXTURES  # noqa: E402
 
@@ -209,7 +209,7 @@ def test_default_chunk_size_keeps_workers_busy():
 
 def test_ray_matches_single_process_render(cluster, engine_params, tmp_path):
     """The real engine on 2 persistent CPU workers writes exactly the single-process frames."""
-    from toon_ofx.render import Renderer
+    from toon_ofx.core.render import Renderer
 
     first, last = 2, 13
     single = tmp_path / "single" / "f.%06d.png"

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from toon_ofx import model_store
+from toon_ofx.core import model_store
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def installed(*names: str) -> None:
 
 def test_base_model_loads_as_config_f_1024():
     installed("ffhq-1024")
-    from engine.checkpoints import inspect_checkpoint
+    from engine.generator.checkpoints import inspect_checkpoint
 
     info = inspect_checkpoint(model_store.find("ffhq-1024"))
     assert (info.size, info.n_latent, info.style_dim, info.n_mlp) == (1024, 18, 512, 8)
@@ -43,7 +43,7 @@ def test_base_model_loads_as_config_f_1024():
 
 def test_toonify_renders_a_real_face(astronaut):
     installed("ffhq-1024", "toonify", "vgg16", "lpips-vgg")
-    from toon_ofx.render import Renderer
+    from toon_ofx.core.render import Renderer
 
     params = {"steps": 50, "device": "auto"}
     renderer = Renderer(params)
@@ -57,7 +57,7 @@ def test_lpips_identity_and_order():
     installed("vgg16", "lpips-vgg")
     import torch
 
-    from engine.lpips import load_lpips
+    from engine.inversion.lpips import load_lpips
 
     lp = load_lpips(model_store.find("vgg16"), model_store.find("lpips-vgg"))
     x = torch.rand(1, 3, 64, 64) * 2 - 1

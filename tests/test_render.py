@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toon_ofx import media
-from toon_ofx.render import RenderRequest, render
+from toon_ofx.core import media
+from toon_ofx.core.render import RenderRequest, render
 
 from conftest import REPO, fixture_path
 

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 import fake_resolve as fr
-from toon_ofx import params as schema
-from toon_ofx import resolve_bridge as rb
+from toon_ofx.core import params as schema
+from toon_ofx.hosts import resolve as rb
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "resolve_scripts" / "Toon Faces.py"
@@ -424,7 +424,7 @@ def test_installer_copies_script_and_client_and_the_installed_script_runs(tmp_pa
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     installed = dest / rb.SCRIPT_NAME
-    assert installed.exists() and (lib / "toon_ofx" / "resolve_bridge.py").exists()
+    assert installed.exists() and (lib / "toon_ofx" / "hosts" / "resolve.py").exists()
     assert list(dest.iterdir()) == [installed]                  # nothing else shows up in Resolve's menu
     text = installed.read_text()
     assert repr(str(lib)) in text and repr(sys.executable) in text
@@ -598,10 +598,10 @@ def test_installed_script_runs_on_a_bare_python_with_the_vendored_client(tmp_pat
         "import fake_resolve\n"
         f"runpy.run_path({str(dest / rb.SCRIPT_NAME)!r}, init_globals={{'resolve': fake_resolve.Resolve()}},"
         " run_name='__main__')\n"
-        "import toon_ofx.resolve_bridge as b, toon_ofx.client\n"
+        "import toon_ofx.hosts.resolve as b, toon_ofx.client\n"
         "heavy = sorted(m for m in ('numpy', 'torch', 'cv2', 'PySide6') if m in sys.modules)\n"
         "print('LIB', b.__file__, 'HEAVY', heavy)\n")
     out = subprocess.run([PY, "-I", "-S", str(runner)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "Toon Faces: no project is open in Resolve." in out.stdout
-    assert f"LIB {lib / 'toon_ofx' / 'resolve_bridge.py'} HEAVY []" in out.stdout
+    assert f"LIB {lib / 'toon_ofx' / 'hosts' / 'resolve.py'} HEAVY []" in out.stdout

@@ -2,7 +2,7 @@
 
 In-process servers (threads) with the stand-in renderer from test_jobs for auth, bad input,
 queueing, cancel and preview; real subprocesses for `python -m toon_ofx serve`, kill -9 and
-resume, and SIGTERM; one end-to-end job through the real toon_ofx.render with tiny models.
+resume, and SIGTERM; one end-to-end job through the real toon_ofx.core.render with tiny models.
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_jobs import CLIP, INTERVALS, REPO, fake_render, needs_clip  # noqa: E402
 
 from toon_ofx.client import EngineClient, EngineError  # noqa: E402
-from toon_ofx.errors import UserError  # noqa: E402
-from toon_ofx.server import AlreadyRunning, Server, encode_png  # noqa: E402
+from toon_ofx.core.errors import UserError  # noqa: E402
+from toon_ofx.service.server import AlreadyRunning, Server, encode_png  # noqa: E402
 
 PY = sys.executable
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -158,7 +158,7 @@ def test_token_and_server_json(engine, tmp_path):
 
 
 def test_token_is_reused_and_repaired(tmp_path):
-    from toon_ofx.server import ensure_token
+    from toon_ofx.service.server import ensure_token
 
     folder = tmp_path / "cfg"
     first = ensure_token(folder)
@@ -176,7 +176,7 @@ def test_refuses_non_loopback_bind(tmp_path):
             Server(host, 0, config_dir=tmp_path / "c", data_dir=tmp_path / "d")
         assert "--allow-remote" in err.value.message
     Server("0.0.0.0", 0, allow_remote=True, config_dir=tmp_path / "c", data_dir=tmp_path / "d")  # allowed, not started
-    proc = subprocess.run([PY, "-m", "toon_ofx.server", "--host", "0.0.0.0"], capture_output=True, text=True,
+    proc = subprocess.run([PY, "-m", "toon_ofx.service.server", "--host", "0.0.0.0"], capture_output=True, text=True,
                           env=dict(os.environ, **dirs_env(tmp_path)), timeout=60)
     assert proc.returncode == 2 and "--allow-remote" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -225,7 +225,7 @@ def test_browser_requests_refused(engine):
 
 
 def test_params_endpoint(engine):
-    from toon_ofx.params import schema
+    from toon_ofx.core.params import schema
 
     assert engine.client.params() == schema()
 
@@ -578,7 +578,7 @@ def test_kill_9_mid_job_resumes_without_losing_or_repeating_frames(tmp_path, cli
 # --------------------------------------------------------------------------- the real renderer
 
 def test_real_render_end_to_end(tmp_path, clip, tiny_model_paths):
-    """One job through the real toon_ofx.render (tiny models from tests/conftest.py), over HTTP."""
+    """One job through the real toon_ofx.core.render (tiny models from tests/conftest.py), over HTTP."""
     base, toon = tiny_model_paths["base"], tiny_model_paths["toon"]
     server = Server(config_dir=tmp_path / "config", data_dir=tmp_path / "data")
     with server:

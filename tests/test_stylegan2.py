@@ -1,11 +1,11 @@
-"""engine.stylegan2: rosinality names/shapes, determinism, batching, API, discriminator."""
+"""engine.generator.stylegan2: rosinality names/shapes, determinism, batching, API, discriminator."""
 
 import math
 
 import pytest
 import torch
 
-from engine.stylegan2 import (Discriminator, Generator, default_channels, layer_resolution,
+from engine.generator.stylegan2 import (Discriminator, Generator, default_channels, layer_resolution,
                               state_dict_shapes, upfirdn2d)
 from tiny_models import tiny_channels, tiny_generator
 

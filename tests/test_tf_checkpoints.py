@@ -1,4 +1,4 @@
-"""engine.checkpoints: NVIDIA TensorFlow StyleGAN2 pickles (Toonify, stylegan2-ffhq-config-f.pkl).
+"""engine.generator.checkpoints: NVIDIA TensorFlow StyleGAN2 pickles (Toonify, stylegan2-ffhq-config-f.pkl).
 
 The files are written by tests/tiny_models.save_tf_pkl exactly as
 dnnlib.tflib.network.Network.__getstate__ lays them out, with variables in
@@ -17,8 +17,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine import checkpoints as ck
-from engine.checkpoints import CheckpointError, inspect_checkpoint, load_generator, save_generator
+from engine.generator import checkpoints as ck
+from engine.generator.checkpoints import CheckpointError, inspect_checkpoint, load_generator, save_generator
 from tiny_models import (TF_BUILD_MODULE_SRC, TFNetwork, random_ws, same_outputs, save_tf_pkl,
                          tf_discriminator_stub, tf_generator_network, tf_networks, tiny_generator,
                          write_tf_pickle)

@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from engine.align import ffhq_quad, quad_params
-from engine.landmarks import Face
-from engine.tracking import FaceTracker, OneEuroFilter, TrackedFace, box_iou
+from engine.faces.align import ffhq_quad, quad_params
+from engine.faces.landmarks import Face
+from engine.faces.tracking import FaceTracker, OneEuroFilter, TrackedFace, box_iou
 
 FIXTURES = Path(os.environ.get("TOON_OFX_FIXTURES",
                               Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"))
@@ -191,7 +191,7 @@ def read_frames(name: str, count: int) -> list[np.ndarray]:
 
 
 def test_real_video_one_track_and_steadier_crop():
-    from engine.landmarks import DlibLandmarker
+    from engine.faces.landmarks import DlibLandmarker
 
     lm = DlibLandmarker(weak_score=None)
     frames = read_frames("single_face.mp4", 40)

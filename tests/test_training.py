@@ -15,8 +15,8 @@ import torch
 
 from conftest import fixture_path
 from tiny_models import tiny_channels, tiny_generator
-from engine.stylegan2 import Discriminator
-from engine.training import (
+from engine.generator.stylegan2 import Discriminator
+from engine.generator.training import (
     TrainConfig,
     Trainer,
     augment,
@@ -27,7 +27,7 @@ from engine.training import (
     path_length_penalty,
 )
 from toon_ofx import cli
-from toon_ofx.train import ImageBank, train
+from toon_ofx.training.train import ImageBank, train
 
 SIZE = 32
 
@@ -55,7 +55,7 @@ def dataset(tmp_path_factory) -> Path:
     """Faces from the real test clip, built as a user would (dlib, FFHQ alignment)."""
     if shutil.which("ffmpeg") is None:
         pytest.skip("ffmpeg not installed")
-    from toon_ofx.dataset import DatasetBuilder, DatasetOptions
+    from toon_ofx.training.dataset import DatasetBuilder, DatasetOptions
 
     out = tmp_path_factory.mktemp("faces")
     DatasetBuilder(out, DatasetOptions(size=SIZE, every=6)).build([fixture_path("single_face.mp4")], progress=False)
@@ -114,7 +114,7 @@ def test_augment_is_seeded_differentiable_and_off_at_p0():
 
 
 def test_image_bank_batches_depend_on_seed_and_iteration_only(dataset):
-    from toon_ofx.dataset import load_dataset_images
+    from toon_ofx.training.dataset import load_dataset_images
 
     files = load_dataset_images(dataset)
     bank = ImageBank(files, SIZE)
@@ -131,7 +131,7 @@ def test_image_bank_batches_depend_on_seed_and_iteration_only(dataset):
 
 
 def test_generator_step_lowers_its_loss_against_a_frozen_discriminator(dataset):
-    from toon_ofx.dataset import load_dataset_images
+    from toon_ofx.training.dataset import load_dataset_images
 
     bank = ImageBank(load_dataset_images(dataset), SIZE)
     real = bank.batch(0, 4, seed=0)
@@ -163,9 +163,9 @@ def run(base, dataset, tmp_path_factory):
 
 
 def test_fine_tune_changes_weights_and_learns_the_data(run, base, dataset):
-    from engine.checkpoints import load_generator
-    from engine.training import read_checkpoint_dict
-    from toon_ofx.dataset import load_dataset_images
+    from engine.generator.checkpoints import load_generator
+    from engine.generator.training import read_checkpoint_dict
+    from toon_ofx.training.dataset import load_dataset_images
 
     out, trainer, last = run
     start = read_checkpoint_dict(base)
@@ -222,8 +222,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(base, dataset, tmp_p
 
 
 def test_checkpoint_loads_in_the_engine_blends_with_its_base_and_renders(run, base, tmp_path):
-    from engine.blend import blend_checkpoints
-    from engine.checkpoints import inspect_checkpoint, load_generator
+    from engine.generator.blend import blend_checkpoints
+    from engine.generator.checkpoints import inspect_checkpoint, load_generator
 
     out, trainer, last = run
     for path in (last, out / "toon.pt"):
@@ -253,7 +253,7 @@ def test_checkpoint_loads_in_the_engine_blends_with_its_base_and_renders(run, ba
 
 
 def test_trained_model_renders_a_clip_frame(run, base, tmp_path, tiny_params, astronaut_clip):
-    from toon_ofx.render import RenderRequest, render
+    from toon_ofx.core.render import RenderRequest, render
 
     out, _, _ = run
     params = dict(tiny_params, model=str(out / "toon.pt"), base_model=str(base), steps=4, warm_steps=2)
@@ -261,7 +261,7 @@ def test_trained_model_renders_a_clip_frame(run, base, tmp_path, tiny_params, as
     assert result.written == 1
     frames = sorted((tmp_path / "frames").glob("*.png"))
     assert len(frames) == 1
-    from toon_ofx import media
+    from toon_ofx.core import media
 
     source = dict(media.read_frames(astronaut_clip, 0, 0))[0]
     image = media.read_image(frames[0])
@@ -273,7 +273,7 @@ def test_trained_model_renders_a_clip_frame(run, base, tmp_path, tiny_params, as
 
 @pytest.mark.parametrize("kind", ["pt", "pkl"])
 def test_base_without_discriminator_starts_a_random_one(kind, dataset, tmp_path, capsys):
-    from engine.checkpoints import load_generator, save_generator
+    from engine.generator.checkpoints import load_generator, save_generator
     from tiny_models import save_nvidia_pkl
 
     g = tiny_generator(SIZE, seed=4)

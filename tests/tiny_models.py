@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.stylegan2 import Generator, make_kernel
+from engine.generator.stylegan2 import Generator, make_kernel
 
 __all__ = [
     "tiny_generator",
@@ -417,7 +417,7 @@ def tf_variables(g: Generator, mapping_lrmul: float = 0.01, use_noise: bool = Tr
     """(Gs own, G_mapping, G_synthesis) variable lists holding ``g`` the way TensorFlow stores it.
 
     Written from NVlabs/stylegan2 networks_stylegan2.py's conventions, not by
-    inverting engine.checkpoints:
+    inverting engine.generator.checkpoints:
       * get_weight(shape=[..., fan_out]) returns var * runtime_coef with
         runtime_coef = lrmul / sqrt(fan_in); dense weights are [in, out];
         apply_bias_act adds bias * lrmul. rosinality's EqualLinear computes

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from . import __version__
-from .errors import Cancelled, UserError
-from .params import PARAMS, validate
+from .core.errors import Cancelled, UserError
+from .core.params import PARAMS, validate
 
 
 def _frame_range(text: str):
@@ -101,12 +101,12 @@ def progress_printer(args) -> Optional[Callable]:
 
 
 def run_render(args) -> int:
-    from .render import RenderRequest, render
+    from .core.render import RenderRequest, render
 
     params = params_from_args(args)
     frames = args.frames
     if args.chunk_of:
-        from .farm import snap_chunk
+        from .farm.farm import snap_chunk
 
         if frames is None:
             raise UserError("--chunk-of needs --frames (this task's chunk)", field="frames")
@@ -121,7 +121,7 @@ def run_render(args) -> int:
                             bits=args.bits)
     progress = progress_printer(args)
     if args.ray:
-        from .ray_backend import render_with_ray
+        from .farm.ray_backend import render_with_ray
 
         result = render_with_ray(request, address=None if args.ray == "auto" else args.ray,
                                  chunk_size=args.chunk_size, workers=args.workers, progress=progress)
@@ -149,10 +149,10 @@ def add_blend_parser(sub) -> None:
 
 
 def run_blend(args) -> int:
-    from engine.blend import blend_checkpoints
-    from engine.checkpoints import CheckpointError
+    from engine.generator.blend import blend_checkpoints
+    from engine.generator.checkpoints import CheckpointError
 
-    from . import model_store
+    from .core import model_store
 
     if args.output.exists():
         raise UserError(f"{args.output} exists; choose another name (existing files are never overwritten)",
@@ -172,14 +172,14 @@ def run_blend(args) -> int:
 # one whose optional dependency is missing (PySide6, Ray) still gets its command, which
 # then says what to install.
 SUBCOMMANDS = (
-    ("models", "model_store", "add_models_parser", "run_models"),
-    ("serve", "server", "add_serve_parser", "run_serve"),
-    ("farm", "farm", "add_farm_parser", "run_farm"),
-    ("assemble", "farm", "add_assemble_parser", "run_assemble"),
-    ("panel", "panel", "add_panel_parser", "run_panel"),
-    ("install-resolve-script", "resolve_bridge", "add_install_parser", "run_install"),
-    ("dataset", "dataset", "add_dataset_parser", "run_dataset"),
-    ("train", "train", "add_train_parser", "run_train"),
+    ("models", "core.model_store", "add_models_parser", "run_models"),
+    ("serve", "service.server", "add_serve_parser", "run_serve"),
+    ("farm", "farm.farm", "add_farm_parser", "run_farm"),
+    ("assemble", "farm.farm", "add_assemble_parser", "run_assemble"),
+    ("panel", "panel.window", "add_panel_parser", "run_panel"),
+    ("install-resolve-script", "hosts.resolve", "add_install_parser", "run_install"),
+    ("dataset", "training.dataset", "add_dataset_parser", "run_dataset"),
+    ("train", "training.train", "add_train_parser", "run_train"),
 )
 
 

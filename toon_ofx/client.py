@@ -29,7 +29,7 @@ import urllib.request
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 
 try:  # inside the toon_ofx package
-    from . import dirs as _dirs
+    from .core import dirs as _dirs
 except ImportError:  # vendored as a single file: see _fallback_dir below
     _dirs = None
 
@@ -62,7 +62,7 @@ class EngineUnavailable(EngineError):
 # --------------------------------------------------------------------------- folders
 
 def _fallback_dir(kind: str) -> str:
-    """Same answers as toon_ofx.dirs (platformdirs, appname "toon-ofx"), for a vendored client.py."""
+    """Same answers as toon_ofx.core.dirs (platformdirs, appname "toon-ofx"), for a vendored client.py."""
     override = os.environ.get({"config": "TOON_OFX_CONFIG_DIR", "data": "TOON_OFX_DATA_DIR"}[kind], "").strip()
     if override:
         return os.path.expanduser(override)

@@ -1,6 +1,6 @@
 """A stand-in renderer for the real engine process: ``toon-ofx serve --render-fn engine_stub:identity_render``.
 
-It decodes the source with toon_ofx.media (the engine's own frame counting)
+It decodes the source with toon_ofx.core.media (the engine's own frame counting)
 and writes each requested frame unchanged, named by its source frame number,
 like ``render.render`` does. Rendering the Blender timeline with and without
 the placed result then shows whether the engine's frame N is Blender's frame N.
@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-from toon_ofx import media
-from toon_ofx.errors import Cancelled, UserError
+from toon_ofx.core import media
+from toon_ofx.core.errors import Cancelled, UserError
 
 FAIL_SEED = 4242
 

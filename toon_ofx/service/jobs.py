@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from .errors import Cancelled, UserError
-from .params import ParamError, validate
+from ..core.errors import Cancelled, UserError
+from ..core.params import ParamError, validate
 
-log = logging.getLogger("toon_ofx.jobs")
+log = logging.getLogger("toon_ofx.service.jobs")
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 TERMINAL = frozenset(("done", "failed", "cancelled"))
@@ -75,7 +75,7 @@ class SourceInfo:
 def probe_source(path: str, field_name: str = "source") -> SourceInfo:
     """Frame count and rate of a movie or image sequence; UserError naming `field_name` if not media."""
     try:
-        from . import media  # ffmpeg-based; may be missing in a trimmed install
+        from ..core import media  # ffmpeg-based; may be missing in a trimmed install
     except ImportError:
         media = None
     if media is not None:
@@ -90,7 +90,7 @@ def probe_source(path: str, field_name: str = "source") -> SourceInfo:
     return _ffprobe(path, field_name)
 
 
-def _ffprobe(path: str, field_name: str) -> SourceInfo:  # fallback while toon_ofx.media is unavailable
+def _ffprobe(path: str, field_name: str) -> SourceInfo:  # fallback while toon_ofx.core.media is unavailable
     if os.path.isdir(path):
         frames = sorted(e for e in os.listdir(path) if e.lower().endswith((".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr")))
         if not frames:
@@ -372,7 +372,7 @@ def check_params(params: Any) -> Dict[str, Any]:
 def check_models(params: Mapping[str, Any]) -> None:
     """422 now (not a failed job later) when `model` or `base_model` is neither a file nor an installed model."""
     try:
-        from . import model_store
+        from ..core import model_store
     except ImportError:  # pragma: no cover - trimmed install: the renderer will say what is missing
         return
     for name in ("base_model", "model"):
@@ -705,7 +705,7 @@ class _Transaction:
 
 @dataclass
 class _FallbackRenderRequest:
-    """Same fields as toon_ofx.render.RenderRequest (used only if the renderer cannot be imported)."""
+    """Same fields as toon_ofx.core.render.RenderRequest (used only if the renderer cannot be imported)."""
 
     source: Path
     output: Path
@@ -718,14 +718,14 @@ class _FallbackRenderRequest:
 
 
 def _default_render(request, progress=None, cancel=None):
-    from .render import render
+    from ..core.render import render
 
     return render(request, progress=progress, cancel=cancel)
 
 
 def _request_class():
     try:
-        from .render import RenderRequest
+        from ..core.render import RenderRequest
         return RenderRequest
     except ImportError:
         return _FallbackRenderRequest

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .errors import UserError
+from ..core.errors import UserError
 
 FORMATS = ("openjd", "opencue", "flamenco")
 DEFAULT_CHUNK_KEYFRAMES = 2          # default chunk: this many keyframe intervals
@@ -179,7 +179,7 @@ def snap_chunk(frames: Tuple[int, int], job: Tuple[int, int], keyframe_interval:
 def tracker_memory(params: Dict[str, Any]) -> int:
     """Frames of history the landmark tracker keeps (0 when the engine is not importable)."""
     try:
-        from engine.tracking import FaceTracker
+        from engine.faces.tracking import FaceTracker
     except Exception:
         return 0
     try:
@@ -194,7 +194,7 @@ def param_args(params: Dict[str, Any]) -> List[str]:
 
     `keyframe_interval` is always written: the chunk grid depends on it.
     """
-    from .params import PARAMS, validate
+    from ..core.params import PARAMS, validate
 
     values = validate(params)
     out: List[str] = []
@@ -227,7 +227,7 @@ class FarmJob:
 
     @property
     def keyframe_interval(self) -> int:
-        from .params import validate
+        from ..core.params import validate
 
         return int(validate(self.params)["keyframe_interval"])
 
@@ -595,7 +595,7 @@ function effectArgs(params) {
 
 def flamenco_job(job: FarmJob) -> Dict[str, Any]:
     """The body to POST to a Flamenco Manager's /api/v3/jobs for this clip."""
-    from .params import PARAMS, validate
+    from ..core.params import PARAMS, validate
 
     values = validate(job.params)
     changed = {p.name: values[p.name] for p in PARAMS
@@ -671,7 +671,7 @@ def _default_outputs(source: str, overlay: bool) -> Tuple[str, str]:
 
 def job_from_args(args: argparse.Namespace) -> FarmJob:
     """Validate `farm export` arguments into a FarmJob (probing the source when it is readable)."""
-    from .cli import params_from_args
+    from ..cli import params_from_args
 
     params = params_from_args(args)
     k = params["keyframe_interval"]
@@ -701,7 +701,7 @@ def job_from_args(args: argparse.Namespace) -> FarmJob:
     local = Path(args.source)
     if local.exists():
         try:
-            from . import media
+            from ..core import media
         except ImportError:
             media = None  # type: ignore[assignment]
         if media is not None:
@@ -730,7 +730,7 @@ def _range_arg(text: str) -> Tuple[int, int]:
 
 def add_farm_parser(sub) -> None:
     """`toon-ofx farm export --format openjd|opencue|flamenco SRC -o DIR`."""
-    from .cli import add_param_options
+    from ..cli import add_param_options
 
     farm = sub.add_parser("farm", help="render-farm job descriptions (Deadline/OpenJD, OpenCue, Flamenco)",
                           description="Write ready-to-submit render-farm jobs that render a clip in frame-range "
@@ -850,7 +850,7 @@ def assemble(sequence: Path, source: Path, output: Path, frames: Optional[Tuple[
     Every frame of the range must be there (farm chunks that failed are named); the movie is
     written by media.encode_movie (atomically) and may be re-run: it replaces its own output.
     """
-    from . import media
+    from ..core import media
 
     pattern = find_sequence(Path(sequence))
     source, output = Path(source), Path(output)

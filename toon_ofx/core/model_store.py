@@ -33,7 +33,7 @@ from .errors import UserError
 ENV_MODELS = "TOON_OFX_MODELS"
 ENV_MANIFEST = "TOON_OFX_MANIFEST"
 # nvidia-tf-pkl (NVIDIA's TensorFlow StyleGAN2 pickles, e.g. Toonify) loads directly like nvidia-pkl:
-# engine.checkpoints reads both without the authors' code, so neither needs a conversion step.
+# engine.generator.checkpoints reads both without the authors' code, so neither needs a conversion step.
 FORMATS = ("rosinality-pt", "nvidia-pkl", "nvidia-tf-pkl", "torchvision", "lpips", "face-alignment")
 KINDS = ("base", "toon", "blended", "perceptual", "landmarks")
 REQUIRED = ("title", "kind", "file", "format", "urls", "sha256", "licence", "notes")
@@ -54,12 +54,9 @@ def manifest_path() -> Path:
     env = os.environ.get(ENV_MANIFEST)
     if env:
         return Path(env).expanduser()
-    for cand in (Path(__file__).resolve().parents[1] / "models" / "manifest.toml",
-                 Path(__file__).resolve().parent / "models" / "manifest.toml",
-                 Path(sys.prefix) / "share" / "toon-ofx" / "manifest.toml"):
-        if cand.is_file():
-            return cand
-    return Path(__file__).resolve().parents[1] / "models" / "manifest.toml"
+    checkout = Path(__file__).resolve().parents[2] / "models" / "manifest.toml"
+    installed = Path(sys.prefix) / "share" / "toon-ofx" / "manifest.toml"  # a wheel's data file
+    return installed if not checkout.is_file() and installed.is_file() else checkout
 
 
 def load_manifest(path: Optional[os.PathLike] = None) -> Dict[str, Any]:

@@ -3,7 +3,7 @@
 Free DaVinci Resolve 19.1+ has no UIManager for scripts, so the panel is a
 plain PySide6 window run by the engine's Python. It serves three callers:
 
-* the Resolve script (`toon_ofx.resolve_bridge`) starts it with
+* the Resolve script (`toon_ofx.hosts.resolve`) starts it with
   `--clips clips.json --result result.json`: the clips of a timeline track,
   to tick, preview and render; on close it writes what was rendered and the
   script imports and places it;
@@ -12,14 +12,14 @@ plain PySide6 window run by the engine's Python. It serves three callers:
 
 The controls are the paper's — a slider for the projection iterations and a
 combo box for the swap resolution — plus model, warm-start steps, output kind
-and the rest of `toon_ofx.params` (generated from the schema, validated by it).
+and the rest of `toon_ofx.core.params` (generated from the schema, validated by it).
 Preview shows one frame as original | stylised side by side before the whole
 clip is committed. Rendering never blocks the UI thread: submits, polls,
 previews and cancels run on a thread pool and come back as Qt signals.
 
 The engine is behind a small backend interface (`preview`, `submit`, `job`,
 `cancel`): `EngineBackend` talks to the local engine process through the
-stdlib client, `InProcessBackend` runs `toon_ofx.render` in this process; tests
+stdlib client, `InProcessBackend` runs `toon_ofx.core.render` in this process; tests
 inject their own. The camera is a frame source factory, injectable too.
 """
 from __future__ import annotations
@@ -39,8 +39,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 from PySide6 import QtCore, QtGui, QtWidgets
 from PySide6.QtCore import Qt
 
-from . import params as schema
-from .errors import UserError
+from ..core import params as schema
+from ..core.errors import UserError
 
 TERMINAL = ("done", "failed", "cancelled")
 DEFAULT_MODEL_SIZE = 1024
@@ -83,7 +83,7 @@ class EngineBackend:
 
     @classmethod
     def connect(cls, python: Optional[str] = None) -> "EngineBackend":
-        from .client import EngineClient
+        from ..client import EngineClient
 
         return cls(EngineClient.connect(python=python or sys.executable, start=True))
 
@@ -109,7 +109,7 @@ class EngineBackend:
 
 
 class InProcessBackend:
-    """`toon_ofx.render` in this process: one thread per job, job dicts shaped like the server's."""
+    """`toon_ofx.core.render` in this process: one thread per job, job dicts shaped like the server's."""
 
     name = "in-process"
 
@@ -122,7 +122,7 @@ class InProcessBackend:
 
     def _module(self):
         if self._render is None:
-            from . import render
+            from ..core import render
             self._render = render
         return self._render
 
@@ -162,7 +162,7 @@ class InProcessBackend:
             try:
                 result = render.render(request, progress=progress, cancel=self._cancel[job_id])
             except BaseException as exc:  # noqa: BLE001 - every failure becomes the job's state
-                from .errors import Cancelled
+                from ..core.errors import Cancelled
                 with self._lock:
                     if isinstance(exc, Cancelled) or self._cancel[job_id].is_set():
                         job["state"] = "cancelled"
@@ -241,9 +241,9 @@ class IterSource:
 
 
 def read_frame(source: str, index: int):
-    """Frame `index` of a movie or image sequence as RGB uint8 (toon_ofx.media, else OpenCV)."""
+    """Frame `index` of a movie or image sequence as RGB uint8 (toon_ofx.core.media, else OpenCV)."""
     try:
-        from . import media
+        from ..core import media
     except ImportError:
         media = None
     if media is not None:
@@ -264,7 +264,7 @@ def read_frame(source: str, index: int):
 
 def frame_count(source: str) -> int:
     try:
-        from . import media
+        from ..core import media
         return int(media.probe(source).frame_count)
     except ImportError:
         pass
@@ -384,13 +384,13 @@ class ImageView(QtWidgets.QLabel):
 
 # ================================================================== model list
 def model_choices() -> List[Dict[str, Any]]:
-    """[{"name", "label", "tooltip", "size", "kind", "installed"}] from the model manifest (toon_ofx.model_store).
+    """[{"name", "label", "tooltip", "size", "kind", "installed"}] from the model manifest (toon_ofx.core.model_store).
 
     Base models (kind "base") are returned too: the panel offers them for `base_model`; perceptual and
     landmark weights are left out.
     """
     try:
-        from . import model_store
+        from ..core import model_store
         rows = model_store.list_models()
     except Exception:  # noqa: BLE001 - no store, or a broken manifest: the panel still opens
         return []
@@ -1003,7 +1003,7 @@ class ToonPanel(QtWidgets.QMainWindow):
                  "clip_data": None}]
 
     def _output_folder(self, item: Dict[str, Any], params: Dict[str, Any]) -> str:
-        from .resolve_bridge import Clip, output_folder_for
+        from ..hosts.resolve import Clip, output_folder_for
 
         root = self.output_dir
         if self.clips_doc is None and self.output_edit.text().strip():

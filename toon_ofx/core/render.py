@@ -164,10 +164,10 @@ class Renderer:
     """
 
     def __init__(self, params: Dict[str, Any]):
-        from engine.blend import blend_generators
-        from engine.checkpoints import CheckpointError, load_generator
-        from engine.landmarks import make_landmarker
-        from engine.lpips import load_lpips
+        from engine.generator.blend import blend_generators
+        from engine.generator.checkpoints import CheckpointError, load_generator
+        from engine.faces.landmarks import make_landmarker
+        from engine.inversion.lpips import load_lpips
 
         self.params = validate(params)
         p = self.params

@@ -39,13 +39,13 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
-from . import __version__
-from .errors import UserError
+from .. import __version__
+from ..core.errors import UserError
 from .jobs import (STATES, JobQueue, JobStore, NotFound, RequestError, check_device, check_models, parse_preview,
                    parse_submission, resolve_device)
-from .params import BY_NAME, schema
+from ..core.params import BY_NAME, schema
 
-log = logging.getLogger("toon_ofx.server")
+log = logging.getLogger("toon_ofx.service.server")
 
 SERVICE = "toon-ofx"
 TOKEN_FILE = "token"
@@ -59,14 +59,14 @@ MAX_BODY = 1 << 20
 
 def config_dir() -> Path:
     """`<user_config_dir>` (TOON_OFX_CONFIG_DIR overrides)."""
-    from . import dirs
+    from ..core import dirs
 
     return Path(dirs.user_config_dir())
 
 
 def data_dir() -> Path:
     """`<user_data_dir>` (TOON_OFX_DATA_DIR overrides)."""
-    from . import dirs
+    from ..core import dirs
 
     return Path(dirs.user_data_dir())
 
@@ -218,7 +218,7 @@ def encode_png(image: Any) -> bytes:
 
 
 def _default_preview(source, frame, params):
-    from .render import preview
+    from ..core.render import preview
 
     return preview(Path(source), frame, params)
 
@@ -440,7 +440,7 @@ class Server:
     """The engine process: HTTP front, job queue, workers.
 
     `render_fn(request, progress=, cancel=)` and `preview_fn(source, frame, params)` default to
-    toon_ofx.render.render / .preview; tests pass stand-ins. `model_check(params)` refuses a job or
+    toon_ofx.core.render.render / .preview; tests pass stand-ins. `model_check(params)` refuses a job or
     preview whose models are not installed (422 naming params.model / params.base_model); None skips it.
     """
 
@@ -667,11 +667,11 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
-    """`python -m toon_ofx.server [serve] [options]` (same options as `toon-ofx serve`)."""
+    """`python -m toon_ofx.service.server [serve] [options]` (same options as `toon-ofx serve`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:
         argv = argv[1:]
-    parser = argparse.ArgumentParser(prog="python -m toon_ofx.server")
+    parser = argparse.ArgumentParser(prog="python -m toon_ofx.service.server")
     sub = parser.add_subparsers(dest="command")
     add_serve_parser(sub)
     args = parser.parse_args(["serve", *argv])

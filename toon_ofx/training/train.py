@@ -25,8 +25,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from . import model_store
-from .errors import UserError
+from ..core import model_store
+from ..core.errors import UserError
 
 CACHE_BYTES = 1 << 30  # datasets up to 1 GiB (at model size) are kept in memory
 
@@ -123,7 +123,7 @@ def save_samples(path: Path, g_ema, z) -> Path:
     """A grid of images from fixed latents and the stored noise maps, to watch the style emerge."""
     import torch
 
-    from . import media
+    from ..core import media
 
     with torch.no_grad():
         images, _ = g_ema([z.to(next(g_ema.parameters()).device)], randomize_noise=False)
@@ -151,9 +151,9 @@ def build_trainer(base_path: Path, config, device, resume: Optional[dict] = None
     """
     import torch
 
-    from engine.checkpoints import CheckpointError, generator_from_state_dict, load_generator
-    from engine.stylegan2 import Discriminator
-    from engine.training import Trainer, discriminator_channels, read_checkpoint_dict
+    from engine.generator.checkpoints import CheckpointError, generator_from_state_dict, load_generator
+    from engine.generator.stylegan2 import Discriminator
+    from engine.generator.training import Trainer, discriminator_channels, read_checkpoint_dict
 
     try:
         g_ema = load_generator(base_path, device=device)
@@ -197,8 +197,8 @@ def build_trainer(base_path: Path, config, device, resume: Optional[dict] = None
 
 def load_resume(path: Path) -> dict:
     """A checkpoint written by `toon-ofx train` (or rosinality's train.py), checked for resuming."""
-    from engine.checkpoints import CheckpointError, inspect_checkpoint
-    from engine.training import read_checkpoint_dict
+    from engine.generator.checkpoints import CheckpointError, inspect_checkpoint
+    from engine.generator.training import read_checkpoint_dict
 
     try:
         inspect_checkpoint(path)
@@ -229,8 +229,8 @@ def train(base: Path, data: Path, out: Path, iters: int, *, config=None, resume:
     import torch
     from tqdm import tqdm
 
-    from engine.checkpoints import save_generator
-    from engine.training import TrainConfig
+    from engine.generator.checkpoints import save_generator
+    from engine.generator.training import TrainConfig
 
     from .dataset import load_dataset_images
 
@@ -312,7 +312,7 @@ def add_train_parser(sub) -> None:
 
 
 def _config_from_args(args, state: Optional[dict]):
-    from engine.training import TrainConfig
+    from engine.generator.training import TrainConfig
 
     base = TrainConfig.from_dict(state["train_config"]) if state and "train_config" in state else TrainConfig()
     given: Dict = {k: getattr(args, k) for k in ("batch", "lr", "augment", "augment_p", "seed")
@@ -345,7 +345,7 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from engine.checkpoints import CheckpointError, inspect_checkpoint
+    from engine.generator.checkpoints import CheckpointError, inspect_checkpoint
 
     from .dataset import load_dataset_images
 

@@ -218,7 +218,7 @@ class Trainer:
 
     ``generator`` and ``discriminator`` are trained in place; ``g_ema`` (a copy
     of the generator unless given) follows them as an exponential moving
-    average. Modules may come from ``engine.checkpoints.load_generator``
+    average. Modules may come from ``engine.generator.checkpoints.load_generator``
     (eval mode, no grad): the trainer switches them to training itself.
     """
 
@@ -363,7 +363,7 @@ class Trainer:
         """rosinality's checkpoint keys (g, d, g_ema, g_optim, d_optim, ada_aug_p) plus what resuming needs.
 
         Everything is a tensor or plain data, so ``torch.load(weights_only=True)`` reads it
-        and ``engine.checkpoints.load_generator`` loads its ``g_ema``.
+        and ``engine.generator.checkpoints.load_generator`` loads its ``g_ema``.
         """
         return {"g": self.g.state_dict(), "d": self.d.state_dict(), "g_ema": self.g_ema.state_dict(),
                 "g_optim": self.g_optim.state_dict(), "d_optim": self.d_optim.state_dict(),

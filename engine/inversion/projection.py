@@ -264,7 +264,7 @@ def project(
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
     steps = int(steps)
     if perceptual is None:
-        raise ValueError("a perceptual loss module is required (e.g. engine.lpips.load_lpips(...))")
+        raise ValueError("a perceptual loss module is required (e.g. engine.inversion.lpips.load_lpips(...))")
     device = _device_of(generator)
     size = int(generator.size)
     target = _prepare_targets(targets, size, device)

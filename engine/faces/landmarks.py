@@ -173,7 +173,7 @@ class DlibLandmarker:
         max_side: int | None = 1280,
         model_dir: str | os.PathLike | None = None,
     ):
-        import dlib  # local: keep `import engine.landmarks` light
+        import dlib  # local: keep `import engine.faces.landmarks` light
 
         if detector not in ("hog", "cnn"):
             raise ValueError(f"detector must be 'hog' or 'cnn', got {detector!r}")

@@ -2,7 +2,7 @@
 
 For teams without a farm manager. One persistent actor per GPU (or per CPU worker)
 loads the models once and renders chunk after chunk; chunks are the same
-keyframe-aligned frame ranges a farm manager would run (toon_ofx.farm.plan_chunks),
+keyframe-aligned frame ranges a farm manager would run (toon_ofx.farm.farm.plan_chunks),
 all written into one image sequence, so the result is identical to a single-process
 render. A chunk that fails is retried (on a fresh actor when its actor died);
 progress of all workers is aggregated into the usual ProgressEvents; a movie output
@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from .errors import Cancelled, UserError
+from ..core.errors import Cancelled, UserError
 from .farm import Chunk, assemble, default_chunk_size, plan_chunks, sequence_frames, tracker_memory
 
 DEFAULT_MAX_RETRIES = 2
@@ -48,7 +48,7 @@ class ChunkOutcome:
 class ChunkWorker:
     """A Ray actor body: one loaded renderer, many chunks.
 
-    `factory(params)` builds the renderer (default toon_ofx.render.Renderer, which loads the
+    `factory(params)` builds the renderer (default toon_ofx.core.render.Renderer, which loads the
     models in its constructor); with persistent=False it is rebuilt for every chunk, which is
     what a farm task that starts a new process pays (for benchmarks).
     """
@@ -68,7 +68,7 @@ class ChunkWorker:
     def _build(self):
         factory = self.factory
         if factory is None:
-            from .render import Renderer as factory
+            from ..core.render import Renderer as factory
         t = time.perf_counter()
         renderer = factory(self.params)
         return renderer, time.perf_counter() - t
@@ -167,7 +167,7 @@ class _Progress:
     """Aggregates finished chunks and the live status of every worker into ProgressEvents."""
 
     def __init__(self, callback, total: int, already: int):
-        from .render import ProgressEvent
+        from ..core.render import ProgressEvent
 
         self.Event = ProgressEvent
         self.callback, self.total = callback, total
@@ -204,7 +204,7 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
                     workers: Optional[int] = None, progress: Optional[Callable] = None,
                     cancel: Optional[threading.Event] = None, *, max_retries: int = DEFAULT_MAX_RETRIES,
                     renderer_factory: Optional[Callable] = None, persistent: bool = True):
-    """Render `request` (a toon_ofx.render.RenderRequest) in chunks on Ray; returns a RenderResult.
+    """Render `request` (a toon_ofx.core.render.RenderRequest) in chunks on Ray; returns a RenderResult.
 
     address: a Ray cluster address ("auto", "ray://host:10001", "host:6379"); None starts a local
     cluster (or uses the one this process is already connected to). workers: how many actors
@@ -212,9 +212,9 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
     intervals; moved onto the keyframe grid). max_retries: attempts after the first for a
     failing chunk. renderer_factory/persistent: for tests and benchmarks.
     """
-    from . import media
-    from .params import validate
-    from .render import RenderResult, plan_output, resolve_range
+    from ..core import media
+    from ..core.params import validate
+    from ..core.render import RenderResult, plan_output, resolve_range
 
     ray = _ray()
     params = validate(request.params)

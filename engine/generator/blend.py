@@ -9,7 +9,7 @@ parameter names, so blending is a dictionary operation:
 * ``style.*`` (mapping network): from ``mapping_from``;
 * ``input.input`` (learned 4x4 constant): from ``const_from``;
 * ``conv1.*``, ``to_rgb1.*`` (4x4), ``convs.N.*``, ``to_rgbs.N.*``: by the
-  resolution :func:`engine.stylegan2.layer_resolution` gives them -- toon at
+  resolution :func:`engine.generator.stylegan2.layer_resolution` gives them -- toon at
   or below ``r``, base above;
 * ``noises.noise_N`` (fixed noise buffers): follow their layer;
 * ``latent_avg`` (non-persistent buffer: truncation and projection start): from
@@ -76,7 +76,7 @@ def param_resolution(name: str) -> int | None:
     """Resolution of a synthesis parameter or noise buffer; None for mapping/const."""
     if name.startswith("style.") or name.startswith("input.") or name == "latent_avg":
         return None
-    from engine.stylegan2 import layer_resolution
+    from engine.generator.stylegan2 import layer_resolution
 
     return layer_resolution(name)
 
@@ -274,13 +274,13 @@ def blend_checkpoints(
     const_from: str = "toon",
     latent_avg_from: str | None = None,
 ):
-    """Load two checkpoints (any format engine.checkpoints reads), blend, save a rosinality ``.pt``.
+    """Load two checkpoints (any format engine.generator.checkpoints reads), blend, save a rosinality ``.pt``.
 
     Returns the blended Generator.  Raises ValueError (``CheckpointError`` for
     unreadable/incompatible checkpoints) with a clear message; refuses to
     overwrite either input.
     """
-    from engine.checkpoints import load_generator, save_generator
+    from engine.generator.checkpoints import load_generator, save_generator
 
     base_path, toon_path, out_path = Path(base_path), Path(toon_path), Path(out_path)
     for src in (base_path, toon_path):

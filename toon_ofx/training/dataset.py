@@ -1,6 +1,6 @@
 """`toon-ofx dataset build`: aligned face crops from films or image folders, for fine-tuning.
 
-The crops use the same FFHQ alignment as rendering (``engine.align``), so a
+The crops use the same FFHQ alignment as rendering (``engine.faces.align``), so a
 model trained on them lines up with the base model it was fine-tuned from
 (which is what makes layer swapping work). Faces that are tiny (the crop would
 be upscaled too much), largely outside the frame, blurred, or near-duplicates
@@ -30,8 +30,8 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from . import media
-from .errors import UserError
+from ..core import media
+from ..core.errors import UserError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 ANALYSIS_SIZE = 128  # sharpness and duplicate checks look at a crop of this size, whatever --size is
@@ -292,7 +292,7 @@ class DatasetBuilder:
         return dict(self.counts)
 
     def _faces(self, tag: str, origin: Path, index: int, frame: np.ndarray) -> None:
-        from engine.align import align_face, ffhq_quad
+        from engine.faces.align import align_face, ffhq_quad
 
         opts = self.options
         h, w = frame.shape[:2]
@@ -332,11 +332,11 @@ class DatasetBuilder:
 
 def _make_landmarker(name: str, device: str = "cpu"):
     """The landmarker rendering would use (face-alignment's weights come from the model store)."""
-    from engine.landmarks import ModelFilesMissing, make_landmarker
+    from engine.faces.landmarks import ModelFilesMissing, make_landmarker
 
     try:
         if name == "face-alignment":
-            from . import model_store
+            from ..core import model_store
 
             return make_landmarker("face-alignment", device=device, fan_path=model_store.resolve("fan-2d"),
                                    s3fd_path=model_store.resolve("s3fd"))

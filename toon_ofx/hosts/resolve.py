@@ -2,7 +2,7 @@
 
 Standard library only (Python 3.7+): this module runs inside Resolve's own
 Python, which has no torch and usually no PySide6. It imports nothing heavier
-than `toon_ofx.client` (the engine's HTTP client) and `toon_ofx.params`.
+than `toon_ofx.client` (the engine's HTTP client) and `toon_ofx.core.params`.
 
 Every call into Resolve is one documented in Resolve's Developer/Scripting
 README.txt, with its documented arguments. The flow:
@@ -56,7 +56,7 @@ from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .errors import UserError
+from ..core.errors import UserError
 
 SCRIPT_NAME = "Toon Faces.py"
 BIN_NAME = "Toon"
@@ -589,7 +589,7 @@ def output_folder_for(clip: Clip, params: Dict[str, Any], root: Optional[str] = 
 
 def config_path() -> str:
     try:
-        from .dirs import user_config_dir
+        from ..core.dirs import user_config_dir
         return os.path.join(user_config_dir(), CONFIG_NAME)
     except Exception:
         return os.path.join(os.path.expanduser("~"), ".config", "toon-ofx", CONFIG_NAME)
@@ -785,11 +785,11 @@ def run(resolve, options: Options, *, client=None, panel: Optional[Callable[...,
             log("Toon Faces: nothing was rendered; nothing placed.")
             return Report(skipped=skipped)
     else:
-        from . import params as schema
+        from ..core import params as schema
 
         params = schema.validate(options.params)
         if client is None:
-            from .client import EngineClient
+            from ..client import EngineClient
             client = EngineClient.connect(python=find_engine_python(options.engine_python), start=True)
         placements = run_engine_direct(client, clips, params, output_root=options.output_root,
                                        output_kind=options.output_kind, log=log)
@@ -899,9 +899,6 @@ def scripts_dir(system: Optional[str] = None, *, all_users: bool = False, env: O
     return os.path.join(home, ".local", "share", "DaVinciResolve", "Fusion", "Scripts", "Utility")
 
 
-#: the stdlib modules the script imports (vendored beside nothing else)
-VENDORED = ("__init__.py", "errors.py", "params.py", "dirs.py", "client.py", "resolve_bridge.py")
-
 SCRIPT_TEMPLATE = '''"""Toon Faces: toonify the faces of the clips on a DaVinci Resolve video track.
 
 Workspace > Scripts > Utility > Toon Faces reads the clips on the track under the
@@ -922,7 +919,7 @@ TOON_OFX_PYTHON = {python!r}  # the Python with toon-ofx, torch and PySide6 (the
 def _find_lib():
     here = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else os.getcwd()
     for folder in (os.environ.get("TOON_OFX_LIB"), TOON_OFX_LIB, os.path.dirname(here)):
-        if folder and os.path.isfile(os.path.join(folder, "toon_ofx", "resolve_bridge.py")):
+        if folder and os.path.isfile(os.path.join(folder, "toon_ofx", "hosts", "resolve.py")):
             return folder
     return None
 
@@ -933,7 +930,7 @@ if _lib is None:
 else:
     if _lib not in sys.path:
         sys.path.insert(0, _lib)
-    from toon_ofx import resolve_bridge
+    from toon_ofx.hosts import resolve as resolve_bridge
 
     _code = resolve_bridge.script_main(globals(), engine_python=TOON_OFX_PYTHON)
     if __name__ == "__main__" and not any(globals().get(k) for k in resolve_bridge.IN_APP_NAMES):
@@ -946,7 +943,8 @@ def render_script(lib: Optional[str] = None, python: Optional[str] = None) -> st
 
 
 def package_dir() -> str:
-    return os.path.dirname(os.path.abspath(__file__))
+    """The toon_ofx package folder this module belongs to."""
+    return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def install(dest: Optional[str] = None, *, all_users: bool = False, python: Optional[str] = None,
@@ -967,19 +965,19 @@ def install(dest: Optional[str] = None, *, all_users: bool = False, python: Opti
     else:
         if lib_dir is None:
             try:
-                from .dirs import user_data_dir
+                from ..core.dirs import user_data_dir
                 lib_dir = os.path.join(user_data_dir(), "resolve-lib")
             except Exception:
                 lib_dir = os.path.join(os.path.expanduser("~"), ".toon-ofx", "resolve-lib")
         lib = lib_dir
         target_pkg = os.path.join(lib, "toon_ofx")
-        for name in VENDORED:
-            src = os.path.join(package_dir(), name)
-            if not os.path.isfile(src):
-                continue
-            dst = os.path.join(target_pkg, name)
+        from .. import vendor
+
+        for name in vendor.closure(vendor.RESOLVE_ROOTS):
+            src = os.path.join(package_dir(), *name.split("/"))
+            dst = os.path.join(target_pkg, *name.split("/"))
             if not dry_run:
-                os.makedirs(target_pkg, exist_ok=True)
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
                 shutil.copyfile(src, dst)
             written.append(dst)
     script = os.path.join(dest, SCRIPT_NAME)
