@@ -205,7 +205,8 @@ class Renderer:
         params = validate(params)
         return all(params[k] == self.params[k] for k in MODEL_PARAMS)
 
-    def pipeline(self, params: Dict[str, Any]):
+    def pipeline(self, params: Dict[str, Any], cancel: Optional[threading.Event] = None):
+        """A pipeline for `params`; with `cancel`, setting the event stops it within one projection step."""
         from engine.pipeline import PipelineConfig, ToonPipeline
 
         p = validate(params)
@@ -214,7 +215,13 @@ class Renderer:
                                 color_match=p["color_match"], overlay=p["output_kind"] == "overlay",
                                 smoothing=p["smoothing"], keyframe_interval=p["keyframe_interval"],
                                 batch_size=p["batch_size"], seed=p["seed"])
-        return ToonPipeline(self.landmarker, self.base, self.blended, self.perceptual, config)
+        pipeline = ToonPipeline(self.landmarker, self.base, self.blended, self.perceptual, config)
+        if cancel is not None:
+            def stop_if_cancelled(step: int, steps: int) -> None:
+                if cancel.is_set():
+                    raise Cancelled(f"cancelled during a projection (step {step} of {steps})")
+            pipeline.on_step = stop_if_cancelled
+        return pipeline
 
     def render(self, request: RenderRequest, progress: Optional[Callable[[ProgressEvent], None]] = None,
                cancel: Optional[threading.Event] = None, plan: Optional["Plan"] = None) -> RenderResult:
@@ -232,7 +239,7 @@ class Renderer:
         if todo and params["frame_batch"] > 1:
             self._render_segments(request, plan, todo, report, timings, cancel)
         elif todo:
-            pipeline = self.pipeline(params)
+            pipeline = self.pipeline(params, cancel)
             start = max(0, min(pipeline.warmup_start(todo[0]), todo[0] - request.warmup))
             pending = set(todo)
             t_read = time.perf_counter()
@@ -286,7 +293,7 @@ class Renderer:
             while queue or active:
                 while queue and len(active) < params["frame_batch"]:
                     frames = queue.pop(0)
-                    pipeline = self.pipeline(params)
+                    pipeline = self.pipeline(params, cancel)
                     start = pipeline.warmup_start(frames[0])
                     if frames[0] == todo[0]:
                         start = max(0, min(start, todo[0] - request.warmup))
