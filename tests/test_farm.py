@@ -25,13 +25,13 @@ import numpy as np
 import pytest
 
 from toon_ofx.farm import farm
-from toon_ofx.cli import build_parser, main, params_from_args
+from toon_ofx.cli import build_parser, main
 from toon_ofx.core.errors import UserError
+from toon_ofx.core.options import params_from_args, parse_frame_range
 from toon_ofx.farm.farm import (
     FarmJob,
     chunk_warmup_first,
     effective_chunk_size,
-    parse_frame_range,
     plan_chunks,
     snap_chunk,
 )

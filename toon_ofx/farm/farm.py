@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..core.errors import UserError
+from ..core.options import add_param_options, checked_frame_range, params_from_args
 
 FORMATS = ("openjd", "opencue", "flamenco")
 DEFAULT_CHUNK_KEYFRAMES = 2          # default chunk: this many keyframe intervals
@@ -74,28 +75,6 @@ class Chunk:
 
     def __str__(self) -> str:
         return f"{self.first}-{self.last}"
-
-
-def parse_frame_range(text: str, *, field_name: str = "frames") -> Tuple[int, int]:
-    """'A-B' (or 'A', or a farm chunk like Flamenco's 'A,B') -> (A, B), inclusive and contiguous."""
-    numbers: List[int] = []
-    try:
-        for part in str(text).replace("..", "-").split(","):
-            part = part.strip()
-            if not part:
-                raise ValueError
-            a, sep, b = part.partition("-")
-            lo = int(a)
-            hi = int(b) if sep else lo
-            if hi < lo:
-                raise ValueError
-            numbers.extend((lo, hi))
-    except ValueError:
-        raise UserError(f"expected a frame range like 10-120, got {text!r}", field=field_name) from None
-    first, last = min(numbers), max(numbers)
-    if first < 0:
-        raise UserError(f"frame numbers start at 0, got {text!r}", field=field_name)
-    return first, last
 
 
 def effective_chunk_size(chunk_size: int, keyframe_interval: int) -> int:
@@ -671,8 +650,6 @@ def _default_outputs(source: str, overlay: bool) -> Tuple[str, str]:
 
 def job_from_args(args: argparse.Namespace) -> FarmJob:
     """Validate `farm export` arguments into a FarmJob (probing the source when it is readable)."""
-    from ..cli import params_from_args
-
     params = params_from_args(args)
     k = params["keyframe_interval"]
     if k <= 0:
@@ -721,17 +698,8 @@ def job_from_args(args: argparse.Namespace) -> FarmJob:
                    params=params, warmup=args.warmup, executable=args.toon_ofx, name=name)
 
 
-def _range_arg(text: str) -> Tuple[int, int]:
-    try:
-        return parse_frame_range(text)
-    except UserError as exc:
-        raise argparse.ArgumentTypeError(exc.message) from None
-
-
 def add_farm_parser(sub) -> None:
     """`toon-ofx farm export --format openjd|opencue|flamenco SRC -o DIR`."""
-    from ..cli import add_param_options
-
     farm = sub.add_parser("farm", help="render-farm job descriptions (Deadline/OpenJD, OpenCue, Flamenco)",
                           description="Write ready-to-submit render-farm jobs that render a clip in frame-range "
                                       "chunks into one image sequence and assemble the movie at the end.")
@@ -744,8 +712,8 @@ def add_farm_parser(sub) -> None:
     p.add_argument("--format", choices=FORMATS, required=True,
                    help="openjd: Deadline Cloud job bundle (template.json); opencue: PyOutline script; "
                         "flamenco: job type toon_ofx.js + job.json")
-    p.add_argument("--frames", type=_range_arg, metavar="A-B", help="inclusive source frame range (0-based); "
-                   "default: the whole clip")
+    p.add_argument("--frames", type=checked_frame_range, metavar="A-B",
+                   help="inclusive source frame range (0-based); default: the whole clip")
     p.add_argument("--chunk-size", type=int, help="frames per task (default: two keyframe intervals; moved to "
                    "a multiple of the keyframe interval)")
     p.add_argument("--warmup", type=int, default=0, metavar="N",
@@ -892,7 +860,7 @@ def add_assemble_parser(sub) -> None:
     p.add_argument("sequence", type=Path, help="frame folder or pattern like frames/clip_toon.%%06d.png")
     p.add_argument("--source", type=Path, required=True, help="the source clip (timing and audio)")
     p.add_argument("-o", "--output", type=Path, required=True, help="movie to write (.mp4/.mov/.mkv)")
-    p.add_argument("--frames", type=_range_arg, metavar="A-B",
+    p.add_argument("--frames", type=checked_frame_range, metavar="A-B",
                    help="source frames to assemble (default: the frames found); all must be present")
 
 
