@@ -80,7 +80,7 @@ def run_render(args) -> int:
     params = params_from_args(args)
     frames = args.frames
     if args.chunk_of:
-        from .farm.farm import snap_chunk
+        from .farm.plan import snap_chunk
 
         if frames is None:
             raise UserError("--chunk-of needs --frames (this task's chunk)", field="frames")
@@ -148,8 +148,8 @@ def run_blend(args) -> int:
 SUBCOMMANDS = (
     ("models", "core.model_store", "add_models_parser", "run_models"),
     ("serve", "service.server", "add_serve_parser", "run_serve"),
-    ("farm", "farm.farm", "add_farm_parser", "run_farm"),
-    ("assemble", "farm.farm", "add_assemble_parser", "run_assemble"),
+    ("farm", "farm.commands", "add_farm_parser", "run_farm"),
+    ("assemble", "farm.commands", "add_assemble_parser", "run_assemble"),
     ("panel", "panel.window", "add_panel_parser", "run_panel"),
     ("install-resolve-script", "hosts.resolve", "add_install_parser", "run_install"),
     ("dataset", "training.dataset", "add_dataset_parser", "run_dataset"),
