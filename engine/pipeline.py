@@ -233,7 +233,8 @@ class ToonPipeline:
                 result = project(self.base, torch.cat([task.target for task in batch]), steps=steps,
                                  space=cfg.latent_space, init=init, init_noises=init_noises,
                                  perceptual=self.perceptual, pixel_weight=cfg.pixel_weight,
-                                 seed=[task.seed for task in batch], callback=self._step_callback(steps))
+                                 seed=[task.seed for task in batch], callback=self._step_callback(steps),
+                                 evaluate=False)
                 for j, task in enumerate(batch):
                     task.state = FaceState(result.latents[j].detach(), [n[j:j + 1].detach() for n in result.noises])
         elapsed = time.perf_counter() - t

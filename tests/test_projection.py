@@ -149,8 +149,10 @@ def test_batch_faces_are_independent(G, P):
     both = project(G, target, steps=30, perceptual=P, seed=3)
     first = project(G, target[:1], steps=30, perceptual=P, seed=3)
     second = project(G, target[1:], steps=30, perceptual=P, seed=4)
+    # float tolerance: convolutions sum in a batch-size-dependent order, and Adam's
+    # normalised step turns a 1e-7 gradient difference into ~1e-4 over 30 steps
     for i, single in enumerate((first, second)):
-        assert torch.allclose(both.latents[i], single.latents[0], atol=1e-4)
+        assert torch.allclose(both.latents[i], single.latents[0], atol=5e-4)
         assert torch.allclose(both.losses["total"][i], single.losses["total"][0], rtol=1e-3)
         for a, b in zip(both.noises, single.noises):
             assert torch.allclose(a[i], b[0], atol=1e-4)
@@ -227,3 +229,43 @@ def test_schedule_and_noise_regularization():
     # per sample: a sample's penalty does not depend on the other
     assert torch.allclose(noise_regularization([white[:1]]), r_white[:1])
     assert math.isfinite(float(r_white.sum()))
+
+
+def test_cached_target_features_give_the_same_loss_and_gradient():
+    """The target's features computed once (bind_target) == the target through the trunk every call."""
+    from engine.inversion.lpips import LPIPS, bind_target
+
+    torch.manual_seed(0)
+    lpips = LPIPS()
+    x0, y = torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
+    results = []
+    for loss in (lambda x: lpips(x, y), bind_target(lpips, y)):
+        x = x0.clone().requires_grad_(True)
+        value = loss(x)
+        value.sum().backward()
+        results.append((value.detach(), x.grad))
+    (v1, g1), (v2, g2) = results
+    assert v1.shape == (2,) and g1.abs().sum() > 0
+    assert torch.equal(v1, v2) and torch.equal(g1, g2)
+
+
+def test_projection_with_cached_target_equals_plain_loss_calls(G, P):
+    """project() over a loss without bind_target (called with the target each step) gives the same latents."""
+    class Plain(torch.nn.Module):
+        def forward(self, x, y):
+            return P(x, y)
+
+    target = _targets(G, [5, 6])
+    cached = project(G, target, steps=15, perceptual=P, seed=2)
+    plain = project(G, target, steps=15, perceptual=Plain(), seed=2)
+    assert torch.equal(cached.latents, plain.latents)
+    assert all(torch.equal(a, b) for a, b in zip(cached.noises, plain.noises))
+    assert torch.equal(cached.history, plain.history)
+
+
+def test_evaluate_false_skips_the_final_render_only(G, P):
+    target = _targets(G, [4])
+    full = project(G, target, steps=6, perceptual=P, seed=1)
+    bare = project(G, target, steps=6, perceptual=P, seed=1, evaluate=False)
+    assert bare.images is None and bare.losses == {}
+    assert torch.equal(full.latents, bare.latents) and torch.equal(full.history, bare.history)

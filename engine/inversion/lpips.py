@@ -21,7 +21,10 @@ Weight files (never in git; the model store fetches them):
 
 Any ``nn.Module`` that maps two ``(N,3,H,W)`` batches in [-1, 1] to ``(N,)``
 distances satisfies the :class:`PerceptualLoss` protocol; :class:`TinyPerceptual`
-is a small stand-in with the same structure for tests.
+is a small stand-in with the same structure for tests. A projection compares
+many renders with one constant target: :func:`bind_target` gives it a distance
+to that target whose features are computed once (as NVIDIA's projector does),
+instead of sending the target through the trunk forward and backward each step.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ __all__ = [
     "LPIPS",
     "TinyPerceptual",
     "load_lpips",
+    "bind_target",
     "normalize_channels",
     "VGG16_CONFIG",
     "VGG16_TAPS",
@@ -176,32 +180,61 @@ class _LPIPSCore(nn.Module):
         # rosinality's projector uses before LPIPS.
         return F.interpolate(x, size=size, mode="area")
 
+    def _check(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != 3:
+            raise ValueError(f"LPIPS inputs must be (N,3,H,W), got {tuple(x.shape)}")
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The channel-normalised trunk features LPIPS compares, one map per tap."""
+        self._check(x)
+        x = self._maybe_resize(x)
+        x = (x - self.shift.to(x.dtype)) / self.scale.to(x.dtype)
+        return [normalize_channels(f) for f in self.net(x)]
+
+    def _per_layer(self, fx: list[torch.Tensor], fy: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [lin((a - b) ** 2).mean(dim=(1, 2, 3)) for lin, a, b in zip(self.lins, fx, fy)]
+
     def per_layer(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor]:
         """Per-layer spatially averaged distances, each (N,)."""
         if x.shape != y.shape:
             raise ValueError(f"LPIPS inputs must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
-        if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(f"LPIPS inputs must be (N,3,H,W), got {tuple(x.shape)}")
-        n = x.shape[0]
-        x = self._maybe_resize(x)
-        y = self._maybe_resize(y)
-        both = torch.cat([x, y], dim=0)
-        both = (both - self.shift.to(both.dtype)) / self.scale.to(both.dtype)
-        feats = self.net(both)
-        out = []
-        for lin, f in zip(self.lins, feats):
-            f = normalize_channels(f)
-            diff = (f[:n] - f[n:]) ** 2
-            out.append(lin(diff).mean(dim=(1, 2, 3)))
-        return out
+        # Two trunk passes, not one over torch.cat([x, y]): a target that needs no
+        # gradient then costs no backward pass (and bind_target can cache it).
+        return self._per_layer(self.features(x), self.features(y))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Distances (N,) between two (N,3,H,W) batches in [-1, 1]."""
-        layers = self.per_layer(x, y)
-        total = layers[0]
-        for v in layers[1:]:
-            total = total + v
-        return total
+        return _sum(self.per_layer(x, y))
+
+    def bind_target(self, y: torch.Tensor):
+        """``x -> self(x, y)`` for a fixed ``y``: y's features are computed once, without gradient.
+
+        Same values and gradients with respect to x as calling the module with y
+        each time (the projection's target is constant for all its steps).
+        """
+        with torch.no_grad():
+            fy = [f.detach() for f in self.features(y)]
+
+        def distance(x: torch.Tensor) -> torch.Tensor:
+            if x.shape != y.shape:
+                raise ValueError(f"LPIPS inputs must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+            return _sum(self._per_layer(self.features(x), fy))
+        return distance
+
+
+def _sum(values: list[torch.Tensor]) -> torch.Tensor:
+    total = values[0]
+    for v in values[1:]:
+        total = total + v
+    return total
+
+
+def bind_target(perceptual, y: torch.Tensor):
+    """``x -> perceptual(x, y)`` for a fixed target ``y``; cached target features where the loss offers it."""
+    bind = getattr(perceptual, "bind_target", None)
+    if bind is not None:
+        return bind(y)
+    return lambda x: perceptual(x, y)
 
 
 class LPIPS(_LPIPSCore):

@@ -18,6 +18,16 @@ Differences from rosinality, for video and batches:
   solution is nearby, and a full-size first Adam step would throw it away;
 * images larger than ``loss_size`` (256) are area-downsampled before the losses,
   like rosinality's projector does for LPIPS.
+
+Cost of a step (what NVIDIA's projector also does): the constant target's
+perceptual features are computed once per projection (``lpips.bind_target``),
+not forward and backward every step; the final render and loss evaluation that
+fill ``ProjectionResult.images``/``losses`` can be skipped (``evaluate=False``)
+by callers that only need the latents.  The generator renders at full size:
+in W+ the layers above ``loss_size`` still shape the downsampled image (their
+latents and noise maps are fitted through it, and the product renders them),
+so stopping the synthesis at 256 would be a different, worse projection
+(bench/bench_projection.py measures what those layers cost and change).
 """
 
 from __future__ import annotations
@@ -30,6 +40,8 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from .lpips import bind_target
 
 __all__ = [
     "ProjectionResult",
@@ -53,13 +65,14 @@ class ProjectionResult:
     latents: (N, n_latent, D) in W+ form (a W projection is repeated over layers);
     noises: per-layer noise maps, each (N, 1, r, r); images: (N, 3, S, S) rendered
     from latents + noises; losses: per-sample (N,) losses at the final latents
-    (keys "perceptual", "mse", "noise", "total"); steps: iterations run;
+    (keys "perceptual", "mse", "noise", "total"); images None and losses empty
+    when project() ran with evaluate=False; steps: iterations run;
     history: (steps, N) total loss at each iteration.
     """
 
     latents: torch.Tensor
     noises: list[torch.Tensor]
-    images: torch.Tensor
+    images: torch.Tensor | None
     losses: dict[str, torch.Tensor]
     steps: int = 0
     history: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
@@ -241,6 +254,7 @@ def project(
     schedule: Schedule | None = None,
     loss_size: int | None = 256,
     n_mean_latent: int = 10000,
+    evaluate: bool = True,
 ) -> ProjectionResult:
     """Invert ``targets`` (N,3,H,W) in [-1,1] into ``generator``'s W or W+ space.
 
@@ -257,6 +271,8 @@ def project(
     Deterministic given ``seed``; sample i uses the random stream ``seed + i``,
     or ``seed[i]`` when ``seed`` is a sequence of N per-sample seeds (so a sample
     draws the same numbers whatever batch it is projected in).
+    ``evaluate=False`` skips the final render and loss evaluation: ``images`` is
+    then None and ``losses`` empty (the pipeline renders with another generator).
     """
     if space not in ("w", "w+"):
         raise ValueError(f"space must be 'w' or 'w+', got {space!r}")
@@ -270,6 +286,7 @@ def project(
     target = _prepare_targets(targets, size, device)
     n = target.shape[0]
     target_l = _to_loss_size(target, loss_size)
+    distance = bind_target(perceptual, target_l)  # the target's features, once
 
     if isinstance(seed, numbers.Integral):
         seeds = [int(seed) + i for i in range(n)]
@@ -323,7 +340,7 @@ def project(
 
     def losses_of(img):
         img_l = _to_loss_size(img, loss_size)
-        p = perceptual(img_l, target_l)
+        p = distance(img_l)
         if p.dim() != 1 or p.shape[0] != n:
             p = p.reshape(n, -1).sum(dim=1)
         mse = ((img_l - target_l) ** 2).mean(dim=(1, 2, 3))
@@ -358,9 +375,11 @@ def project(
             history.append(detached["total"])
             if callback is not None and callback(i, detached):
                 break
-        with torch.no_grad():
-            images = render(latent.detach())
-            final = {k: v.detach() for k, v in losses_of(images).items()}
+        images, final = None, {}
+        if evaluate:
+            with torch.no_grad():
+                images = render(latent.detach())
+                final = {k: v.detach() for k, v in losses_of(images).items()}
     finally:
         for p, req in frozen:
             p.requires_grad_(req)
@@ -371,7 +390,7 @@ def project(
     return ProjectionResult(
         latents=w.clone(),
         noises=[t.detach().clone() for t in noises],
-        images=images.detach(),
+        images=images,
         losses=final,
         steps=done,
         history=torch.stack(history) if history else torch.zeros(0, n),
