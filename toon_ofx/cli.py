@@ -150,7 +150,7 @@ SUBCOMMANDS = (
     ("serve", "service.server", "add_serve_parser", "run_serve"),
     ("farm", "farm.commands", "add_farm_parser", "run_farm"),
     ("assemble", "farm.commands", "add_assemble_parser", "run_assemble"),
-    ("panel", "panel.window", "add_panel_parser", "run_panel"),
+    ("panel", "panel.app", "add_panel_parser", "run_panel"),
     ("install-resolve-script", "hosts.resolve", "add_install_parser", "run_install"),
     ("dataset", "training.dataset", "add_dataset_parser", "run_dataset"),
     ("train", "training.train", "add_train_parser", "run_train"),
