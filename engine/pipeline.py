@@ -22,6 +22,16 @@ by raising from it (the exception leaves `process`/`project_faces` unchanged). A
 renderer can run several independent chains (keyframe segments) in lockstep and
 project their faces in one batch; a face's seed depends only on its frame index
 and position, never on the batch it lands in.
+
+Inversion (`PipelineConfig.inversion`): "projection" starts a face's first frame
+(and every keyframe) from the mean face with `steps` iterations; "encoder" takes
+every face from a feed-forward encoder (no optimisation, no frame-to-frame
+chain, so faces of any frames can share a batch); "encoder+projection" starts
+first frames and keyframes from the encoder and refines them `refine_steps`
+iterations. In both projection modes later frames start from the previous
+frame's latent and noise maps (`warm_steps`); with `warm_steps` 0 the encoder
+path takes the encoder's fresh latent rather than freezing the previous one, so
+encoder+projection with no steps at all equals encoder.
 """
 from __future__ import annotations
 
@@ -53,6 +63,19 @@ class PipelineConfig:
     keyframe_interval: int = 48
     batch_size: int = 1
     seed: int = 0
+    inversion: str = "projection"   # "projection" | "encoder" | "encoder+projection"
+    refine_steps: int = 50          # encoder+projection: steps from the encoder's latent
+
+
+INVERSIONS = ("projection", "encoder", "encoder+projection")
+
+
+def default_batch_size(device, inversion: str = "projection") -> int:
+    """Faces per batch that run fastest: projection batches only on a GPU (on a CPU its per-sample
+    grouped convolutions make a batch slower per face, bench/bench_projection.py); encoders batch anywhere."""
+    if inversion == "encoder":
+        return 8
+    return 8 if torch.device(device).type == "cuda" else 1
 
 
 @dataclass
@@ -66,13 +89,16 @@ class FaceState:
 @dataclass
 class FaceTask:
     """One face of a prepared frame: its aligned target (1, 3, S, S), the state it warm-starts
-    from (None: cold), its step count and seed; `state` is filled in by the projection."""
+    from (None: cold), its step count and seed; `encode`: it starts from the encoder's latent
+    (`start`, filled in by the encoder); `state` is filled in by the projection."""
 
     target: torch.Tensor
     previous: Optional[FaceState]
     steps: int
     seed: int
     state: Optional[FaceState] = None
+    encode: bool = False
+    start: Optional[torch.Tensor] = None
 
     @property
     def warm(self) -> bool:
@@ -117,16 +143,25 @@ class ToonPipeline:
     the projected latents; `perceptual` is the projection's perceptual distance.
     """
 
-    def __init__(self, landmarker, base, blended, perceptual, config: Optional[PipelineConfig] = None):
+    def __init__(self, landmarker, base, blended, perceptual, config: Optional[PipelineConfig] = None,
+                 encoder=None):
         self.landmarker = landmarker
         self.base = base
         self.blended = blended
         self.perceptual = perceptual
+        self.encoder = encoder
         self.config = config or PipelineConfig()
         self.size = base.size
         self.on_step: Optional[Callable[[int, int], None]] = None
         if blended.size != base.size or blended.n_latent != base.n_latent:
             raise ValueError(f"base ({base.size}px) and blended ({blended.size}px) generators differ in size")
+        inversion = self.config.inversion
+        if inversion not in INVERSIONS:
+            raise ValueError(f"inversion must be one of {', '.join(INVERSIONS)}, got {inversion!r}")
+        if inversion != "projection" and encoder is None:
+            raise ValueError(f"inversion {inversion!r} needs an encoder")
+        if inversion != "encoder" and perceptual is None:
+            raise ValueError(f"inversion {inversion!r} needs a perceptual loss")
         self.reset()
 
     def reset(self) -> None:
@@ -199,15 +234,44 @@ class ToonPipeline:
         targets = _to_tensor([crop for crop, _ in prepared.aligned], param.device, param.dtype)
         cfg = self.config
         for position, tf in enumerate(prepared.tracked):
-            # Faces seen on the previous frame are warm-started (latent and noise maps) with fewer steps.
-            previous = self._latents.get(tf.track_id)
-            prepared.tasks.append(FaceTask(targets[position:position + 1], previous,
-                                           cfg.warm_steps if previous is not None else cfg.steps,
-                                           cfg.seed + index * 1009 + position))
+            previous, steps, encode = self._start(self._latents.get(tf.track_id))
+            prepared.tasks.append(FaceTask(targets[position:position + 1], previous, steps,
+                                           cfg.seed + index * 1009 + position, encode=encode))
         return prepared
 
+    def _start(self, previous: Optional[FaceState]) -> Tuple[Optional[FaceState], int, bool]:
+        """Where a face's inversion starts: (previous state to warm-start from or None, steps, from the encoder).
+
+        Faces seen on the previous frame are warm-started (latent and noise maps) with
+        `warm_steps`; others start from the mean face (`steps`) or from the encoder
+        (`refine_steps`). With no step to take, the encoder path takes the encoder's
+        latent for this frame rather than freezing the previous frame's.
+        """
+        cfg = self.config
+        if cfg.inversion == "encoder":
+            return None, 0, True
+        if previous is not None and (cfg.warm_steps > 0 or cfg.inversion == "projection"):
+            return previous, cfg.warm_steps, False
+        if cfg.inversion == "projection":
+            return None, cfg.steps, False
+        return None, cfg.refine_steps if previous is None else 0, True
+
+    def _encode(self, tasks: Sequence[FaceTask]) -> None:
+        """The encoder's latents for `tasks`' faces, `batch_size` faces per forward pass."""
+        size = max(1, self.config.batch_size)
+        for first in range(0, len(tasks), size):
+            batch = tasks[first:first + size]
+            with torch.no_grad():
+                latents = self.encoder(torch.cat([task.target for task in batch]))
+            for task, latent in zip(batch, latents):
+                task.start = latent.detach().to(device=task.target.device, dtype=task.target.dtype)
+
+    def _own_noises(self) -> List[torch.Tensor]:
+        """The base generator's stored noise maps: what a projection from the encoder starts from."""
+        return [getattr(self.base.noises, f"noise_{i}") for i in range(self.base.num_layers)]
+
     def project_faces(self, frames: Sequence["Prepared"]) -> None:
-        """Project the faces of `frames` in batches of `batch_size`, grouped by warm/cold and step count.
+        """Invert the faces of `frames` in batches of `batch_size`, grouped by start and step count.
 
         `frames` may come from several pipelines that share this one's base model,
         perceptual loss and projection settings (independent chains, e.g. keyframe
@@ -216,20 +280,24 @@ class ToonPipeline:
         """
         cfg = self.config
         tasks = [task for prepared in frames for task in prepared.tasks]
-        groups: Dict[Tuple[bool, int], List[FaceTask]] = {}
-        for task in sorted(tasks, key=lambda task: not task.warm):  # warm first, as before; stable
-            groups.setdefault((task.warm, task.steps), []).append(task)
         t = time.perf_counter()
-        for (warm, steps), members in groups.items():
-            for start in range(0, len(members), cfg.batch_size):
-                batch = members[start:start + cfg.batch_size]
-                if warm and steps == 0:
+        self._encode([task for task in tasks if task.encode])
+        groups: Dict[Tuple[bool, bool, int], List[FaceTask]] = {}
+        for task in sorted(tasks, key=lambda task: not task.warm):  # warm first, as before; stable
+            groups.setdefault((task.warm, task.encode, task.steps), []).append(task)
+        for (warm, encoded, steps), members in groups.items():
+            size = max(1, cfg.batch_size)
+            for start in range(0, len(members), size):
+                batch = members[start:start + size]
+                if steps == 0 and (warm or encoded):
                     for task in batch:
-                        task.state = task.previous
+                        task.state = task.previous if warm else FaceState(task.start, self._own_noises())
                     continue
                 previous = [task.previous for task in batch] if warm else None
                 init = torch.stack([s.latent for s in previous]) if warm else None
                 init_noises = [torch.cat(maps) for maps in zip(*(s.noises for s in previous))] if warm else None
+                if encoded:
+                    init = torch.stack([task.start for task in batch])
                 result = project(self.base, torch.cat([task.target for task in batch]), steps=steps,
                                  space=cfg.latent_space, init=init, init_noises=init_noises,
                                  perceptual=self.perceptual, pixel_weight=cfg.pixel_weight,

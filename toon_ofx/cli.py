@@ -45,20 +45,28 @@ def add_render_parser(sub) -> None:
 
 
 def progress_printer(args) -> Optional[Callable]:
-    """A progress callback for the CLI: tqdm bar, JSON lines, or nothing."""
+    """A progress callback for the CLI: tqdm bar, JSON lines, or (quiet) only the render's notices on stderr."""
     if args.quiet:
-        return None
+        def notices_only(event):
+            if getattr(event, "notice", None):
+                print(f"toon-ofx: {event.notice}", file=sys.stderr, flush=True)
+        return notices_only
     if args.json:
         def emit(event):
-            print(json.dumps({"stage": event.stage, "frames_done": event.frames_done,
-                              "frames_total": event.frames_total, "faces": event.faces,
-                              "eta_seconds": event.eta_seconds}), flush=True)
+            line = {"stage": event.stage, "frames_done": event.frames_done, "frames_total": event.frames_total,
+                    "faces": event.faces, "eta_seconds": event.eta_seconds}
+            if getattr(event, "notice", None):
+                line["notice"] = event.notice
+                print(f"toon-ofx: {event.notice}", file=sys.stderr, flush=True)
+            print(json.dumps(line), flush=True)
         return emit
     from tqdm import tqdm
 
     bar = {"bar": None}
 
     def show(event):
+        if getattr(event, "notice", None):
+            (bar["bar"].write if bar["bar"] is not None else print)(f"toon-ofx: {event.notice}", file=sys.stderr)
         if event.stage == "loading":
             return
         if bar["bar"] is None:

@@ -11,6 +11,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from .errors import UserError
 
 SWAP_RESOLUTIONS = (4, 8, 16, 32, 64, 128, 256, 512, 1024)
+INVERSIONS = ("projection", "encoder", "encoder+projection")
 
 
 class ParamError(UserError):
@@ -88,9 +89,21 @@ PARAMS: Tuple[Param, ...] = (
           minimum=0.0, maximum=4.0),
     Param("mapping_from", str, "base", "Mapping network from",
           "Which model supplies the mapping network and latent_avg.", choices=("base", "toon")),
+    Param("inversion", str, "encoder+projection", "Inversion",
+          "How faces are turned into latents: 'projection' optimises from the mean face (steps, slow, "
+          "the reference quality); 'encoder' is one feed-forward pass (fast: previews, live camera); "
+          "'encoder+projection' starts from the encoder and refines (refine_steps). Without an installed "
+          "encoder, encoder+projection falls back to projection with a notice.",
+          choices=INVERSIONS),
+    Param("encoder", str, "e4e-encode", "Encoder",
+          "Face encoder for the encoder paths (pSp, e4e or ReStyle): a name from the model manifest or a "
+          "path to a checkpoint."),
     Param("steps", int, 500, "Projection steps",
-          "Projection iterations for the first frame of each face (cold start).",
+          "Projection iterations for the first frame of each face (cold start from the mean face).",
           minimum=1, maximum=5000),
+    Param("refine_steps", int, 50, "Refinement steps",
+          "encoder+projection: iterations that refine the encoder's latent on the first frame of each face "
+          "(0 and warm_steps 0 = the encoder alone).", minimum=0, maximum=5000),
     Param("warm_steps", int, 100, "Warm-start steps",
           "Projection iterations for later frames, started from the previous frame's latent.",
           minimum=0, maximum=5000),
@@ -118,7 +131,10 @@ PARAMS: Tuple[Param, ...] = (
           "non-commercial terms); 'face-alignment' (FAN) is more accurate, weights from the model store.",
           choices=("dlib", "face-alignment")),
     Param("device", str, "auto", "Device", "auto, cpu, cuda, cuda:N or mps."),
-    Param("batch_size", int, 1, "Batch size", "Faces projected together.", minimum=1, maximum=64),
+    Param("batch_size", int, 0, "Batch size",
+          "Faces inverted together (0 = what is fastest on the device: one face per projection on a CPU, "
+          "where batching is slower, 8 on a GPU; the encoder path batches faces of 8 frames).",
+          minimum=0, maximum=64),
     Param("frame_batch", int, 1, "Frame batch",
           "Keyframe segments rendered in lockstep so their faces are projected together "
           "(GPU throughput; batch_size still caps the faces per projection); "

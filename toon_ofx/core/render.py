@@ -8,6 +8,7 @@ the local engine process, the CLI and Ray all share this one path.
 """
 from __future__ import annotations
 
+import logging
 import shutil
 import threading
 import time
@@ -19,7 +20,10 @@ import numpy as np
 
 from . import media, model_store
 from .errors import Cancelled, UserError
+from .inversion import Inversion, load_face_encoder, load_one_pass_toon, plan_inversion
 from .params import validate
+
+log = logging.getLogger("toon_ofx")
 
 MOVIE_SUFFIXES = (".mp4", ".mov", ".mkv", ".m4v")
 IMAGE_SUFFIXES = (".png",)
@@ -44,6 +48,7 @@ class ProgressEvent:
     frames_total: int
     faces: int
     eta_seconds: Optional[float]
+    notice: Optional[str] = None   # a one-line notice for the user (e.g. a fallback), sent once
 
 
 @dataclass
@@ -144,17 +149,27 @@ def check_request(request: RenderRequest) -> Plan:
     return Plan(params, info, first, last, output)
 
 
-def model_files(params: Dict[str, Any], download: bool = True) -> Dict[str, Path]:
-    """Paths of every file the parameters need; known models missing locally are downloaded."""
+def model_files(params: Dict[str, Any], download: bool = True,
+                inversion: Optional[Inversion] = None) -> Dict[str, Path]:
+    """Paths of every file the parameters need; known models missing locally are downloaded (encoders never:
+    see core.inversion)."""
     get = model_store.ensure if download else model_store.resolve
-    files = {"base": get(params["base_model"]), "toon": get(params["model"]),
-             "vgg16": get("vgg16"), "lpips": get("lpips-vgg")}
+    inversion = inversion or plan_inversion(params)
+    if inversion.one_pass_toon:
+        files = {"toon": inversion.encoder}
+    else:
+        files = {"base": get(params["base_model"]), "toon": get(params["model"])}
+        if inversion.encoder is not None:
+            files["encoder"] = inversion.encoder
+    if inversion.mode != "encoder":
+        files.update(vgg16=get("vgg16"), lpips=get("lpips-vgg"))
     if params["landmarker"] == "face-alignment":
         files.update(fan=get("fan-2d"), s3fd=get("s3fd"))
     return files
 
 
-MODEL_PARAMS = ("model", "base_model", "swap_res", "blend_width", "mapping_from", "landmarker", "device")
+MODEL_PARAMS = ("model", "base_model", "swap_res", "blend_width", "mapping_from", "landmarker", "device",
+                "inversion", "encoder")
 
 
 class Renderer:
@@ -173,19 +188,29 @@ class Renderer:
         p = self.params
         self.device = pick_device(p["device"])
         t = time.perf_counter()
-        files = model_files(p)
+        self.inversion = plan_inversion(p)
+        files = model_files(p, inversion=self.inversion)
+        self.encoder = self.perceptual = None
         try:
-            self.base = load_generator(files["base"], device=self.device)
-            toon = load_generator(files["toon"], device=self.device, expect_size=self.base.size)
-            if p["swap_res"] > self.base.size:
-                raise UserError(f"swap_res {p['swap_res']} is above the model's resolution {self.base.size}",
-                                field="swap_res")
-            if model_store.is_blended(p["model"]):
-                self.blended = toon  # a published pre-blended model: its swap resolution is baked in
+            if self.inversion.one_pass_toon:
+                # no base W+ here: the encoder targets the toon generator directly
+                self.encoder, decoder = load_one_pass_toon(files["toon"], self.device)
+                self.base = self.blended = decoder
             else:
-                self.blended = blend_generators(self.base, toon, p["swap_res"], width=p["blend_width"],
-                                                mapping_from=p["mapping_from"])
-            self.perceptual = load_lpips(files["vgg16"], files["lpips"], device=self.device)
+                self.base = load_generator(files["base"], device=self.device)
+                toon = load_generator(files["toon"], device=self.device, expect_size=self.base.size)
+                if p["swap_res"] > self.base.size:
+                    raise UserError(f"swap_res {p['swap_res']} is above the model's resolution {self.base.size}",
+                                    field="swap_res")
+                if model_store.is_blended(p["model"]):
+                    self.blended = toon  # a published pre-blended model: its swap resolution is baked in
+                else:
+                    self.blended = blend_generators(self.base, toon, p["swap_res"], width=p["blend_width"],
+                                                    mapping_from=p["mapping_from"])
+                if "encoder" in files:
+                    self.encoder = load_face_encoder(files["encoder"], self.base, self.device)
+            if "vgg16" in files:
+                self.perceptual = load_lpips(files["vgg16"], files["lpips"], device=self.device)
             if p["landmarker"] == "face-alignment":
                 self.landmarker = make_landmarker("face-alignment", device=str(self.device),
                                                   fan_path=files["fan"], s3fd_path=files["s3fd"])
@@ -196,8 +221,9 @@ class Renderer:
             raise UserError(str(exc), field="model") from None
         except FileNotFoundError as exc:
             raise UserError(str(exc)) from None
-        for module in (self.base, self.blended, self.perceptual):
-            module.eval().requires_grad_(False)
+        for module in (self.base, self.blended, self.perceptual, self.encoder):
+            if module is not None:
+                module.eval().requires_grad_(False)
         self.load_seconds = time.perf_counter() - t
 
     def matches(self, params: Dict[str, Any]) -> bool:
@@ -214,14 +240,22 @@ class Renderer:
                                 pixel_weight=p["pixel_weight"], feather=p["feather"],
                                 color_match=p["color_match"], overlay=p["output_kind"] == "overlay",
                                 smoothing=p["smoothing"], keyframe_interval=p["keyframe_interval"],
-                                batch_size=p["batch_size"], seed=p["seed"])
-        pipeline = ToonPipeline(self.landmarker, self.base, self.blended, self.perceptual, config)
+                                batch_size=self.batch_size(p), seed=p["seed"],
+                                inversion=self.inversion.mode, refine_steps=p["refine_steps"])
+        pipeline = ToonPipeline(self.landmarker, self.base, self.blended, self.perceptual, config,
+                                encoder=self.encoder)
         if cancel is not None:
             def stop_if_cancelled(step: int, steps: int) -> None:
                 if cancel.is_set():
                     raise Cancelled(f"cancelled during a projection (step {step} of {steps})")
             pipeline.on_step = stop_if_cancelled
         return pipeline
+
+    def batch_size(self, params: Dict[str, Any]) -> int:
+        """Faces per batch: the parameter, or (0) what is fastest for this device and inversion."""
+        from engine.pipeline import default_batch_size
+
+        return params["batch_size"] or default_batch_size(self.device, self.inversion.mode)
 
     def render(self, request: RenderRequest, progress: Optional[Callable[[ProgressEvent], None]] = None,
                cancel: Optional[threading.Event] = None, plan: Optional["Plan"] = None) -> RenderResult:
@@ -233,7 +267,9 @@ class Renderer:
         todo = plan.pending()
         total = last - first + 1
         skipped = total - len(todo)
-        report = _Reporter(progress, total, skipped)
+        if self.inversion.notice:
+            log.warning("toon-ofx: %s", self.inversion.notice)
+        report = _Reporter(progress, total, skipped, notice=self.inversion.notice)  # sent once, first event
         timings: Dict[str, float] = {}
 
         if todo and params["frame_batch"] > 1:
@@ -242,20 +278,35 @@ class Renderer:
             pipeline = self.pipeline(params, cancel)
             start = max(0, min(pipeline.warmup_start(todo[0]), todo[0] - request.warmup))
             pending = set(todo)
+            # Encoder-only faces do not depend on the previous frame's: frames are inverted in groups
+            # (their faces in one batch); otherwise one frame at a time, each warm-starting the next.
+            group_size = self.batch_size(params) if self.inversion.mode == "encoder" else 1
+            group: List[Any] = []
+
+            def flush() -> None:
+                pipeline.project_faces(group)
+                for prepared in group:
+                    result = pipeline.finish(prepared)
+                    for stage, seconds in result.timings.items():
+                        _add(timings, stage, seconds)
+                    if prepared.index in pending:
+                        t = time.perf_counter()
+                        media.write_frame(Path(out.pattern % prepared.index), result.image, bits=request.bits)
+                        _add(timings, "write", time.perf_counter() - t)
+                        report.frame(result.faces)
+                group.clear()
+
             t_read = time.perf_counter()
             for index, frame in media.read_frames(info, start, todo[-1]):
                 _add(timings, "decode", time.perf_counter() - t_read)
                 if cancel is not None and cancel.is_set():
                     raise Cancelled(f"cancelled after {report.done} of {total} frames")
-                result = pipeline.process(frame, index, stylise=pipeline.needs_projection(index, todo[0]))
-                for stage, seconds in result.timings.items():
-                    _add(timings, stage, seconds)
-                if index in pending:
-                    t = time.perf_counter()
-                    media.write_frame(Path(out.pattern % index), result.image, bits=request.bits)
-                    _add(timings, "write", time.perf_counter() - t)
-                    report.frame(result.faces)
+                group.append(pipeline.prepare(frame, index, stylise=pipeline.needs_projection(index, todo[0])))
+                if len(group) >= group_size:
+                    flush()
                 t_read = time.perf_counter()
+            if group:
+                flush()
 
         if out.kind == "movie":
             report.stage("encoding")
@@ -380,10 +431,10 @@ def _add(timings: Dict[str, float], stage: str, seconds: float) -> None:
 class _Reporter:
     """Turns frame completions into ProgressEvents with an ETA."""
 
-    def __init__(self, callback, total: int, skipped: int):
+    def __init__(self, callback, total: int, skipped: int, notice: Optional[str] = None):
         self.callback, self.total, self.done, self.faces = callback, total, skipped, 0
         self._start, self._fresh = time.monotonic(), 0
-        self.stage("rendering")
+        self._emit("rendering", None, notice)
 
     def frame(self, faces: int) -> None:
         self.done += 1
@@ -395,9 +446,9 @@ class _Reporter:
     def stage(self, name: str) -> None:
         self._emit(name, 0.0 if name == "done" else None)
 
-    def _emit(self, stage: str, eta: Optional[float]) -> None:
+    def _emit(self, stage: str, eta: Optional[float], notice: Optional[str] = None) -> None:
         if self.callback is not None:
-            self.callback(ProgressEvent(stage, self.done, self.total, self.faces, eta))
+            self.callback(ProgressEvent(stage, self.done, self.total, self.faces, eta, notice))
 
 
 _CACHE: Dict[str, Renderer] = {}

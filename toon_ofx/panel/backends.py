@@ -127,8 +127,11 @@ class InProcessBackend:
         def progress(event) -> None:
             with self._lock:
                 job["state"] = "running"
+                notice = getattr(event, "notice", None) or job["progress"].get("notice")
                 job["progress"] = {"frames_done": event.frames_done, "frames_total": event.frames_total,
                                    "stage": event.stage, "eta_seconds": event.eta_seconds, "faces": event.faces}
+                if notice:
+                    job["progress"]["notice"] = notice
                 job["updated"] = time.time()
 
         def work() -> None:

@@ -112,11 +112,12 @@ class RenderBar(QtWidgets.QWidget):
 
     def _update_progress(self) -> None:
         done = total = 0
-        stage, eta = "", None
+        stage, eta, notice = "", None, ""
         for entry in self.entries:
             pr = entry["job"].get("progress") or {}
             total += int(pr.get("frames_total") or 0)
             done += int(pr.get("frames_done") or 0)
+            notice = pr.get("notice") or notice
             if entry["job"].get("state") == "running":
                 stage, eta = pr.get("stage") or "rendering", pr.get("eta_seconds")
         self.progress.setValue(int(100 * done / total) if total else 0)
@@ -124,6 +125,8 @@ class RenderBar(QtWidgets.QWidget):
             text = f"{stage or 'queued'}: {done}/{total} frames"
             if eta:
                 text += f", about {int(eta) // 60}:{int(eta) % 60:02d} left"
+            if notice:  # e.g. no face encoder installed: the render fell back to projection
+                text += f". Note: {notice}"
             self.set_status(text)
         self.states_changed.emit({e["clip"]: e["job"].get("state") for e in self.entries})
 

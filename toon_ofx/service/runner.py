@@ -57,7 +57,7 @@ def _request_class():
 def _event_dict(event: Any) -> Dict[str, Any]:
     if isinstance(event, Mapping):
         return dict(event)
-    return {k: getattr(event, k, None) for k in ("stage", "frames_done", "frames_total", "faces", "eta_seconds")}
+    return {k: getattr(event, k, None) for k in ("stage", "frames_done", "frames_total", "faces", "eta_seconds", "notice")}
 
 
 class JobRunner:
@@ -106,7 +106,7 @@ class JobRunner:
         def on_progress(event: Any) -> None:
             e = _event_dict(event)
             p = dict(progress)
-            for key in ("stage", "frames_done", "faces"):
+            for key in ("stage", "frames_done", "faces", "notice"):
                 if e.get(key) is not None:
                     p[key] = e[key]
             if e.get("frames_total"):

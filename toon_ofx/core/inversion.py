@@ -1,0 +1,133 @@
+"""Which inversion a render runs, and with which encoder file.
+
+The `inversion` parameter asks for "projection", "encoder" or
+"encoder+projection"; what runs also depends on what is installed and on the
+style:
+
+* a style that is an encoder checkpoint carrying its own toon generator (pSp's
+  Toonify, `one_pass_toon` in the manifest, or any encoder file given as the
+  model) is a fixed one-pass toon: its encoder and its decoder, inversion
+  "encoder"; swap resolution, base model and projection settings do not apply;
+* "encoder+projection" (the default) without the encoder installed falls back to
+  "projection", with a one-line notice the render reports once;
+* "encoder" without the encoder installed is an error (falling back to a
+  projection would be a hundred times slower than what was asked for).
+
+Encoders are never downloaded on demand (about 1 GB each, non-commercial
+weights): `toon-ofx models pull NAME` installs one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from . import model_store
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Inversion:
+    """What a render runs: `mode` ("projection", "encoder", "encoder+projection"), the `encoder` file
+    (None for projection), whether the style is a one-pass toon (`one_pass_toon`: `encoder` is the
+    style's file), and a `notice` when the mode differs from the one asked for."""
+
+    mode: str
+    encoder: Optional[Path] = None
+    one_pass_toon: bool = False
+    notice: Optional[str] = None
+
+
+def _entry(name: str) -> Optional[dict]:
+    return model_store.load_manifest()["models"].get(str(name))
+
+
+def _is_encoder_file(path: Path) -> bool:
+    from engine.generator.checkpoints import CheckpointError
+    from engine.inversion.encoders import inspect_encoder
+
+    try:
+        inspect_encoder(path)
+    except CheckpointError:
+        return False
+    return True
+
+
+def is_one_pass_toon(model: str) -> bool:
+    """True when the style `model` is an encoder checkpoint with its own toon decoder (pSp Toonify)."""
+    e = _entry(model)
+    if e is not None:
+        if e.get("kind") == "encoder" and not e.get("one_pass_toon"):
+            raise UserError(f"{model!r} is a face encoder, not a style: choose it as the encoder "
+                            "(the 'encoder' parameter)", field="model")
+        return bool(e.get("one_pass_toon"))
+    path = Path(str(model)).expanduser()
+    return path.is_file() and _is_encoder_file(path)
+
+
+def _encoder_file(params: Dict[str, Any]) -> Optional[Path]:
+    """The encoder checkpoint, or None when it is a manifest encoder that is not installed."""
+    name = params["encoder"]
+    e = _entry(name)
+    if e is not None:
+        if e.get("kind") != "encoder":
+            raise UserError(f"{name!r} is not a face encoder (it is a {e.get('kind')} model)", field="encoder")
+        if e.get("one_pass_toon"):
+            raise UserError(f"{name!r} encodes faces into its own toon generator, not into the base model: "
+                            "choose it as the style (model), or pick an FFHQ encoder", field="encoder")
+        if model_store.find(name) is None:
+            return None
+    try:
+        return model_store.resolve(name)
+    except UserError as exc:
+        raise UserError(exc.message, field="encoder") from None
+
+
+def plan_inversion(params: Dict[str, Any]) -> Inversion:
+    """The inversion validated `params` run, with the files it needs; UserError for what cannot run."""
+    model = params["model"]
+    if is_one_pass_toon(model):
+        return Inversion("encoder", model_store.ensure(model), one_pass_toon=True)
+    asked = params["inversion"]
+    if asked == "projection":
+        return Inversion("projection")
+    path = _encoder_file(params)
+    if path is not None:
+        return Inversion(asked, path)
+    how = f"`toon-ofx models pull {params['encoder']}` installs it"
+    if asked == "encoder":
+        raise UserError(f"inversion 'encoder' needs the face encoder {params['encoder']!r}, which is not "
+                        f"installed; {how}", field="encoder")
+    return Inversion("projection", notice=(
+        f"no face encoder installed ({params['encoder']}): inverting faces by projection from the mean face, "
+        f"{params['steps']} steps for each new face (much slower); {how}"))
+
+
+def load_face_encoder(path: Path, base, device):
+    """The face encoder at `path` for the base generator `base` (its W+: the blended model renders it)."""
+    from engine.generator.checkpoints import CheckpointError
+    from engine.inversion.encoders import load_encoder
+
+    try:
+        encoder = load_encoder(path, device=device, expect_size=base.size)
+    except CheckpointError as exc:
+        raise UserError(str(exc), field="encoder") from None
+    if encoder.info.style_dim != base.style_dim:
+        raise UserError(f"{Path(path).name} encodes {encoder.info.style_dim}-dimensional styles, the base "
+                        f"model has {base.style_dim}", field="encoder")
+    return encoder
+
+
+def load_one_pass_toon(path: Path, device):
+    """(encoder, toon generator) of a style that is an encoder checkpoint with its own toon decoder."""
+    from engine.generator.checkpoints import CheckpointError
+    from engine.inversion.encoders import load_encoder, load_encoder_decoder
+
+    try:
+        decoder = load_encoder_decoder(path, device=device)
+        if decoder is None:
+            raise UserError(f"{Path(path).name} is a face encoder without a generator of its own, not a style; "
+                            "choose it as the encoder", field="model")
+        return load_encoder(path, device=device, expect_size=decoder.size), decoder
+    except CheckpointError as exc:
+        raise UserError(str(exc), field="model") from None
