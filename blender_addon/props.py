@@ -11,9 +11,9 @@ import bpy
 from .engine_link import params as schema
 
 #: Shown in the panel's main section, in this order; everything else goes under "Advanced".
-MAIN = ("model", "swap_res", "steps", "warm_steps", "output_kind")
+MAIN = ("model", "inversion", "swap_res", "steps", "refine_steps", "warm_steps", "output_kind")
 #: Integer parameters drawn as sliders.
-SLIDERS = ("steps", "warm_steps")
+SLIDERS = ("steps", "refine_steps", "warm_steps")
 #: Friendlier labels for a few choice values (the value sent stays the schema's).
 _CHOICE_LABELS = {"frame": "Full frame", "overlay": "Overlay (RGBA)", "w": "W", "w+": "W+"}
 

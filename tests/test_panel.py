@@ -190,6 +190,35 @@ def test_models_come_from_the_manifest(app):
         w.close()
 
 
+def test_inversion_encoder_and_one_pass_toon_styles(app):
+    models = [{"name": "toonify", "kind": "blended", "size": 1024},
+              {"name": "psp-toonify", "kind": "one-pass toon", "size": 1024},
+              {"name": "e4e-encode", "kind": "encoder", "size": 1024},
+              {"name": "psp-encode", "kind": "encoder", "size": 1024}]
+    w = ToonPanel(FakeBackend(), models=models)
+    try:
+        inversion = w.form.inversion_combo
+        assert [inversion.itemData(i) for i in range(inversion.count())] == list(schema.INVERSIONS)
+        assert w.params()["inversion"] == "encoder+projection"
+        inversion.setCurrentIndex(inversion.findData("encoder"))
+        w.form.param_widgets["refine_steps"]["widget"].setValue(20)
+        encoder = w.findChild(QtWidgets.QComboBox, "param_encoder")
+        assert encoder.isEditable() and [encoder.itemText(i) for i in range(encoder.count())] == \
+            ["e4e-encode", "psp-encode"]                       # encoders are offered for `encoder`, not as styles
+        encoder.setCurrentText("psp-encode")
+        assert (w.params()["inversion"], w.params()["refine_steps"], w.params()["encoder"]) == \
+            ("encoder", 20, "psp-encode")
+        styles = [w.form.model_combo.itemData(i) for i in range(w.form.model_combo.count())]
+        assert "psp-toonify" in styles and "e4e-encode" not in styles
+        w.set_params({"model": "psp-toonify"})                   # a one-pass toon: no swap, no inversion choice
+        assert not w.form.swap_combo.isEnabled() and not inversion.isEnabled()
+        assert "one-pass toon" in w.form.swap_combo.toolTip() and "do not apply" in inversion.toolTip()
+        w.set_params({"model": "toonify"})
+        assert inversion.isEnabled() and not w.form.swap_combo.isEnabled()
+    finally:
+        w.close()
+
+
 # ----------------------------------------------------------------- preview
 def test_preview_shows_original_and_stylised_side_by_side(app, movie):
     backend = FakeBackend()
@@ -320,8 +349,10 @@ def test_webcam_live_preview_with_injected_frames(app, movie):
     try:
         w.viewer.live_button.click()
         assert wait_until(app, lambda: len(backend.previews) >= 2 and w.viewer.stylised_view.image is not None)
-        source, frame, _ = backend.previews[-1]
+        source, frame, params = backend.previews[-1]
         assert frame == 0 and source.endswith("live.png") and os.path.exists(source)
+        assert params["inversion"] == "encoder"                   # live frames take the encoder path
+        assert w.params()["inversion"] == "encoder+projection"   # the form (renders) is unchanged
         assert "Live" in w.viewer.faces_label.text()
         w.viewer.live_button.click()
         assert wait_until(app, lambda: not w.viewer.live.running)

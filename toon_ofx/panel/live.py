@@ -1,5 +1,7 @@
 """The Live preview (the paper's RGB-camera input): camera frames in, the newest one stylised whenever the
-engine is free. No widgets here; the preview pane shows what the signals carry.
+engine is free. Live frames always take the encoder path (one feed-forward pass per face, whatever the
+form's `inversion` says for renders): a projection takes minutes a frame. No widgets here; the preview pane
+shows what the signals carry.
 """
 from __future__ import annotations
 
@@ -59,6 +61,7 @@ class LivePreview(QtCore.QObject):
         params = self.params()
         if params is None:
             return
+        params = dict(params, inversion="encoder")  # without an installed encoder: one clear message
         self._busy = True
         path = os.path.join(self._dir, "live.png")
         self.tasks.run(self._stylise, image, path, params, done=self._done, failed=self._failed)

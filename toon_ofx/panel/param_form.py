@@ -1,8 +1,10 @@
 """The effect's parameters as widgets, generated from the schema (`toon_ofx.core.params`) and validated by it.
 
 The paper's controls get their own widgets (the model, a combo box for the swap resolution, a slider for the
-projection iterations, the output kind); every other schema parameter gets one from its type, range and
-choices, under "More settings". Models come from the manifest (`model_choices`).
+projection iterations, the output kind), next to how faces are inverted (projection, encoder, or both);
+every other schema parameter gets one from its type, range and choices, under "More settings". Models come
+from the manifest (`model_choices`): toon styles (a one-pass toon such as pSp's Toonify among them), base
+models and face encoders.
 """
 from __future__ import annotations
 
@@ -18,21 +20,30 @@ from ..core.errors import UserError
 DEFAULT_MODEL_SIZE = 1024
 
 
+ONE_PASS = "one-pass toon"  # the kind the panel gives an encoder checkpoint that is a style of its own
+ONE_PASS_TIP = ("This style is a one-pass toon (an encoder with its own toon generator): faces go straight to "
+                "toon faces, so the swap resolution and the inversion settings do not apply.")
+
+
 def model_choices() -> List[Dict[str, Any]]:
     """[{"name", "label", "tooltip", "size", "kind", "installed"}] from the model manifest (toon_ofx.core.model_store).
 
-    Base models (kind "base") are returned too: the panel offers them for `base_model`; perceptual and
-    landmark weights are left out.
+    Base models (kind "base") and face encoders (kind "encoder") are returned too: the panel offers them for
+    `base_model` and `encoder`; an encoder that is a style of its own (pSp Toonify) has kind "one-pass toon"
+    and is offered as a model. Perceptual and landmark weights are left out.
     """
     try:
         from ..core import model_store
         rows = model_store.list_models()
+        manifest = model_store.load_manifest()["models"]
     except Exception:  # noqa: BLE001 - no store, or a broken manifest: the panel still opens
         return []
     out = []
     for row in rows or []:
         kind = str(row.get("kind") or "")
-        if kind not in ("toon", "blended", "base"):
+        if kind == "encoder" and manifest.get(row["name"], {}).get("one_pass_toon"):
+            kind = ONE_PASS
+        if kind not in ("toon", "blended", "base", "encoder", ONE_PASS):
             continue
         installed = bool(row.get("installed", True))
         label = row["name"] if installed else f"{row['name']} (not downloaded)"
@@ -66,7 +77,7 @@ class ParamForm(QtWidgets.QWidget):
         self.model_combo = QtWidgets.QComboBox()
         self.model_combo.setObjectName("model_combo")
         self.model_combo.setToolTip(p.help)
-        toons = [m for m in self.models if m.get("kind", "toon") != "base"]
+        toons = [m for m in self.models if m.get("kind", "toon") not in ("base", "encoder")]
         if p.default not in [m["name"] for m in toons]:
             self.model_combo.addItem(p.default, p.default)
         for m in toons:
@@ -79,6 +90,8 @@ class ParamForm(QtWidgets.QWidget):
         self.model_combo.currentIndexChanged.connect(lambda _: self._update_swap_choices())
         form.addRow(p.label, self.model_combo)
         self._register("model", self.model_combo, self._combo_value(self.model_combo), self._set_model)
+        self._add_generic(form, schema.BY_NAME["inversion"])
+        self.inversion_combo = self.param_widgets["inversion"]["widget"]
 
         p = schema.BY_NAME["swap_res"]
         self.swap_combo = QtWidgets.QComboBox()
@@ -108,6 +121,7 @@ class ParamForm(QtWidgets.QWidget):
         form.addRow("Projection iterations", row)
         self._register("steps", self.steps_slider, self.steps_slider.value, lambda v: self.steps_slider.setValue(int(v)))
 
+        self._add_generic(form, schema.BY_NAME["refine_steps"])
         self._add_generic(form, schema.BY_NAME["warm_steps"])
         p = schema.BY_NAME["output_kind"]
         self.output_kind_combo = QtWidgets.QComboBox()
@@ -138,11 +152,12 @@ class ParamForm(QtWidgets.QWidget):
 
     def _add_generic(self, form: QtWidgets.QFormLayout, p) -> None:
         """A widget for any schema parameter, from its type, range and choices."""
-        bases = [m for m in self.models if m.get("kind") == "base"]
-        if p.name == "base_model" and bases:
+        offered = {"base_model": "base", "encoder": "encoder"}
+        listed = [m for m in self.models if p.name in offered and m.get("kind") == offered[p.name]]
+        if listed:  # models from the manifest, or any path typed in
             w = QtWidgets.QComboBox()
             w.setEditable(True)
-            for m in bases:
+            for m in listed:
                 w.addItem(m["name"])
                 w.setItemData(w.count() - 1, m.get("tooltip") or m["name"], Qt.ToolTipRole)
             getter, setter = w.currentText, (lambda v, w=w: w.setCurrentText(str(v)))
@@ -222,10 +237,15 @@ class ParamForm(QtWidgets.QWidget):
     def _update_swap_choices(self) -> None:
         keep = self.swap_combo.currentData() or schema.BY_NAME["swap_res"].default
         size = self.model_size()
-        blended = self.model_kind() == "blended"
-        self.swap_combo.setEnabled(not blended)
-        self.swap_combo.setToolTip("This published model is already blended: its swap resolution is baked in."
-                                   if blended else schema.BY_NAME["swap_res"].help)
+        kind = self.model_kind()
+        self.swap_combo.setEnabled(kind not in ("blended", ONE_PASS))
+        self.swap_combo.setToolTip(ONE_PASS_TIP if kind == ONE_PASS else
+                                   "This published model is already blended: its swap resolution is baked in."
+                                   if kind == "blended" else schema.BY_NAME["swap_res"].help)
+        inversion = self.param_widgets.get("inversion")
+        if inversion is not None:
+            inversion["widget"].setEnabled(kind != ONE_PASS)
+            inversion["widget"].setToolTip(ONE_PASS_TIP if kind == ONE_PASS else schema.BY_NAME["inversion"].help)
         self.swap_combo.blockSignals(True)
         self.swap_combo.clear()
         for r in schema.SWAP_RESOLUTIONS:
