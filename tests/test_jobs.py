@@ -114,6 +114,24 @@ def fake_render(request, progress=None, cancel=None, *, delay=None, log=None):
                            skipped=total - len(todo), fps=30.0)
 
 
+def stuck_render(request, progress=None, cancel=None):
+    """A render whose first frame keeps torch busy for FAKE_STUCK_SECONDS (default 120) and never looks at
+    `cancel` (a model load or face detection), like a real frame that outlasts a stop's patience; it touches
+    FAKE_STUCK_MARK when the frame starts. For subprocess servers (`--render-fn test_jobs:stuck_render`)."""
+    import torch
+
+    first, last = request.frames
+    if progress is not None:
+        progress(SimpleNamespace(stage="rendering", frames_done=0, frames_total=last - first + 1, faces=0,
+                                 eta_seconds=None))
+    Path(os.environ["FAKE_STUCK_MARK"]).write_text(str(os.getpid()))
+    a = torch.randn(128, 128)
+    end = time.monotonic() + float(os.environ.get("FAKE_STUCK_SECONDS", "120"))
+    while time.monotonic() < end:
+        a = torch.tanh(a @ a)
+    raise RuntimeError("the stuck frame ended: nobody stopped the engine")
+
+
 def make_fake_render(delay=0.02, log=None):
     def render(request, progress=None, cancel=None):
         return fake_render(request, progress, cancel, delay=delay, log=log)
