@@ -49,6 +49,8 @@ def fake_render(request, progress=None, cancel=None, *, delay=None, log=None):
     import cv2
     import numpy as np
 
+    from toon_ofx.core import media
+
     delay = float(os.environ.get("FAKE_RENDER_DELAY", "0.02")) if delay is None else delay
     log = log or os.environ.get("FAKE_RENDER_LOG")
     seed = request.params.get("seed", 0)
@@ -86,10 +88,7 @@ def fake_render(request, progress=None, cancel=None, *, delay=None, log=None):
                 if not ok:
                     frame = np.zeros((36, 64, 3), np.uint8)
                 image = cv2.resize(255 - frame, (64, 36))
-                target = Path(pattern % index)
-                tmp = target.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{target.name}")
-                assert cv2.imwrite(str(tmp), image)
-                os.replace(tmp, target)
+                media.write_frame(Path(pattern % index), image[..., ::-1], fsync=False)  # the real atomic writer
                 if log:
                     with open(log, "a") as fh:
                         fh.write(f"{os.getpid()} {index}\n")

@@ -111,6 +111,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: Dict[str, Any], headers: Optional[Dict[str, str]] = None) -> None:
         data = json.dumps(body, allow_nan=False).encode("utf-8")
+        if self.request_version == "HTTP/0.9":  # a broken request line: answer with a status line anyway
+            self.request_version = "HTTP/1.0"
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))

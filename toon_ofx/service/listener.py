@@ -57,11 +57,15 @@ def json_reply(status: int, reason: str, message: str) -> bytes:
     return head.encode("ascii") + body
 
 
+LINGER = 2.0   # seconds an answered-and-refused connection is drained, so the client reads the answer
+
+
 class _Pending:
-    __slots__ = ("sock", "address", "buffer", "deadline")
+    __slots__ = ("sock", "address", "buffer", "deadline", "draining")
 
     def __init__(self, sock: socket.socket, address: Any, deadline: float):
         self.sock, self.address, self.buffer, self.deadline = sock, address, bytearray(), deadline
+        self.draining = False   # answered with an error: what still arrives is read away until EOF
 
 
 class Listener:
@@ -177,8 +181,10 @@ class Listener:
             return
         except OSError:
             data = b""
-        if not data:  # the client went away before finishing its request
+        if not data:  # the client went away (or finished sending what we refused)
             self._drop(selector, pending)
+            return
+        if pending.draining:
             return
         pending.buffer += data
         if b"\r\n\r\n" in pending.buffer or b"\n\n" in pending.buffer or pending.buffer.startswith((b"\r\n", b"\n")):
@@ -196,16 +202,24 @@ class Listener:
 
     def _expire(self, selector: selectors.BaseSelector, now: float) -> None:
         for pending in [p for p in self._pending.values() if p.deadline <= now]:
-            self._fail(selector, pending, 408, "Request Timeout",
-                       f"the request headers did not arrive within {self.head_timeout:g} s")
+            if pending.draining:
+                self._drop(selector, pending)
+            else:
+                self._fail(selector, pending, 408, "Request Timeout",
+                           f"the request headers did not arrive within {self.head_timeout:g} s")
 
     def _fail(self, selector: selectors.BaseSelector, pending: _Pending, status: int, reason: str,
               message: str) -> None:
+        """Answer with a JSON error, then drain the connection for a moment (closing a socket with unread
+        data would reset it, and the client would never see the answer)."""
         try:
             pending.sock.send(json_reply(status, reason, message))
+            pending.sock.shutdown(socket.SHUT_WR)
         except OSError:
-            pass
-        self._drop(selector, pending)
+            self._drop(selector, pending)
+            return
+        pending.draining, pending.buffer = True, bytearray()
+        pending.deadline = time.monotonic() + LINGER
 
     def _drop(self, selector: selectors.BaseSelector, pending: _Pending) -> None:
         try:

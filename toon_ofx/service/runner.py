@@ -36,9 +36,9 @@ def _default_render(request, progress=None, cancel=None):
     return render(request, progress=progress, cancel=cancel)
 
 
-def storage_message(exc: OSError) -> str:
-    """One line for a failed file operation, naming the path (and the full disk when it is one)."""
-    where = exc.filename if exc.filename is not None else "a file"
+def storage_message(exc: OSError, where: Optional[str] = None) -> str:
+    """One line for a failed file operation, naming the path (`where` when the error names none)."""
+    where = exc.filename if exc.filename is not None else (where or "a file")
     if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
         return f"no space left on the disk of {where} ({exc.strerror}); free some space and retry the job"
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
@@ -155,7 +155,7 @@ class JobRunner:
                 error = exc.message
                 log.info("job %s failed: %s", job_id, error)
             elif isinstance(exc, OSError):
-                error = storage_message(exc)
+                error = storage_message(exc, output.get("work_dir") or output["folder"])
                 log.error("job %s failed: %s", job_id, error)
             else:
                 error = f"internal error: {type(exc).__name__}: {exc}"
