@@ -412,7 +412,7 @@ def test_cancel_running_and_queued(engine, tmp_path, clip):
     cancelled_b = engine.client.cancel(b["id"])
     assert cancelled_b["state"] == "cancelled"
     cancelled_a = engine.client.cancel(a["id"])
-    assert cancelled_a["state"] in ("running", "cancelled") and cancelled_a["cancel_requested"]
+    assert cancelled_a["state"] in ("cancelling", "cancelled") and cancelled_a["cancel_requested"]
     a_final = engine.client.wait(a["id"], poll=0.02, timeout=10)
     assert a_final["state"] == "cancelled" and a_final["result"] is None
     kept = sorted((tmp_path / "r").glob("a.*.png"))

@@ -61,9 +61,7 @@ class EngineError(Exception):
 
     def __init__(self, message: str, status: Optional[int] = None, field: Optional[str] = None):
         super().__init__(message)
-        self.message = message
-        self.status = status
-        self.field = field
+        self.message, self.status, self.field = message, status, field
 
     def __str__(self) -> str:
         return self.message
@@ -116,18 +114,13 @@ def _read_json(path: str) -> Optional[Dict[str, Any]]:
 
 def _private_dirs(path: str) -> None:
     """Create `path` and any missing parents as 0700 folders (the engine's folders are private)."""
-    missing = []
-    while path and not os.path.isdir(path):
-        missing.append(path)
-        parent = os.path.dirname(path)
-        if parent == path:
-            break
-        path = parent
-    for folder in reversed(missing):
-        try:
-            os.mkdir(folder, 0o700)
-        except FileExistsError:
-            pass
+    parent = os.path.dirname(path)
+    if parent and parent != path and not os.path.isdir(parent):
+        _private_dirs(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
 
 
 def _read_token(folder: str) -> Optional[str]:
@@ -248,17 +241,15 @@ class EngineClient:
             raise EngineError(f"the engine at {self.url} sent a reply that is not JSON") from None
 
     def verify(self) -> None:
-        """Make the server prove it holds our token (HMAC of a fresh nonce and its port) before we send it.
+        """Before the first request: the server proves it holds our token (HMAC of a nonce and its port).
 
-        Raises EngineError (status 401) when the proof is wrong: another program on a stale port, or an
-        engine that uses another token (another config folder). Called before the first request.
-        """
+        EngineError 401 when it cannot: another program on a stale port, or another config folder."""
         nonce = secrets.token_hex(16)
         try:
             answer = self._request("POST", "/v1/challenge", {"nonce": nonce}, auth=False)
-        except EngineUnavailable:
-            raise
         except EngineError as exc:
+            if isinstance(exc, EngineUnavailable):
+                raise
             raise EngineUnavailable(f"{self.url} is not a toon-ofx engine this client can talk to "
                                     f"(challenge refused: {exc.message})") from None
         port = urlsplit(self.url).port or 80
@@ -283,11 +274,7 @@ class EngineClient:
         return self._request("GET", "/v1/params")["params"]
 
     def models(self) -> List[Dict[str, Any]]:
-        """The models the engine knows: [{"name", "title", "kind", "resolution", "licence", "installed", ...}].
-
-        `kind` is base, toon, blended, perceptual or landmarks (encoders when there are any); a style
-        picker offers the installed toon and blended models.
-        """
+        """[{"name", "title", "kind", "resolution", "licence", "installed", "path", ...}] (style picker: toon/blended)."""
         return self._request("GET", "/v1/models")["models"]
 
     def submit(self, source: str, frames: Optional[Sequence[int]] = None, params: Optional[Mapping[str, Any]] = None,
@@ -295,10 +282,8 @@ class EngineClient:
                name: Optional[str] = None, timeout: Optional[float] = None) -> Dict[str, Any]:
         """Queue a render of `source` (frames inclusive, 0-based; None = all); returns the job.
 
-        Paths (source, output folder, and params model/base_model when they are files) are made
-        absolute here: the engine refuses relative ones. The engine checks the source before
-        answering (a long movie takes a while to probe), so this waits up to `timeout` seconds
-        (default: the client's timeout, at least 120 s).
+        Paths (source, output folder, file models) are made absolute here. The engine probes the source
+        before answering, so this waits up to `timeout` s (default: the client's timeout, at least 120 s).
         """
         output: Dict[str, Any] = {"kind": output_kind}
         if output_folder is not None:
@@ -347,9 +332,7 @@ class EngineClient:
                 timeout: float = 900) -> Dict[str, Any]:
         """One stylised frame: {"frame", "faces", "original_png": bytes, "stylised_png": bytes}.
 
-        One preview computes at a time: a newer one (from any client) replaces it, and this one then
-        raises EngineError with status 409; closing the connection (timeout) stops it too.
-        """
+        A newer preview (from any client) replaces this one, which then raises EngineError 409."""
         answer = self._request("POST", "/v1/preview",
                                {"source": _absolute(source), "frame": frame, "params": _absolute_models(params)},
                                timeout=timeout)
@@ -402,39 +385,11 @@ class EngineClient:
         python = python or os.environ.get("TOON_OFX_PYTHON") or sys.executable
         if not python:
             raise EngineUnavailable("no Python interpreter given to start the engine with")
-        child_env = dict(os.environ)
-        child_env.pop("PYTHONHOME", None)  # the host's own Python home must not leak into the engine's Python
-        child_env["PYTHONUNBUFFERED"] = "1"
-        if env:
-            child_env.update(env)
         log_path = log_path or os.path.join(data_dir(), "logs", "server.log")
-        _private_dirs(os.path.dirname(log_path))
-        try:
-            if os.path.getsize(log_path) > 5 * 1024 * 1024:  # keep one old log, not an ever-growing one
-                os.replace(log_path, log_path + ".1")
-        except OSError:
-            pass
         command = [python, "-m", "toon_ofx", "serve", "--port", "0"]
         if idle_timeout:
             command += ["--idle-timeout", f"{float(idle_timeout):g}"]
-        command += list(server_args)
-        kwargs: Dict[str, Any] = {}
-        if sys.platform == "win32":
-            kwargs["creationflags"] = 0x00000200 | 0x08000000  # CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW
-        else:
-            kwargs["start_new_session"] = True
-        try:
-            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o600)
-        except OSError as exc:
-            raise EngineUnavailable(f"cannot open the engine's log {log_path}: {exc}") from None
-        with os.fdopen(fd, "ab") as log:
-            log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(command)}\n".encode())
-            log.flush()
-            try:
-                process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                           close_fds=True, env=child_env, **kwargs)
-            except OSError as exc:
-                raise EngineUnavailable(f"cannot start the engine with {python}: {exc}") from None
+        process = _start_detached(command + list(server_args), env, log_path)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             code = process.poll()
@@ -460,6 +415,37 @@ class EngineClient:
             return None
         client.timeout = timeout
         return client
+
+
+def _start_detached(command: List[str], env: Optional[Mapping[str, str]], log_path: str) -> subprocess.Popen:
+    """Start `command` in its own session, logging to `log_path` (0600, in 0700 folders; one old log kept)."""
+    child_env = dict(os.environ)
+    child_env.pop("PYTHONHOME", None)  # the host's own Python home must not leak into the engine's Python
+    child_env["PYTHONUNBUFFERED"] = "1"
+    child_env.update(env or {})
+    _private_dirs(os.path.dirname(log_path))
+    try:
+        if os.path.getsize(log_path) > 5 * 1024 * 1024:
+            os.replace(log_path, log_path + ".1")
+    except OSError:
+        pass
+    kwargs: Dict[str, Any] = {}
+    if sys.platform == "win32":
+        kwargs["creationflags"] = 0x00000200 | 0x08000000  # CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW
+    else:
+        kwargs["start_new_session"] = True
+    try:
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except OSError as exc:
+        raise EngineUnavailable(f"cannot open the engine's log {log_path}: {exc}") from None
+    with os.fdopen(fd, "ab") as log:
+        log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(command)}\n".encode())
+        log.flush()
+        try:
+            return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
+                                    env=child_env, **kwargs)
+        except OSError as exc:
+            raise EngineUnavailable(f"cannot start the engine with {command[0]}: {exc}") from None
 
 
 def _pid_alive(pid: Any) -> bool:

@@ -213,8 +213,12 @@ class Handler(BaseHTTPRequestHandler):
             raise _Reply(408, f"the request body did not arrive within {engine.body_timeout:g} s "
                               f"({len(data)} of the {n} bytes its Content-Length announced)") from None
         finally:
-            self.reader.deadline = None
+            self._no_deadline()
         return bytes(data)
+
+    def _no_deadline(self) -> None:
+        self.reader.deadline = None
+        self.connection.settimeout(self.timeout)   # the answer gets the usual per-operation timeout
 
     def _discard_body(self) -> None:
         """Read away a body we will not use (up to 16 MiB, 2 s), so the client sees the answer, not a reset."""
@@ -234,7 +238,7 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
         finally:
-            self.reader.deadline = None
+            self._no_deadline()
 
     def _json_body(self, engine: "Server") -> Any:
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()

@@ -78,10 +78,22 @@ def move_aside(path: Path) -> Path:
     return target
 
 
+def restore(db: sqlite3.Connection, rows: List[Dict[str, Any]], table: str = "jobs") -> None:
+    """Insert salvaged `rows` (inside the caller's transaction); a row damaged beyond its page is left out."""
+    columns = [r[1] for r in db.execute(f"PRAGMA table_info({table})")]
+    for row in rows:
+        keys = [k for k in row if k in columns]
+        try:
+            db.execute(f"INSERT OR IGNORE INTO {table} ({', '.join(keys)}) VALUES ({', '.join('?' * len(keys))})",
+                       [row[k] for k in keys])
+        except sqlite3.DatabaseError:
+            continue
+
+
 def open_checked(path: Path) -> Tuple[sqlite3.Connection, List[Dict[str, Any]], Optional[str]]:
     """(connection, rows to restore, notice): a damaged file is moved aside and its readable rows returned.
 
-    The caller creates its schema and inserts the rows; `notice` is the one line that was logged.
+    The caller creates its schema and `restore`s the rows; `notice` is the one line that was logged.
     """
     problem = problem_of(path)
     rows: List[Dict[str, Any]] = []

@@ -370,6 +370,18 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.public_host and not args.allow_remote:
         print("toon-ofx: error: --public-host needs --allow-remote", file=sys.stderr)
         return 2
+    requested = threading.Event()   # before start: a stop that comes as soon as server.json exists counts
+
+    def stop(signum, frame) -> None:
+        requested.set()
+
+    for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGBREAK"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            try:
+                signal.signal(sig, stop)
+            except (OSError, ValueError):
+                pass
     try:
         # a stand-in renderer (tests) needs no installed models
         server = Server(args.host, args.port, allow_remote=args.allow_remote,
@@ -388,18 +400,6 @@ def run_serve(args: argparse.Namespace) -> int:
     for notice in server.notices:
         print(f"toon-ofx: {notice}", file=sys.stderr, flush=True)
 
-    requested = threading.Event()
-
-    def stop(signum, frame) -> None:
-        requested.set()
-
-    for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGBREAK"):
-        sig = getattr(signal, name, None)
-        if sig is not None:
-            try:
-                signal.signal(sig, stop)
-            except (OSError, ValueError):
-                pass
     try:
         while not (requested.is_set() or server.stopped.wait(0.5)):
             pass

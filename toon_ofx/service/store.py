@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, 
 from ..core.errors import UserError
 from .errors import Conflict, RequestError
 from .outputs import norm_path
-from .repair import open_checked
+from .repair import open_checked, restore
 
 if TYPE_CHECKING:
     from .requests import JobSpec
@@ -72,6 +72,55 @@ def _out_key(folder: str, stem: str) -> str:
     return norm_path(os.path.realpath(folder)) + "\x00" + os.path.normcase(stem)
 
 
+def _name_taken(db: sqlite3.Connection, folder: str, stem: str) -> bool:
+    """True when an earlier job or a file in `folder` uses the output name `stem`."""
+    if db.execute("SELECT 1 FROM jobs WHERE out_key=? LIMIT 1", (_out_key(folder, stem),)).fetchone():
+        return True
+    try:
+        entries = os.listdir(folder)
+    except OSError:
+        return False
+    key = os.path.normcase(stem)
+    for entry in entries:
+        e = os.path.normcase(entry)
+        if e == key or e.startswith(key + ".") or e.startswith("." + key + "."):
+            return True
+    return False
+
+
+def job_dict(row: sqlite3.Row, unsaved: Mapping[str, Any]) -> Dict[str, Any]:
+    """The job in `row` as the API shows it, with the columns of an end not yet written (`unsaved`) on top."""
+    output = json.loads(row["output"])
+    state = unsaved.get("state", row["state"])
+    if state == "running" and row["cancel_requested"]:
+        state = "cancelling"
+    job = {
+        "id": row["id"],
+        "state": state,
+        "source": row["source"],
+        "frames": [row["first_frame"], row["last_frame"]],
+        "params": json.loads(row["params"]),
+        "output": {k: output.get(k) for k in ("folder", "kind", "name", "path", "pattern")},
+        "progress": json.loads(row["progress"]),
+        "error": row["error"],
+        "result": json.loads(row["result"]) if row["result"] else None,
+        "device": row["device"],
+        "cancel_requested": bool(row["cancel_requested"]),
+        "attempts": row["attempts"],
+        "created": row["created"],
+        "updated": row["updated"],
+        "started": row["started"],
+        "finished": row["finished"],
+    }
+    for key in ("error", "finished", "updated"):
+        if key in unsaved:
+            job[key] = unsaved[key]
+    for key in ("progress", "result"):
+        if unsaved.get(key) is not None:
+            job[key] = unsaved[key]
+    return job
+
+
 class StorageError(RequestError):
     """The job database cannot be written (full disk, I/O error): 507, naming the file."""
 
@@ -106,24 +155,14 @@ class JobStore:
                 self._db.executescript(_SCHEMA)
                 self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 if salvaged:
-                    self._restore(salvaged)
+                    with self._tx():
+                        restore(self._db, salvaged)
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise UserError(f"cannot use the job database {self.path}: {exc}") from None
         except BaseException:
             self._db.close()
             raise
-
-    def _restore(self, rows: List[Dict[str, Any]]) -> None:
-        columns = [r[1] for r in self._db.execute("PRAGMA table_info(jobs)")]
-        with self._tx():
-            for row in rows:
-                keys = [k for k in row if k in columns]
-                try:
-                    self._db.execute(f"INSERT OR IGNORE INTO jobs ({', '.join(keys)}) VALUES "
-                                     f"({', '.join('?' * len(keys))})", [row[k] for k in keys])
-                except sqlite3.DatabaseError:  # a row damaged beyond its page: leave it out
-                    continue
 
     def close(self) -> None:
         with self._lock:
@@ -135,36 +174,7 @@ class JobStore:
 
     def to_dict(self, row: sqlite3.Row) -> Dict[str, Any]:
         """The job as the API shows it (an end not yet written to disk included)."""
-        output = json.loads(row["output"])
-        unsaved = self._unsaved.get(row["id"], {})
-        state = unsaved.get("state", row["state"])
-        if state == "running" and row["cancel_requested"]:
-            state = "cancelling"
-        job = {
-            "id": row["id"],
-            "state": state,
-            "source": row["source"],
-            "frames": [row["first_frame"], row["last_frame"]],
-            "params": json.loads(row["params"]),
-            "output": {k: output.get(k) for k in ("folder", "kind", "name", "path", "pattern")},
-            "progress": json.loads(row["progress"]),
-            "error": row["error"],
-            "result": json.loads(row["result"]) if row["result"] else None,
-            "device": row["device"],
-            "cancel_requested": bool(row["cancel_requested"]),
-            "attempts": row["attempts"],
-            "created": row["created"],
-            "updated": row["updated"],
-            "started": row["started"],
-            "finished": row["finished"],
-        }
-        for key in ("error", "finished", "updated"):
-            if key in unsaved:
-                job[key] = unsaved[key]
-        for key in ("progress", "result"):
-            if unsaved.get(key) is not None:
-                job[key] = unsaved[key]
-        return job
+        return job_dict(row, self._unsaved.get(row["id"], {}))
 
     def _row(self, job_id: str) -> Optional[sqlite3.Row]:
         return self._db.execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
@@ -205,31 +215,17 @@ class JobStore:
         return [{**self.to_dict(r), "work_dir": json.loads(r["output"]).get("work_dir")} for r in rows]
 
     # -- changes
-    def _name_taken(self, folder: str, stem: str) -> bool:
-        if self._db.execute("SELECT 1 FROM jobs WHERE out_key=? LIMIT 1", (_out_key(folder, stem),)).fetchone():
-            return True
-        try:
-            entries = os.listdir(folder)
-        except OSError:
-            return False
-        key = os.path.normcase(stem)
-        for entry in entries:
-            e = os.path.normcase(entry)
-            if e == key or e.startswith(key + ".") or e.startswith("." + key + "."):
-                return True
-        return False
-
     def add(self, spec: JobSpec) -> Dict[str, Any]:
         """Queue `spec` under a fresh id; its output name is made unique (or 409 when chosen by the caller)."""
         with self._tx():
             stem = spec.stem
-            if self._name_taken(spec.folder, stem):
+            if _name_taken(self._db, spec.folder, stem):
                 if spec.explicit_name:
                     raise Conflict(f"output name {stem!r} is already used in {spec.folder} (by a file or "
                                    "another job); finished outputs are never overwritten: choose another name",
                                    field="output.name")
                 n = 2
-                while self._name_taken(spec.folder, f"{stem}_{n}"):
+                while _name_taken(self._db, spec.folder, f"{stem}_{n}"):
                     n += 1
                 stem = f"{stem}_{n}"
             job_id = secrets.token_hex(6)
