@@ -20,7 +20,7 @@ from engine.inversion.lpips import TinyPerceptual
 from engine.pipeline import PipelineConfig, ToonPipeline
 from toon_ofx.core import media
 from toon_ofx.core.errors import UserError
-from toon_ofx.core.render import RenderRequest, render
+from toon_ofx.core.render import RenderRequest, get_renderer, render
 
 from conftest import TINY_SIZE, fixture_path, panning_frames
 from tiny_encoders import write_tiny_encoder
@@ -215,3 +215,12 @@ def test_one_pass_toon_style_needs_no_base_model_and_ignores_swap_res(tmp_path, 
         image = media.read_image(first.pattern % i)
         assert np.array_equal(image, media.read_image(second.pattern % i))
         assert np.abs(image.astype(int) - source[i].astype(int)).max() > 30  # the face was replaced
+
+
+def test_one_renderer_serves_live_encoder_previews_and_refined_renders(enc_params):
+    live = get_renderer(enc_params)
+    refined = dict(enc_params, inversion="encoder+projection", refine_steps=2)
+    assert get_renderer(refined) is live  # no reload when the panel's live preview and a render alternate
+    assert live.pipeline(enc_params).perceptual is None  # encoder-only needs no LPIPS
+    pipe = live.pipeline(refined)
+    assert pipe.perceptual is not None and pipe.encoder is live.pipeline(enc_params).encoder

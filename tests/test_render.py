@@ -168,8 +168,8 @@ def test_cancel_stops_inside_a_projection_and_writes_nothing(tmp_path, monkeypat
     cancel, steps_seen = threading.Event(), []
     real_pipeline = Renderer.pipeline
 
-    def pipeline_that_cancels_at_step_2(self, params, cancel_event=None):
-        pipe = real_pipeline(self, params, cancel_event)
+    def pipeline_that_cancels_at_step_2(self, params, cancel_event=None, inversion=None):
+        pipe = real_pipeline(self, params, cancel_event, inversion)
         stop_if_cancelled = pipe.on_step
 
         def on_step(step, steps):

@@ -18,6 +18,8 @@ weights): `toon-ofx models pull NAME` installs one.
 """
 from __future__ import annotations
 
+import functools
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -43,6 +45,13 @@ def _entry(name: str) -> Optional[dict]:
 
 
 def _is_encoder_file(path: Path) -> bool:
+    stat = path.stat()
+    return _inspect_as_encoder(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=32)
+def _inspect_as_encoder(path: str, mtime_ns: int, size: int) -> bool:
+    """Whether a file reads as an encoder checkpoint (cached per file version: renders ask per segment)."""
     from engine.generator.checkpoints import CheckpointError
     from engine.inversion.encoders import inspect_encoder
 
@@ -131,3 +140,35 @@ def load_one_pass_toon(path: Path, device):
         return load_encoder(path, device=device, expect_size=decoder.size), decoder
     except CheckpointError as exc:
         raise UserError(str(exc), field="model") from None
+
+
+class InversionModels:
+    """The perceptual loss and face encoder a renderer's inversions need, loaded on first use and kept
+    (one encoder at a time), so a live encoder preview and an encoder+projection render share them.
+    `one_pass`: the encoder of a one-pass toon style (always used)."""
+
+    def __init__(self, base, device, one_pass=None):
+        self.base, self.device, self.one_pass = base, device, one_pass
+        self._lock = threading.Lock()
+        self._perceptual = self._encoder = self._encoder_path = None
+
+    def get(self, inversion: Inversion):
+        """(perceptual loss or None, face encoder or None) for `inversion`."""
+        from engine.inversion.lpips import load_lpips
+
+        with self._lock:
+            perceptual = None
+            if inversion.mode != "encoder":
+                if self._perceptual is None:
+                    try:
+                        self._perceptual = load_lpips(model_store.ensure("vgg16"), model_store.ensure("lpips-vgg"),
+                                                      device=self.device).eval().requires_grad_(False)
+                    except FileNotFoundError as exc:
+                        raise UserError(str(exc)) from None
+                perceptual = self._perceptual
+            if self.one_pass is not None or inversion.encoder is None:
+                return perceptual, self.one_pass
+            if self._encoder_path != inversion.encoder:
+                self._encoder = load_face_encoder(inversion.encoder, self.base, self.device)
+                self._encoder_path = inversion.encoder
+            return perceptual, self._encoder

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import media, model_store
 from .errors import Cancelled, UserError
-from .inversion import Inversion, load_face_encoder, load_one_pass_toon, plan_inversion
+from .inversion import Inversion, InversionModels, load_one_pass_toon, plan_inversion
 from .params import validate
 
 log = logging.getLogger("toon_ofx")
@@ -129,6 +129,7 @@ class Plan:
     first: int
     last: int
     output: OutputPlan
+    inversion: Optional[Inversion] = None
 
     def pending(self) -> List[int]:
         """Frames of the range not yet on disk."""
@@ -145,8 +146,9 @@ def check_request(request: RenderRequest) -> Plan:
     if request.bits not in (8, 16):
         raise UserError("bits must be 8 or 16", field="bits")
     output = plan_output(request.source, request.output, params["output_kind"] == "overlay", request.work_dir)
-    model_files(params)  # unknown or missing models fail here, before anything is loaded
-    return Plan(params, info, first, last, output)
+    inversion = plan_inversion(params)
+    model_files(params, inversion=inversion)  # unknown or missing models fail here, before anything is loaded
+    return Plan(params, info, first, last, output, inversion)
 
 
 def model_files(params: Dict[str, Any], download: bool = True,
@@ -168,33 +170,33 @@ def model_files(params: Dict[str, Any], download: bool = True,
     return files
 
 
-MODEL_PARAMS = ("model", "base_model", "swap_res", "blend_width", "mapping_from", "landmarker", "device",
-                "inversion", "encoder")
+MODEL_PARAMS = ("model", "base_model", "swap_res", "blend_width", "mapping_from", "landmarker", "device")
 
 
 class Renderer:
     """Loaded models for one parameter set; render many requests without reloading.
 
-    The local engine process and the Ray workers keep one of these alive.
+    The local engine process and the Ray workers keep one of these alive. What the
+    inversion needs (LPIPS, the face encoder) is loaded on first use and kept, so
+    a live encoder preview and an encoder+projection render share one renderer.
     """
 
     def __init__(self, params: Dict[str, Any]):
         from engine.generator.blend import blend_generators
         from engine.generator.checkpoints import CheckpointError, load_generator
         from engine.faces.landmarks import make_landmarker
-        from engine.inversion.lpips import load_lpips
 
         self.params = validate(params)
         p = self.params
         self.device = pick_device(p["device"])
         t = time.perf_counter()
-        self.inversion = plan_inversion(p)
-        files = model_files(p, inversion=self.inversion)
-        self.encoder = self.perceptual = None
+        inversion = plan_inversion(p)
+        files = model_files(p, inversion=inversion)
+        one_pass = None
         try:
-            if self.inversion.one_pass_toon:
+            if inversion.one_pass_toon:
                 # no base W+ here: the encoder targets the toon generator directly
-                self.encoder, decoder = load_one_pass_toon(files["toon"], self.device)
+                one_pass, decoder = load_one_pass_toon(files["toon"], self.device)
                 self.base = self.blended = decoder
             else:
                 self.base = load_generator(files["base"], device=self.device)
@@ -207,10 +209,8 @@ class Renderer:
                 else:
                     self.blended = blend_generators(self.base, toon, p["swap_res"], width=p["blend_width"],
                                                     mapping_from=p["mapping_from"])
-                if "encoder" in files:
-                    self.encoder = load_face_encoder(files["encoder"], self.base, self.device)
-            if "vgg16" in files:
-                self.perceptual = load_lpips(files["vgg16"], files["lpips"], device=self.device)
+            self.inversion_models = InversionModels(self.base, self.device, one_pass)
+            self.inversion_models.get(inversion)  # what these parameters need now; others on first use
             if p["landmarker"] == "face-alignment":
                 self.landmarker = make_landmarker("face-alignment", device=str(self.device),
                                                   fan_path=files["fan"], s3fd_path=files["s3fd"])
@@ -221,9 +221,8 @@ class Renderer:
             raise UserError(str(exc), field="model") from None
         except FileNotFoundError as exc:
             raise UserError(str(exc)) from None
-        for module in (self.base, self.blended, self.perceptual, self.encoder):
-            if module is not None:
-                module.eval().requires_grad_(False)
+        for module in (self.base, self.blended):
+            module.eval().requires_grad_(False)
         self.load_seconds = time.perf_counter() - t
 
     def matches(self, params: Dict[str, Any]) -> bool:
@@ -231,19 +230,21 @@ class Renderer:
         params = validate(params)
         return all(params[k] == self.params[k] for k in MODEL_PARAMS)
 
-    def pipeline(self, params: Dict[str, Any], cancel: Optional[threading.Event] = None):
+    def pipeline(self, params: Dict[str, Any], cancel: Optional[threading.Event] = None,
+                 inversion: Optional[Inversion] = None):
         """A pipeline for `params`; with `cancel`, setting the event stops it within one projection step."""
         from engine.pipeline import PipelineConfig, ToonPipeline
 
         p = validate(params)
+        inversion = inversion or plan_inversion(p)
+        perceptual, encoder = self.inversion_models.get(inversion)
         config = PipelineConfig(steps=p["steps"], warm_steps=p["warm_steps"], latent_space=p["latent_space"],
                                 pixel_weight=p["pixel_weight"], feather=p["feather"],
                                 color_match=p["color_match"], overlay=p["output_kind"] == "overlay",
                                 smoothing=p["smoothing"], keyframe_interval=p["keyframe_interval"],
-                                batch_size=self.batch_size(p), seed=p["seed"],
-                                inversion=self.inversion.mode, refine_steps=p["refine_steps"])
-        pipeline = ToonPipeline(self.landmarker, self.base, self.blended, self.perceptual, config,
-                                encoder=self.encoder)
+                                batch_size=self.batch_size(p, inversion.mode), seed=p["seed"],
+                                inversion=inversion.mode, refine_steps=p["refine_steps"])
+        pipeline = ToonPipeline(self.landmarker, self.base, self.blended, perceptual, config, encoder=encoder)
         if cancel is not None:
             def stop_if_cancelled(step: int, steps: int) -> None:
                 if cancel.is_set():
@@ -251,11 +252,11 @@ class Renderer:
             pipeline.on_step = stop_if_cancelled
         return pipeline
 
-    def batch_size(self, params: Dict[str, Any]) -> int:
-        """Faces per batch: the parameter, or (0) what is fastest for this device and inversion."""
+    def batch_size(self, params: Dict[str, Any], mode: str) -> int:
+        """Faces per batch: the parameter, or (0) what is fastest for this device and inversion mode."""
         from engine.pipeline import default_batch_size
 
-        return params["batch_size"] or default_batch_size(self.device, self.inversion.mode)
+        return params["batch_size"] or default_batch_size(self.device, mode)
 
     def render(self, request: RenderRequest, progress: Optional[Callable[[ProgressEvent], None]] = None,
                cancel: Optional[threading.Event] = None, plan: Optional["Plan"] = None) -> RenderResult:
@@ -267,20 +268,21 @@ class Renderer:
         todo = plan.pending()
         total = last - first + 1
         skipped = total - len(todo)
-        if self.inversion.notice:
-            log.warning("toon-ofx: %s", self.inversion.notice)
-        report = _Reporter(progress, total, skipped, notice=self.inversion.notice)  # sent once, first event
+        inversion = plan.inversion or plan_inversion(params)
+        if inversion.notice:
+            log.warning("toon-ofx: %s", inversion.notice)
+        report = _Reporter(progress, total, skipped, notice=inversion.notice)  # sent once, first event
         timings: Dict[str, float] = {}
 
         if todo and params["frame_batch"] > 1:
             self._render_segments(request, plan, todo, report, timings, cancel)
         elif todo:
-            pipeline = self.pipeline(params, cancel)
+            pipeline = self.pipeline(params, cancel, inversion)
             start = max(0, min(pipeline.warmup_start(todo[0]), todo[0] - request.warmup))
             pending = set(todo)
             # Encoder-only faces do not depend on the previous frame's: frames are inverted in groups
             # (their faces in one batch); otherwise one frame at a time, each warm-starting the next.
-            group_size = self.batch_size(params) if self.inversion.mode == "encoder" else 1
+            group_size = self.batch_size(params, inversion.mode) if inversion.mode == "encoder" else 1
             group: List[Any] = []
 
             def flush() -> None:
@@ -344,7 +346,7 @@ class Renderer:
             while queue or active:
                 while queue and len(active) < params["frame_batch"]:
                     frames = queue.pop(0)
-                    pipeline = self.pipeline(params, cancel)
+                    pipeline = self.pipeline(params, cancel, plan.inversion)
                     start = pipeline.warmup_start(frames[0])
                     if frames[0] == todo[0]:
                         start = max(0, min(start, todo[0] - request.warmup))
