@@ -314,7 +314,10 @@ def test_models_must_be_installed(tmp_path, clip, tiny_model_paths):
         for params, field in (({"model": "no-such-style", "base_model": base}, "params.model"),
                               ({"model": toon}, "params.base_model"),   # the default ffhq-1024 is not installed
                               ({"model": toon, "base_model": str(tmp_path / "missing.pt")}, "params.base_model"),
-                              ({"model": toon, "base_model": str(tmp_path)}, "params.base_model")):
+                              ({"model": toon, "base_model": str(tmp_path)}, "params.base_model"),
+                              ({"model": toon, "base_model": base, "inversion": "encoder"}, "params.encoder"),
+                              ({"model": toon, "base_model": base, "encoder": str(tmp_path / "e.pt")},
+                               "params.encoder")):
             for path, body in (("/v1/jobs", _body(tmp_path, clip, params=params)),
                                ("/v1/preview", {"source": str(clip), "params": params})):
                 status, answer = call(server.url, path, "POST", body, token=server.token)

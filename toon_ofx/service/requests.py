@@ -28,7 +28,7 @@ OUTPUT_KINDS = ("sequence", "movie")
 REQUEST_FIELDS = ("source", "frames", "params", "output")
 OUTPUT_FIELDS = ("folder", "kind", "name")
 FRAME_DIGITS = 6
-MODEL_FIELDS = ("model", "base_model")
+MODEL_FIELDS = ("model", "base_model", "encoder")
 
 
 # --------------------------------------------------------------------------- the source clip
@@ -144,16 +144,26 @@ def check_params(params: Any) -> Dict[str, Any]:
 
 
 def check_models(params: Mapping[str, Any]) -> None:
-    """422 now (not a failed job later) when `model` or `base_model` is neither a file nor an installed model."""
+    """422 now (not a failed job later) when `model` or `base_model` is neither a file nor an installed model,
+    or the inversion asked for cannot run (`encoder` without the encoder; see core.inversion)."""
     try:
         from ..core import model_store
+        from ..core.inversion import is_one_pass_toon, plan_inversion
     except ImportError:  # pragma: no cover - trimmed install: the renderer will say what is missing
         return
-    for name in ("base_model", "model"):  # the base first: its error names what to install first
+    try:
+        one_pass = is_one_pass_toon(params["model"])  # a one-pass toon style needs no base model
+    except UserError as exc:
+        raise RequestError(exc.message, field=f"params.{exc.field or 'model'}", status=422) from None
+    for name in ("model",) if one_pass else ("base_model", "model"):  # the base first: what to install first
         try:
             model_store.resolve(params[name])
         except UserError as exc:
             raise RequestError(exc.message, field=f"params.{name}", status=422) from None
+    try:
+        plan_inversion(dict(params))
+    except UserError as exc:
+        raise RequestError(exc.message, field=f"params.{exc.field or 'encoder'}", status=422) from None
 
 
 def parse_submission(body: Any, *, device_check: Callable[[str], str] = check_device,
