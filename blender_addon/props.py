@@ -15,7 +15,8 @@ MAIN = ("model", "inversion", "swap_res", "steps", "refine_steps", "warm_steps",
 #: Integer parameters drawn as sliders.
 SLIDERS = ("steps", "refine_steps", "warm_steps")
 #: Friendlier labels for a few choice values (the value sent stays the schema's).
-_CHOICE_LABELS = {"frame": "Full frame", "overlay": "Overlay (RGBA)", "w": "W", "w+": "W+"}
+_CHOICE_LABELS = {"frame": "Full frame", "overlay": "Overlay (RGBA)", "w": "W", "w+": "W+", "projection": "Projection",
+                  "encoder": "Encoder (one pass, fast)", "encoder+projection": "Encoder + refinement"}
 
 
 def _enum_items(param):
