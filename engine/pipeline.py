@@ -1,38 +1,60 @@
 """The per-clip engine: detect, track, align, project, stylise, paste back.
 
-Frames go in one at a time (numpy RGB uint8) and come out the same way. The
-pipeline keeps what a clip needs between frames: face tracks with their
-smoothed landmarks, and each track's latent for the next frame's warm start.
+Frames stream in as (index, RGB uint8) pairs and come out the same way, a few
+frames later: the tracking stage smooths each face track over past *and* future
+frames (zero lag), so frame t is finished once frame ``t + look_ahead`` has been
+detected. The stages, separate so a renderer can interleave several chains:
 
-Determinism across farm chunks: a chunk starting mid-clip must produce the
-same pixels as a render of the whole clip. Two things carry history between
-frames, and both are bounded here so a short warm-up reproduces them exactly:
-- the warm-start chain restarts (cold projection) at every keyframe, frame
-  indices that are multiples of `keyframe_interval`, like a video GOP; this
-  also stops drift from accumulating in long shots;
-- landmark smoothing uses a finite window (see engine.faces.tracking).
-`warmup_start(first)` says where a chunk has to start processing so that its
-first written frame sees the same history as in a single-pass render.
+    track (detect + engine.faces.lookahead) -> prepare (align, warm/cold per chain)
+    -> project_faces (batched projection) -> finish (cross-fade, generate, paste)
 
-`process` is three stages: `prepare` (detect, track, align, warm/cold and seed
-per face), `project_faces` and `finish` (generate, paste, carry latents). A
-renderer can run several independent chains (keyframe segments) in lockstep and
-project their faces in one batch; a face's seed depends only on its frame index
-and position, never on the batch it lands in.
+Determinism across chunks and resume (the argument; engine.temporal has the
+arithmetic and docs/ARCHITECTURE.md the contract). Write D(t) for the detections
+of frame t, a function of its pixels. Then, for a clip of n frames:
+
+1. The faces of frame t (identities, quads, gap bridging, the key of each face and
+   of its predecessor) are a function of D(s) for s in [t - H, t + L] ∩ [0, n - 1]
+   (H = plan.history, L = plan.look_ahead): the tracking stage re-runs the
+   association from an empty state over exactly that window for every frame.
+2. Chain c starts cold at keyframe cK and runs warm to frame (c + 1)K + V - 1. Its
+   state at frame t is a function of its state at t - 1 and of the faces of frame
+   t; by induction, of the faces of frames cK..t, hence of D on [cK - H, t + L].
+   Projection batches never mix chains (tasks are grouped by chain role), and each
+   face's seed depends on its frame and position only, so a chain's numbers do not
+   depend on which other chains run beside it.
+3. Frame t shows chain chain_of(t), and in the first V frames after a keyframe
+   also the chain before it: P(t) = plan.projection_start(t) is the oldest of these
+   keyframes, and P is non-decreasing in t.
+4. A run writing frames A..B decodes from plan.warmup_start(A) = P(A) - H (or 0) to
+   plan.decode_end(B) = min(n - 1, B + L) and projects from P(A). For every t in
+   [P(A), B] the window of step 1 lies inside what it decoded (or is clipped by the
+   clip's own ends, identically in a single pass), so its faces equal a single
+   pass's; every chain shown at t in [A, B] started at a keyframe >= P(t) >= P(A),
+   inside the run, so by step 2 its states equal a single pass's; hence so does the
+   frame. Chains that began before P(A) are missing from the run, and by step 3 no
+   written frame shows them.
+
+The single-frame :meth:`ToonPipeline.process` sees no future frames: it is for live
+input (with the causal tracking mode) and previews, not for clips.
 """
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from .chains import FaceState, KeyframeChains, crossfade
 from .faces.align import align_face
+from .faces.lookahead import LookaheadTracker, TrackFace
 from .faces.paste import paste_faces
 from .inversion.projection import project
-from .faces.tracking import FaceTracker
+from .temporal import MAX_GAP, TemporalPlan
+
+__all__ = ["PipelineConfig", "ToonPipeline", "FaceState", "FaceTask", "TrackedFrame", "Prepared", "FrameResult"]
 
 
 @dataclass
@@ -47,33 +69,45 @@ class PipelineConfig:
     color_match: bool = True
     overlay: bool = False
     smoothing: float = 0.5
+    smoothing_mode: str = "zero-phase"
     keyframe_interval: int = 48
+    keyframe_overlap: int = 8
+    max_gap: int = MAX_GAP
     batch_size: int = 1
     seed: int = 0
 
-
-@dataclass
-class FaceState:
-    """What a face carries to the next frame: its projected latent (n_latent, D) and noise maps."""
-
-    latent: torch.Tensor
-    noises: List[torch.Tensor]
+    def plan(self) -> TemporalPlan:
+        """Which frames a frame depends on (keyframe chains, cross-fade, tracking window)."""
+        return TemporalPlan.create(self.keyframe_interval, self.keyframe_overlap, self.smoothing,
+                                   self.smoothing_mode, self.max_gap)
 
 
 @dataclass
 class FaceTask:
-    """One face of a prepared frame: its aligned target (1, 3, S, S), the state it warm-starts
-    from (None: cold), its step count and seed; `state` is filled in by the projection."""
+    """One face of a prepared frame in one chain: its aligned target (1, 3, S, S), the state it
+    warm-starts from (None: cold), its step count and seed; `state` is filled in by the projection.
+    `fading` marks the old chain's task during a keyframe cross-fade."""
 
     target: torch.Tensor
     previous: Optional[FaceState]
     steps: int
     seed: int
     state: Optional[FaceState] = None
+    fading: bool = False
 
     @property
     def warm(self) -> bool:
         return self.previous is not None
+
+
+@dataclass
+class TrackedFrame:
+    """A decoded frame with its tracked faces (the output of the tracking stage)."""
+
+    index: int
+    frame: np.ndarray
+    faces: List[TrackFace]
+    timings: Dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -84,9 +118,11 @@ class Prepared:
     frame: np.ndarray
     index: int
     faces: int = 0
-    tracked: List[Any] = field(default_factory=list)
+    tracked: List[TrackFace] = field(default_factory=list)
     aligned: List[Any] = field(default_factory=list)
     tasks: List[FaceTask] = field(default_factory=list)
+    fading: List[Optional[FaceTask]] = field(default_factory=list)  # per face: the old chain's task
+    chains: Tuple[int, Optional[int], float] = (0, None, 1.0)       # new chain, old chain, new weight
     timings: Dict[str, float] = field(default_factory=dict)
 
 
@@ -107,8 +143,13 @@ def _to_images(batch: torch.Tensor) -> List[np.ndarray]:
     return list(images.permute(0, 2, 3, 1).cpu().numpy())
 
 
+def _check_frame(frame: np.ndarray) -> None:
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise ValueError(f"expected an H x W x 3 uint8 frame, got {frame.shape} {frame.dtype}")
+
+
 class ToonPipeline:
-    """Toonify the faces of a clip, frame by frame.
+    """Toonify the faces of a clip.
 
     `base` is the real-face generator faces are projected into; `blended` renders
     the projected latents; `perceptual` is the projection's perceptual distance.
@@ -119,104 +160,143 @@ class ToonPipeline:
         self.base = base
         self.blended = blended
         self.perceptual = perceptual
-        self.config = config or PipelineConfig()
+        self.config = cfg = config or PipelineConfig()
         self.size = base.size
         if blended.size != base.size or blended.n_latent != base.n_latent:
             raise ValueError(f"base ({base.size}px) and blended ({blended.size}px) generators differ in size")
-        self.reset()
+        self.tracks = LookaheadTracker(cfg.smoothing, cfg.smoothing_mode, cfg.max_gap)
+        self.plan = cfg.plan()
+        self.chains = KeyframeChains(self.plan)
 
     def reset(self) -> None:
         """Forget tracks and latents (a new shot or clip)."""
-        self.tracker = FaceTracker(smoothing=self.config.smoothing)
-        self._latents: Dict[int, FaceState] = {}
-        self._last_index: Optional[int] = None
+        self.tracks.reset()
+        self.chains.reset()
 
     # -- chunking -------------------------------------------------------------
+    @property
+    def look_ahead(self) -> int:
+        """Frames past the last one wanted that must be decoded (the tracking stage's look-ahead)."""
+        return self.plan.look_ahead
+
     def is_keyframe(self, index: int) -> bool:
         k = self.config.keyframe_interval
         return k > 0 and index % k == 0
 
     def warmup_start(self, first: int) -> int:
-        """First frame to process so that frame `first` comes out as in a whole-clip render."""
-        k = self.config.keyframe_interval
-        if k <= 0:
-            return 0  # one unbroken chain: only a render from the start reproduces it
-        keyframe = first - first % k
-        return max(0, min(keyframe, first - self.tracker.memory))
+        """First frame to decode so that frame `first` comes out as in a whole-clip render."""
+        return self.plan.warmup_start(first)
 
-    def needs_projection(self, index: int, first: int) -> bool:
-        """Frames before the keyframe preceding `first` only feed the tracker."""
-        k = self.config.keyframe_interval
-        return k <= 0 or index >= first - first % k
+    # -- a clip ---------------------------------------------------------------
+    def run(self, frames: Iterable[Tuple[int, np.ndarray]], first: Optional[int] = None,
+            last: Optional[int] = None) -> Iterator[Tuple[int, FrameResult]]:
+        """Toonify a stream of consecutive (index, frame) pairs: yields (index, result) for the frames
+        from `projection_start(first)` to `last` (all by default). Decode from
+        `warmup_start(first)` to `plan.decode_end(last, n)` to get frames first..last exactly as
+        a single pass over the clip gives them."""
+        for tracked in self.track(frames, first, last):
+            prepared = self.prepare(tracked)
+            self.project_faces([prepared])
+            yield tracked.index, self.finish(prepared)
+
+    def track(self, frames: Iterable[Tuple[int, np.ndarray]], first: Optional[int] = None,
+              last: Optional[int] = None) -> Iterator[TrackedFrame]:
+        """The tracking stage: detect every frame, yield the frames from `projection_start(first)`
+        to `last` with their tracked faces, each as soon as its look-ahead has been detected.
+
+        Frames before `projection_start(first)` only feed the tracker; frames after `last`
+        only its look-ahead. The stream ending early ends the look-ahead there.
+        """
+        self.reset()
+        start = 0 if first is None else self.plan.projection_start(first)
+        waiting: deque = deque()
+        for index, frame in frames:
+            _check_frame(frame)
+            t = time.perf_counter()
+            self.tracks.push(index, self.landmarker.detect(frame))
+            seconds = time.perf_counter() - t
+            if index >= start and (last is None or index <= last):
+                waiting.append((index, frame, seconds))
+            while waiting and self.tracks.ready(waiting[0][0]):
+                yield self._tracked(*waiting.popleft())
+            if last is not None and index >= last + self.look_ahead:
+                break
+        while waiting:
+            yield self._tracked(*waiting.popleft())
+
+    def _tracked(self, index: int, frame: np.ndarray, detect_seconds: float) -> TrackedFrame:
+        t = time.perf_counter()
+        faces = self.tracks.faces_at(index)
+        return TrackedFrame(index, frame, faces, {"detect": detect_seconds, "track": time.perf_counter() - t})
 
     # -- one frame ------------------------------------------------------------
     def process(self, frame: np.ndarray, index: int, *, stylise: bool = True) -> FrameResult:
-        """Toonify every face in `frame` (H x W x 3 uint8 RGB), source frame number `index`.
+        """Toonify one frame now (H x W x 3 uint8 RGB, source frame number `index`).
 
-        With stylise=False the frame only advances the tracker (warm-up frames
-        whose output is not needed and whose latents are not carried).
-        The three stages (prepare, project_faces, finish) can be interleaved
-        across pipelines to project the faces of several frames together.
+        Sees only the frames given so far: live input and previews. A clip goes through
+        :meth:`run`, which waits for each frame's look-ahead. With stylise=False the frame
+        only feeds the tracker. A jump in frame numbers starts over.
         """
-        prepared = self.prepare(frame, index, stylise=stylise)
+        _check_frame(frame)
+        if self.tracks.newest is not None and index != self.tracks.newest + 1:
+            self.reset()
+        t = time.perf_counter()
+        self.tracks.push(index, self.landmarker.detect(frame))
+        seconds = time.perf_counter() - t
+        if not stylise:
+            empty = self._blank_overlay(frame) if self.config.overlay else frame.copy()
+            return FrameResult(empty, 0, {"detect": seconds})
+        prepared = self.prepare(self._tracked(index, frame, seconds))
         self.project_faces([prepared])
         return self.finish(prepared)
 
-    def prepare(self, frame: np.ndarray, index: int, *, stylise: bool = True) -> "Prepared":
-        """Detect, track and align the faces of a frame; decide each face's warm or cold projection."""
-        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-            raise ValueError(f"expected an H x W x 3 uint8 frame, got {frame.shape} {frame.dtype}")
-        if self._last_index is not None and index != self._last_index + 1:
-            self.reset()  # a jump in time breaks tracks and warm starts
-        self._last_index = index
-        prepared = Prepared(self, frame, index)
-
-        t = time.perf_counter()
-        faces = self.landmarker.detect(frame)
-        tracked = self.tracker.update(faces)
-        prepared.timings["detect"] = time.perf_counter() - t
-        prepared.faces = len(tracked)
-
-        if self.is_keyframe(index):
-            self._latents.clear()
-        live = {tf.track_id for tf in tracked}
-        self._latents = {tid: w for tid, w in self._latents.items() if tid in live}
-        if not stylise:
-            self._latents.clear()
-        if not stylise or not tracked:
+    def prepare(self, tracked: TrackedFrame) -> Prepared:
+        """Align the faces of a tracked frame; decide each face's warm or cold projection in each chain."""
+        index, frame = tracked.index, tracked.frame
+        prepared = Prepared(self, frame, index, len(tracked.faces), timings=dict(tracked.timings))
+        prepared.chains = new, old, _ = self.chains.begin(index)
+        if not tracked.faces:
             return prepared
 
         t = time.perf_counter()
-        # Face order by position, not track id: ids depend on where a render started.
-        prepared.tracked = sorted(tracked, key=lambda tf: (float(tf.quad[:, 0].mean()), float(tf.quad[:, 1].mean())))
+        # Face order by position, not by key: the seeds must not depend on the detector's order.
+        prepared.tracked = sorted(tracked.faces, key=lambda tf: (float(tf.quad[:, 0].mean()),
+                                                                 float(tf.quad[:, 1].mean())))
         prepared.aligned = [align_face(frame, tf.quad, self.size) for tf in prepared.tracked]
         prepared.timings["align"] = time.perf_counter() - t
         param = next(self.base.parameters())
         targets = _to_tensor([crop for crop, _ in prepared.aligned], param.device, param.dtype)
         cfg = self.config
         for position, tf in enumerate(prepared.tracked):
-            # Faces seen on the previous frame are warm-started (latent and noise maps) with fewer steps.
-            previous = self._latents.get(tf.track_id)
-            prepared.tasks.append(FaceTask(targets[position:position + 1], previous,
-                                           cfg.warm_steps if previous is not None else cfg.steps,
-                                           cfg.seed + index * 1009 + position))
+            # Faces the chain carried from the previous frame are warm-started (latent and noise
+            # maps) with fewer steps; the old chain of a cross-fade only continues the faces it has.
+            target, seed = targets[position:position + 1], cfg.seed + index * 1009 + position
+            previous = self.chains.state(new, tf.previous)
+            prepared.tasks.append(FaceTask(target, previous, cfg.warm_steps if previous is not None else cfg.steps,
+                                           seed))
+            carried = self.chains.state(old, tf.previous) if old is not None else None
+            prepared.fading.append(None if carried is None else
+                                   FaceTask(target, carried, cfg.warm_steps, seed, fading=True))
+        prepared.tasks += [task for task in prepared.fading if task is not None]
         return prepared
 
-    def project_faces(self, frames: Sequence["Prepared"]) -> None:
-        """Project the faces of `frames` in batches of `batch_size`, grouped by warm/cold and step count.
+    def project_faces(self, frames: Sequence[Prepared]) -> None:
+        """Project the faces of `frames` in batches of `batch_size`, grouped by chain role, warm/cold
+        and step count.
 
         `frames` may come from several pipelines that share this one's base model,
         perceptual loss and projection settings (independent chains, e.g. keyframe
         segments rendered in lockstep). A face's seed depends only on its frame and
-        position, so it is projected the same whatever batch it lands in.
+        position, and the old chain of a cross-fade is never batched with the new one,
+        so a chain's faces are projected the same whether another chain runs beside it.
         """
         cfg = self.config
         tasks = [task for prepared in frames for task in prepared.tasks]
-        groups: Dict[Tuple[bool, int], List[FaceTask]] = {}
+        groups: Dict[Tuple[bool, bool, int], List[FaceTask]] = {}
         for task in sorted(tasks, key=lambda task: not task.warm):  # warm first, as before; stable
-            groups.setdefault((task.warm, task.steps), []).append(task)
+            groups.setdefault((task.fading, task.warm, task.steps), []).append(task)
         t = time.perf_counter()
-        for (warm, steps), members in groups.items():
+        for (_, warm, steps), members in groups.items():
             for start in range(0, len(members), cfg.batch_size):
                 batch = members[start:start + cfg.batch_size]
                 if warm and steps == 0:
@@ -237,29 +317,35 @@ class ToonPipeline:
             if prepared.tasks:
                 prepared.timings["project"] = elapsed * len(prepared.tasks) / len(tasks)
 
-    def finish(self, prepared: "Prepared") -> FrameResult:
-        """Render the projected faces with the blended model, paste them back, carry their latents."""
+    def finish(self, prepared: Prepared) -> FrameResult:
+        """Cross-fade the chains, render the faces with the blended model, paste them back, carry the states."""
         if prepared.pipeline is not self:
             raise ValueError("a prepared frame must be finished by the pipeline that prepared it")
         frame, timings = prepared.frame, prepared.timings
-        if not prepared.tasks:
+        new, old, weight = prepared.chains
+        if not prepared.tracked:
+            self.chains.carry(new, {})
             empty = self._blank_overlay(frame) if self.config.overlay else frame.copy()
             return FrameResult(empty, prepared.faces, timings)
-        found = [task.state for task in prepared.tasks]
-        if any(state is None for state in found):
+        if any(task.state is None for task in prepared.tasks):
             raise ValueError(f"frame {prepared.index}: faces not projected (call project_faces first)")
+        faces = len(prepared.tracked)
+        shown = [task.state if fading is None else crossfade(fading.state, task.state, weight)
+                 for task, fading in zip(prepared.tasks[:faces], prepared.fading)]
+        self.chains.carry(new, {tf.key: task.state for tf, task in zip(prepared.tracked, prepared.tasks)})
+        if old is not None:
+            self.chains.carry(old, {tf.key: fading.state for tf, fading in zip(prepared.tracked, prepared.fading)
+                                    if fading is not None})
         dtype = next(self.base.parameters()).dtype
 
         t = time.perf_counter()
-        ws = torch.stack([state.latent for state in found]).to(dtype)
+        ws = torch.stack([state.latent for state in shown]).to(dtype)
         # The projected noise maps carry the face's fine texture (the high-resolution layers are the
         # base model's); warm starts carry them from frame to frame, so the texture does not flicker.
-        noise = [torch.cat(maps).to(dtype) for maps in zip(*(state.noises for state in found))]
+        noise = [torch.cat(maps).to(dtype) for maps in zip(*(state.noises for state in shown))]
         with torch.no_grad():
             images = self.blended.synthesis(ws, noise=noise)
         timings["generate"] = time.perf_counter() - t
-        for tf, state in zip(prepared.tracked, found):
-            self._latents[tf.track_id] = state
         crops = _to_images(images)
 
         t = time.perf_counter()

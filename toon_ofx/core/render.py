@@ -205,16 +205,23 @@ class Renderer:
         params = validate(params)
         return all(params[k] == self.params[k] for k in MODEL_PARAMS)
 
-    def pipeline(self, params: Dict[str, Any]):
-        from engine.pipeline import PipelineConfig, ToonPipeline
+    @staticmethod
+    def config(params: Dict[str, Any]):
+        """The engine's PipelineConfig for a parameter set."""
+        from engine.pipeline import PipelineConfig
 
         p = validate(params)
-        config = PipelineConfig(steps=p["steps"], warm_steps=p["warm_steps"], latent_space=p["latent_space"],
-                                pixel_weight=p["pixel_weight"], feather=p["feather"],
-                                color_match=p["color_match"], overlay=p["output_kind"] == "overlay",
-                                smoothing=p["smoothing"], keyframe_interval=p["keyframe_interval"],
-                                batch_size=p["batch_size"], seed=p["seed"])
-        return ToonPipeline(self.landmarker, self.base, self.blended, self.perceptual, config)
+        return PipelineConfig(steps=p["steps"], warm_steps=p["warm_steps"], latent_space=p["latent_space"],
+                              pixel_weight=p["pixel_weight"], feather=p["feather"],
+                              color_match=p["color_match"], overlay=p["output_kind"] == "overlay",
+                              smoothing=p["smoothing"], smoothing_mode=p["smoothing_mode"],
+                              keyframe_interval=p["keyframe_interval"], keyframe_overlap=p["keyframe_overlap"],
+                              batch_size=p["batch_size"], seed=p["seed"])
+
+    def pipeline(self, params: Dict[str, Any]):
+        from engine.pipeline import ToonPipeline
+
+        return ToonPipeline(self.landmarker, self.base, self.blended, self.perceptual, self.config(params))
 
     def render(self, request: RenderRequest, progress: Optional[Callable[[ProgressEvent], None]] = None,
                cancel: Optional[threading.Event] = None, plan: Optional["Plan"] = None) -> RenderResult:
@@ -233,14 +240,12 @@ class Renderer:
             self._render_segments(request, plan, todo, report, timings, cancel)
         elif todo:
             pipeline = self.pipeline(params)
-            start = max(0, min(pipeline.warmup_start(todo[0]), todo[0] - request.warmup))
+            first, last = todo[0], todo[-1]
+            start = max(0, min(pipeline.warmup_start(first), first - request.warmup))
+            decoded = _decoded(media.read_frames(info, start, pipeline.plan.decode_end(last, info.frame_count)),
+                               timings, cancel, report)
             pending = set(todo)
-            t_read = time.perf_counter()
-            for index, frame in media.read_frames(info, start, todo[-1]):
-                _add(timings, "decode", time.perf_counter() - t_read)
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled(f"cancelled after {report.done} of {total} frames")
-                result = pipeline.process(frame, index, stylise=pipeline.needs_projection(index, todo[0]))
+            for index, result in pipeline.run(decoded, first, last):
                 for stage, seconds in result.timings.items():
                     _add(timings, stage, seconds)
                 if index in pending:
@@ -248,7 +253,6 @@ class Renderer:
                     media.write_frame(Path(out.pattern % index), result.image, bits=request.bits)
                     _add(timings, "write", time.perf_counter() - t)
                     report.frame(result.faces)
-                t_read = time.perf_counter()
 
         if out.kind == "movie":
             report.stage("encoding")
@@ -267,20 +271,15 @@ class Renderer:
                          timings: Dict[str, float], cancel: Optional[threading.Event]) -> None:
         """frame_batch > 1: keyframe segments in lockstep, their faces projected together.
 
-        The warm-start chain restarts at every keyframe, so each segment of pending
-        frames is an independent chain: it gets its own pipeline (tracker, face
-        states; shared models), its own decoder stream and its own warm-up, exactly
-        as a farm chunk would. Up to `frame_batch` segments advance one projected
-        frame per step (tracker-only warm-up frames are run through in between);
-        when one ends the next starts, so at most `frame_batch` frames are in
-        flight. Frames are written as they finish (not in order).
+        Each segment of pending frames (on the grid of TemporalPlan.segment_start: keyframes
+        plus the cross-fade overlap) is rendered like a farm chunk: its own pipeline
+        (tracker, chains; shared models), its own decoder stream, warm-up and look-ahead.
+        Up to `frame_batch` segments advance one projected frame per step; when one ends
+        the next starts, so at most `frame_batch` frames are in flight. Frames are written
+        as they finish (not in order).
         """
         params, info, out = plan.params, plan.info, plan.output
-        k = params["keyframe_interval"]
-        segments: Dict[int, List[int]] = {}
-        for index in todo:
-            segments.setdefault(index // k, []).append(index)
-        queue = list(segments.values())
+        queue = self.config(params).plan().segments(todo)
         active: List[_Segment] = []
         try:
             while queue or active:
@@ -290,17 +289,19 @@ class Renderer:
                     start = pipeline.warmup_start(frames[0])
                     if frames[0] == todo[0]:
                         start = max(0, min(start, todo[0] - request.warmup))
-                    active.append(_Segment(pipeline, media.read_frames(info, start, frames[-1]), frames))
+                    end = pipeline.plan.decode_end(frames[-1], info.frame_count)
+                    decoded = _decoded(media.read_frames(info, start, end), timings, cancel, report)
+                    active.append(_Segment(pipeline, pipeline.track(decoded, frames[0], frames[-1]), frames))
                 if cancel is not None and cancel.is_set():
                     raise Cancelled(f"cancelled after {report.done} of {report.total} frames")
                 step = []
                 for segment in list(active):
-                    prepared = self._next_projected(segment, timings)
-                    if prepared is None:  # the stream ended early (as the single-pass loop allows)
-                        segment.frames.close()
+                    tracked = next(segment.tracked, None)
+                    if tracked is None:  # the stream ended early (as the single-pass loop allows)
+                        segment.close()
                         active.remove(segment)
                     else:
-                        step.append((segment, prepared))
+                        step.append((segment, segment.pipeline.prepare(tracked)))
                 if step:  # one projection pass for the faces of every segment's current frame
                     step[0][0].pipeline.project_faces([prepared for _, prepared in step])
                 for segment, prepared in step:
@@ -313,30 +314,11 @@ class Renderer:
                         _add(timings, "write", time.perf_counter() - t)
                         report.frame(result.faces)
                     if prepared.index == segment.last:
-                        segment.frames.close()
+                        segment.close()
                         active.remove(segment)
         finally:
             for segment in active:
-                segment.frames.close()
-
-    @staticmethod
-    def _next_projected(segment: "_Segment", timings: Dict[str, float]):
-        """The segment's next frame that needs projection, prepared; frames before its keyframe only
-        feed the tracker and are run through at once, so the segments' keyframes line up in one step."""
-        pipe = segment.pipeline
-        while True:
-            t = time.perf_counter()
-            item = next(segment.frames, None)
-            _add(timings, "decode", time.perf_counter() - t)
-            if item is None:
-                return None
-            index, frame = item
-            stylise = pipe.needs_projection(index, segment.first)
-            prepared = pipe.prepare(frame, index, stylise=stylise)
-            if stylise:
-                return prepared
-            for stage, seconds in pipe.finish(prepared).timings.items():
-                _add(timings, stage, seconds)
+                segment.close()
 
     def preview(self, source: Path, frame: int, params: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray, int]:
         """One frame, cold-started: (original RGB, stylised RGB or RGBA, faces found)."""
@@ -348,11 +330,14 @@ class Renderer:
 
 
 class _Segment:
-    """One keyframe segment of a frame-batched render: its pipeline, decoder stream and frames to write."""
+    """One segment of a frame-batched render: its pipeline, tracked-frame stream and frames to write."""
 
-    def __init__(self, pipeline, frames, pending: List[int]):
-        self.pipeline, self.frames, self.pending = pipeline, frames, set(pending)
+    def __init__(self, pipeline, tracked, pending: List[int]):
+        self.pipeline, self.tracked, self.pending = pipeline, tracked, set(pending)
         self.first, self.last = pending[0], pending[-1]
+
+    def close(self) -> None:
+        self.tracked.close()  # closes the decoder it reads from
 
 
 class _Serialised:
@@ -364,6 +349,22 @@ class _Serialised:
     def detect(self, image, *args, **kwargs):
         with self._lock:
             return self._landmarker.detect(image, *args, **kwargs)
+
+
+def _decoded(frames, timings: Dict[str, float], cancel: Optional[threading.Event], report: "_Reporter"):
+    """Decoded (index, frame) pairs, timing the decoder and honouring `cancel` between frames."""
+    try:
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"cancelled after {report.done} of {report.total} frames")
+            t = time.perf_counter()
+            item = next(frames, None)
+            _add(timings, "decode", time.perf_counter() - t)
+            if item is None:
+                return
+            yield item
+    finally:
+        frames.close()
 
 
 def _add(timings: Dict[str, float], stage: str, seconds: float) -> None:
