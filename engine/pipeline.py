@@ -34,6 +34,10 @@ of frame t, a function of its pixels. Then, for a clip of n frames:
    frame. Chains that began before P(A) are missing from the run, and by step 3 no
    written frame shows them.
 
+`on_step(step, steps)`, when set, is called after every projection step: the
+product reports progress from it, and stops a render inside a long projection by
+raising from it (the exception leaves `project_faces` unchanged).
+
 The single-frame :meth:`ToonPipeline.process` sees no future frames: it is for live
 input (with the causal tracking mode) and previews, not for clips.
 """
@@ -42,7 +46,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -162,6 +166,7 @@ class ToonPipeline:
         self.perceptual = perceptual
         self.config = cfg = config or PipelineConfig()
         self.size = base.size
+        self.on_step: Optional[Callable[[int, int], None]] = None
         if blended.size != base.size or blended.n_latent != base.n_latent:
             raise ValueError(f"base ({base.size}px) and blended ({blended.size}px) generators differ in size")
         self.tracks = LookaheadTracker(cfg.smoothing, cfg.smoothing_mode, cfg.max_gap)
@@ -309,13 +314,23 @@ class ToonPipeline:
                 result = project(self.base, torch.cat([task.target for task in batch]), steps=steps,
                                  space=cfg.latent_space, init=init, init_noises=init_noises,
                                  perceptual=self.perceptual, pixel_weight=cfg.pixel_weight,
-                                 seed=[task.seed for task in batch])
+                                 seed=[task.seed for task in batch], callback=self._step_callback(steps))
                 for j, task in enumerate(batch):
                     task.state = FaceState(result.latents[j].detach(), [n[j:j + 1].detach() for n in result.noises])
         elapsed = time.perf_counter() - t
         for prepared in frames:  # a shared batch's time is split by faces
             if prepared.tasks:
                 prepared.timings["project"] = elapsed * len(prepared.tasks) / len(tasks)
+
+    def _step_callback(self, steps: int):
+        hook = self.on_step
+        if hook is None:
+            return None
+
+        def after_step(step: int, losses) -> bool:
+            hook(step + 1, steps)
+            return False
+        return after_step
 
     def finish(self, prepared: Prepared) -> FrameResult:
         """Cross-fade the chains, render the faces with the blended model, paste them back, carry the states."""

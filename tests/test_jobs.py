@@ -20,8 +20,11 @@ from types import SimpleNamespace
 import pytest
 
 from toon_ofx.core.errors import Cancelled, UserError
-from toon_ofx.service.jobs import (MAX_CRASHES, Conflict, JobQueue, JobSpec, JobStore, RequestError, _partial_movie,
-                           check_name, is_system_folder, parse_preview, parse_submission)
+from toon_ofx.service.errors import Conflict, RequestError
+from toon_ofx.service.outputs import check_name, is_system_folder, partial_movie
+from toon_ofx.service.requests import JobSpec, parse_preview, parse_submission
+from toon_ofx.service.store import MAX_CRASHES, JobStore
+from toon_ofx.service.workers import JobQueue
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("TOON_OFX_FIXTURES", REPO.parent / "shared" / "fixtures"))
@@ -408,7 +411,7 @@ def test_queue_movie_is_moved_into_place_and_never_overwritten(tmp_path):
     assert job["state"] == "done", job["error"]
     movie = Path(job["result"]["path"])
     assert movie == tmp_path / "out" / "clip_toon.mp4" and movie.stat().st_size > 0
-    assert not Path(_partial_movie(str(movie))).exists()
+    assert not Path(partial_movie(str(movie))).exists()
     assert not (tmp_path / "data" / "work" / job["id"]).exists(), "frames of a finished movie are cleaned up"
     stat = movie.stat()
     again = wait_state(store, queue.submit(_spec(tmp_path, kind="movie"))["id"], {"done", "failed"})

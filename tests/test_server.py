@@ -28,7 +28,9 @@ from test_jobs import CLIP, INTERVALS, REPO, fake_render, needs_clip  # noqa: E4
 
 from toon_ofx.client import EngineClient, EngineError  # noqa: E402
 from toon_ofx.core.errors import UserError  # noqa: E402
-from toon_ofx.service.server import AlreadyRunning, Server, encode_png  # noqa: E402
+from toon_ofx.service.instance import AlreadyRunning, ensure_token  # noqa: E402
+from toon_ofx.service.preview import encode_png  # noqa: E402
+from toon_ofx.service.server import Server  # noqa: E402
 
 PY = sys.executable
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -158,8 +160,6 @@ def test_token_and_server_json(engine, tmp_path):
 
 
 def test_token_is_reused_and_repaired(tmp_path):
-    from toon_ofx.service.server import ensure_token
-
     folder = tmp_path / "cfg"
     first = ensure_token(folder)
     assert ensure_token(folder) == first

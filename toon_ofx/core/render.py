@@ -218,10 +218,17 @@ class Renderer:
                               keyframe_interval=p["keyframe_interval"], keyframe_overlap=p["keyframe_overlap"],
                               batch_size=p["batch_size"], seed=p["seed"])
 
-    def pipeline(self, params: Dict[str, Any]):
+    def pipeline(self, params: Dict[str, Any], cancel: Optional[threading.Event] = None):
+        """A pipeline for `params`; with `cancel`, setting the event stops it within one projection step."""
         from engine.pipeline import ToonPipeline
 
-        return ToonPipeline(self.landmarker, self.base, self.blended, self.perceptual, self.config(params))
+        pipeline = ToonPipeline(self.landmarker, self.base, self.blended, self.perceptual, self.config(params))
+        if cancel is not None:
+            def stop_if_cancelled(step: int, steps: int) -> None:
+                if cancel.is_set():
+                    raise Cancelled(f"cancelled during a projection (step {step} of {steps})")
+            pipeline.on_step = stop_if_cancelled
+        return pipeline
 
     def render(self, request: RenderRequest, progress: Optional[Callable[[ProgressEvent], None]] = None,
                cancel: Optional[threading.Event] = None, plan: Optional["Plan"] = None) -> RenderResult:
@@ -239,7 +246,7 @@ class Renderer:
         if todo and params["frame_batch"] > 1:
             self._render_segments(request, plan, todo, report, timings, cancel)
         elif todo:
-            pipeline = self.pipeline(params)
+            pipeline = self.pipeline(params, cancel)
             first, last = todo[0], todo[-1]
             start = max(0, min(pipeline.warmup_start(first), first - request.warmup))
             decoded = _decoded(media.read_frames(info, start, pipeline.plan.decode_end(last, info.frame_count)),
@@ -285,7 +292,7 @@ class Renderer:
             while queue or active:
                 while queue and len(active) < params["frame_batch"]:
                     frames = queue.pop(0)
-                    pipeline = self.pipeline(params)
+                    pipeline = self.pipeline(params, cancel)
                     start = pipeline.warmup_start(frames[0])
                     if frames[0] == todo[0]:
                         start = max(0, min(start, todo[0] - request.warmup))

@@ -1,0 +1,241 @@
+"""What a client may ask for: a POST /v1/jobs or /v1/preview body, checked field by field.
+
+`parse_submission` turns a job request into a JobSpec (source probed, frame range, validated
+parameters, output folder and name, device); `parse_preview` does the same for a preview. Every
+error is a RequestError naming the first bad field. The media probe and the model store are
+imported lazily (standard library only at import time).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+from ..core.errors import UserError
+from ..core.params import ParamError, validate
+from .devices import check_device
+from .errors import RequestError
+from .outputs import check_name, check_output_folder, default_stem, norm_path
+
+OUTPUT_KINDS = ("sequence", "movie")
+REQUEST_FIELDS = ("source", "frames", "params", "output")
+OUTPUT_FIELDS = ("folder", "kind", "name")
+FRAME_DIGITS = 6
+
+
+# --------------------------------------------------------------------------- the source clip
+
+@dataclass
+class SourceInfo:
+    frame_count: int
+    fps: Optional[float]
+
+
+def probe_source(path: str, field_name: str = "source") -> SourceInfo:
+    """Frame count and rate of a movie or image sequence; UserError naming `field_name` if not media."""
+    try:
+        from ..core import media  # ffmpeg-based; may be missing in a trimmed install
+    except ImportError:
+        media = None
+    if media is not None:
+        try:
+            info = media.probe(Path(path))
+        except UserError as exc:
+            raise RequestError(exc.message, field=field_name) from None
+        except (OSError, ValueError) as exc:
+            raise RequestError(f"{path} is not a readable video or image sequence ({exc})", field=field_name) from None
+        fps = getattr(info, "fps", None)
+        return SourceInfo(int(info.frame_count), float(fps) if fps else None)
+    return _ffprobe(path, field_name)
+
+
+def _ffprobe(path: str, field_name: str) -> SourceInfo:  # fallback while toon_ofx.core.media is unavailable
+    if os.path.isdir(path):
+        frames = sorted(e for e in os.listdir(path) if e.lower().endswith((".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr")))
+        if not frames:
+            raise RequestError(f"{path} is a folder with no image frames", field=field_name)
+        return SourceInfo(len(frames), None)
+    exe = shutil.which("ffprobe")
+    if exe is None:
+        raise RequestError("cannot check the source: ffprobe is not installed", field=field_name)
+    cmd = [exe, "-v", "error", "-select_streams", "v:0", "-count_packets", "-show_entries",
+           "stream=nb_read_packets,avg_frame_rate,r_frame_rate", "-of", "json", path]
+    try:
+        out = subprocess.run(cmd, capture_output=True, timeout=60, check=False)
+        streams = json.loads(out.stdout or b"{}").get("streams") or []
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        streams = []
+    if not streams:
+        raise RequestError(f"{path} is not a video or image file", field=field_name)
+    s = streams[0]
+    count = int(s.get("nb_read_packets") or 0)
+    if count <= 0:
+        raise RequestError(f"{path} has no video frames", field=field_name)
+    fps = None
+    for key in ("avg_frame_rate", "r_frame_rate"):
+        num, _, den = str(s.get(key) or "0/0").partition("/")
+        try:
+            if float(den or 1):
+                fps = float(num) / float(den or 1)
+                break
+        except ValueError:
+            pass
+    return SourceInfo(count, fps)
+
+
+def check_source(source: Any, field_name: str = "source") -> Tuple[str, SourceInfo]:
+    if source is None:
+        raise RequestError(f"{field_name} is required", field=field_name)
+    if not isinstance(source, str) or not source.strip():
+        raise RequestError(f"{field_name} must be a file path", field=field_name)
+    if "\x00" in source:
+        raise RequestError(f"{field_name} contains a NUL character", field=field_name)
+    if not os.path.isabs(source):
+        raise RequestError(f"{field_name} must be an absolute path (the engine's working folder is not yours), "
+                           f"got {source!r}", field=field_name)
+    source = os.path.normpath(source)
+    pattern = "%" in os.path.basename(source) or "#" in os.path.basename(source)  # an image-sequence pattern
+    if not pattern and not os.path.exists(source):
+        raise RequestError(f"{field_name} {source} does not exist", field=field_name)
+    if not pattern and not os.access(source, os.R_OK):
+        raise RequestError(f"{field_name} {source} is not readable", field=field_name)
+    return source, probe_source(source, field_name)
+
+
+# --------------------------------------------------------------------------- the request
+
+@dataclass
+class JobSpec:
+    """A checked submission: everything a job needs except its id and final output name."""
+
+    source: str
+    frames: Tuple[int, int]
+    params: Dict[str, Any]
+    kind: str
+    folder: str
+    stem: str
+    explicit_name: bool
+    device: str
+    fps: Optional[float] = None
+    frame_count: int = 0
+
+    @property
+    def movie_suffix(self) -> str:
+        return ".mov" if self.params.get("output_kind") == "overlay" else ".mp4"
+
+    def output_for(self, stem: str, work_root: Optional[Path], job_id: str) -> Dict[str, Any]:
+        folder = self.folder
+        if self.kind == "sequence":
+            pattern = os.path.join(folder, f"{stem}.%0{FRAME_DIGITS}d.png")
+            return {"folder": folder, "kind": "sequence", "name": stem, "path": folder, "pattern": pattern,
+                    "work_dir": None}
+        work = str(Path(work_root) / job_id) if work_root is not None else None
+        return {"folder": folder, "kind": "movie", "name": stem, "path": os.path.join(folder, stem + self.movie_suffix),
+                "pattern": None, "work_dir": work}
+
+
+def _strict_object(value: Any, what: str, allowed: Tuple[str, ...], prefix: str = "") -> Dict[str, Any]:
+    if not isinstance(value, dict):
+        raise RequestError(f"{what} must be a JSON object", field=prefix.rstrip(".") or None)
+    for key in value:
+        if key not in allowed:
+            raise RequestError(f"unknown field {prefix}{key!r}; allowed: {', '.join(allowed)}",
+                               field=f"{prefix}{key}")
+    return value
+
+
+def _check_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise RequestError(f"{name} must be an integer, got {value!r}", field=name)
+    return int(value)
+
+
+def check_frames(frames: Any, frame_count: int) -> Tuple[int, int]:
+    if frame_count <= 0:
+        raise RequestError("the source has no frames", field="source")
+    if frames is None:
+        return 0, frame_count - 1
+    if not isinstance(frames, (list, tuple)) or len(frames) != 2:
+        raise RequestError("frames must be [first, last] (inclusive, 0-based) or null", field="frames")
+    first, last = (_check_int(v, "frames") for v in frames)
+    if first < 0 or last < first or last >= frame_count:
+        raise RequestError(f"frame range {first}-{last} is outside the clip (frames 0-{frame_count - 1})",
+                           field="frames", status=422)
+    return first, last
+
+
+def check_params(params: Any) -> Dict[str, Any]:
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise RequestError("params must be a JSON object", field="params")
+    try:
+        return validate(params)
+    except ParamError as exc:
+        raise RequestError(exc.message, field=f"params.{exc.field}", status=422) from None
+
+
+def check_models(params: Mapping[str, Any]) -> None:
+    """422 now (not a failed job later) when `model` or `base_model` is neither a file nor an installed model."""
+    try:
+        from ..core import model_store
+    except ImportError:  # pragma: no cover - trimmed install: the renderer will say what is missing
+        return
+    for name in ("base_model", "model"):
+        try:
+            model_store.resolve(params[name])
+        except UserError as exc:
+            raise RequestError(exc.message, field=f"params.{name}", status=422) from None
+
+
+def parse_submission(body: Any, *, device_check: Callable[[str], str] = check_device,
+                     default_folder: Optional[str] = None) -> JobSpec:
+    """Check a POST /v1/jobs body field by field; RequestError names the first bad field."""
+    body = _strict_object(body, "the request body", REQUEST_FIELDS)
+    source, info = check_source(body.get("source"))
+    frames = check_frames(body.get("frames"), info.frame_count)
+    params = check_params(body.get("params"))
+    output = body.get("output")
+    if output is None:
+        output = {}
+    output = _strict_object(output, "output", OUTPUT_FIELDS, "output.")
+    kind = output.get("kind", "sequence")
+    if kind is None:
+        kind = "sequence"
+    if kind not in OUTPUT_KINDS:
+        raise RequestError(f"output.kind must be one of {', '.join(OUTPUT_KINDS)}; got {kind!r}", field="output.kind")
+    folder = output.get("folder")
+    if folder is None:
+        if default_folder is None:
+            raise RequestError("output.folder is required", field="output.folder")
+        folder = default_folder
+    folder = check_output_folder(folder, source)
+    explicit = output.get("name") is not None
+    stem = check_name(output["name"]) if explicit else default_stem(source)
+    device = device_check(params["device"])
+    spec = JobSpec(source=source, frames=frames, params=params, kind=kind, folder=folder, stem=stem,
+                   explicit_name=explicit, device=device, fps=info.fps, frame_count=info.frame_count)
+    target = spec.output_for(stem, None, "x")["path"]
+    if kind == "movie" and norm_path(os.path.realpath(target)) == norm_path(os.path.realpath(source)):
+        raise RequestError("the output movie would be the source file; the source is never written to",
+                           field="output.name")
+    return spec
+
+
+def parse_preview(body: Any) -> Tuple[str, int, Dict[str, Any]]:
+    """Check a POST /v1/preview body: (source, frame, params)."""
+    body = _strict_object(body, "the request body", ("source", "frame", "params"))
+    source, info = check_source(body.get("source"))
+    frame = body.get("frame", 0)
+    if frame is None:
+        frame = 0
+    frame = _check_int(frame, "frame")
+    if not 0 <= frame < info.frame_count:
+        raise RequestError(f"frame {frame} is outside the clip (frames 0-{info.frame_count - 1})",
+                           field="frame", status=422)
+    return source, frame, check_params(body.get("params"))
+
