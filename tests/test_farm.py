@@ -32,7 +32,9 @@ from toon_ofx.farm.assemble import find_sequence, sequence_frames
 from toon_ofx.farm.export import FORMATS, write_export
 from toon_ofx.farm.job import FarmJob, param_args
 from toon_ofx.farm.openjd import openjd_template
-from toon_ofx.farm.plan import chunk_warmup_first, effective_chunk_size, plan_chunks, snap_chunk
+from toon_ofx.farm.plan import (chunk_warmup_first, effective_chunk_size, plan_chunks, snap_chunk,
+                                 temporal_plan)
+from engine.temporal import TemporalPlan
 
 from conftest import FIXTURES, REPO  # noqa: E402
 
@@ -45,12 +47,15 @@ def _covers(ranges, first, last):
     return frames == list(range(first, last + 1))
 
 
-def test_plan_chunks_cut_on_the_keyframe_grid():
-    chunks = plan_chunks(10, 250, 100, 3, keyframe_interval=48)
-    assert [c.frames for c in chunks] == [(10, 95), (96, 191), (192, 250)]
-    # the first chunk pre-rolls back to the keyframe before it; later ones only the overlap
-    assert [c.warmup_first for c in chunks] == [0, 93, 189]
-    assert chunks[1].warmup == 3 and str(chunks[1]) == "96-191" and chunks[1].count == 96
+def test_plan_chunks_cut_on_the_segment_grid():
+    plan = TemporalPlan.create(48, 8, smoothing=0.5)  # the defaults: history 14 frames
+    chunks = plan_chunks(10, 250, 100, 3, plan=plan)
+    assert [c.frames for c in chunks] == [(10, 103), (104, 199), (200, 250)]
+    # a chunk on the grid (keyframe + overlap) projects from its keyframe (the cross-fade frames the
+    # chunk before it writes) and tracks from `history` frames before that
+    assert [c.warmup_first for c in chunks] == [0, 96 - 14, 192 - 14]
+    assert chunks[1].warmup == 8 + 14 and str(chunks[1]) == "104-199" and chunks[1].count == 96
+    assert temporal_plan({}) == plan and temporal_plan({"keyframe_overlap": 0}).overlap == 0
 
 
 @pytest.mark.parametrize("size,k,expected", [(30, 48, 30), (48, 48, 48), (70, 48, 48), (73, 48, 96),
@@ -66,18 +71,20 @@ def test_plan_chunks_partition_any_range():
         first = rng.randrange(0, 300)
         last = first + rng.randrange(0, 400)
         size = rng.randrange(1, 120)
-        overlap = rng.randrange(0, 10)
-        chunks = plan_chunks(first, last, size, overlap, keyframe_interval=k)
+        warmup = rng.randrange(0, 10)
+        plan = TemporalPlan.create(k, rng.randrange(0, 12), rng.choice([0.0, 0.5, 1.0]))
+        chunks = plan_chunks(first, last, size, warmup, plan=plan)
         assert _covers([c.frames for c in chunks], first, last)
         eff = effective_chunk_size(size, k)
         for c in chunks:
-            assert c.count <= eff
-            assert c.warmup_first == chunk_warmup_first(c.first, overlap, k) <= c.first
+            assert c.count <= eff + plan.overlap
+            assert c.warmup_first == chunk_warmup_first(c.first, warmup, plan) <= c.first
+            assert c.warmup_first <= max(0, plan.projection_start(c.first) - plan.history)
             if c.first != first:
-                assert c.first % eff == 0
+                assert (c.first - plan.overlap) % eff == 0
                 if k and eff % k == 0:
-                    assert c.first % k == 0          # starts on a keyframe: no projected warm-up
-                    assert c.warmup == min(overlap, c.first)
+                    assert plan.segment_start(c.first) == c.first  # re-projects only the cross-fade
+                    assert c.warmup == min(max(warmup, plan.overlap + plan.history), c.first)
 
 
 def test_plan_chunks_bad_input():
@@ -100,10 +107,11 @@ def _openjd_chunks(first, last, count):
     return [parse_frame_range(c) for c in divide_int_interval_into_chunks(count, first, last)]
 
 
-def test_snap_chunk_keeps_a_partition_and_lands_on_keyframes():
+def test_snap_chunk_keeps_a_partition_and_lands_on_the_segment_grid():
     rng = random.Random(2)
     for _ in range(400):
         k = rng.choice([1, 4, 7, 48])
+        plan = TemporalPlan.create(k, rng.randrange(0, 12), 0.5)
         first = rng.randrange(0, 200)
         last = first + rng.randrange(0, 500)
         if rng.random() < 0.5:
@@ -112,21 +120,25 @@ def test_snap_chunk_keeps_a_partition_and_lands_on_keyframes():
             cuts = sorted(rng.sample(range(first + 1, last + 2), min(rng.randrange(0, 8), last - first + 1)))
             bounds = [first] + [c for c in cuts if c <= last] + [last + 1]
             chunks = [(a, b - 1) for a, b in zip(bounds, bounds[1:]) if b > a]
-        snapped = [snap_chunk(c, (first, last), k) for c in chunks]
+        snapped = [snap_chunk(c, (first, last), plan) for c in chunks]
         assert _covers([s for s in snapped if s], first, last)
         for s in snapped:
             if s:
-                assert s[0] == first or s[0] % k == 0
+                assert s[0] == first or plan.segment_start(s[0]) == s[0]
 
 
 def test_snap_chunk_examples():
-    assert snap_chunk((34, 66), (0, 99), 48) == (0, 47)
-    assert snap_chunk((0, 33), (0, 99), 48) is None
-    assert snap_chunk((67, 99), (0, 99), 48) == (48, 99)
-    assert snap_chunk((5, 9), (5, 9), 4) == (5, 9)
-    assert snap_chunk((3, 8), (3, 20), 0) == (3, 8)
+    hard = TemporalPlan.create(48, 0, 0.5)  # no cross-fade: the keyframes themselves
+    assert snap_chunk((34, 66), (0, 99), hard) == (0, 47)
+    assert snap_chunk((0, 33), (0, 99), hard) is None
+    assert snap_chunk((67, 99), (0, 99), hard) == (48, 99)
+    fading = TemporalPlan.create(48, 8, 0.5)  # grid 0, 56, 104, ...
+    assert snap_chunk((34, 66), (0, 99), fading) == (0, 55)
+    assert snap_chunk((67, 99), (0, 99), fading) == (56, 99)
+    assert snap_chunk((5, 9), (5, 9), TemporalPlan.create(4, 0, 0.5)) == (5, 9)
+    assert snap_chunk((3, 8), (3, 20), TemporalPlan.create(0, 8, 0.5)) == (3, 8)
     with pytest.raises(UserError):
-        snap_chunk((2, 30), (3, 20), 4)
+        snap_chunk((2, 30), (3, 20), hard)
 
 
 @pytest.mark.parametrize("text,expected", [("10-120", (10, 120)), ("7", (7, 7)), ("3,4", (3, 4)),
@@ -181,7 +193,7 @@ def _check_render_commands(job, argvs, expect_chunk_of=None):
         assert params_from_args(args) == validate(job.params)
         frames = args.frames
         if getattr(args, "chunk_of", None):
-            frames = snap_chunk(frames, args.chunk_of, validate(job.params)["keyframe_interval"])
+            frames = snap_chunk(frames, args.chunk_of, temporal_plan(job.params))
         if frames:
             ranges.append(frames)
     ranges.sort()
@@ -276,7 +288,8 @@ def _fake_toon_ofx(tmp_path) -> Path:
         import json, sys
         sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
         from toon_ofx.cli import build_parser
-        from toon_ofx.farm.plan import snap_chunk
+        from toon_ofx.core.options import params_from_args
+        from toon_ofx.farm.plan import snap_chunk, temporal_plan
         argv = sys.argv[1:]
         with open({str(log)!r}, "a") as f:
             f.write(json.dumps(argv) + "\\n")
@@ -284,7 +297,7 @@ def _fake_toon_ofx(tmp_path) -> Path:
         if args.command == "render":
             frames = args.frames
             if getattr(args, "chunk_of", None):
-                frames = snap_chunk(frames, args.chunk_of, int(args.keyframe_interval))
+                frames = snap_chunk(frames, args.chunk_of, temporal_plan(params_from_args(args)))
             if frames:
                 for i in range(frames[0], frames[1] + 1):
                     path = str(args.output) % i
@@ -405,8 +418,9 @@ def test_opencue_script_builds_layers_cuebot_can_chunk(tmp_path, frames):
     argvs = [argv for layer in renders for argv in _cue_tasks(layer)]
     assert all(argv[0] == "toon-ofx" for argv in argvs)
     ranges = _check_render_commands(job, [argv[1:] for argv in argvs])
-    # Cuebot's chunks start on the chunk grid (multiples of the keyframe interval)
-    assert all(a == frames[0] or a % 8 == 0 for a, _ in ranges)
+    # Cuebot's chunks start on the chunk grid (multiples of the keyframe interval, shifted by the cross-fade)
+    overlap = job.temporal_plan.overlap
+    assert overlap == 2 and all(a == frames[0] or (a - overlap) % 8 == 0 for a, _ in ranges)
     (assemble_argv,) = _cue_tasks(assemble)
     assert assemble_argv[1:] == job.assemble_args()
 
@@ -498,8 +512,8 @@ def test_flamenco_compile_job_makes_chunk_tasks_and_assemble(tmp_path, frames, c
         assert command["name"] == "exec" and command["parameters"]["exe"] == "toon-ofx"
         argvs.append(command["parameters"]["args"])
     ranges = _check_render_commands(job, argvs)
-    size = effective_chunk_size(chunk, 4)
-    assert all(a == frames[0] or a % size == 0 for a, _ in ranges)
+    size, grid = effective_chunk_size(chunk, 4), job.temporal_plan
+    assert all(a == frames[0] or (a - grid.overlap) % size == 0 for a, _ in ranges)
     assert assemble["commands"][0]["parameters"]["args"] == job.assemble_args()
 
 
@@ -519,9 +533,11 @@ def test_cli_farm_export_probes_the_clip(tmp_path, fmt, capsys):
     elif fmt == "flamenco":
         settings = json.loads((out / "job.json").read_text())["settings"]
         assert settings["sequence"] == str(tmp_path / "seq" / "single_face_toon.%06d.png")
-        assert json.loads(settings["params"]) == {"keyframe_interval": 12, "swap_res": 32}
+        assert json.loads(settings["params"]) == {"keyframe_interval": 12, "keyframe_overlap": 8, "swap_res": 32}
     else:
-        assert "RENDER_LAYERS = [('render', '0-71', 24)]" in (out / "toon_ofx_job.py").read_text()
+        # a head up to the segment grid (keyframes + the 6-frame cross-fade: 30, 54), then 24-frame chunks
+        assert "RENDER_LAYERS = [('render_head', '0-29', 30), ('render', '30-71', 24)]" in \
+            (out / "toon_ofx_job.py").read_text()
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -625,18 +641,7 @@ def _frames(pattern, first, last):
     return [media.read_image(pattern % i) for i in range(first, last + 1)]
 
 
-def _tracker_has_bounded_memory() -> bool:
-    from engine.faces.tracking import FaceTracker
-
-    return hasattr(FaceTracker(), "memory")
-
-
-@pytest.mark.parametrize("smoothing", [
-    0.0,
-    pytest.param(0.5, marks=pytest.mark.skipif(
-        not _tracker_has_bounded_memory(),
-        reason="engine.faces.tracking smooths with an unbounded (IIR) filter: no FaceTracker.memory yet")),
-])
+@pytest.mark.parametrize("smoothing", [0.0, 0.5])
 def test_chunked_render_equals_whole_render(tmp_path, engine_params, smoothing):
     """Frames 2-9 rendered in one piece, in keyframe-aligned chunks (in reverse order) and in
     chunks that cut through keyframe intervals (as OpenJD divides a range) are the same pixels."""
@@ -655,7 +660,8 @@ def test_chunked_render_equals_whole_render(tmp_path, engine_params, smoothing):
         return pattern
 
     whole = render("whole", [(first, last)])
-    aligned = render("aligned", [c.frames for c in reversed(plan_chunks(first, last, 4, 0, keyframe_interval=4))])
+    aligned = render("aligned", [c.frames for c in reversed(plan_chunks(first, last, 4, 0,
+                                                                         plan=temporal_plan(params)))])
     ragged = render("ragged", [(2, 6), (7, 9)], warmup=1)   # cuts through a keyframe interval
     reference = _frames(whole, first, last)
     for pattern in (aligned, ragged):

@@ -80,14 +80,14 @@ def run_render(args) -> int:
     params = params_from_args(args)
     frames = args.frames
     if args.chunk_of:
-        from .farm.plan import snap_chunk
+        from .farm.plan import snap_chunk, temporal_plan
 
         if frames is None:
             raise UserError("--chunk-of needs --frames (this task's chunk)", field="frames")
-        frames = snap_chunk(frames, args.chunk_of, params["keyframe_interval"])
+        frames = snap_chunk(frames, args.chunk_of, temporal_plan(params))
         if frames is None:
             if not args.quiet:
-                print("toon-ofx: this chunk lies inside another task's keyframe interval; nothing to do",
+                print("toon-ofx: this chunk lies inside another task's segment of the keyframe grid; nothing to do",
                       file=sys.stderr)
             return 0
     request = RenderRequest(source=args.source, output=args.output, params=params, frames=frames,

@@ -60,10 +60,14 @@ function compileJob(job) {
     const paramArgs = effectArgs(params);
     const keyframes = Number(params.keyframe_interval || 0);
     const size = chunkSize(Number(settings.chunk_size), keyframes);
+    // the segment grid is shifted by the keyframe cross-fade (at most half an interval)
+    const offset = Math.min(Number(params.keyframe_overlap || 0), Math.floor(keyframes / 2));
 
     const renderTasks = [];
-    for (const part of gridParts(range.first, range.last, size)) {
-        for (const chunk of frameChunker(`${part.first}-${part.last}`, size)) {
+    const parts = gridParts(range.first, range.last, size, offset);
+    for (const [i, part] of parts.entries()) {
+        const step = i < parts.length - 1 ? part.last - part.first + 1 : size;  // the head: one task
+        for (const chunk of frameChunker(`${part.first}-${part.last}`, step)) {
             const bounds = frameBounds(chunk);
             const frames = `${bounds.first}-${bounds.last}`;
             const task = author.Task(`render-${frames}`, "misc");
@@ -115,11 +119,14 @@ function chunkSize(size, keyframes) {
     return Math.max(keyframes, Math.floor((size + Math.floor(keyframes / 2)) / keyframes) * keyframes);
 }
 
-// Split first..last at the first multiple of `size` so that frameChunker's chunks of the second
-// part start on multiples of `size`.
-function gridParts(first, last, size) {
-    const boundary = Math.ceil(first / size) * size;
-    if (boundary === first || boundary > last) {
+// Split first..last at the first grid point j * size + offset (j >= 1) so that frameChunker's chunks
+// of the second part start on grid points (toon_ofx.farm.plan.grid_ranges).
+function gridParts(first, last, size, offset) {
+    if (first >= offset && (first - offset) % size === 0) {
+        return [{ first: first, last: last }];
+    }
+    const boundary = Math.max(first + (((offset - first) % size) + size) % size, size + offset);
+    if (boundary > last) {
         return [{ first: first, last: last }];
     }
     return [{ first: first, last: boundary - 1 }, { first: boundary, last: last }];

@@ -13,21 +13,24 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ..core.options import option_flag
 from ..core.params import PARAMS, validate
-from .plan import Chunk, plan_chunks
+from .plan import Chunk, plan_chunks, temporal_plan
+
+
+GRID_PARAMS = ("keyframe_interval", "keyframe_overlap")
 
 
 def explicit_params(params: Dict[str, Any]) -> Dict[str, Any]:
     """The validated parameters a task command spells out: those that differ from their default.
 
-    `keyframe_interval` is always included: the chunk grid depends on it.
+    `keyframe_interval` and `keyframe_overlap` are always included: the chunk grid depends on them.
     """
     values = validate(params)
     return {p.name: values[p.name] for p in PARAMS
-            if values[p.name] != p.default or p.name == "keyframe_interval"}
+            if values[p.name] != p.default or p.name in GRID_PARAMS}
 
 
 def param_args(params: Dict[str, Any]) -> List[str]:
-    """Command-line flags for every effect parameter that differs from its default (and keyframe_interval)."""
+    """Command-line flags for every effect parameter that differs from its default (and the grid's)."""
     out: List[str] = []
     explicit = explicit_params(params)
     for p in PARAMS:
@@ -76,7 +79,7 @@ class FarmJob:
     warmup: int = 0
     executable: str = "toon-ofx"
     name: str = "toon-ofx"
-    chunk_of: bool = True               # pass --chunk-of: each task snaps its chunk onto keyframes
+    chunk_of: bool = True               # pass --chunk-of: each task snaps its chunk onto the segment grid
 
     @property
     def keyframe_interval(self) -> int:
@@ -87,9 +90,13 @@ class FarmJob:
         """The job's frames as 'F-L'."""
         return f"{self.frames[0]}-{self.frames[1]}"
 
+    @property
+    def temporal_plan(self):
+        """The renderer's keyframes, cross-fade and tracking reach for this job's parameters."""
+        return temporal_plan(self.params)
+
     def chunks(self) -> List[Chunk]:
-        return plan_chunks(self.frames[0], self.frames[1], self.chunk_size, self.warmup,
-                           keyframe_interval=self.keyframe_interval)
+        return plan_chunks(self.frames[0], self.frames[1], self.chunk_size, self.warmup, plan=self.temporal_plan)
 
     def render_args(self, frames: str) -> List[str]:
         """`toon-ofx render` arguments (without the executable) for one chunk."""

@@ -93,7 +93,7 @@ def opencue_script(job: FarmJob, filename: str = SCRIPT_NAME) -> str:
     """A PyOutline script: Shell render layer(s) with range=/chunk=, an assemble layer after them."""
     first, last = job.frames
     size = effective_chunk_size(job.chunk_size, job.keyframe_interval)
-    parts = grid_ranges(first, last, size)
+    parts = grid_ranges(first, last, size, job.temporal_plan.overlap)
     layers = [("render_head", f"{a}-{b}", b - a + 1) for a, b in parts[:-1]]
     layers.append(("render", f"{parts[-1][0]}-{parts[-1][1]}", size))
     render = [job.executable] + job.render_args("#FRAME_START#-#FRAME_END#")

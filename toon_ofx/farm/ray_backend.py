@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 from ..core.errors import Cancelled, UserError
 from .assemble import assemble, sequence_frames
-from .plan import Chunk, chunk_size_for_workers, plan_chunks, tracker_memory
+from .plan import Chunk, chunk_size_for_workers, plan_chunks, temporal_plan
 
 DEFAULT_MAX_RETRIES = 2
 POLL_SECONDS = 0.25
@@ -229,8 +229,7 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
         place = _placement(ray, params, workers)
         n_workers = place["workers"]
         size = chunk_size if chunk_size is not None else chunk_size_for_workers(total, keyframes, n_workers)
-        overlap = max(request.warmup, tracker_memory(params))
-        chunks = plan_chunks(first, last, size, overlap, keyframe_interval=keyframes)
+        chunks = plan_chunks(first, last, size, request.warmup, plan=temporal_plan(params))
         present = set(sequence_frames(plan.pattern))
         todo = [c for c in chunks if any(i not in present for i in range(c.first, c.last + 1))]
         already = sum(1 for i in range(first, last + 1) if i in present)
