@@ -13,7 +13,10 @@ strengths. Per clip, as a percentage of the face size (the FFHQ quad's side):
   direction of motion (positive = trailing), on frames moving > 0.5 px/frame. The
   reference is a local quadratic (Savitzky-Golay) fit over +-6 frames of the raw
   track: non-causal, and unlike the smoothers under test;
-* delay: the shift (frames) of the raw track that best matches the smoothed one.
+* delay: the shift (frames) of the reference that best matches the smoothed track
+  (runs of 20+ detected frames);
+* deviation: mean distance of the smoothed centre from the reference: noise left plus
+  the shape a wider kernel flattens (its minimum marks the best strength).
 
 **continuity**: the pipeline (random-weight 64 px StyleGAN2 and random-weight
 LPIPS: no trained weights are available here, so the figures show the mechanism,
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import pickle
 import sys
 from pathlib import Path
@@ -42,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.faces.align import ffhq_quad, quad_params  # noqa: E402
 from engine.faces.lookahead import LookaheadTracker  # noqa: E402
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(os.environ.get("TOON_OFX_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
 CLIPS = ("single_face.mp4", "face_noface.mov", "tears_of_steel_clip.mp4")
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -125,9 +129,20 @@ def savgol_centres(raw: dict, half: int = 6) -> dict:
     return out
 
 
+def runs(frames: list, minimum: int = 20) -> list:
+    """Maximal runs of consecutive frames at least `minimum` long."""
+    out, start = [], 0
+    for i in range(1, len(frames) + 1):
+        if i == len(frames) or frames[i] != frames[i - 1] + 1:
+            if i - start >= minimum:
+                out.append(frames[start:i])
+            start = i
+    return out
+
+
 def track_metrics(tracks: list, which: int) -> dict:
-    """jitter and lag (% of the face size) and delay (frames) of quads[which] (0 raw, 1 smoothed)."""
-    jitter, lag, sizes, delays = [], [], [], []
+    """jitter, lag and deviation (% of the face size) and delay (frames) of quads[which] (0 raw, 1 smoothed)."""
+    jitter, lag, deviation, delays, sizes = [], [], [], [], []
     for track in tracks:
         frames = sorted(track)
         size = np.mean([np.linalg.norm(track[f][0][3] - track[f][0][0]) for f in frames])
@@ -138,29 +153,32 @@ def track_metrics(tracks: list, which: int) -> dict:
                 jitter.extend(np.linalg.norm(d2, axis=1) / size)
         ref = savgol_centres({f: track[f][0] for f in frames})
         for f in frames:
+            offset = quad_params(track[f][which])[0] - ref[f]
+            deviation.append(np.linalg.norm(offset) / size)
             if f - 1 in ref and f + 1 in ref:
                 v = (ref[f + 1] - ref[f - 1]) / 2
                 speed = np.linalg.norm(v)
                 if speed > 0.5:
-                    offset = quad_params(track[f][which])[0] - ref[f]
                     lag.append(-(offset @ v) / speed / size)
-        centres = np.array([quad_params(track[f][which])[0] for f in frames])
-        raws = np.array([quad_params(track[f][0])[0] for f in frames])
-        if len(frames) > 20 and frames[-1] - frames[0] == len(frames) - 1:
-            shifts = np.arange(-3, 3.01, 0.25)
-            err = [np.mean(np.linalg.norm(centres[5:-5] - np.array(
-                [np.interp(np.arange(5, len(frames) - 5) - s, np.arange(len(frames)), raws[:, k])
-                 for k in range(2)]).T, axis=1)) for s in shifts]
+        for run in runs(frames):  # the shift of the reference that best matches the smoothed centres
+            centres = np.array([quad_params(track[f][which])[0] for f in run])
+            refs = np.array([ref[f] for f in run])
+            steps = np.arange(len(run))
+            shifts = np.arange(-3, 3.01, 0.125)
+            err = [np.mean(np.linalg.norm(centres[4:-4] - np.stack(
+                [np.interp(steps[4:-4] - s, steps, refs[:, k]) for k in range(2)], axis=1), axis=1))
+                for s in shifts]
             delays.append(shifts[int(np.argmin(err))])
     return {"jitter": 100 * float(np.sqrt(np.mean(np.square(jitter)))), "lag": 100 * float(np.mean(lag)),
-            "delay": float(np.mean(delays)) if delays else float("nan"), "size": float(np.mean(sizes))}
+            "deviation": 100 * float(np.mean(deviation)), "size": float(np.mean(sizes)),
+            "delay": float(np.mean(delays)) if delays else float("nan")}
 
 
 def bench_tracks(args) -> None:
     variants = [("raw", None), ("causal 0.5", ("causal", 0.5))] + [
         (f"zero-phase {s:g}", ("zero-phase", s)) for s in args.strengths]
-    print("| clip | face size | smoothing | jitter % | lag % | delay (frames) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| clip | face size | smoothing | jitter % | lag % | delay (frames) | deviation % |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name in args.clips:
         _, dets = detections(name, clip_frames(name))
         for label, setting in variants:
@@ -168,7 +186,7 @@ def bench_tracks(args) -> None:
             tracks = detected_tracks(run_tracker(LookaheadTracker(strength, mode), dets))
             m = track_metrics(tracks, 0 if setting is None else 1)
             print(f"| {name} | {m['size']:.0f} px | {label} | {m['jitter']:.3f} | {m['lag']:+.3f} | "
-                  f"{m['delay']:+.2f} |")
+                  f"{m['delay']:+.2f} | {m['deviation']:.3f} |")
 
 
 # -- latent continuity ----------------------------------------------------------------------------
