@@ -110,9 +110,8 @@ class ChunkWorker:
 
         t = time.perf_counter()
         result = self.renderer.render(replace(request, frames=(chunk.first, chunk.last)), progress, self._cancel)
-        with self._lock:
+        with self._lock:  # the final count stays until the next chunk: the driver counts it until it has the result
             faces = self._status["faces"]
-            self._status = {"chunk": None, "done": 0, "faces": 0}
         return ChunkOutcome(chunk, result.written, result.skipped, faces, time.perf_counter() - t, load_seconds,
                             f"{socket.gethostname()}:{os.getpid()}")
 
@@ -307,7 +306,7 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
                     report.faces_finished += outcome.faces
                     timings["chunk_load_total"] = timings.get("chunk_load_total", 0.0) + outcome.load_seconds
                     idle.append(w)
-                live = _statuses(ray, [actors[w] for w, _ in inflight.values()])
+                live = _statuses(ray, [(actors[w], c) for w, c in inflight.values()])
                 report.emit("rendering", sum(s["done"] for s in live), sum(s["faces"] for s in live))
             timings["render"] = time.perf_counter() - t
             timings["chunks"] = float(len(todo))
@@ -340,15 +339,19 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
             ray.shutdown()
 
 
-def _statuses(ray, actors) -> List[Dict[str, Any]]:
-    """Live progress of busy workers; a worker that just died counts as no progress (its chunk's
-    result reports the failure)."""
+def _statuses(ray, busy) -> List[Dict[str, Any]]:
+    """Live progress of busy (worker, chunk) pairs. A status of another chunk (the worker has not
+    started this one yet) or of a worker that just died counts as no progress (its chunk's result
+    reports the failure); a finished chunk's count stays until its result is collected, so the sum
+    never goes backwards."""
     out = []
-    for ref in [a.status.remote() for a in actors]:
+    for ref, chunk in [(a.status.remote(), c) for a, c in busy]:
         try:
-            out.append(ray.get(ref, timeout=10))
+            status = ray.get(ref, timeout=10)
         except Exception:
-            out.append({"done": 0, "faces": 0})
+            status = None
+        current = status is not None and status.get("chunk") == (chunk.first, chunk.last)
+        out.append(status if current else {"done": 0, "faces": 0})
     return out
 
 
