@@ -46,8 +46,13 @@ def test_warm_starts_between_keyframes(monkeypatch, parts, astronaut):
 def test_old_chain_runs_into_the_next_keyframe_interval(monkeypatch, parts, astronaut):
     """keyframe_overlap: the chain of keyframe 0 keeps projecting frames 4 and 5 beside the new chain."""
     calls = spy_projection(monkeypatch)
+    weights = []
+    real_crossfade = pipeline_module.crossfade
+    monkeypatch.setattr(pipeline_module, "crossfade",
+                        lambda old, new, weight: weights.append(weight) or real_crossfade(old, new, weight))
     config = PipelineConfig(steps=3, warm_steps=1, keyframe_interval=4, keyframe_overlap=2)
     results = dict(ToonPipeline(*parts, config).run(enumerate(panning_frames(astronaut, 7))))
+    assert weights == [1 / 3, 2 / 3]  # frames 4 and 5 show (1 - a) * old + a * new
     assert sorted(results) == list(range(7)) and all(r.faces == 1 for r in results.values())
     # per frame: old chain first (warm), then the new chain: 4 -> cold start of the new chain
     assert [(steps, warm) for _, steps, warm in calls] == [
