@@ -50,9 +50,10 @@ def render_command(source: str, sequence: str, frames: str, warmup: str, chunk_o
     return args + ["--json"] + param_args(params)
 
 
-def assemble_command(sequence: str, source: str, movie: str, frames: str) -> List[str]:
+def assemble_command(sequence: str, source: str, movie: str, frames: str, codec: Optional[str] = None) -> List[str]:
     """`toon-ofx assemble` arguments (without the executable)."""
-    return ["assemble", sequence, "--source", source, "-o", movie, "--frames", frames]
+    return ["assemble", sequence, "--source", source, "-o", movie, "--frames", frames] + (
+        ["--codec", codec] if codec else [])
 
 
 def split_pattern(pattern: str) -> Tuple[str, str]:
@@ -70,13 +71,14 @@ class FarmJob:
     source: str
     sequence: str                       # printf pattern of the frames, source frame numbers
     movie: Optional[str]                # movie assembled at the end (None: the sequence is the result)
-    frames: Tuple[int, int]             # inclusive source frame range
+    frames: Tuple[int, int]             # inclusive frame range, 0-based (also for image sequences)
     chunk_size: int
     params: Dict[str, Any] = field(default_factory=dict)
     warmup: int = 0
     executable: str = "toon-ofx"
     name: str = "toon-ofx"
     chunk_of: bool = True               # pass --chunk-of: each task snaps its chunk onto keyframes
+    codec: Optional[str] = None         # movie codec for the assemble step (None: follow the source)
 
     @property
     def keyframe_interval(self) -> int:
@@ -98,4 +100,4 @@ class FarmJob:
 
     def assemble_args(self) -> List[str]:
         assert self.movie is not None
-        return assemble_command(self.sequence, self.source, self.movie, self.frame_range)
+        return assemble_command(self.sequence, self.source, self.movie, self.frame_range, self.codec)

@@ -207,7 +207,8 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
     """
     from ..core import media
     from ..core.params import validate
-    from ..core.render import RenderResult, plan_output, resolve_range
+    from ..core.outputs import plan_output, resolve_range
+    from ..core.render import RenderResult
 
     ray = _ray()
     params = validate(request.params)
@@ -217,9 +218,12 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
                         "re-render the clip from frame 0)", field="keyframe_interval")
     source = Path(request.source)
     info = media.probe(source)
+    media.check_renderable(info)
     first, last = resolve_range(request.frames, info.frame_count)
     overlay = params["output_kind"] == "overlay"
-    plan = plan_output(source, Path(request.output), overlay, request.work_dir)
+    plan = plan_output(info, Path(request.output), overlay, request.work_dir)
+    if plan.kind == "image":
+        raise UserError("a still image is one frame: render it without --ray", field="source")
     Path(plan.pattern).parent.mkdir(parents=True, exist_ok=True)
     total = last - first + 1
 
@@ -231,13 +235,14 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
         size = chunk_size if chunk_size is not None else chunk_size_for_workers(total, keyframes, n_workers)
         overlap = max(request.warmup, tracker_memory(params))
         chunks = plan_chunks(first, last, size, overlap, keyframe_interval=keyframes)
-        present = set(sequence_frames(plan.pattern))
+        present = _present(plan)
         todo = [c for c in chunks if any(i not in present for i in range(c.first, c.last + 1))]
         already = sum(1 for i in range(first, last + 1) if i in present)
         report = _Progress(progress, total, already)
         report.emit("loading")
         timings: Dict[str, float] = {}
         written = 0
+        encoded = None
 
         if todo:
             n_workers = min(n_workers, len(todo))
@@ -314,7 +319,7 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
             timings["chunks"] = float(len(todo))
             timings["retries"] = float(sum(attempts.values()))
 
-        missing = sorted(set(range(first, last + 1)) - set(sequence_frames(plan.pattern)))
+        missing = sorted(set(range(first, last + 1)) - _present(plan))
         if missing:
             raise UserError(f"{len(missing)} frame(s) did not arrive in {Path(plan.pattern).parent} (first: "
                             f"{missing[0]}); on a multi-machine Ray cluster the output folder must be shared "
@@ -322,7 +327,7 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
         if plan.kind == "movie":
             report.emit("encoding", 0, 0)
             t = time.perf_counter()
-            assemble(Path(plan.pattern), source, plan.movie, (first, last), info=info)
+            encoded = assemble(Path(plan.pattern), source, plan.movie, (first, last), info=info, codec=request.codec)
             timings["encode"] = time.perf_counter() - t
             if not request.keep_frames:
                 shutil.rmtree(Path(plan.pattern).parent, ignore_errors=True)
@@ -330,7 +335,8 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
         report.emit("done")
         return RenderResult(output=plan.movie or Path(plan.pattern).parent, kind=plan.kind, pattern=plan.pattern,
                             first_frame=first, last_frame=last, written=written, skipped=total - written,
-                            fps=float(info.fps), timings=timings)
+                            fps=float(info.fps), timings=timings, first_number=plan.first_number,
+                            codec=encoded.codec.label if encoded else None, notes=encoded.notes if encoded else [])
     finally:
         for actor in actors:
             try:
@@ -339,6 +345,11 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
                 pass
         if started:
             ray.shutdown()
+
+
+def _present(plan) -> set:
+    """0-based frames of the plan's range whose files are there (file numbers follow the source's)."""
+    return {n - plan.first_number for n in sequence_frames(plan.pattern)}
 
 
 def _statuses(ray, actors) -> List[Dict[str, Any]]:

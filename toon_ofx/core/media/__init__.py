@@ -32,8 +32,8 @@ and are renamed into place; movies are encoded to a temp name next to the
 output and renamed only when ffmpeg succeeded. Source media is never written.
 """
 from .decode import read_frames, source_bits
-from .encode import Encoded, encode, encode_movie
-from .formats import CODECS, Codec, choose_codec, codec_names, default_codec
+from .encode import Encoded, encode_frames, encode_movie
+from .formats import CODECS, Codec, choose_codec, codec_names, default_codec, movie_suffix
 from .frames import existing_frames, sequence_path, sequence_pattern, write_frame
 from .images import read_image
 from .info import DEFAULT_SEQUENCE_FPS, FRAME_DIGITS, IMAGE_EXTS, MOVIE_EXTS, MediaInfo, Stream, check_renderable
@@ -43,7 +43,7 @@ from .writer import MovieWriter
 
 __all__ = [
     "MediaInfo", "Stream", "probe", "read_frames", "source_bits", "write_frame", "read_image", "sequence_path",
-    "sequence_pattern", "existing_frames", "encode_movie", "encode", "Encoded", "MovieWriter", "IMAGE_EXTS",
+    "sequence_pattern", "existing_frames", "encode_movie", "encode_frames", "Encoded", "MovieWriter", "IMAGE_EXTS",
     "MOVIE_EXTS", "ffmpeg_exe", "ffprobe_exe", "DEFAULT_SEQUENCE_FPS", "FRAME_DIGITS", "CODECS", "Codec",
-    "codec_names", "choose_codec", "default_codec", "check_renderable",
+    "codec_names", "choose_codec", "default_codec", "movie_suffix", "check_renderable",
 ]

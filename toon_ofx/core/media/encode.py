@@ -42,11 +42,11 @@ class Encoded:
 
 
 def encode_movie(sequence: PathLike, output: PathLike, info: MediaInfo, **options) -> Path:
-    """`encode` returning just the movie's path."""
-    return encode(sequence, output, info, **options).path
+    """`encode_frames` returning just the movie's path."""
+    return encode_frames(sequence, output, info, **options).path
 
 
-def encode(sequence: PathLike, output: PathLike, info: MediaInfo, *, first_frame: Optional[int] = None,
+def encode_frames(sequence: PathLike, output: PathLike, info: MediaInfo, *, first_frame: Optional[int] = None,
            last_frame: Optional[int] = None, frame_range: Optional[Tuple[int, int]] = None,
            first_number: Optional[int] = None, audio_from: Union[PathLike, MediaInfo, None] = None,
            codec: Optional[str] = None, alpha: bool = False, crf: int = 16, preset: str = "medium",
@@ -66,7 +66,7 @@ def encode(sequence: PathLike, output: PathLike, info: MediaInfo, *, first_frame
     Refuses to overwrite a source. Returns what was written (`Encoded`).
     """
     output = Path(output)
-    chosen = choose_codec(output, codec, info, alpha)
+    choose_codec(output, codec, info, alpha)  # a codec the output cannot take fails before anything is read
     if frame_range is not None:
         first_frame, last_frame = frame_range
     first, last = check_range(info, 0 if first_frame is None else first_frame, last_frame)
@@ -77,6 +77,7 @@ def encode(sequence: PathLike, output: PathLike, info: MediaInfo, *, first_frame
     t0, span = info.frame_time(first), info.frame_end(last) - info.frame_time(first)
     frame_rate = _concat_rate(info)
     width, height = image_size(files[0])
+    chosen = choose_codec(output, codec, info, alpha, width)
     pix_fmt = pixel_format_for(chosen, width, height, info.chroma, alpha)
     colour = color_plan(chosen, info)
     streams = carry_streams(streams_from, 1, output, t0, span, first)

@@ -11,6 +11,10 @@ can (H.264 or HEVC Main 10) is used and named in the result.
 
 What each codec cannot do, and what happens:
 - ProRes and DNxHR go in a .mov only (editors expect them there).
+- ProRes 4:2:2 at an odd width loses its last chroma column in ffmpeg's encoder
+  (measured: the column decodes ~730 levels off in 10 bits): an odd-width
+  picture gets ProRes 4444 by default, and an explicit ProRes 422 is refused.
+  DNxHR keeps odd sizes in 4:2:2.
 - H.264/HEVC 4:2:0 need even sizes (4:2:2 an even width): an odd-sized picture
   is written 4:4:4 (High 4:4:4 / Main 4:4:4) so the size stays exact; some
   editors cannot decode 4:4:4 H.264, ProRes keeps odd sizes in 4:2:2.
@@ -125,6 +129,14 @@ def default_codec(source: Optional[MediaInfo], alpha: bool = False) -> Codec:
     return codec
 
 
+def movie_suffix(source: Optional[MediaInfo], alpha: bool = False) -> str:
+    """The container an output movie takes by default: the source's own when it holds the codec that
+    follows the source, else that codec's first (.mov for ProRes/DNxHR, .mp4 otherwise)."""
+    codec = default_codec(source, alpha)
+    ext = source.path.suffix.lower() if source is not None and not source.is_sequence else ""
+    return ext if ext in codec.containers else codec.containers[0]
+
+
 def _portable(deep: bool, interlaced: bool = False) -> Codec:
     """The codec any container holds: H.264 for 8-bit pictures, HEVC Main 10 (H.264 High 10 when
     interlaced: HEVC cannot store interlaced frames here) for deeper ones."""
@@ -133,9 +145,12 @@ def _portable(deep: bool, interlaced: bool = False) -> Codec:
     return CODECS["h264-10bit" if interlaced else "hevc-10bit"]
 
 
-def choose_codec(output: Path, name: Optional[str], source: Optional[MediaInfo], alpha: bool = False) -> Codec:
-    """The codec for `output`: `name` (a --codec value) checked, or the default that follows `source`."""
+def choose_codec(output: Path, name: Optional[str], source: Optional[MediaInfo], alpha: bool = False,
+                 width: Optional[int] = None) -> Codec:
+    """The codec for `output`: `name` (a --codec value) checked, or the default that follows `source`.
+    `width` is the pictures' width (default: the source's)."""
     ext = output.suffix.lower()
+    width = width if width is not None else (source.width if source is not None else 0)
     if ext not in MOVIE_EXTS:
         raise UserError(f"movie output must end in one of {', '.join(MOVIE_EXTS)}, not {ext or 'nothing'}",
                         field="output")
@@ -144,10 +159,16 @@ def choose_codec(output: Path, name: Optional[str], source: Optional[MediaInfo],
         codec = default_codec(source, alpha)
         if ext not in codec.containers and not alpha:
             codec = _portable(codec.bits > 8, interlaced)
+        if width % 2 and codec.pix_fmt == "yuv422p10le" and codec.family == "prores":
+            codec = CODECS["prores-4444"]
     else:
         codec = CODECS.get(str(name).lower())
         if codec is None:
             raise UserError(f"unknown codec {name!r}; choose one of {', '.join(CODECS)}", field="codec")
+        if width % 2 and codec.pix_fmt == "yuv422p10le" and codec.family == "prores":
+            raise UserError(f"{codec.label} loses the last colour column of an odd-width picture ({width} px) in "
+                            "ffmpeg's ProRes encoder; choose --codec prores-4444 or dnxhr-hqx, which keep it",
+                            field="codec")
     if alpha and not codec.alpha:
         raise UserError(f"an overlay (alpha) movie needs ProRes 4444 in a .mov; {codec.label} has no alpha",
                         field="codec" if name else "output")

@@ -188,12 +188,14 @@ def _field_order(p: Path, vs: dict) -> str:
 
 
 def _timecode(vs: dict, streams: List[dict], fmt: dict) -> Tuple[Optional[str], Optional[str]]:
-    """(start timecode, reel name): from the video stream, a timecode (tmcd) track, or the container."""
+    """(start timecode, reel name): from the video stream, a timecode (tmcd) track, or the container
+    (Matroska spells its tags in capitals)."""
     places = [vs.get("tags") or {}]
     places += [s.get("tags") or {} for s in streams if s.get("codec_tag_string") == "tmcd"]
     places.append(fmt.get("tags") or {})
-    timecode = next((t["timecode"] for t in places if _TIMECODE.match(str(t.get("timecode", "")))), None)
-    reel = next((str(t["reel_name"]) for t in places if t.get("reel_name")), None)
+    places = [{str(k).lower(): str(v) for k, v in tags.items()} for tags in places]
+    timecode = next((t["timecode"] for t in places if _TIMECODE.match(t.get("timecode", ""))), None)
+    reel = next((t["reel_name"] for t in places if t.get("reel_name")), None)
     return timecode, reel
 
 

@@ -47,8 +47,8 @@ class MovieWriter:
                  preset: str = "medium", audio_from: Union[PathLike, MediaInfo, None] = None,
                  audio_start: float = 0.0, color_from: Optional[MediaInfo] = None):
         self.output = Path(output)
-        self.codec = choose_codec(self.output, codec, color_from, alpha)
         self.width, self.height, self.alpha, self.bits = int(width), int(height), bool(alpha), int(bits)
+        self.codec = choose_codec(self.output, codec, color_from, alpha, self.width)
         if self.bits not in (8, 16):
             raise ValueError(f"bits must be 8 or 16, not {bits}")
         self.fps = as_fraction(fps)
