@@ -407,3 +407,28 @@ def test_sequence_numbering(tmp_path):
     assert (info.stem, info.number_format, info.first_number, info.frame_number(2)) == ("shot", "%04d", 1011, 1013)
     movie = media.probe(ms.encode(tmp_path / "clip.mp4", ms.frames(16, 16, 2), "24", ["-c:v", "libx264"]))
     assert (movie.stem, movie.number_format, movie.frame_number(1)) == ("clip", "%06d", 1)
+
+
+def test_the_picture_stream_is_the_default_one_not_the_first(tmp_path):
+    """A small preview track first and the picture second (flagged default): the picture is what counts."""
+    clip = ms.encode(tmp_path / "two_tracks.mkv", ms.frames(320, 240, 4), "25", ["-c:v", "libx264"],
+                     inputs=["-f", "lavfi", "-i", "testsrc=size=64x48:rate=25:duration=0.16"],
+                     output=["-map", "1", "-map", "0", "-disposition:v:0", "0", "-disposition:v:1", "default"])
+    info = media.probe(clip)
+    assert (info.width, info.height, info.stream_index, info.frame_count) == (320, 240, 1, 4)
+    (_, frame), = media.read_frames(info, 2, 2)
+    assert frame.shape == (240, 320, 3)
+
+
+def test_codec_help_names_every_codec():
+    """options.py is stdlib-only, so it spells the codec names out: they must be media's."""
+    import argparse
+
+    from toon_ofx.core.options import add_codec_option
+
+    parser = argparse.ArgumentParser()
+    add_codec_option(parser)
+    import re
+
+    listed = set(re.findall(r"\b(?:h264|hevc|prores|dnxhr)[\w-]*", parser._actions[-1].help))
+    assert listed == set(media.codec_names())

@@ -159,13 +159,13 @@ def choose_codec(output: Path, name: Optional[str], source: Optional[MediaInfo],
         codec = default_codec(source, alpha)
         if ext not in codec.containers and not alpha:
             codec = _portable(codec.bits > 8, interlaced)
-        if width % 2 and codec.pix_fmt == "yuv422p10le" and codec.family == "prores":
+        if _loses_last_column(codec, width):
             codec = CODECS["prores-4444"]
     else:
         codec = CODECS.get(str(name).lower())
         if codec is None:
             raise UserError(f"unknown codec {name!r}; choose one of {', '.join(CODECS)}", field="codec")
-        if width % 2 and codec.pix_fmt == "yuv422p10le" and codec.family == "prores":
+        if _loses_last_column(codec, width):
             raise UserError(f"{codec.label} loses the last colour column of an odd-width picture ({width} px) in "
                             "ffmpeg's ProRes encoder; choose --codec prores-4444 or dnxhr-hqx, which keep it",
                             field="codec")
@@ -179,6 +179,11 @@ def choose_codec(output: Path, name: Optional[str], source: Optional[MediaInfo],
         raise UserError(f"the source is interlaced and {codec.label} cannot store interlaced frames; choose "
                         "--codec prores-422hq (.mov) or h264", field="codec")
     return codec
+
+
+def _loses_last_column(codec: Codec, width: int) -> bool:
+    """ffmpeg's ProRes 4:2:2 garbles the last chroma column of an odd-width picture."""
+    return bool(width % 2) and codec.family == "prores" and codec.pix_fmt == "yuv422p10le"
 
 
 def muxer_for(output: Path) -> str:
