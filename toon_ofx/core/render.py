@@ -320,16 +320,21 @@ class Renderer:
             for stage, seconds in pipe.finish(prepared).timings.items():
                 _add(timings, stage, seconds)
 
-    def preview(self, source: Path, frame: int, params: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray, int]:
+    def preview(self, source: Path, frame: int, params: Dict[str, Any],
+                cancel: Optional[threading.Event] = None) -> Tuple[np.ndarray, np.ndarray, int]:
         """One frame (its first field when interlaced), 8-bit, cold-started: (original RGB, stylised RGB or
-        RGBA, faces found)."""
+        RGBA, faces found).
+
+        Setting `cancel` stops it within one projection step (Cancelled)."""
         info = media.probe(source)
         media.check_renderable(info)
         index, _ = resolve_range((frame, frame), info.frame_count)
         pictures = Pictures(info, 8)
         picture = pictures.of_frames([index])[0]
         original = next(iter(pictures.read(picture, picture)))[1]
-        result = self.pipeline(params).process(original, picture)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("preview cancelled")
+        result = self.pipeline(params, cancel).process(original, picture)
         return original, result.image, result.faces
 
 
@@ -420,6 +425,6 @@ def render(request: RenderRequest, progress: Optional[Callable[[ProgressEvent], 
     return get_renderer(plan.params).render(request, progress, cancel, plan)
 
 
-def preview(source: Path, frame: int, params: Dict[str, Any]):
-    """One stylised frame for a side-by-side preview: (original, stylised, faces)."""
-    return get_renderer(params).preview(Path(source), frame, params)
+def preview(source: Path, frame: int, params: Dict[str, Any], cancel: Optional[threading.Event] = None):
+    """One stylised frame for a side-by-side preview: (original, stylised, faces); `cancel` stops it."""
+    return get_renderer(params).preview(Path(source), frame, params, cancel)
