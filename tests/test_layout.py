@@ -115,3 +115,11 @@ def test_no_module_is_larger_than_the_limit_without_a_stated_reason():
     assert over <= set(LARGE), {path: large[path] for path in over - set(LARGE)}
     for path, reason in LARGE.items():
         assert reason in ast.get_docstring(ast.parse((REPO / path).read_text(encoding="utf-8"))), path
+
+
+def test_no_class_is_larger_than_300_lines():
+    big = [f"{p.relative_to(REPO)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)"
+           for p in python_files("engine", "toon_ofx", "blender_addon")
+           for node in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+           if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 300]
+    assert not big
