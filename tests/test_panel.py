@@ -623,6 +623,51 @@ def test_engine_backend_previews_through_the_engine_process(app, tmp_path, movie
             w.close()
 
 
+def test_render_after_cancel_resumes_the_same_engine_job(app, tmp_path, movie):
+    """Through the real engine process: Cancel, then Render again continues the same job into the same
+    output (the engine's retry), where a new submission would have started `clip_toon_2` from frame 0."""
+    from toon_ofx.client import EngineClient
+    from toon_ofx.service.server import Server
+
+    if not hasattr(EngineClient, "retry"):
+        pytest.skip("this engine client has no retry yet")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_jobs import fake_render
+
+    written = []
+
+    def render(request, progress=None, cancel=None):
+        def counting(event):
+            written.append(event.frames_done)
+            if progress is not None:
+                progress(event)
+        return fake_render(request, counting, cancel, delay=0.05)
+
+    server = Server(config_dir=tmp_path / "config", data_dir=tmp_path / "data", render_fn=render,
+                    preview_fn=lambda *a: None, model_check=None)
+    with server:
+        backend = EngineBackend(EngineClient(server.url, server.token))
+        w = ToonPanel(backend, source=str(movie), models=[], poll_ms=20)
+        try:
+            w.source_box.output_edit.setText(str(tmp_path / "out"))
+            w.render()
+            assert wait_until(app, lambda: w.render_bar.progress.value() >= 20, timeout=30)
+            w.cancel()
+            assert wait_until(app, lambda: not w.busy() and w.render_bar.render_button.isEnabled(), timeout=30)
+            (stopped,) = [e["job"] for e in w.render_bar.entries]
+            assert stopped["state"] == "cancelled"
+            kept = stopped["progress"]["frames_done"]
+            assert 0 < kept < 20
+            w.render()
+            assert wait_until(app, lambda: w.status.text().startswith("Done"), timeout=60), w.status.text()
+            (job,) = backend.jobs()
+            assert job["id"] == stopped["id"] and job["state"] == "done"
+            assert job["result"]["pattern"] == stopped["output"].get("pattern", job["result"]["pattern"])
+            assert "clip_toon_2" not in json.dumps(job)
+        finally:
+            w.close()
+
+
 def test_in_process_backend_runs_render_in_a_thread_and_cancels(tmp_path):
     from types import SimpleNamespace
 

@@ -105,13 +105,22 @@ class RenderBar(QtWidgets.QWidget):
             out = []
             for item, folder in plan:
                 previous = resumable_job(jobs, item, folder, params, kind)
-                job = self.backend.retry(previous["id"]) if previous is not None else \
-                    self.backend.submit(item["source"], item["frames"], params, folder, kind)
+                job = self._resume(previous) if previous is not None else None
+                if job is None:
+                    job = self.backend.submit(item["source"], item["frames"], params, folder, kind)
                 out.append({"clip": item["clip"], "name": item["name"], "job": job})
             return out
 
         self.params_used = params
         self.tasks.run(submit_all, done=self._submitted, failed=self._submit_failed)
+
+    def _resume(self, job: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """The job queued again (on the pool), or None when the engine cannot (then it is submitted anew)."""
+        try:
+            resumed = self.backend.retry(job["id"])
+        except Exception:  # noqa: BLE001 - an engine without retry, or the job is gone
+            return None
+        return resumed if resumed.get("state") not in RESUMABLE else None
 
     def _engine_jobs(self) -> List[Dict[str, Any]]:
         """The engine's jobs, oldest first (on the pool); none when it cannot list them."""
