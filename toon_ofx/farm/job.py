@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..core.errors import UserError
 from ..core.options import option_flag
 from ..core.params import PARAMS, validate
 from .plan import Chunk, effective_chunk_size, plan_chunks
@@ -110,8 +111,6 @@ class Resources:
     service: Optional[str] = None
 
     def __post_init__(self):
-        from ..core.errors import UserError
-
         for name in ("gpus", "gpu_memory_gib", "memory_gib", "cpus"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be 0 or more, got {getattr(self, name)}", field=name)

@@ -47,8 +47,8 @@ def model_choices() -> List[Dict[str, Any]]:
     return out
 
 
-def checkpoint_size(path: str) -> Optional[int]:
-    """The output resolution of a generator checkpoint file (read without running its code), or None."""
+def checkpoint_size(path: str) -> int:
+    """The output resolution of a generator checkpoint file (read without running its code)."""
     from engine.generator.checkpoints import inspect_checkpoint
 
     return int(inspect_checkpoint(path).size)
