@@ -1,9 +1,10 @@
 """The per-clip engine: detect, track, align, project, stylise, paste back.
 
-Frames stream in as (index, RGB uint8) pairs and come out the same way, a few
-frames later: the tracking stage smooths each face track over past *and* future
-frames (zero lag), so frame t is finished once frame ``t + look_ahead`` has been
-detected. The stages, separate so a renderer can interleave several chains:
+Frames stream in as (index, RGB) pairs (uint8, or uint16 for deep sources: see
+engine.pixels) and come out the same way, at the same depth, a few frames later:
+the tracking stage smooths each face track over past *and* future frames (zero
+lag), so frame t is finished once frame ``t + look_ahead`` has been detected.
+The stages, separate so a renderer can interleave several chains:
 
     track (detect + engine.faces.lookahead) -> prepare (align, warm/cold per chain)
     -> project_faces (batched projection) -> finish (cross-fade, generate, paste)
@@ -55,6 +56,7 @@ from .chains import FaceState, KeyframeChains, crossfade
 from .faces.align import align_face
 from .faces.lookahead import LookaheadTracker, TrackFace
 from .faces.paste import paste_faces
+from .pixels import check_rgb, peak, to_uint8
 from .inversion.projection import project
 from .temporal import MAX_GAP, TemporalPlan
 
@@ -138,18 +140,19 @@ class FrameResult:
 
 
 def _to_tensor(crops: List[np.ndarray], device, dtype) -> torch.Tensor:
-    batch = torch.from_numpy(np.stack(crops)).to(device=device, dtype=torch.float32)
-    return (batch.permute(0, 3, 1, 2) / 127.5 - 1.0).to(dtype)
+    """uint8/uint16 crops -> (N, 3, S, S) in [-1, 1]."""
+    half = peak(crops[0].dtype) / 2
+    batch = torch.from_numpy(np.stack(crops).astype(np.float32, copy=False)).to(device=device)
+    return (batch.permute(0, 3, 1, 2) / half - 1.0).to(dtype)
 
 
-def _to_images(batch: torch.Tensor) -> List[np.ndarray]:
-    images = ((batch.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return list(images.permute(0, 2, 3, 1).cpu().numpy())
+def _to_images(batch: torch.Tensor, depth=np.uint8) -> List[np.ndarray]:
+    """(N, 3, S, S) in [-1, 1] -> crops of `depth` (uint8, or uint16 for deep frames)."""
+    levels = ((batch.float().clamp(-1, 1) + 1) * (peak(depth) / 2)).round()
+    images = levels.to(torch.int32).permute(0, 2, 3, 1).cpu().numpy().astype(depth)
+    return list(images)
 
 
-def _check_frame(frame: np.ndarray) -> None:
-    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-        raise ValueError(f"expected an H x W x 3 uint8 frame, got {frame.shape} {frame.dtype}")
 
 
 class ToonPipeline:
@@ -216,9 +219,9 @@ class ToonPipeline:
         start = 0 if first is None else self.plan.projection_start(first)
         waiting: deque = deque()
         for index, frame in frames:
-            _check_frame(frame)
+            frame = check_rgb(frame)
             t = time.perf_counter()
-            self.tracks.push(index, self.landmarker.detect(frame))
+            self.tracks.push(index, self.landmarker.detect(to_uint8(frame)))
             seconds = time.perf_counter() - t
             if index >= start and (last is None or index <= last):
                 waiting.append((index, frame, seconds))
@@ -236,17 +239,17 @@ class ToonPipeline:
 
     # -- one frame ------------------------------------------------------------
     def process(self, frame: np.ndarray, index: int, *, stylise: bool = True) -> FrameResult:
-        """Toonify one frame now (H x W x 3 uint8 RGB, source frame number `index`).
+        """Toonify one frame now (H x W x 3 RGB, uint8 or uint16), source frame number `index`.
 
         Sees only the frames given so far: live input and previews. A clip goes through
         :meth:`run`, which waits for each frame's look-ahead. With stylise=False the frame
         only feeds the tracker. A jump in frame numbers starts over.
         """
-        _check_frame(frame)
+        frame = check_rgb(frame)
         if self.tracks.newest is not None and index != self.tracks.newest + 1:
             self.reset()
         t = time.perf_counter()
-        self.tracks.push(index, self.landmarker.detect(frame))
+        self.tracks.push(index, self.landmarker.detect(to_uint8(frame)))
         seconds = time.perf_counter() - t
         if not stylise:
             empty = self._blank_overlay(frame) if self.config.overlay else frame.copy()
@@ -361,7 +364,7 @@ class ToonPipeline:
         with torch.no_grad():
             images = self.blended.synthesis(ws, noise=noise)
         timings["generate"] = time.perf_counter() - t
-        crops = _to_images(images)
+        crops = _to_images(images, frame.dtype)
 
         t = time.perf_counter()
         image = paste_faces(frame, [(crop, tr) for crop, (_, tr) in zip(crops, prepared.aligned)],
@@ -371,4 +374,4 @@ class ToonPipeline:
         return FrameResult(image, prepared.faces, timings)
 
     def _blank_overlay(self, frame: np.ndarray) -> np.ndarray:
-        return np.zeros(frame.shape[:2] + (4,), np.uint8)
+        return np.zeros(frame.shape[:2] + (4,), frame.dtype)

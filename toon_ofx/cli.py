@@ -7,32 +7,38 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional
 
 from . import __version__
 from .core.errors import Cancelled, UserError
-from .core.options import add_param_options, frame_range, params_from_args
+from .core.options import add_codec_option, add_param_options, frame_range, params_from_args
 
 
 # -- render ---------------------------------------------------------------
 def add_render_parser(sub) -> None:
     p = sub.add_parser("render", help="toonify the faces of a clip",
                        description="Toonify every face in a clip; everything else is left untouched.")
-    p.add_argument("source", type=Path, help="movie file or image sequence")
+    p.add_argument("source", type=Path, help="movie file, image sequence (pattern or folder) or still image")
     p.add_argument("-o", "--output", type=Path, required=True,
-                   help="movie (.mp4/.mov/.mkv), folder, or pattern like out/shot.%%06d.png")
-    p.add_argument("--frames", type=frame_range, metavar="A-B", help="inclusive source frame range (0-based)")
+                   help="movie (.mp4/.mov/.mkv), folder, pattern like out/shot.%%06d.png, or an image file "
+                        "for a still")
+    p.add_argument("--frames", type=frame_range, metavar="A-B",
+                   help="inclusive frame range, 0-based (for an image sequence too: 0 is its first file)")
     p.add_argument("--warmup", type=int, default=0, metavar="N",
                    help="process N extra frames before A without writing them")
     p.add_argument("--chunk-of", type=frame_range, metavar="F-L",
                    help="farm tasks: the whole job's range; --frames is moved onto the keyframe grid "
                         "so no two tasks project the same frames")
+    p.add_argument("--models-dir", type=Path, help="folder of model files (sets TOON_OFX_MODELS for this render)")
     p.add_argument("--work-dir", type=Path, help="where frames of a movie output are kept until encoded")
     p.add_argument("--keep-frames", action="store_true", help="keep the frame folder of a movie output")
-    p.add_argument("--16bit", dest="bits", action="store_const", const=16, default=8,
-                   help="write 16-bit PNG frames")
+    p.add_argument("--16bit", dest="bits", action="store_const", const=16, default=None,
+                   help="decode, stylise and write frames at 16 bits per channel even for an 8-bit source "
+                        "(deeper sources always are)")
+    add_codec_option(p)
     p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
                    help="run frame chunks on a Ray cluster (default: start a local one)")
     p.add_argument("--chunk-size", type=int, default=None, help="frames per Ray chunk")
@@ -40,34 +46,42 @@ def add_render_parser(sub) -> None:
     out = p.add_mutually_exclusive_group()
     out.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     out.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
+    out.add_argument("--openjd", action="store_true",
+                     help="progress as Open Job Description openjd_progress:/openjd_status: lines (farm tasks)")
     add_param_options(p)
     p.set_defaults(run=run_render)
 
 
 def progress_printer(args) -> Optional[Callable]:
-    """A progress callback for the CLI: tqdm bar, JSON lines, or nothing."""
+    """A progress callback for the CLI: a tqdm bar (models being loaded and projection steps in its
+    text), JSON lines (`--json`, every field of the event), OpenJD lines (`--openjd`), or nothing."""
+    from .core.progress import describe
+
     if args.quiet:
         return None
     if args.json:
-        def emit(event):
-            print(json.dumps({"stage": event.stage, "frames_done": event.frames_done,
-                              "frames_total": event.frames_total, "faces": event.faces,
-                              "eta_seconds": event.eta_seconds}), flush=True)
-        return emit
+        return lambda event: print(json.dumps(event.to_dict()), flush=True)
+    if args.openjd:
+        def openjd(event):
+            if event.stage != "projecting" and event.frames_total:
+                print(f"openjd_progress: {100.0 * event.frames_done / event.frames_total:.1f}", flush=True)
+            print(f"openjd_status: {describe(event.to_dict())}", flush=True)
+        return openjd
     from tqdm import tqdm
 
     bar = {"bar": None}
 
     def show(event):
         if event.stage == "loading":
+            if event.model:
+                print(f"toon-ofx: {describe(event.to_dict())}", file=sys.stderr, flush=True)
             return
         if bar["bar"] is None:
             bar["bar"] = tqdm(total=event.frames_total, initial=event.frames_done, unit="frame",
                               dynamic_ncols=True, file=sys.stderr)
         b = bar["bar"]
-        if b is None:
-            return
-        b.set_postfix_str(f"{event.stage}, faces {event.faces}")
+        b.set_postfix_str(f"{describe(event.to_dict()) if event.stage == 'projecting' else event.stage}, "
+                          f"faces {event.faces}")
         b.update(event.frames_done - b.n)
         if event.stage == "done":
             b.close()
@@ -90,9 +104,13 @@ def run_render(args) -> int:
                 print("toon-ofx: this chunk lies inside another task's segment of the keyframe grid; nothing to do",
                       file=sys.stderr)
             return 0
+    if args.models_dir:
+        if not args.models_dir.is_dir():
+            raise UserError(f"--models-dir {args.models_dir} is not a folder", field="models_dir")
+        os.environ["TOON_OFX_MODELS"] = str(args.models_dir)
     request = RenderRequest(source=args.source, output=args.output, params=params, frames=frames,
                             warmup=args.warmup, work_dir=args.work_dir, keep_frames=args.keep_frames,
-                            bits=args.bits)
+                            bits=args.bits, codec=args.codec)
     progress = progress_printer(args)
     if args.ray:
         from .farm.ray_backend import render_with_ray
@@ -102,8 +120,11 @@ def run_render(args) -> int:
     else:
         result = render(request, progress=progress)
     if not args.quiet and not args.json:
+        codec = f", {result.codec}" if result.codec else ""
         print(f"toon-ofx: wrote {result.output} (frames {result.first_frame}-{result.last_frame}, "
-              f"{result.written} rendered, {result.skipped} already done)", file=sys.stderr)
+              f"{result.written} rendered, {result.skipped} already done{codec})", file=sys.stderr)
+    for note in result.notes:
+        print(f"toon-ofx: note: {note}", file=sys.stderr)
     return 0
 
 
@@ -141,12 +162,63 @@ def run_blend(args) -> int:
     return 0
 
 
+# -- jobs -----------------------------------------------------------------
+JOB_STATES = ("queued", "running", "cancelling", "done", "failed", "cancelled")
+
+
+def add_jobs_parser(sub) -> None:
+    p = sub.add_parser("jobs", help="list, show, cancel or retry the running engine's jobs",
+                       description="Talk to the running engine (`toon-ofx serve`, or the one an editor add-on "
+                                   "started) through its client. A retry resumes a failed or cancelled job from "
+                                   "its frames on disk, into the same output.")
+    actions = p.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="every job, oldest first")
+    listing.add_argument("--state", choices=JOB_STATES, help="only jobs in this state")
+    listing.add_argument("--json", action="store_true", help="the jobs as JSON")
+    for action, text in (("show", "one job in full"), ("cancel", "cancel a queued or running job"),
+                         ("retry", "queue a failed or cancelled job again (resumes from its frames)")):
+        a = actions.add_parser(action, help=text)
+        a.add_argument("id", help="the job id (see `toon-ofx jobs list`)")
+        a.add_argument("--json", action="store_true", help="the job as JSON")
+    p.set_defaults(run=run_jobs)
+
+
+def _job_line(job: Dict[str, Any]) -> str:
+    progress = job.get("progress") or {}
+    done = f"{progress.get('frames_done', 0)}/{progress.get('frames_total', '?')}"
+    where = (job.get("result") or {}).get("path") or (job.get("output") or {}).get("path") or ""
+    line = f"{job['id']}  {job['state']:<10}  {done:>9}  {where}"
+    return line + (f"  ({job['error']})" if job.get("error") else "")
+
+
+def run_jobs(args) -> int:
+    from .client import EngineClient, EngineError
+
+    try:
+        client = EngineClient()
+        if args.jobs_command == "list":
+            jobs = client.jobs(args.state)
+            print(json.dumps(jobs, indent=1) if args.json else "\n".join(_job_line(j) for j in jobs) or "(no jobs)")
+            return 0
+        job = {"show": client.job, "cancel": client.cancel, "retry": client.retry}[args.jobs_command](args.id)
+    except EngineError as exc:
+        raise UserError(exc.message) from None
+    if args.json:
+        print(json.dumps(job, indent=1))
+    elif args.jobs_command == "show":
+        for key in ("id", "state", "source", "frames", "output", "progress", "error", "result", "device", "attempts"):
+            print(f"{key}: {json.dumps(job.get(key)) if isinstance(job.get(key), (dict, list)) else job.get(key)}")
+    else:
+        print(_job_line(job))
+    return 0
+
+
 # -- wiring ---------------------------------------------------------------
 # (command, module, parser adder, runner). Modules are imported when the parser is built;
 # one whose optional dependency is missing (PySide6, Ray) still gets its command, which
 # then says what to install.
 SUBCOMMANDS = (
-    ("models", "core.model_store", "add_models_parser", "run_models"),
+    ("models", "core.model_commands", "add_models_parser", "run_models"),
     ("serve", "service.server", "add_serve_parser", "run_serve"),
     ("farm", "farm.commands", "add_farm_parser", "run_farm"),
     ("assemble", "farm.commands", "add_assemble_parser", "run_assemble"),
@@ -172,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_render_parser(sub)
     add_blend_parser(sub)
+    add_jobs_parser(sub)
     for command, module, adder, runner in SUBCOMMANDS:
         try:
             mod = importlib.import_module(f".{module}", __package__)
