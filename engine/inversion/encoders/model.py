@@ -142,9 +142,8 @@ class FaceEncoder(nn.Module):
         if n_iter < 1 or (not info.restyle and n_iter != 1):
             raise ValueError(f"iterations must be >= 1 for ReStyle and 1 for a one-pass encoder "
                              f"({info.kind}), got {iterations}")
-        ref = self.encoder.layout
-        x = resize_faces(crops.to(self.latent_avg.dtype if self.latent_avg is not None else torch.float32),
-                         ref.input_size)
+        weight = next(self.encoder.parameters())
+        x = resize_faces(crops.to(device=weight.device, dtype=weight.dtype), self.encoder.layout.input_size)
         if not info.restyle:
             out = self._offset(self.encoder(x), self.latent_avg if info.start_from_latent_avg else None)
             return [out] if return_all else out
