@@ -6,7 +6,7 @@ import traceback
 
 import bpy
 
-from . import compat, jobs, props
+from . import compat, jobs, planning, props, toonify
 from .engine_link import client_module
 
 #: The run in progress (one at a time); the panel reads it for its progress bar.
@@ -64,9 +64,9 @@ def _prepare(operator, context):
         operator.report({"ERROR"}, "no sequencer scene")
         return None
     try:
-        plans = jobs.plan_strips(scene, compat.selected_strips(context, scene))
-        params = jobs.engine_params(props.values(scene.toon_ofx))
-    except jobs.ToonifyError as exc:
+        plans = planning.plan_strips(scene, compat.selected_strips(context, scene))
+        params = planning.engine_params(props.values(scene.toon_ofx))
+    except planning.ToonifyError as exc:
         operator.report({"ERROR"}, str(exc))
         return None
     return plans, params
@@ -76,7 +76,7 @@ def _report_finals(operator, finals) -> int:
     """Place finished results and report every final message; returns how many strips were added."""
     placed = 0
     for message in finals:
-        level, text = jobs.finish_message(message)
+        level, text = toonify.finish_message(message)
         if text:
             operator.report({level}, text)
         placed += isinstance(message, jobs.Finished) and level == "INFO"
@@ -105,7 +105,7 @@ class TOONOFX_OT_toonify(bpy.types.Operator):
         if prepared is None:
             return {"CANCELLED"}
         plans, params = prepared
-        run = jobs.Run(plans, params, output_root(context), connector(context))
+        run = toonify.Run(plans, params, output_root(context), connector(context))
         _ACTIVE = run
         try:
             run.start(background=False)
@@ -140,7 +140,7 @@ class TOONOFX_OT_toonify(bpy.types.Operator):
             return {"CANCELLED"}
         plans, params = prepared
         try:
-            self._run = jobs.Run(plans, params, output_root(context), connector(context)).start(background=True)
+            self._run = toonify.Run(plans, params, output_root(context), connector(context)).start(background=True)
         except Exception as exc:
             _report_unexpected(self, exc)
             return {"CANCELLED"}

@@ -15,7 +15,10 @@ frames, and both are bounded here so a short warm-up reproduces them exactly:
 first written frame sees the same history as in a single-pass render.
 
 `process` is three stages: `prepare` (detect, track, align, warm/cold and seed
-per face), `project_faces` and `finish` (generate, paste, carry latents). A
+per face), `project_faces` and `finish` (generate, paste, carry latents).
+`on_step(step, steps)`, when set, is called after every projection step: the
+product reports progress from it, and stops a render inside a long projection
+by raising from it (the exception leaves `process`/`project_faces` unchanged). A
 renderer can run several independent chains (keyframe segments) in lockstep and
 project their faces in one batch; a face's seed depends only on its frame index
 and position, never on the batch it lands in.
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -121,6 +124,7 @@ class ToonPipeline:
         self.perceptual = perceptual
         self.config = config or PipelineConfig()
         self.size = base.size
+        self.on_step: Optional[Callable[[int, int], None]] = None
         if blended.size != base.size or blended.n_latent != base.n_latent:
             raise ValueError(f"base ({base.size}px) and blended ({blended.size}px) generators differ in size")
         self.reset()
@@ -229,13 +233,23 @@ class ToonPipeline:
                 result = project(self.base, torch.cat([task.target for task in batch]), steps=steps,
                                  space=cfg.latent_space, init=init, init_noises=init_noises,
                                  perceptual=self.perceptual, pixel_weight=cfg.pixel_weight,
-                                 seed=[task.seed for task in batch])
+                                 seed=[task.seed for task in batch], callback=self._step_callback(steps))
                 for j, task in enumerate(batch):
                     task.state = FaceState(result.latents[j].detach(), [n[j:j + 1].detach() for n in result.noises])
         elapsed = time.perf_counter() - t
         for prepared in frames:  # a shared batch's time is split by faces
             if prepared.tasks:
                 prepared.timings["project"] = elapsed * len(prepared.tasks) / len(tasks)
+
+    def _step_callback(self, steps: int):
+        hook = self.on_step
+        if hook is None:
+            return None
+
+        def after_step(step: int, losses) -> bool:
+            hook(step + 1, steps)
+            return False
+        return after_step
 
     def finish(self, prepared: "Prepared") -> FrameResult:
         """Render the projected faces with the blended model, paste them back, carry their latents."""

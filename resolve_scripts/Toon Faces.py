@@ -18,7 +18,7 @@ TOON_OFX_PYTHON = None  # the Python with toon-ofx, torch and PySide6 (the engin
 def _find_lib():
     here = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else os.getcwd()
     for folder in (os.environ.get("TOON_OFX_LIB"), TOON_OFX_LIB, os.path.dirname(here)):
-        if folder and os.path.isfile(os.path.join(folder, "toon_ofx", "hosts", "resolve.py")):
+        if folder and os.path.isfile(os.path.join(folder, "toon_ofx", "hosts", "resolve", "script.py")):
             return folder
     return None
 

@@ -355,8 +355,9 @@ def test_build_zip_layout(addon_zip):
         names = zf.namelist()
         manifest = zf.read("blender_manifest.toml").decode()
     assert names[0] == "blender_manifest.toml"
-    for name in ("__init__.py", "compat.py", "jobs.py", "operators.py", "props.py", "timeline.py", "ui.py",
-                 "engine_link.py", "_vendor/__init__.py", "_vendor/toon_ofx/__init__.py",
+    for name in ("__init__.py", "compat.py", "jobs.py", "operators.py", "placement.py", "planning.py", "props.py",
+                 "timeline.py", "toonify.py", "ui.py", "engine_link.py", "_vendor/__init__.py",
+                 "_vendor/toon_ofx/__init__.py",
                  "_vendor/toon_ofx/client.py", "_vendor/toon_ofx/core/__init__.py",
                  "_vendor/toon_ofx/core/params.py", "_vendor/toon_ofx/core/errors.py",
                  "_vendor/toon_ofx/core/dirs.py"):

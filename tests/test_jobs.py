@@ -20,8 +20,11 @@ from types import SimpleNamespace
 import pytest
 
 from toon_ofx.core.errors import Cancelled, UserError
-from toon_ofx.service.jobs import (MAX_CRASHES, Conflict, JobQueue, JobSpec, JobStore, RequestError, _partial_movie,
-                           check_name, is_system_folder, parse_preview, parse_submission)
+from toon_ofx.service.errors import Conflict, RequestError
+from toon_ofx.service.outputs import check_name, is_system_folder, partial_movie
+from toon_ofx.service.requests import JobSpec, parse_preview, parse_submission
+from toon_ofx.service.store import MAX_CRASHES, JobStore
+from toon_ofx.service.workers import JobQueue
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("TOON_OFX_FIXTURES", REPO.parent / "shared" / "fixtures"))
@@ -45,6 +48,8 @@ def fake_render(request, progress=None, cancel=None, *, delay=None, log=None):
     """
     import cv2
     import numpy as np
+
+    from toon_ofx.core import media
 
     delay = float(os.environ.get("FAKE_RENDER_DELAY", "0.02")) if delay is None else delay
     log = log or os.environ.get("FAKE_RENDER_LOG")
@@ -83,10 +88,7 @@ def fake_render(request, progress=None, cancel=None, *, delay=None, log=None):
                 if not ok:
                     frame = np.zeros((36, 64, 3), np.uint8)
                 image = cv2.resize(255 - frame, (64, 36))
-                target = Path(pattern % index)
-                tmp = target.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{target.name}")
-                assert cv2.imwrite(str(tmp), image)
-                os.replace(tmp, target)
+                media.write_frame(Path(pattern % index), image[..., ::-1], fsync=False)  # the real atomic writer
                 if log:
                     with open(log, "a") as fh:
                         fh.write(f"{os.getpid()} {index}\n")
@@ -109,6 +111,24 @@ def fake_render(request, progress=None, cancel=None, *, delay=None, log=None):
     return SimpleNamespace(output=out if movie else out.parent, kind="movie" if movie else "sequence",
                            pattern=pattern, first_frame=first, last_frame=last, written=len(todo),
                            skipped=total - len(todo), fps=30.0)
+
+
+def stuck_render(request, progress=None, cancel=None):
+    """A render whose first frame keeps torch busy for FAKE_STUCK_SECONDS (default 120) and never looks at
+    `cancel` (a model load or face detection), like a real frame that outlasts a stop's patience; it touches
+    FAKE_STUCK_MARK when the frame starts. For subprocess servers (`--render-fn test_jobs:stuck_render`)."""
+    import torch
+
+    first, last = request.frames
+    if progress is not None:
+        progress(SimpleNamespace(stage="rendering", frames_done=0, frames_total=last - first + 1, faces=0,
+                                 eta_seconds=None))
+    Path(os.environ["FAKE_STUCK_MARK"]).write_text(str(os.getpid()))
+    a = torch.randn(128, 128)
+    end = time.monotonic() + float(os.environ.get("FAKE_STUCK_SECONDS", "120"))
+    while time.monotonic() < end:
+        a = torch.tanh(a @ a)
+    raise RuntimeError("the stuck frame ended: nobody stopped the engine")
 
 
 def make_fake_render(delay=0.02, log=None):
@@ -408,7 +428,7 @@ def test_queue_movie_is_moved_into_place_and_never_overwritten(tmp_path):
     assert job["state"] == "done", job["error"]
     movie = Path(job["result"]["path"])
     assert movie == tmp_path / "out" / "clip_toon.mp4" and movie.stat().st_size > 0
-    assert not Path(_partial_movie(str(movie))).exists()
+    assert not Path(partial_movie(str(movie))).exists()
     assert not (tmp_path / "data" / "work" / job["id"]).exists(), "frames of a finished movie are cleaned up"
     stat = movie.stat()
     again = wait_state(store, queue.submit(_spec(tmp_path, kind="movie"))["id"], {"done", "failed"})

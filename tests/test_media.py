@@ -15,6 +15,8 @@ import pytest
 
 from toon_ofx.core import media
 from toon_ofx.core.errors import UserError
+from toon_ofx.core.media import files as media_files
+from toon_ofx.core.media.images import to_depth
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 if not FIXTURES.is_dir():
@@ -323,7 +325,7 @@ def test_write_frame_atomic_and_formats(tmp_path):
     assert back.dtype == np.uint16 and np.array_equal(back[:, :, ::-1], deep)
     back = cv2.imread(str(tmp_path / "a.000003.png"), cv2.IMREAD_UNCHANGED)
     assert back.dtype == np.uint16 and np.array_equal(back[:, :, ::-1], rgb.astype(np.uint16) * 257)
-    assert np.array_equal(media.read_image(tmp_path / "a.000002.png"), media._to_depth(deep, 8))
+    assert np.array_equal(media.read_image(tmp_path / "a.000002.png"), to_depth(deep, 8))
     mode = (tmp_path / "a.000000.png").stat().st_mode & 0o777
     umask = os.umask(0)
     os.umask(umask)
@@ -334,7 +336,7 @@ def test_write_frame_failure_leaves_nothing(tmp_path, monkeypatch):
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(media.os, "replace", boom)
+    monkeypatch.setattr(media_files.os, "replace", boom)
     with pytest.raises(OSError):
         media.write_frame(tmp_path / "x.000001.png", np.zeros((4, 4, 3), np.uint8))
     assert os.listdir(tmp_path) == []

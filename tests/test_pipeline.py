@@ -110,3 +110,24 @@ def test_faces_of_two_pipelines_projected_together_match_separate_runs(monkeypat
         assert diff.max() <= 1 and diff.mean() < 0.01, (index, diff.max(), diff.mean())
     with pytest.raises(ValueError, match="pipeline that prepared"):
         second.finish(first.prepare(frames[0], 0))
+
+
+def test_on_step_sees_every_projection_step_and_can_stop_inside_one(parts, astronaut):
+    frames = list(panning_frames(astronaut, 2))
+    pipe = ToonPipeline(*parts, PipelineConfig(steps=5, warm_steps=2, keyframe_interval=0))
+    seen = []
+    pipe.on_step = lambda step, steps: seen.append((step, steps))
+    pipe.process(frames[0], 0)
+    pipe.process(frames[1], 1)
+    assert seen == [(1, 5), (2, 5), (3, 5), (4, 5), (5, 5), (1, 2), (2, 2)]
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_third(step, steps):
+        if step == 3:
+            raise Stop
+    stopping = ToonPipeline(*parts, PipelineConfig(steps=50, keyframe_interval=0))
+    stopping.on_step = stop_at_third
+    with pytest.raises(Stop):
+        stopping.process(frames[0], 0)

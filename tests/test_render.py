@@ -156,3 +156,33 @@ def test_cli_bad_input_one_clear_error(tmp_path, case, astronaut_clip, tiny_para
         assert not out.exists(), "a failed render left an output file"
     if before is not None:
         assert src.read_bytes() == before, "the source was modified"
+
+
+def test_cancel_stops_inside_a_projection_and_writes_nothing(tmp_path, monkeypatch, astronaut_clip, tiny_params):
+    """A cancel set during the first frame's projection takes effect at the next step, not after the frame."""
+    import threading
+
+    from toon_ofx.core.errors import Cancelled
+    from toon_ofx.core.render import Renderer
+
+    cancel, steps_seen = threading.Event(), []
+    real_pipeline = Renderer.pipeline
+
+    def pipeline_that_cancels_at_step_2(self, params, cancel_event=None):
+        pipe = real_pipeline(self, params, cancel_event)
+        stop_if_cancelled = pipe.on_step
+
+        def on_step(step, steps):
+            steps_seen.append(step)
+            if step == 2:
+                cancel.set()  # as the user's Cancel button would, mid-projection
+            stop_if_cancelled(step, steps)
+        pipe.on_step = on_step
+        return pipe
+
+    monkeypatch.setattr(Renderer, "pipeline", pipeline_that_cancels_at_step_2)
+    out = tmp_path / "seq"
+    with pytest.raises(Cancelled, match="step 2 of 400"):
+        render(RenderRequest(astronaut_clip, out, dict(tiny_params, steps=400)), cancel=cancel)
+    assert steps_seen == [1, 2]
+    assert not list(out.glob("*.png"))

@@ -20,7 +20,15 @@ import pytest
 
 import fake_resolve as fr
 from toon_ofx.core import params as schema
-from toon_ofx.hosts import resolve as rb
+from toon_ofx.hosts.resolve import api
+from toon_ofx.hosts.resolve.api import BridgeError, ResolveUnavailable, get_resolve
+from toon_ofx.hosts.resolve.engine import (CONFIG_NAME, ENV_OUTPUT, ENV_PYTHON, child_env, find_engine_python,
+                                           params_hash, run_engine_direct, write_json_atomic)
+from toon_ofx.hosts.resolve.frames import source_range
+from toon_ofx.hosts.resolve.install import SCRIPT_NAME, install, render_script, scripts_dir
+from toon_ofx.hosts.resolve.placement import place_results
+from toon_ofx.hosts.resolve.script import ENV_ARGS, Options, run, script_main
+from toon_ofx.hosts.resolve.timeline import collect_clips, engine_source
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "resolve_scripts" / "Toon Faces.py"
@@ -195,7 +203,7 @@ def test_fake_end_frame_exclusive_from_19(tmp_path, version, end, frames):
 def test_collect_clips_reads_source_ranges_in_clip_frames(edit):
     resolve, project, timeline, a, b = edit
     timeline.SetCurrentTimecode("01:00:02:00")                 # frame 86448: inside the second clip
-    clips, skipped, track = rb.collect_clips(timeline, project=project)
+    clips, skipped, track = collect_clips(timeline, project=project)
     assert track == 1 and not skipped
     first, second = clips
     assert (first.source, first.kind, first.first, first.last) == (str(a), "movie", 10, 21)
@@ -215,34 +223,34 @@ def test_collect_clips_uses_the_track_under_the_playhead_and_skips_generators(tm
     timeline.SetCurrentTimecode("01:00:01:00")
     assert timeline.InsertGeneratorIntoTimeline("Solid Color").GetMediaPoolItem() is None
     timeline.SetCurrentTimecode("01:00:00:05")
-    clips, skipped, track = rb.collect_clips(timeline, project=project)
+    clips, skipped, track = collect_clips(timeline, project=project)
     assert track == 2 and [c.first for c in clips] == [5] and clips[0].current
-    clips, skipped, _ = rb.collect_clips(timeline, track=1, project=project)
+    clips, skipped, _ = collect_clips(timeline, track=1, project=project)
     assert [c.first for c in clips] == [0]
     assert [(s.name, "generator" in s.reason) for s in skipped] == [("Solid Color", True)]
-    with pytest.raises(rb.BridgeError, match="no video track 7"):
-        rb.collect_clips(timeline, track=7)
+    with pytest.raises(BridgeError, match="no video track 7"):
+        collect_clips(timeline, track=7)
 
 
 def test_source_range_and_sequences():
-    assert rb.source_range(12, 24, 30, 24) == (15, 44)
-    assert rb.source_range(0, 10, 23.976, 23.976) == (0, 9)
-    assert rb.source_range(5, 10, 25, 50) == (2, 6)   # 50 fps timeline: 10 timeline frames = 5 clip frames
-    assert rb.engine_source("/m/shot.[0001-0100].exr") == ("/m/shot.%04d.exr", "sequence")
-    assert rb.engine_source("/m/a [1].mov") == ("/m/a [1].mov", "movie")
+    assert source_range(12, 24, 30, 24) == (15, 44)
+    assert source_range(0, 10, 23.976, 23.976) == (0, 9)
+    assert source_range(5, 10, 25, 50) == (2, 6)   # 50 fps timeline: 10 timeline frames = 5 clip frames
+    assert engine_source("/m/shot.[0001-0100].exr") == ("/m/shot.%04d.exr", "sequence")
+    assert engine_source("/m/a [1].mov") == ("/m/a [1].mov", "movie")
 
 
 # ------------------------------------------------------------------ placing
 def _render(clips, engine=None):
     engine = engine or FakeEngine()
-    return rb.run_engine_direct(engine, clips, schema.validate({}))
+    return run_engine_direct(engine, clips, schema.validate({}))
 
 
 def test_place_results_on_a_new_track_at_the_same_record_frames(edit):
     resolve, project, timeline, a, b = edit
     pool = project.GetMediaPool()
-    clips, _, track = rb.collect_clips(timeline, track=1)
-    report = rb.place_results(resolve, project, timeline, _render(clips), source_track=track)
+    clips, _, track = collect_clips(timeline, track=1)
+    report = place_results(resolve, project, timeline, _render(clips), source_track=track)
     assert report.ok and len(report.placed) == 2 and report.track == 2
     placed = timeline.GetItemListInTrack("video", 2)
     assert [(it.GetStart(), it.GetEnd()) for it in placed] == [(86400, 86412), (86440, 86464)]
@@ -261,8 +269,8 @@ def test_place_results_reports_clips_it_could_not_place(edit):
     blocker = pool.GetRootFolder().GetClipList()[0]
     pool.AppendToTimeline([{"mediaPoolItem": blocker, "startFrame": 0, "endFrame": 5, "trackIndex": 2,
                             "recordFrame": 86450}])
-    clips, _, track = rb.collect_clips(timeline, track=1)
-    report = rb.place_results(resolve, project, timeline, _render(clips), source_track=track, target=2)
+    clips, _, track = collect_clips(timeline, track=1)
+    report = place_results(resolve, project, timeline, _render(clips), source_track=track, target=2)
     assert [p.clip.name for p in report.placed] == ["a.mp4"]
     assert [p.clip.name for p in report.failed] == ["b.mp4"]
     assert "overlap" in report.failed[0].reason and "86450" in report.failed[0].reason
@@ -273,8 +281,8 @@ def test_place_results_with_resolve_18_inclusive_end_frame(tmp_path):
     a = make_movie(tmp_path / "a.mp4", 30, 24)
     resolve, project, timeline = fr.make_edit([{"path": a, "start": 3, "end": 13, "record": 7}],
                                               version=(18, 6, 6, 7, ""))
-    clips, _, track = rb.collect_clips(timeline, track=1)
-    report = rb.place_results(resolve, project, timeline, _render(clips), source_track=track)
+    clips, _, track = collect_clips(timeline, track=1)
+    report = place_results(resolve, project, timeline, _render(clips), source_track=track)
     assert report.ok
     (item,) = timeline.GetItemListInTrack("video", 2)
     assert (item.GetStart(), item.GetDuration()) == (86407, 10)
@@ -282,37 +290,37 @@ def test_place_results_with_resolve_18_inclusive_end_frame(tmp_path):
 
 def test_place_results_switches_back_to_the_source_timeline(edit):
     resolve, project, timeline, a, b = edit
-    clips, _, track = rb.collect_clips(timeline, track=1)
+    clips, _, track = collect_clips(timeline, track=1)
     other = project.GetMediaPool().CreateEmptyTimeline("Other")
     project.SetCurrentTimeline(other)                           # the user moved on while the engine ran
-    report = rb.place_results(resolve, project, timeline, _render(clips), source_track=track)
+    report = place_results(resolve, project, timeline, _render(clips), source_track=track)
     assert report.ok and project.GetCurrentTimeline() is timeline
     assert not other.GetItemListInTrack("video", 1)
 
 
 def test_engine_failures_and_bad_targets_are_reported(edit):
     resolve, project, timeline, a, b = edit
-    clips, _, track = rb.collect_clips(timeline, track=1)
+    clips, _, track = collect_clips(timeline, track=1)
     placements = _render(clips, FakeEngine(fail_sources={str(b)}))
-    report = rb.place_results(resolve, project, timeline, placements, source_track=track)
+    report = place_results(resolve, project, timeline, placements, source_track=track)
     assert [p.clip.name for p in report.failed] == ["b.mp4"]
     assert "no face" in report.failed[0].reason
-    with pytest.raises(rb.BridgeError, match="not above"):
-        rb.place_results(resolve, project, timeline, _render(clips), source_track=track, target=1)
+    with pytest.raises(BridgeError, match="not above"):
+        place_results(resolve, project, timeline, _render(clips), source_track=track, target=1)
 
 
 # ------------------------------------------------------------------ script
 def test_script_direct_mode_end_to_end_with_a_fake_engine(edit, tmp_path):
     resolve, project, timeline, a, b = edit
     lines = []
-    code = rb.script_main({"resolve": resolve}, argv=["--direct", "--track", "1", "--set", "steps=20",
-                                                       "--output-dir", str(tmp_path / "out")],
-                          log=lines.append, client=FakeEngine())
+    code = script_main({"resolve": resolve}, argv=["--direct", "--track", "1", "--set", "steps=20",
+                                                    "--output-dir", str(tmp_path / "out")],
+                       log=lines.append, client=FakeEngine())
     assert code == 0, lines
     assert len(timeline.GetItemListInTrack("video", 2)) == 2
     assert any("Placed 2 toon clip(s) on V2" in line for line in lines)
     folders = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert len(folders) == 2 and all(f.endswith(rb.params_hash(schema.validate({"steps": 20}))) for f in folders)
+    assert len(folders) == 2 and all(f.endswith(params_hash(schema.validate({"steps": 20}))) for f in folders)
 
 
 def test_script_panel_mode_places_what_the_panel_rendered(edit, tmp_path):
@@ -328,13 +336,13 @@ def test_script_panel_mode_places_what_the_panel_rendered(edit, tmp_path):
             job = engine.submit(clip["source"], [clip["first"], clip["last"]], {"swap_res": 32},
                                 str(tmp_path / "out"), "sequence")
             entries.append({"clip": clip["id"], "job": engine.wait(job["id"])})
-        rb.write_json_atomic(result_json, {"version": 1, "status": "done", "target_track": 3,
-                                           "results": entries})
+        write_json_atomic(result_json, {"version": 1, "status": "done", "target_track": 3,
+                                        "results": entries})
         return 0
 
-    options = rb.Options(mode="panel", track=1, engine_python=sys.executable, workdir=str(tmp_path),
-                         show_report=False)
-    report = rb.run(resolve, options, panel=fake_panel, log=lambda m: None)
+    options = Options(mode="panel", track=1, engine_python=sys.executable, workdir=str(tmp_path),
+                      show_report=False)
+    report = run(resolve, options, panel=fake_panel, log=lambda m: None)
     assert seen["source_track"] == 1 and seen["video_tracks"] == 1 and len(seen["clips"]) == 2
     assert seen["clips"][0]["record_start"] == 86400
     assert report.ok and report.track == 3 and timeline.GetTrackCount("video") == 3
@@ -343,8 +351,8 @@ def test_script_panel_mode_places_what_the_panel_rendered(edit, tmp_path):
 
 def test_script_panel_closed_without_rendering_places_nothing(edit, tmp_path):
     resolve, project, timeline, a, b = edit
-    options = rb.Options(mode="panel", track=1, engine_python=sys.executable, workdir=str(tmp_path))
-    report = rb.run(resolve, options, panel=lambda *a: 0, log=lambda m: None)
+    options = Options(mode="panel", track=1, engine_python=sys.executable, workdir=str(tmp_path))
+    report = run(resolve, options, panel=lambda *a: 0, log=lambda m: None)
     assert not report.placed and timeline.GetTrackCount("video") == 1
 
 
@@ -352,8 +360,8 @@ def test_unreachable_resolve_says_what_is_needed(monkeypatch, capsys):
     def no_module(name):
         raise ImportError(name)
 
-    with pytest.raises(rb.ResolveUnavailable) as info:
-        rb.get_resolve({}, importer=no_module)
+    with pytest.raises(ResolveUnavailable) as info:
+        get_resolve({}, importer=no_module)
     message = info.value.message
     assert "must be running" in message and "21.1" in message and "External scripting" in message
 
@@ -362,14 +370,14 @@ def test_unreachable_resolve_says_what_is_needed(monkeypatch, capsys):
         def scriptapp(name):
             return None
 
-    with pytest.raises(rb.ResolveUnavailable, match="did not answer"):
-        rb.get_resolve({}, importer=lambda name: Module)
-    assert rb.get_resolve({"app": type("App", (), {"GetResolve": lambda self: "R"})()}) == "R"
+    with pytest.raises(ResolveUnavailable, match="did not answer"):
+        get_resolve({}, importer=lambda name: Module)
+    assert get_resolve({"app": type("App", (), {"GetResolve": lambda self: "R"})()}) == "R"
 
     # the script file itself: run outside Resolve with no DaVinciResolveScript -> message, no traceback
     monkeypatch.setattr(sys, "argv", [str(SCRIPT)])
     monkeypatch.setitem(sys.modules, "DaVinciResolveScript", None)
-    monkeypatch.setattr(rb, "default_api_dirs", lambda *a, **k: [])
+    monkeypatch.setattr(api, "default_api_dirs", lambda *a, **k: [])
     with pytest.raises(SystemExit) as exit_info:
         runpy.run_path(str(SCRIPT), run_name="__main__")
     assert exit_info.value.code == 2
@@ -380,20 +388,20 @@ def test_unreachable_resolve_says_what_is_needed(monkeypatch, capsys):
 def test_no_project_or_timeline_is_a_clear_message():
     resolve = fr.Resolve()
     lines = []
-    assert rb.script_main({"resolve": resolve}, argv=["--direct"], log=lines.append) == 2
+    assert script_main({"resolve": resolve}, argv=["--direct"], log=lines.append) == 2
     assert "no project is open" in lines[-1]
     resolve.GetProjectManager().CreateProject("Empty")
-    assert rb.script_main({"resolve": resolve}, argv=["--direct"], log=lines.append) == 2
+    assert script_main({"resolve": resolve}, argv=["--direct"], log=lines.append) == 2
     assert "no timeline is open" in lines[-1]
 
 
 def test_bad_parameters_are_one_clear_message(edit):
     resolve = edit[0]
     lines = []
-    code = rb.script_main({"resolve": resolve}, argv=["--direct", "--track", "1", "--set", "steps=99999"],
-                          log=lines.append, client=FakeEngine())
+    code = script_main({"resolve": resolve}, argv=["--direct", "--track", "1", "--set", "steps=99999"],
+                       log=lines.append, client=FakeEngine())
     assert code == 2 and lines[-1] == "Toon Faces: steps: must be at most 5000; got 99999"
-    assert rb.script_main({"resolve": resolve}, argv=["--target", "top"], log=lines.append) == 2
+    assert script_main({"resolve": resolve}, argv=["--target", "top"], log=lines.append) == 2
     assert "--target must be 'new' or a track number" in lines[-1]
 
 
@@ -408,11 +416,11 @@ def test_bad_parameters_are_one_clear_message(edit):
 ])
 def test_scripts_folder_per_os(system, all_users, expected):
     env = {"APPDATA": r"C:\Users\u\AppData\Roaming", "PROGRAMDATA": r"C:\ProgramData"}
-    assert rb.scripts_dir(system, all_users=all_users, env=env, home="/home/u") == expected
+    assert scripts_dir(system, all_users=all_users, env=env, home="/home/u") == expected
 
 
 def test_checked_in_script_is_the_installer_template():
-    assert SCRIPT.read_text(encoding="utf-8") == rb.render_script(None, None)
+    assert SCRIPT.read_text(encoding="utf-8") == render_script(None, None)
 
 
 def test_installer_copies_script_and_client_and_the_installed_script_runs(tmp_path, edit, monkeypatch):
@@ -423,14 +431,14 @@ def test_installer_copies_script_and_client_and_the_installed_script_runs(tmp_pa
                           "--lib-dir", str(lib), "--python", sys.executable],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    installed = dest / rb.SCRIPT_NAME
-    assert installed.exists() and (lib / "toon_ofx" / "hosts" / "resolve.py").exists()
+    installed = dest / SCRIPT_NAME
+    assert installed.exists() and (lib / "toon_ofx" / "hosts" / "resolve" / "script.py").exists()
     assert list(dest.iterdir()) == [installed]                  # nothing else shows up in Resolve's menu
     text = installed.read_text()
     assert repr(str(lib)) in text and repr(sys.executable) in text
     # run it as Resolve would: `resolve` in its globals, options from TOON_OFX_RESOLVE_ARGS
     resolve = edit[0]
-    monkeypatch.setenv(rb.ENV_ARGS, "--direct --track 7")
+    monkeypatch.setenv(ENV_ARGS, "--direct --track 7")
     lines = []
     monkeypatch.setattr("builtins.print", lambda *a, **k: lines.append(" ".join(map(str, a))))
     runpy.run_path(str(installed), init_globals={"resolve": resolve}, run_name="__main__")
@@ -441,15 +449,15 @@ def test_installer_copies_script_and_client_and_the_installed_script_runs(tmp_pa
 
 def test_engine_python_discovery(monkeypatch, tmp_path):
     monkeypatch.setenv("TOON_OFX_CONFIG_DIR", str(tmp_path))
-    monkeypatch.setenv(rb.ENV_PYTHON, sys.executable)
-    assert rb.find_engine_python() == sys.executable
-    monkeypatch.setenv(rb.ENV_PYTHON, str(tmp_path / "nope" / "python"))
-    with pytest.raises(rb.BridgeError, match="does not exist"):
-        rb.find_engine_python()
-    monkeypatch.delenv(rb.ENV_PYTHON)
-    (tmp_path / rb.CONFIG_NAME).write_text(json.dumps({"python": sys.executable}))
-    assert rb.find_engine_python() == sys.executable
-    env = rb.child_env()
+    monkeypatch.setenv(ENV_PYTHON, sys.executable)
+    assert find_engine_python() == sys.executable
+    monkeypatch.setenv(ENV_PYTHON, str(tmp_path / "nope" / "python"))
+    with pytest.raises(BridgeError, match="does not exist"):
+        find_engine_python()
+    monkeypatch.delenv(ENV_PYTHON)
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({"python": sys.executable}))
+    assert find_engine_python() == sys.executable
+    env = child_env()
     assert "PYTHONHOME" not in env and "PYTHONPATH" not in env
 
 
@@ -524,13 +532,13 @@ def test_installed_script_against_an_engine_process(tmp_path, monkeypatch):
     proc = start_engine(tmp_path, "--render-fn", "test_jobs:fake_render")
     try:
         dest = tmp_path / "Utility"
-        rb.install(str(dest), python=PY, lib_dir=str(tmp_path / "lib"), log=lambda m: None)
+        install(str(dest), python=PY, lib_dir=str(tmp_path / "lib"), log=lambda m: None)
         resolve, project, timeline, clip = face_edit(tmp_path)
         out = tmp_path / "out"
-        monkeypatch.setenv(rb.ENV_ARGS, f"--direct --track 1 --set device=cpu --output-dir {out} --no-report")
+        monkeypatch.setenv(ENV_ARGS, f"--direct --track 1 --set device=cpu --output-dir {out} --no-report")
         lines = []
         monkeypatch.setattr("builtins.print", lambda *a, **k: lines.append(" ".join(map(str, a))))
-        runpy.run_path(str(dest / rb.SCRIPT_NAME), init_globals={"resolve": resolve}, run_name="__main__")
+        runpy.run_path(str(dest / SCRIPT_NAME), init_globals={"resolve": resolve}, run_name="__main__")
         assert any("Placed 1 toon clip(s) on V2" in line for line in lines), lines
         _check_placed(timeline, project, 10, 19, 86400 + 48, 8)
         frames = sorted(p.name for p in out.rglob("*.png"))
@@ -546,10 +554,10 @@ def test_panel_mode_through_the_real_panel_and_engine(tmp_path, monkeypatch):
     proc = start_engine(tmp_path, "--render-fn", "test_jobs:fake_render")
     try:
         resolve, project, timeline, clip = face_edit(tmp_path, first=0, end=5, record=0)
-        monkeypatch.setenv(rb.ENV_OUTPUT, str(tmp_path / "out"))
-        options = rb.Options(mode="panel", track=1, engine_python=PY, workdir=str(tmp_path), show_report=False,
-                             params={"device": "cpu", "steps": 3}, panel_args=["--autorun"])
-        report = rb.run(resolve, options, log=lambda m: None)
+        monkeypatch.setenv(ENV_OUTPUT, str(tmp_path / "out"))
+        options = Options(mode="panel", track=1, engine_python=PY, workdir=str(tmp_path), show_report=False,
+                          params={"device": "cpu", "steps": 3}, panel_args=["--autorun"])
+        report = run(resolve, options, log=lambda m: None)
         assert report.ok and len(report.placed) == 1, report.text()
         _check_placed(timeline, project, 0, 4, 86400, 4)
         result = json.loads((tmp_path / "result.json").read_text())
@@ -565,16 +573,16 @@ def test_real_engine_with_a_tiny_model(tmp_path, monkeypatch, tiny_params):
     proc = start_engine(tmp_path)
     try:
         dest = tmp_path / "Utility"
-        rb.install(str(dest), python=PY, lib_dir=str(tmp_path / "lib"), log=lambda m: None)
+        install(str(dest), python=PY, lib_dir=str(tmp_path / "lib"), log=lambda m: None)
         # a real face at 30 fps on a 24 fps timeline: 5 source frames = 4 timeline frames. The range starts
         # at 5 so the engine's keyframe/tracker warm-up stays short (frames before 5 only feed the tracker).
         resolve, project, timeline, clip = face_edit(tmp_path, first=5, end=10, record=100)
         out = tmp_path / "out"
         sets = " ".join(f"--set {k}={v}" for k, v in tiny_params.items())
-        monkeypatch.setenv(rb.ENV_ARGS, f"--direct --track 1 {sets} --output-dir {out} --no-report")
+        monkeypatch.setenv(ENV_ARGS, f"--direct --track 1 {sets} --output-dir {out} --no-report")
         lines = []
         monkeypatch.setattr("builtins.print", lambda *a, **k: lines.append(" ".join(map(str, a))))
-        runpy.run_path(str(dest / rb.SCRIPT_NAME), init_globals={"resolve": resolve}, run_name="__main__")
+        runpy.run_path(str(dest / SCRIPT_NAME), init_globals={"resolve": resolve}, run_name="__main__")
         assert any("Placed 1 toon clip(s) on V2" in line for line in lines), "\n".join(
             lines[-6:] + [(tmp_path / "engine.log").read_text()[-3000:]])
         _check_placed(timeline, project, 5, 9, 86400 + 100, 4)
@@ -590,13 +598,13 @@ def test_installed_script_runs_on_a_bare_python_with_the_vendored_client(tmp_pat
     import subprocess
 
     dest, lib = tmp_path / "Utility", tmp_path / "lib"
-    rb.install(str(dest), python=PY, lib_dir=str(lib), log=lambda m: None)
+    install(str(dest), python=PY, lib_dir=str(lib), log=lambda m: None)
     runner = tmp_path / "runner.py"
     runner.write_text(
         "import runpy, sys\n"
         f"sys.path.insert(0, {str(REPO / 'tests')!r})\n"
         "import fake_resolve\n"
-        f"runpy.run_path({str(dest / rb.SCRIPT_NAME)!r}, init_globals={{'resolve': fake_resolve.Resolve()}},"
+        f"runpy.run_path({str(dest / SCRIPT_NAME)!r}, init_globals={{'resolve': fake_resolve.Resolve()}},"
         " run_name='__main__')\n"
         "import toon_ofx.hosts.resolve as b, toon_ofx.client\n"
         "heavy = sorted(m for m in ('numpy', 'torch', 'cv2', 'PySide6') if m in sys.modules)\n"
@@ -604,4 +612,4 @@ def test_installed_script_runs_on_a_bare_python_with_the_vendored_client(tmp_pat
     out = subprocess.run([PY, "-I", "-S", str(runner)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "Toon Faces: no project is open in Resolve." in out.stdout
-    assert f"LIB {lib / 'toon_ofx' / 'hosts' / 'resolve.py'} HEAVY []" in out.stdout
+    assert f"LIB {lib / 'toon_ofx' / 'hosts' / 'resolve' / '__init__.py'} HEAVY []" in out.stdout

@@ -21,7 +21,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 #: what the Blender extension bundles (the client, and the schema its panel is built from)
 BLENDER_ROOTS = ("client", "core/params", "core/errors")
 #: what the Resolve installer copies beside its script
-RESOLVE_ROOTS = ("client", "hosts/resolve")
+RESOLVE_ROOTS = ("client", "hosts/resolve/__init__")
 
 
 class VendorError(Exception):

@@ -10,7 +10,7 @@ at a temporary folder so nothing touches the real user's Blender). The result
 
 Headless, Blender never calls an operator's invoke()/modal() and never fires
 timers, so scenarios call the operator's execute() (``bpy.ops.toon_ofx.toonify()``)
-and drive the same plain functions the modal operator uses (``jobs.Run.tick``).
+and drive the same plain functions the modal operator uses (``toonify.Run.tick``).
 """
 from __future__ import annotations
 
@@ -226,11 +226,12 @@ def scenario_cancel(args: dict) -> dict:
     scene, sed = new_scene()
     source = add_movie(scene, args)
     select_only(scene, {source.name})
-    jobs, operators, props, compat = (addon_module(n) for n in ("jobs", "operators", "props", "compat"))
-    plans = jobs.plan_strips(scene, compat.selected_strips(bpy.context, scene))
-    params = jobs.engine_params(props.values(scene.toon_ofx))
+    names = ("planning", "toonify", "operators", "props", "compat")
+    planning, toonify, operators, props, compat = (addon_module(n) for n in names)
+    plans = planning.plan_strips(scene, compat.selected_strips(bpy.context, scene))
+    params = planning.engine_params(props.values(scene.toon_ofx))
     before = all_strips(scene)
-    run = jobs.Run(plans, params, operators.output_root(bpy.context), operators.connector(bpy.context))
+    run = toonify.Run(plans, params, operators.output_root(bpy.context), operators.connector(bpy.context))
     run.start(background=True)
     statuses, progress = [], []
     deadline = time.monotonic() + 30
@@ -246,7 +247,7 @@ def scenario_cancel(args: dict) -> dict:
     job_id = run.pending[0].job_id if run.pending else None
     time.sleep(0.3)
     engine_state = run.client.job(job_id)["state"] if job_id else None
-    reports = [jobs.finish_message(m) for m in run.finals]
+    reports = [toonify.finish_message(m) for m in run.finals]
     return {"done": run.done, "cancelled": run.cancelled, "error": run.error, "statuses": statuses,
             "progress": progress, "engine_state": engine_state, "reports": reports,
             "unchanged": all_strips(scene) == before}
@@ -318,10 +319,11 @@ def scenario_engine_dies(args: dict) -> dict:
     scene, sed = new_scene()
     source = add_movie(scene, args)
     select_only(scene, {source.name})
-    jobs, operators, props, compat = (addon_module(n) for n in ("jobs", "operators", "props", "compat"))
-    plans = jobs.plan_strips(scene, compat.selected_strips(bpy.context, scene))
-    run = jobs.Run(plans, jobs.engine_params(props.values(scene.toon_ofx)), operators.output_root(bpy.context),
-                   operators.connector(bpy.context)).start(background=True)
+    names = ("planning", "toonify", "operators", "props", "compat")
+    planning, toonify, operators, props, compat = (addon_module(n) for n in names)
+    plans = planning.plan_strips(scene, compat.selected_strips(bpy.context, scene))
+    run = toonify.Run(plans, planning.engine_params(props.values(scene.toon_ofx)),
+                      operators.output_root(bpy.context), operators.connector(bpy.context)).start(background=True)
     before = all_strips(scene)
     deadline = time.monotonic() + 60
     killed = False
@@ -332,7 +334,7 @@ def scenario_engine_dies(args: dict) -> dict:
                 os.kill(json.load(fh)["pid"], signal.SIGKILL)
             killed = True
         time.sleep(0.1)
-    return {"done": run.done, "killed": killed, "reports": [jobs.finish_message(m) for m in run.finals],
+    return {"done": run.done, "killed": killed, "reports": [toonify.finish_message(m) for m in run.finals],
             "unchanged": all_strips(scene) == before}
 
 
@@ -342,7 +344,7 @@ def scenario_placement(args: dict) -> dict:
     The test clip's frame n is grey level 3n, and so is result frame n: rendering each
     timeline frame with the new strip muted and unmuted must decode the same number.
     """
-    jobs, compat = addon_module("jobs"), addon_module("compat")
+    planning, placement, compat = (addon_module(n) for n in ("planning", "placement", "compat"))
     out = {}
     for case in args["cases"]:
         scene, sed = new_scene(int(args.get("fps", 24)))
@@ -372,11 +374,11 @@ def scenario_placement(args: dict) -> dict:
             source.move_to_meta(meta)
             source = compat.children(meta)[0]
         add_blockers(scene, case.get("blockers"))
-        plan = jobs.plan_strip(scene, source)
+        plan = planning.plan_strip(scene, source)
         source_before = describe(source)
         pattern = _write_gray_frames(os.path.join(args["folder"], case["label"]), "res", plan.first, plan.last)
         result = {"kind": "sequence", "pattern": pattern, "first_frame": plan.first, "last_frame": plan.last}
-        strip = jobs.place_result(scene, source, result, case.get("output_kind", "frame"))
+        strip = placement.place_result(scene, source, result, case.get("output_kind", "frame"))
         entry = {"plan": [plan.first, plan.last], "plan_source": plan.source, "rate": plan.mapping.rate,
                  "source_before": source_before, "source_after": describe(source), "new": describe(strip)}
         if args.get("render", True) and not case.get("no_render"):

@@ -205,7 +205,8 @@ class Renderer:
         params = validate(params)
         return all(params[k] == self.params[k] for k in MODEL_PARAMS)
 
-    def pipeline(self, params: Dict[str, Any]):
+    def pipeline(self, params: Dict[str, Any], cancel: Optional[threading.Event] = None):
+        """A pipeline for `params`; with `cancel`, setting the event stops it within one projection step."""
         from engine.pipeline import PipelineConfig, ToonPipeline
 
         p = validate(params)
@@ -214,7 +215,13 @@ class Renderer:
                                 color_match=p["color_match"], overlay=p["output_kind"] == "overlay",
                                 smoothing=p["smoothing"], keyframe_interval=p["keyframe_interval"],
                                 batch_size=p["batch_size"], seed=p["seed"])
-        return ToonPipeline(self.landmarker, self.base, self.blended, self.perceptual, config)
+        pipeline = ToonPipeline(self.landmarker, self.base, self.blended, self.perceptual, config)
+        if cancel is not None:
+            def stop_if_cancelled(step: int, steps: int) -> None:
+                if cancel.is_set():
+                    raise Cancelled(f"cancelled during a projection (step {step} of {steps})")
+            pipeline.on_step = stop_if_cancelled
+        return pipeline
 
     def render(self, request: RenderRequest, progress: Optional[Callable[[ProgressEvent], None]] = None,
                cancel: Optional[threading.Event] = None, plan: Optional["Plan"] = None) -> RenderResult:
@@ -232,7 +239,7 @@ class Renderer:
         if todo and params["frame_batch"] > 1:
             self._render_segments(request, plan, todo, report, timings, cancel)
         elif todo:
-            pipeline = self.pipeline(params)
+            pipeline = self.pipeline(params, cancel)
             start = max(0, min(pipeline.warmup_start(todo[0]), todo[0] - request.warmup))
             pending = set(todo)
             t_read = time.perf_counter()
@@ -286,7 +293,7 @@ class Renderer:
             while queue or active:
                 while queue and len(active) < params["frame_batch"]:
                     frames = queue.pop(0)
-                    pipeline = self.pipeline(params)
+                    pipeline = self.pipeline(params, cancel)
                     start = pipeline.warmup_start(frames[0])
                     if frames[0] == todo[0]:
                         start = max(0, min(start, todo[0] - request.warmup))
@@ -338,12 +345,17 @@ class Renderer:
             for stage, seconds in pipe.finish(prepared).timings.items():
                 _add(timings, stage, seconds)
 
-    def preview(self, source: Path, frame: int, params: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray, int]:
-        """One frame, cold-started: (original RGB, stylised RGB or RGBA, faces found)."""
+    def preview(self, source: Path, frame: int, params: Dict[str, Any],
+                cancel: Optional[threading.Event] = None) -> Tuple[np.ndarray, np.ndarray, int]:
+        """One frame, cold-started: (original RGB, stylised RGB or RGBA, faces found).
+
+        Setting `cancel` stops it within one projection step (Cancelled)."""
         info = media.probe(source)
         index, _ = resolve_range((frame, frame), info.frame_count)
         original = next(iter(media.read_frames(info, index, index)))[1]
-        result = self.pipeline(params).process(original, index)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("preview cancelled")
+        result = self.pipeline(params, cancel).process(original, index)
         return original, result.image, result.faces
 
 
@@ -417,6 +429,6 @@ def render(request: RenderRequest, progress: Optional[Callable[[ProgressEvent], 
     return get_renderer(plan.params).render(request, progress, cancel, plan)
 
 
-def preview(source: Path, frame: int, params: Dict[str, Any]):
-    """One stylised frame for a side-by-side preview: (original, stylised, faces)."""
-    return get_renderer(params).preview(Path(source), frame, params)
+def preview(source: Path, frame: int, params: Dict[str, Any], cancel: Optional[threading.Event] = None):
+    """One stylised frame for a side-by-side preview: (original, stylised, faces); `cancel` stops it."""
+    return get_renderer(params).preview(Path(source), frame, params, cancel)

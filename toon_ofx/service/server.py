@@ -1,192 +1,65 @@
 """`toon-ofx serve`: the local engine process, an HTTP+JSON service for the editor add-ons.
 
 Safe by default:
-- listens on 127.0.0.1 only (other addresses need --allow-remote);
+- listens on 127.0.0.1 only (other addresses need --allow-remote, which is announced loudly);
 - every request needs ``Authorization: Bearer <token>``; the token is random, per user, and kept
-  in ``<user_config_dir>/token`` (mode 0600); missing or wrong token -> 401;
-- requests from a browser are refused (403): a ``Host`` that is not this loopback address and port
+  in ``<user_config_dir>/token`` (mode 0600); missing or wrong token -> 401. Clients first make the
+  engine prove it holds the token (POST /v1/challenge) so they never send it to an impostor;
+- requests from a browser are refused (403): a ``Host`` that is not one of this engine's names
   (DNS rebinding), or any ``Origin`` / cross-site ``Sec-Fetch-Site`` header; POST bodies must be
   ``application/json`` (which a cross-site form cannot send);
+- bounded: a listen backlog of 128, request heads read without a thread each under a deadline,
+  a fixed pool of request threads, a deadline for bodies (see toon_ofx/service/listener.py);
 - one server per data folder (a lock file), so two servers never run the same queue.
 
-The running server writes ``<user_config_dir>/server.json`` = {"url", "pid", "version"}; clients
-find it there (see toon_ofx/client.py). Jobs are kept in ``<user_data_dir>/jobs.sqlite3`` and run one
-at a time per device (toon_ofx/jobs.py); killing the server (even with SIGKILL) and starting it again
-resumes them from the last finished frame.
+The running server writes ``<user_config_dir>/server.json`` = {"url", "pid", "version", ...};
+clients find it there (see toon_ofx/client.py). Jobs are kept in ``<user_data_dir>/jobs.sqlite3``
+and run one at a time per device (see toon_ofx/service/workers.py). A stop (SIGTERM, POST
+/v1/shutdown, idle) puts a running job back in the queue without counting it as a crash; killing
+the server (even with SIGKILL) and starting it again resumes jobs from the last finished frame.
 
 Standard library only at import time: the torch-side renderer is imported when a job first runs.
 """
 from __future__ import annotations
 
 import argparse
-import base64
-import hmac
 import importlib
 import ipaddress
-import json
 import logging
 import os
-import secrets
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
-import zlib
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple
-from urllib.parse import parse_qs, urlsplit
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from .. import __version__
 from ..core.errors import UserError
-from .jobs import (STATES, JobQueue, JobStore, NotFound, RequestError, check_device, check_models, parse_preview,
-                   parse_submission, resolve_device)
-from ..core.params import BY_NAME, schema
+from ..core.params import BY_NAME
+from .devices import check_device, resolve_device
+from .errors import Conflict, NotFound, RequestError
+from .handler import SERVICE, Handler
+from .instance import (INFO_FILE, LOCK_FILE, TOKEN_FILE, AlreadyRunning, InstanceLock, config_dir, data_dir,
+                       ensure_token, private_dir, read_server_info, write_json_atomic)
+from .lifetime import Lifetime
+from .listener import Listener
+from .outputs import ensure_folder
+from .preview import PreviewSlot, default_preview, preview_answer
+from .requests import check_models, parse_preview, parse_submission
+from .store import STATES, JobStore
+from .workers import JobQueue
 
 log = logging.getLogger("toon_ofx.service.server")
 
-SERVICE = "toon-ofx"
-TOKEN_FILE = "token"
-INFO_FILE = "server.json"
-LOCK_FILE = "server.lock"
 DB_FILE = "jobs.sqlite3"
-MAX_BODY = 1 << 20
 
-
-# --------------------------------------------------------------------------- folders, token, server.json
-
-def config_dir() -> Path:
-    """`<user_config_dir>` (TOON_OFX_CONFIG_DIR overrides)."""
-    from ..core import dirs
-
-    return Path(dirs.user_config_dir())
-
-
-def data_dir() -> Path:
-    """`<user_data_dir>` (TOON_OFX_DATA_DIR overrides)."""
-    from ..core import dirs
-
-    return Path(dirs.user_data_dir())
-
-
-_default_config_dir, _default_data_dir = config_dir, data_dir
-
-
-def _private_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path
-
-
-def ensure_token(folder: Path) -> str:
-    """The per-user token in `folder`/token, created (mode 0600) if missing or unusable."""
-    _private_dir(folder)
-    path = folder / TOKEN_FILE
-    for _ in range(5):
-        try:
-            token = path.read_text(encoding="ascii").strip()
-        except FileNotFoundError:
-            token = ""
-        except (OSError, UnicodeDecodeError):
-            token = ""
-        if len(token) >= 32 and token.isascii() and token.replace("-", "").replace("_", "").isalnum():
-            if os.name == "posix" and os.stat(path).st_mode & 0o077:
-                os.chmod(path, 0o600)
-                log.warning("%s was readable by others; its mode is now 0600", path)
-            return token
-        if path.exists():  # empty or damaged: replace it
-            log.warning("%s is not a usable token; writing a new one", path)
-            path.unlink()
-        token = secrets.token_urlsafe(32)
-        tmp = folder / f".{TOKEN_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
-        fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="ascii") as fh:
-                fh.write(token + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            try:
-                os.link(str(tmp), str(path))  # atomic and never replaces a token another process just wrote
-            except FileExistsError:
-                continue  # someone else won: use theirs
-            except OSError:
-                if not path.exists():
-                    os.replace(str(tmp), str(path))
-                continue
-        finally:
-            try:
-                os.unlink(str(tmp))
-            except OSError:
-                pass
-    raise UserError(f"cannot create a token in {folder}")
-
-
-def _write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(str(tmp), str(path))
-
-
-def read_server_info(folder: Optional[Path] = None) -> Optional[Dict[str, Any]]:
-    try:
-        return json.loads((Path(folder) if folder else config_dir()).joinpath(INFO_FILE).read_text("utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-class _InstanceLock:
-    """An exclusive lock on a file in the data folder, released by the OS when the process dies."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._fh = None
-
-    def acquire(self) -> bool:
-        fh = open(self.path, "a+b")
-        try:
-            if os.name == "nt":  # pragma: no cover - Windows only
-                import msvcrt
-
-                fh.seek(0)
-                msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
-            else:
-                import fcntl
-
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.close()
-            return False
-        self._fh = fh
-        return True
-
-    def release(self) -> None:
-        if self._fh is not None:
-            try:
-                if os.name == "nt":  # pragma: no cover
-                    import msvcrt
-
-                    self._fh.seek(0)
-                    msvcrt.locking(self._fh.fileno(), msvcrt.LK_UNLCK, 1)
-                else:
-                    import fcntl
-
-                    fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
-            except OSError:
-                pass
-            self._fh.close()
-            self._fh = None
-
-
-class AlreadyRunning(UserError):
-    exit_code = 3
+_default_config_dir, _default_data_dir = config_dir, data_dir  # Server's arguments shadow the names
 
 
 def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
     if host.lower() == "localhost":
         return True
     try:
@@ -195,253 +68,28 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-# --------------------------------------------------------------------------- PNG (stdlib) for previews
-
-def encode_png(image: Any) -> bytes:
-    """PNG bytes of an H x W (x 1|3|4) uint8 array (numpy or anything with .shape and .tobytes())."""
-    shape = tuple(image.shape)
-    if len(shape) == 2:
-        shape = shape + (1,)
-    height, width, channels = shape
-    if str(getattr(image, "dtype", "uint8")) != "uint8":
-        raise ValueError(f"encode_png needs uint8 pixels, got {image.dtype}")
-    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
-    data = image.tobytes() if hasattr(image, "tobytes") else bytes(image)
-    stride = width * channels
-    raw = b"".join(b"\x00" + data[y * stride:(y + 1) * stride] for y in range(height))
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
-
-
-def _default_preview(source, frame, params):
-    from ..core.render import preview
-
-    return preview(Path(source), frame, params)
-
-
-def _faces_json(faces: Any) -> Any:
-    if faces is None:
-        return 0
-    if isinstance(faces, (int, float)) and not isinstance(faces, bool):
-        return int(faces)
-    try:
-        return len(faces)
-    except TypeError:
-        return int(faces)
-
-
-# --------------------------------------------------------------------------- the HTTP server
-
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = False  # never share a port with another live server
-    engine: "Server"
-
-
-class _HTTPServer6(_HTTPServer):
-    address_family = socket.AF_INET6
-
-
-class _Reply(Exception):
-    def __init__(self, status: int, message: str, field: Optional[str] = None, headers: Optional[Dict[str, str]] = None):
-        super().__init__(message)
-        self.status, self.message, self.field, self.headers = status, message, field, headers or {}
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _no_duplicates(pairs):
-    out = {}
-    for key, value in pairs:
-        if key in out:
-            raise _Reply(400, f"field {key!r} is given twice", key)
-        out[key] = value
-    return out
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server_version = f"{SERVICE}/{__version__}"
-    sys_version = ""
-    timeout = 60  # seconds a client may take to send its request
-
-    # -- plumbing
-    def log_message(self, fmt: str, *args: Any) -> None:  # quiet: use logging
-        log.debug("%s %s", self.address_string(), fmt % args)
-
-    def _send(self, status: int, body: Dict[str, Any], headers: Optional[Dict[str, str]] = None) -> None:
-        data = json.dumps(body, allow_nan=False).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        for key, value in (headers or {}).items():
-            self.send_header(key, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
-
-    def _error(self, status: int, message: str, field: Optional[str] = None,
-               headers: Optional[Dict[str, str]] = None) -> None:
-        self._send(status, {"error": message, "field": field}, headers)
-
-    def do_GET(self) -> None:
-        self._handle("GET")
-
-    def do_POST(self) -> None:
-        self._handle("POST")
-
-    def do_PUT(self) -> None:
-        self._handle("PUT")
-
-    def do_DELETE(self) -> None:
-        self._handle("DELETE")
-
-    def do_PATCH(self) -> None:
-        self._handle("PATCH")
-
-    def do_OPTIONS(self) -> None:
-        self._handle("OPTIONS")
-
-    def do_HEAD(self) -> None:
-        self._handle("HEAD")
-
-    # -- guards
-    def _guard(self) -> None:
-        engine: Server = self.server.engine  # type: ignore[attr-defined]
-        if self.headers.get("Origin") is not None:
-            raise _Reply(403, "requests from web pages are refused (Origin header present)")
-        fetch_site = (self.headers.get("Sec-Fetch-Site") or "").lower()
-        if fetch_site and fetch_site != "none":
-            raise _Reply(403, "requests from web pages are refused (Sec-Fetch-Site)")
-        host = (self.headers.get("Host") or "").strip().lower()
-        if not engine.allow_remote and host not in engine.allowed_hosts:
-            raise _Reply(403, f"Host {host or '(none)'!r} refused: the engine answers only to "
-                              f"127.0.0.1:{engine.port} or localhost:{engine.port}")
-        auth = self.headers.get("Authorization") or ""
-        scheme, _, given = auth.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8", "replace"),
-                                                                 engine.token.encode("ascii")):
-            raise _Reply(401, "missing or wrong token: send 'Authorization: Bearer <token>' with the token from "
-                              f"{engine.config_dir / TOKEN_FILE}", headers={"WWW-Authenticate": 'Bearer realm="toon-ofx"'})
-
-    def _read_body(self) -> bytes:
-        if self.headers.get("Transfer-Encoding"):
-            raise _Reply(400, "chunked request bodies are not supported; send Content-Length")
-        length = self.headers.get("Content-Length")
-        if not length:
-            return b""
-        try:
-            n = int(length)
-        except ValueError:
-            raise _Reply(400, "bad Content-Length") from None
-        if n < 0:
-            raise _Reply(400, "bad Content-Length")
-        if n > MAX_BODY:
-            self.close_connection = True
-            if n <= 16 * MAX_BODY:  # read it away so the client sees the answer rather than a broken pipe
-                while n > 0:
-                    chunk = self.rfile.read(min(n, 1 << 16))
-                    if not chunk:
-                        break
-                    n -= len(chunk)
-            raise _Reply(413, f"the request body is over {MAX_BODY} bytes")
-        return self.rfile.read(n)
-
-    def _json_body(self, body: bytes) -> Any:
-        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if ctype != "application/json":
-            raise _Reply(415, "the request body must be JSON with 'Content-Type: application/json'")
-        if not body.strip():
-            raise _Reply(400, "malformed JSON: the request body is empty")
-        try:
-            text = body.decode("utf-8")
-            return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
-        except UnicodeDecodeError:
-            raise _Reply(400, "malformed JSON: the body is not UTF-8") from None
-        except ValueError as exc:
-            raise _Reply(400, f"malformed JSON: {exc}") from None
-
-    # -- dispatch
-    def _handle(self, method: str) -> None:
-        engine: Server = self.server.engine  # type: ignore[attr-defined]
-        try:
-            body = self._read_body() if method in ("POST", "PUT", "PATCH", "DELETE") else b""
-            self._guard()
-            url = urlsplit(self.path)
-            parts = [p for p in url.path.split("/") if p]
-            status, answer = self._route(engine, method, parts, parse_qs(url.query), body)
-            self._send(status, answer)
-        except _Reply as reply:
-            self._error(reply.status, reply.message, reply.field, reply.headers)
-        except UserError as exc:
-            self._error(getattr(exc, "http_status", 400), exc.message, exc.field)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        except Exception as exc:  # never a traceback to the client
-            log.exception("%s %s failed", method, self.path)
+def _host_names(host: str, public: Iterable[str]) -> List[str]:
+    """Names a remote client may use for this machine: the listen address, its host names, its addresses."""
+    names = {host.strip("[]"), *public}
+    if host.strip("[]") in ("0.0.0.0", "::"):
+        names.discard(host.strip("[]"))
+        for name in (socket.gethostname(), socket.getfqdn()):
+            names.add(name)
             try:
-                self._error(500, f"internal error: {type(exc).__name__}: {exc}")
+                names.update(info[4][0] for info in socket.getaddrinfo(name, None))
             except OSError:
                 pass
-
-    def _route(self, engine: "Server", method: str, parts, query, body: bytes) -> Tuple[int, Any]:
-        if len(parts) < 2 or parts[0] != "v1":
-            raise _Reply(404, f"no such endpoint: {self.path}")
-        name = parts[1]
-
-        def allow(*methods: str) -> None:
-            if method not in methods:
-                raise _Reply(405, f"{method} is not allowed here; use {' or '.join(methods)}",
-                             headers={"Allow": ", ".join(methods)})
-
-        if name == "health" and len(parts) == 2:
-            allow("GET", "HEAD")
-            return 200, engine.health()
-        if name == "params" and len(parts) == 2:
-            allow("GET")
-            return 200, {"params": schema()}
-        if name == "jobs" and len(parts) == 2:
-            allow("GET", "POST")
-            if method == "GET":
-                state = (query.get("state") or [None])[0]
-                if state is not None and state not in STATES:
-                    raise _Reply(400, f"state must be one of {', '.join(STATES)}", "state")
-                return 200, {"jobs": engine.store.list(state)}
-            return 201, engine.submit(self._json_body(body))
-        if name == "jobs" and len(parts) in (3, 4):
-            job_id = parts[2]
-            if len(parts) == 3:
-                allow("GET")
-                job = engine.store.get(job_id)
-                if job is None:
-                    raise NotFound(f"no job {job_id!r}", field="id")
-                return 200, job
-            if parts[3] == "cancel":
-                allow("POST")
-                return 200, engine.cancel(job_id)
-        if name == "preview" and len(parts) == 2:
-            allow("POST")
-            return 200, engine.preview(self._json_body(body))
-        if name == "shutdown" and len(parts) == 2:
-            allow("POST")
-            threading.Thread(target=engine.shutdown, name="toon-ofx-shutdown", daemon=True).start()
-            return 202, {"stopping": True, "pid": os.getpid()}
-        raise _Reply(404, f"no such endpoint: {self.path}")
+    return sorted(n.lower() for n in names if n)
 
 
 class Server:
-    """The engine process: HTTP front, job queue, workers.
+    """The engine process: HTTP front, job queue, workers, previews, sessions.
 
-    `render_fn(request, progress=, cancel=)` and `preview_fn(source, frame, params)` default to
+    `render_fn(request, progress=, cancel=)` and `preview_fn(source, frame, params, cancel=)` default to
     toon_ofx.core.render.render / .preview; tests pass stand-ins. `model_check(params)` refuses a job or
     preview whose models are not installed (422 naming params.model / params.base_model); None skips it.
+    `idle_timeout` (seconds, None = never) stops an idle engine (see toon_ofx/service/lifetime.py);
+    `stop_timeout` is how long a stop waits for a running frame before requeueing the job anyway.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, allow_remote: bool = False,
@@ -449,7 +97,10 @@ class Server:
                  render_fn: Optional[Callable] = None, preview_fn: Optional[Callable] = None,
                  device_resolver: Callable[[str], str] = resolve_device,
                  device_check: Callable[[str], str] = check_device,
-                 model_check: Optional[Callable[[Dict[str, Any]], None]] = check_models):
+                 model_check: Optional[Callable[[Dict[str, Any]], None]] = check_models,
+                 idle_timeout: Optional[float] = None, stop_timeout: float = 10.0,
+                 head_timeout: float = 10.0, body_timeout: float = 30.0, http_workers: int = 16,
+                 public_hosts: Iterable[str] = ()):
         if not allow_remote and not is_loopback(host):
             raise UserError(f"refusing to listen on {host}: the engine listens on 127.0.0.1 only "
                             "(pass --allow-remote to expose it on the network; the token is still required)",
@@ -457,62 +108,82 @@ class Server:
         self.host, self.requested_port, self.allow_remote = host, port, allow_remote
         self.config_dir = Path(config_dir) if config_dir else _default_config_dir()
         self.data_dir = Path(data_dir) if data_dir else _default_data_dir()
-        self.render_fn, self.preview_fn = render_fn, preview_fn or _default_preview
+        self.db_path = self.data_dir / DB_FILE
+        self.render_fn = render_fn
+        self.previews = PreviewSlot(preview_fn or default_preview)
         self.device_resolver, self.device_check = device_resolver, device_check
         self.model_check = model_check
+        self.stop_timeout, self.head_timeout, self.body_timeout = stop_timeout, head_timeout, body_timeout
+        self.http_workers = http_workers
+        self.public_hosts = list(public_hosts)
         self.token = ""
         self.port = 0
         self.url = ""
+        self.listen = ""
+        self.notices: List[str] = []
         self.allowed_hosts: set = set()
         self.store: Optional[JobStore] = None
         self.queue: Optional[JobQueue] = None
-        self._http: Optional[_HTTPServer] = None
+        self.lifetime = Lifetime(idle_timeout, busy=self._busy, stop=self._stop_in_background)
+        self._http: Optional[Listener] = None
         self._thread: Optional[threading.Thread] = None
-        self._lock = _InstanceLock(self.data_dir / LOCK_FILE)
-        self._preview_lock = threading.Lock()
+        self._lock = InstanceLock(self.data_dir / LOCK_FILE)
         self._stop_lock = threading.Lock()
         self.stopped = threading.Event()
+        self.stuck: List[str] = []        # jobs whose worker had not stopped when the engine stopped
         self._started = False
 
     # -- lifecycle
     def start(self) -> "Server":
         """Bind, resume the queue, publish server.json, and serve in a background thread."""
-        _private_dir(self.config_dir)
-        _private_dir(self.data_dir)
+        private_dir(self.config_dir)
+        private_dir(self.data_dir)
         if not self._lock.acquire():
             info = read_server_info(self.config_dir) or {}
             where = f" at {info['url']} (pid {info.get('pid')})" if info.get("url") else ""
             raise AlreadyRunning(f"another toon-ofx engine is already running{where} on the queue in {self.data_dir}")
         try:
             self.token = ensure_token(self.config_dir)
-            family = socket.AF_INET6 if ":" in self.host.strip("[]") else socket.AF_INET
-            server_cls = _HTTPServer if family == socket.AF_INET else _HTTPServer6
+            bind = self.host.strip("[]")
+            family = socket.AF_INET6 if ":" in bind else socket.AF_INET
             try:
-                self._http = server_cls((self.host.strip("[]"), self.requested_port), _Handler)
+                self._http = Listener((bind, self.requested_port), Handler, family=family,
+                                      workers=self.http_workers, head_timeout=self.head_timeout)
             except OSError as exc:
                 raise UserError(f"cannot listen on {self.host}:{self.requested_port}: {exc.strerror or exc}",
                                 field="port") from None
-            self._http.engine = self
+            self._http.engine = self  # type: ignore[attr-defined]
             self.port = self._http.server_address[1]
-            shown = f"[{self.host.strip('[]')}]" if family == socket.AF_INET6 else self.host
-            if self.host in ("0.0.0.0", "::"):
-                shown = "127.0.0.1"
+            self.listen = f"[{bind}]:{self.port}" if family == socket.AF_INET6 else f"{bind}:{self.port}"
+            # local clients reach "all interfaces" through loopback; any other address is used as it is
+            local = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bind, bind)
+            shown = f"[{local}]" if ":" in local else local
             self.url = f"http://{shown}:{self.port}"
-            self.allowed_hosts = {f"{h}:{self.port}" for h in ("127.0.0.1", "localhost", "[::1]", shown.lower())}
-            self.store = JobStore(self.data_dir / DB_FILE, work_root=self.data_dir / "work")
+            names = ["127.0.0.1", "localhost", "[::1]", shown.lower()]
+            if self.allow_remote:
+                names += [f"[{n}]" if ":" in n else n for n in _host_names(self.host, self.public_hosts)]
+            self.allowed_hosts = {f"{h}:{self.port}" for h in names}
+            self.store = JobStore(self.db_path, work_root=self.data_dir / "work")
+            if self.store.notice:
+                self.notices.append(self.store.notice)
             self.queue = JobQueue(self.store, render_fn=self.render_fn, device_resolver=self.device_resolver)
             resumed = self.queue.start()
-            _write_json_atomic(self.config_dir / INFO_FILE,
-                               {"url": self.url, "pid": os.getpid(), "version": __version__,
-                                "data_dir": str(self.data_dir), "started": time.time()})
+            if self.allow_remote and not is_loopback(bind):
+                self.notices.append(remote_warning(self.listen))
+                log.warning(self.notices[-1])
+            write_json_atomic(self.config_dir / INFO_FILE,
+                              {"url": self.url, "listen": self.listen, "remote": self.allow_remote and
+                               not is_loopback(bind), "pid": os.getpid(), "version": __version__,
+                               "data_dir": str(self.data_dir), "started": time.time()})
         except BaseException:
             self._close_partial()
             raise
         self._thread = threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.2},
                                         name="toon-ofx-http", daemon=True)
         self._thread.start()
+        self.lifetime.start()
         self._started = True
-        log.info("toon-ofx engine %s listening on %s (pid %d); %d job(s) resumed", __version__, self.url,
+        log.info("toon-ofx engine %s listening on %s (pid %d); %d job(s) resumed", __version__, self.listen,
                  os.getpid(), len(resumed))
         return self
 
@@ -525,19 +196,27 @@ class Server:
             self._http.server_close()
         self._lock.release()
 
-    def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop serving; a running job stops between frames and stays queued (it resumes next start)."""
+    def shutdown(self, timeout: Optional[float] = None) -> None:
+        """Stop serving. A running job stops within one projection step and goes back to the queue; one
+        whose worker does not stop within `timeout` (default: stop_timeout) is requeued all the same,
+        without counting as a crash, and its thread is listed in `stuck` (the process should exit)."""
         with self._stop_lock:
             if not self._started or self.stopped.is_set():
                 self.stopped.set()
                 return
             log.info("toon-ofx engine stopping")
             assert self._http is not None and self.queue is not None and self.store is not None
+            self.lifetime.close()
             self._http.shutdown()
             self._http.server_close()
-            self.queue.stop(timeout=timeout)
-            if not self.queue.running():
-                self.store.close()
+            self.previews.close()
+            self.stuck = self.queue.stop(timeout=self.stop_timeout if timeout is None else timeout)
+            for job_id in self.stuck:
+                if self.store.requeue(job_id):
+                    log.warning("job %s: its frame did not stop within %g s; it is back in the queue and resumes "
+                                "at the next start", job_id, self.stop_timeout if timeout is None else timeout)
+            self.store.flush()
+            self.store.close()
             info = read_server_info(self.config_dir)
             if info and info.get("pid") == os.getpid():
                 try:
@@ -546,6 +225,12 @@ class Server:
                     pass
             self._lock.release()
             self.stopped.set()
+
+    def _stop_in_background(self) -> None:
+        threading.Thread(target=self.shutdown, name="toon-ofx-idle-stop", daemon=True).start()
+
+    def _busy(self) -> bool:
+        return self.previews.busy() or (self.queue is not None and self.queue.busy())
 
     def __enter__(self) -> "Server":
         return self.start() if not self._started else self
@@ -556,15 +241,27 @@ class Server:
     # -- operations (called by the HTTP handler)
     def health(self) -> Dict[str, Any]:
         return {"service": SERVICE, "version": __version__, "pid": os.getpid(), "url": self.url,
-                "running": self.queue.running() if self.queue else []}
+                "listen": self.listen, "running": self.queue.running() if self.queue else [],
+                "sessions": self.lifetime.count(), "idle_timeout": self.lifetime.idle_timeout,
+                "notices": list(self.notices)}
+
+    def models(self) -> List[Dict[str, Any]]:
+        """The manifest's models, installed or not (toon_ofx.core.model_store.list_models)."""
+        from ..core import model_store
+
+        return model_store.list_models()
+
+    def jobs(self, state: Optional[str] = None) -> List[Dict[str, Any]]:
+        if state is not None and state not in STATES:
+            raise RequestError(f"state must be one of {', '.join(STATES)}", field="state")
+        assert self.store is not None
+        return self.store.list(state)
 
     def submit(self, body: Any) -> Dict[str, Any]:
         spec = parse_submission(body, device_check=self.device_check,
                                 default_folder=str(self.data_dir / "renders"))
         if self.model_check is not None:
             self.model_check(spec.params)
-        from .jobs import ensure_folder
-
         ensure_folder(spec.folder)
         assert self.queue is not None
         job = self.queue.submit(spec)
@@ -573,28 +270,46 @@ class Server:
         return job
 
     def cancel(self, job_id: str) -> Dict[str, Any]:
+        """200 with the job once it is cancelled or cancelling (again: fine); 409 for a done or failed job."""
         assert self.queue is not None
         previous, job = self.queue.cancel(job_id)
         if job is None:
             raise NotFound(f"no job {job_id!r}", field="id")
         if previous in ("done", "failed"):
-            raise RequestError(f"job {job_id} has already {'finished' if previous == 'done' else 'failed'}; "
-                               "nothing to cancel", status=409)
+            raise Conflict(f"job {job_id} has already {'finished' if previous == 'done' else 'failed'}; "
+                           "nothing to cancel")
         return job
 
-    def preview(self, body: Any) -> Dict[str, Any]:
+    def retry(self, job_id: str) -> Dict[str, Any]:
+        """200 with the job queued again (a failed or cancelled one); 409 for any other state."""
+        assert self.queue is not None
+        previous, job = self.queue.retry(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}", field="id")
+        if previous not in ("failed", "cancelled"):
+            why = {"done": "it is done (submit a new job to render it again)"}.get(previous, f"it is {previous}")
+            raise Conflict(f"job {job_id} cannot be retried: {why}; only failed or cancelled jobs can")
+        log.info("job %s queued again (retry)", job_id)
+        return job
+
+    def preview(self, body: Any, client_gone: Callable[[], bool] = lambda: False) -> Dict[str, Any]:
         source, frame, params = parse_preview(body)
         if self.model_check is not None:
             self.model_check(params)
-        with self._preview_lock:
-            try:
-                original, stylised, faces = self.preview_fn(source, frame, params)
-            except UserError as exc:  # name the request field: a parameter is "params.<name>"
-                field = f"params.{exc.field}" if exc.field in BY_NAME else exc.field
-                raise RequestError(exc.message, field=field, status=getattr(exc, "http_status", 400)) from None
-        return {"frame": frame, "faces": _faces_json(faces),
-                "original_png": base64.b64encode(encode_png(original)).decode("ascii"),
-                "stylised_png": base64.b64encode(encode_png(stylised)).decode("ascii")}
+        try:
+            original, stylised, faces = self.previews.run(source, frame, params, client_gone)
+        except RequestError:
+            raise
+        except UserError as exc:  # name the request field: a parameter is "params.<name>"
+            field = f"params.{exc.field}" if exc.field in BY_NAME else exc.field
+            raise RequestError(exc.message, field=field, status=getattr(exc, "http_status", 400)) from None
+        return preview_answer(frame, original, stylised, faces)
+
+
+def remote_warning(listen: str) -> str:
+    return (f"WARNING: --allow-remote: the engine listens on {listen}, reachable from other machines. Anyone "
+            "with the token can read and write files as you, and the traffic (token included) is plain HTTP, "
+            "not encrypted: use it only on a network you trust, or through an SSH tunnel instead.")
 
 
 # --------------------------------------------------------------------------- command line
@@ -609,6 +324,16 @@ def _load_callable(spec: str) -> Callable:
         raise UserError(f"cannot load {spec}: {exc}") from None
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not 0 <= value < 1e9:
+        raise argparse.ArgumentTypeError(f"expected 0 or more seconds, got {text!r}")
+    return value
+
+
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "serve", help="run the local engine process (HTTP+JSON on 127.0.0.1) for the editor add-ons",
@@ -619,7 +344,17 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
                    help="address to listen on (default 127.0.0.1; anything not loopback needs --allow-remote)")
     p.add_argument("--port", type=int, default=0, help="port (default 0: a free port, written to server.json)")
     p.add_argument("--allow-remote", action="store_true",
-                   help="allow a non-loopback --host (the token is still required; browsers are still refused)")
+                   help="allow a non-loopback --host: other machines can reach the engine over plain HTTP "
+                        "(the token is still required; browsers are still refused)")
+    p.add_argument("--public-host", action="append", default=[], metavar="NAME",
+                   help="with --allow-remote: another name clients use for this machine (a DNS alias); "
+                        "its host names and addresses are accepted already")
+    p.add_argument("--idle-timeout", type=_seconds, default=None, metavar="SECONDS",
+                   help="stop after this long with no job, no preview and no client session, or when the last "
+                        "session says goodbye (clients set it when they start the engine; default: never)")
+    p.add_argument("--stop-timeout", type=_seconds, default=10.0, metavar="SECONDS",
+                   help="how long a stop waits for a running frame before putting its job back in the queue "
+                        "(default 10)")
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                    help="log verbosity on stderr (default INFO)")
     p.add_argument("--render-fn", default=None, help=argparse.SUPPRESS)   # MODULE:FUNC stand-in renderer (tests)
@@ -629,23 +364,13 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    """Serve until SIGTERM/SIGINT (or POST /v1/shutdown); a running job resumes at the next start."""
+    """Serve until SIGTERM/SIGINT (or POST /v1/shutdown, or idle); a running job resumes at the next start."""
     logging.basicConfig(level=getattr(logging, args.log_level, logging.INFO), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        # a stand-in renderer (tests) needs no installed models
-        server = Server(args.host, args.port, allow_remote=args.allow_remote,
-                        render_fn=_load_callable(args.render_fn) if args.render_fn else None,
-                        preview_fn=_load_callable(args.preview_fn) if args.preview_fn else None,
-                        model_check=None if args.render_fn else check_models)
-        server.start()
-    except UserError as exc:
-        print(f"toon-ofx: error: {exc.message}", file=sys.stderr)
-        return exc.exit_code
-    print(f"toon-ofx engine {__version__} listening on {server.url} (pid {os.getpid()}); "
-          f"token in {server.config_dir / TOKEN_FILE}; queue in {server.data_dir / DB_FILE}", flush=True)
-
-    requested = threading.Event()
+    if args.public_host and not args.allow_remote:
+        print("toon-ofx: error: --public-host needs --allow-remote", file=sys.stderr)
+        return 2
+    requested = threading.Event()   # before start: a stop that comes as soon as server.json exists counts
 
     def stop(signum, frame) -> None:
         requested.set()
@@ -658,11 +383,36 @@ def run_serve(args: argparse.Namespace) -> int:
             except (OSError, ValueError):
                 pass
     try:
+        # a stand-in renderer (tests) needs no installed models
+        server = Server(args.host, args.port, allow_remote=args.allow_remote,
+                        render_fn=_load_callable(args.render_fn) if args.render_fn else None,
+                        preview_fn=_load_callable(args.preview_fn) if args.preview_fn else None,
+                        model_check=None if args.render_fn else check_models,
+                        idle_timeout=args.idle_timeout or None, stop_timeout=args.stop_timeout,
+                        public_hosts=args.public_host)
+        server.start()
+    except UserError as exc:
+        print(f"toon-ofx: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    idle = f"; stops after {args.idle_timeout:g} s idle" if args.idle_timeout else ""
+    print(f"toon-ofx engine {__version__} listening on {server.listen} (clients: {server.url}; pid {os.getpid()})"
+          f"{idle}; token in {server.config_dir / TOKEN_FILE}; queue in {server.db_path}", flush=True)
+    for notice in server.notices:
+        print(f"toon-ofx: {notice}", file=sys.stderr, flush=True)
+
+    try:
         while not (requested.is_set() or server.stopped.wait(0.5)):
             pass
     except KeyboardInterrupt:
         pass
     server.shutdown()
+    if server.stuck:
+        # A worker is still inside a frame that cannot be interrupted (torch): its job is back in the queue.
+        # Leaving now, without running interpreter teardown under that thread, avoids an abort.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 

@@ -7,8 +7,9 @@ The public files are ``torch.save`` dicts::
      "opts": dict or argparse.Namespace of the training options,
      ...training state (ignored)}
 
-They are read with ``weights_only`` (tensors, plain containers and
-``argparse.Namespace`` only: no code from the file runs). The architecture
+They are read with ``engine.generator.safe_pickle.read_torch_file``
+(``weights_only``: tensors, plain containers and ``argparse.Namespace`` only;
+no code from the file runs). The architecture
 comes from ``opts["encoder_type"]``; its widths, unit counts, number of
 styles and input size are read off the weights (the public files have the
 reference's shapes; tests write tiny ones), the module is built with those
@@ -30,8 +31,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.generator import checkpoints as _checkpoints
-from engine.generator.checkpoints import CheckpointError, generator_from_state_dict
+from engine.generator.checkpoints import generator_from_state_dict
+from engine.generator.safe_pickle import PICKLE, TORCH_LEGACY, TORCH_ZIP, CheckpointError, few, read_torch_file, sniff
 from engine.generator.stylegan2 import Generator
 
 from .architectures import (BackboneEncoder, BackboneEncoderUsingLastLayerIntoW,
@@ -123,31 +124,11 @@ def load_encoder_decoder(path, device="cpu") -> Generator | None:
 
 def _read_torch_file(path: Path):
     """The object in a torch.save file, read with weights_only (CheckpointError otherwise)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except FileNotFoundError:
-        raise CheckpointError(f"encoder checkpoint not found: {path}") from None
-    except IsADirectoryError:
-        raise CheckpointError(f"encoder checkpoint path is a folder, not a file: {path}") from None
-    except OSError as e:
-        raise CheckpointError(f"cannot read encoder checkpoint {path}: {e.strerror or e}") from None
-    zipped = head.startswith(b"PK\x03\x04")
-    if not (zipped or head.startswith(_checkpoints._LEGACY_TORCH_MAGIC)):
-        what = "empty" if not head else "a plain pickle (an NVIDIA .pkl?)" if head[:1] == b"\x80" else \
-            "not a torch file"
+    kind = sniff(path)
+    if kind not in (TORCH_ZIP, TORCH_LEGACY):
+        what = "a plain pickle (an NVIDIA .pkl?)" if kind == PICKLE else "not a torch file"
         raise CheckpointError(f"{path.name} is {what}; expected {_EXPECTED}")
-    try:
-        return _checkpoints._torch_load(path, mmap=zipped)
-    except Exception as e:  # torch raises many types for corrupt or refused input
-        msg = str(e)
-        m = re.search(r"GLOBAL ([\w.]+)", msg)
-        if m or re.search(r"Unsupported (global|class)|not an allowed global", msg):
-            what = f" ({m.group(1)})" if m else ""
-            raise CheckpointError(f"{path.name} contains Python objects other than tensors{what}; refusing to "
-                                  "unpickle it (it could run code)") from None
-        first = msg.strip().splitlines()[0][:200] if msg.strip() else "no details"
-        raise CheckpointError(f"{path.name} is truncated or corrupt ({type(e).__name__}: {first})") from None
+    return read_torch_file(path)
 
 
 def _parse(path: Path) -> _Parsed:
@@ -289,9 +270,9 @@ def _build(p: _Parsed, path: Path, device) -> nn.Module:
     wrong = [f"{k} {tuple(p.encoder[k].shape)} vs {shape}" for k, shape in expected.items()
              if k in p.encoder and tuple(p.encoder[k].shape) != shape]
     if missing or unexpected or wrong:
-        parts = [f"missing {len(missing)} key(s) ({_few(missing)})"] if missing else []
-        parts += [f"{len(unexpected)} unexpected key(s) ({_few(unexpected)})"] if unexpected else []
-        parts += [f"wrong shapes: {_few(wrong)}"] if wrong else []
+        parts = [f"missing {len(missing)} key(s) ({few(missing)})"] if missing else []
+        parts += [f"{len(unexpected)} unexpected key(s) ({few(unexpected)})"] if unexpected else []
+        parts += [f"wrong shapes: {few(wrong)}"] if wrong else []
         raise CheckpointError(f"{path.name}: encoder weights do not match {p.info.encoder_type}: "
                               + "; ".join(parts))
     state = {k: v.to(device=device, dtype=v.dtype if k.endswith("num_batches_tracked") else torch.float32,
@@ -312,8 +293,3 @@ def _decoder(p: _Parsed, path: Path, device) -> Generator:
     except CheckpointError as e:
         raise CheckpointError(f"{path.name}: decoder.*: {e}") from None
     return g.to(device).eval().requires_grad_(False)
-
-
-def _few(items, n: int = 4) -> str:
-    items = [str(i) for i in items]
-    return ", ".join(items[:n]) + (f", ... {len(items) - n} more" if len(items) > n else "")

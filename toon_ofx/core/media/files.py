@@ -1,0 +1,49 @@
+"""Output files appear whole or not at all, and never over a source.
+
+Outputs are written under a hidden temp name in the same folder and renamed
+into place (atomic on one file system), so readers never see a partial file.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+
+def temp_sibling(path: Path, suffix: str = ".tmp") -> Path:
+    """A fresh hidden name next to `path` (same folder, so os.replace is atomic)."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+
+
+def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
+    """Write `data` to a temp sibling, then rename it to `path`; nothing is left behind on failure."""
+    while True:
+        tmp = temp_sibling(path)
+        try:  # O_EXCL: never clobber; mode 0o666 minus umask like any normal file
+            fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:
+            continue
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Whether `a` and `b` name the same file (also through links, or before `a` exists)."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))

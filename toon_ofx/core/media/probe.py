@@ -1,0 +1,197 @@
+"""`probe`: describe a movie, image sequence or still image as a `MediaInfo`.
+
+Movies are read with ffprobe (video stream, size, rotation, colour tags,
+audio); their presented frames come from `timestamps`, image sequences and
+stills from `sequences`.
+
+Constant frame rate is decided from the timestamps: a clip is CFR when every
+frame lies within one time-base tick (and under half a frame) of
+``start + i / fps`` for a rational fps (the stream's ``r_frame_rate``, its ``avg_frame_rate``, a standard rate
+such as 24000/1001 or 30000/1001, or the median spacing); otherwise it is
+VFR and keeps per-frame timestamps. Timestamps are seconds from the file's
+start (the origin ffmpeg's ``-ss`` uses), so audio can be cut to match.
+Streams with no timestamps at all (raw .h264 elementary streams) play at
+their nominal rate and are read from the start (``MediaInfo.seekable``).
+"""
+from __future__ import annotations
+
+import os
+import statistics
+from fractions import Fraction
+from pathlib import Path
+from typing import Optional, Union
+
+from ..errors import UserError
+from .info import DEFAULT_SEQUENCE_FPS, IMAGE_EXTS, MediaInfo, PathLike, as_fraction
+from .sequences import is_pattern, probe_folder, probe_pattern, probe_still
+from .timestamps import fits_grid, video_pts
+from .tools import ffprobe_exe, file_url, last_lines
+
+# ffprobe format names of single pictures (a still given without a known extension)
+_IMAGE_FORMATS = {"image2", "png_pipe", "jpeg_pipe", "bmp_pipe", "tiff_pipe", "webp_pipe", "jpegls_pipe",
+                  "j2k_pipe", "dpx_pipe", "exr_pipe", "pam_pipe", "pgm_pipe", "ppm_pipe", "qoi_pipe"}
+_STANDARD_RATES = [Fraction(24000, 1001), Fraction(24), Fraction(25), Fraction(30000, 1001), Fraction(30),
+                   Fraction(48), Fraction(50), Fraction(60000, 1001), Fraction(60), Fraction(120),
+                   Fraction(12), Fraction(15), Fraction(120000, 1001), Fraction(100)]
+
+
+def probe(path: Union[PathLike, "MediaInfo"], *, fps: Union[Fraction, float, str, None] = None, allow_still: bool = True) -> MediaInfo:
+    """Describe a movie, image sequence or still image; UserError on bad input.
+
+    `fps` sets the rate of image sequences and stills (default 24; movies
+    keep their own). A single image is a 1-frame clip unless
+    ``allow_still=False``.
+    """
+    if isinstance(path, MediaInfo):
+        return path
+    text = os.fspath(path)
+    seq_fps = as_fraction(fps) if fps is not None else DEFAULT_SEQUENCE_FPS
+    p = Path(text)
+    if is_pattern(p.name) and not p.exists():  # "take#2.mov" or "100%done.mp4" are files, not patterns
+        return probe_pattern(p, seq_fps)
+    if not p.exists():
+        raise UserError(f"{p} does not exist", field="source")
+    if p.is_dir():
+        return probe_folder(p, seq_fps)
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise UserError(f"cannot read {p}: {exc.strerror or exc}", field="source") from None
+    if not head:
+        raise UserError(f"{p} is empty (0 bytes): not a video", field="source")
+    if p.suffix.lower() in IMAGE_EXTS:
+        return probe_still(p, seq_fps, allow_still)
+    return _probe_movie(p, head, seq_fps, allow_still)
+
+
+def _probe_movie(p: Path, head: bytes, seq_fps: Fraction, allow_still: bool) -> MediaInfo:
+    import ffmpeg  # ffmpeg-python
+
+    try:
+        data = ffmpeg.probe(file_url(p), cmd=ffprobe_exe())
+    except ffmpeg.Error as exc:
+        raise UserError(_probe_error(p, head, (exc.stderr or b"").decode("utf-8", "replace")),
+                        field="source") from None
+    fmt = data.get("format", {})
+    streams = data.get("streams", [])
+    video = [s for s in streams if s.get("codec_type") == "video"
+             and not s.get("disposition", {}).get("attached_pic")]
+    audio = [s for s in streams if s.get("codec_type") == "audio"]
+    format_names = set(str(fmt.get("format_name", "")).split(","))
+    if video and format_names & _IMAGE_FORMATS:
+        return probe_still(p, seq_fps, allow_still)
+    if not video:
+        if audio:
+            raise UserError(f"{p} is an audio file: it has no video stream", field="source")
+        if not streams:
+            raise UserError(f"{p} is an empty clip: it contains no streams and no frames", field="source")
+        raise UserError(f"{p} has no video stream", field="source")
+    vs = video[0]
+    index = int(vs["index"])
+    tb = _fraction(vs.get("time_base")) or Fraction(1, 90000)
+    fmt_start = _float(fmt.get("start_time")) or 0.0
+    # the sample count of an MP4/MOV index is exact (AVI headers and others are not)
+    nb = str(vs.get("nb_frames", "")) if "mp4" in format_names or "mov" in format_names else ""
+    pts, last_dur, synthesized = video_pts(p, index, tb, int(nb) if nb.isdigit() else 0,
+                                           _fraction(vs.get("r_frame_rate")))
+    if not pts:
+        raise UserError(f"{p} is an empty clip: its video stream has no frames", field="source")
+
+    width, height = int(vs.get("width") or 0), int(vs.get("height") or 0)
+    if width <= 0 or height <= 0:
+        raise UserError(f"{p}: cannot tell the picture size of its video stream", field="source")
+    rotation = _rotation(vs)
+    if rotation % 180:
+        width, height = height, width
+
+    # frame rate: CFR when every frame sits within a tick of start + i/fps
+    n = len(pts)
+    deltas = [b - a for a, b in zip(pts, pts[1:])]
+    median = Fraction(statistics.median(deltas)) if deltas else Fraction(0)
+    r_rate, avg_rate = _fraction(vs.get("r_frame_rate")), _fraction(vs.get("avg_frame_rate"))
+    candidates = [r for r in (r_rate, avg_rate) if r and 0 < r <= 1000] + _STANDARD_RATES
+    if median > 0:
+        candidates.append((1 / (median * tb)).limit_denominator(1001))
+    fps = None
+    if n == 1:
+        fps = r_rate if r_rate and 0 < r_rate <= 1000 else (avg_rate or seq_fps)
+    else:
+        for cand in candidates:
+            if fits_grid(pts, tb, cand):
+                fps = cand
+                break
+    is_vfr = fps is None
+    first = pts[0]
+    if last_dur is None or last_dur <= 0:
+        last_dur = median if median > 0 else None
+    if is_vfr:
+        # nominal rate from the timestamps alone, so a re-encode with the same timestamps reports the same
+        span = (pts[-1] - first) * tb
+        fps = (Fraction(n - 1) / span).limit_denominator(1001) if span > 0 else (r_rate or seq_fps)
+        end = pts[-1] + (last_dur or 0)
+        duration = float((end - first) * tb)
+        timestamps = tuple(float(t * tb) - fmt_start for t in pts)
+    else:
+        duration = float(Fraction(n) / fps)
+        timestamps = None
+    return MediaInfo(
+        path=p, width=width, height=height, fps=fps, frame_count=n, duration=duration,
+        has_audio=bool(audio), codec=str(vs.get("codec_name", "")), pix_fmt=str(vs.get("pix_fmt", "")),
+        is_vfr=is_vfr, is_sequence=False, timestamps=timestamps, start_time=float(first * tb) - fmt_start,
+        time_base=tb, stream_index=index, audio_codec=audio[0].get("codec_name") if audio else None,
+        rotation=rotation, alpha=_has_alpha(str(vs.get("pix_fmt", ""))), seekable=not synthesized,
+        bit_depth=int(vs.get("bits_per_raw_sample") or 8) if str(vs.get("bits_per_raw_sample", "")).isdigit() else 8,
+        color_space=_tag(vs.get("color_space")), color_range=_tag(vs.get("color_range")),
+        color_primaries=_tag(vs.get("color_primaries")), color_transfer=_tag(vs.get("color_transfer")),
+    )
+
+
+def _probe_error(p: Path, head: bytes, stderr: str) -> str:
+    low = stderr.lower()
+    if "moov atom not found" in low and head[4:8] == b"ftyp":
+        return (f"{p} is truncated or was not finished: its index (moov atom) is missing, "
+                "so no frame can be read; was the copy or the recording interrupted?")
+    if "invalid data found" in low or "moov atom not found" in low:
+        return f"{p} is not a video or image file that ffmpeg can read"
+    if "permission denied" in low:
+        return f"cannot read {p}: permission denied"
+    detail = last_lines(stderr, 2)
+    return f"cannot read {p} as video" + (f": {detail}" if detail else "")
+
+
+def _fraction(text) -> Optional[Fraction]:
+    try:
+        f = Fraction(str(text))
+    except (ValueError, ZeroDivisionError, TypeError):
+        return None
+    return f if f > 0 else None
+
+
+def _float(text) -> Optional[float]:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _tag(value) -> Optional[str]:
+    return None if value in (None, "", "unknown", "unspecified", "reserved") else str(value)
+
+
+def _rotation(stream: dict) -> int:
+    for sd in stream.get("side_data_list", []) or []:
+        if "rotation" in sd:
+            try:
+                return int(round(float(sd["rotation"]))) % 360
+            except (TypeError, ValueError):
+                pass
+    rot = (stream.get("tags") or {}).get("rotate")
+    try:
+        return int(rot) % 360 if rot is not None else 0
+    except ValueError:
+        return 0
+
+
+def _has_alpha(pix_fmt: str) -> bool:
+    return pix_fmt.startswith(("yuva", "rgba", "bgra", "argb", "abgr", "gbrap", "ya")) or pix_fmt in ("pal8",)

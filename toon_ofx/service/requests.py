@@ -1,0 +1,205 @@
+"""What a client may ask for: a POST /v1/jobs or /v1/preview body, checked field by field.
+
+`parse_submission` turns a job request into a JobSpec (source probed, frame range, validated
+parameters, output folder and name, device); `parse_preview` does the same for a preview. Every
+error is a RequestError naming the first bad field. The media probe and the model store are
+imported lazily (standard library only at import time).
+
+Path rules, the same for every path field (source, output.folder, params.model and
+params.base_model when they name a file rather than a manifest model): a string without NUL,
+absolute (the engine never expands `~` nor uses its own working folder), normalised. Sources and
+models are only ever read; the output folder rules are in toon_ofx.service.outputs.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+from ..client import looks_like_model_path
+from ..core.errors import UserError
+from ..core.params import ParamError, validate
+from .devices import check_device
+from .errors import RequestError
+from .outputs import check_name, check_output_folder, check_path, default_stem, norm_path
+
+OUTPUT_KINDS = ("sequence", "movie")
+REQUEST_FIELDS = ("source", "frames", "params", "output")
+OUTPUT_FIELDS = ("folder", "kind", "name")
+FRAME_DIGITS = 6
+MODEL_FIELDS = ("model", "base_model")
+
+
+# --------------------------------------------------------------------------- the source clip
+
+@dataclass
+class SourceInfo:
+    frame_count: int
+    fps: Optional[float]
+
+
+def probe_source(path: str, field_name: str = "source") -> SourceInfo:
+    """Frame count and rate of a movie or image sequence; RequestError naming `field_name` if not media."""
+    from ..core import media
+
+    try:
+        info = media.probe(Path(path))
+    except UserError as exc:
+        raise RequestError(exc.message, field=field_name) from None
+    except (OSError, ValueError) as exc:
+        raise RequestError(f"{path} is not a readable video or image sequence ({exc})", field=field_name) from None
+    fps = getattr(info, "fps", None)
+    return SourceInfo(int(info.frame_count), float(fps) if fps else None)
+
+
+def check_source(source: Any, field_name: str = "source") -> Tuple[str, SourceInfo]:
+    if source is None:
+        raise RequestError(f"{field_name} is required", field=field_name)
+    source = check_path(source, field_name)
+    pattern = "%" in os.path.basename(source) or "#" in os.path.basename(source)  # an image-sequence pattern
+    if not pattern and not os.path.exists(source):
+        raise RequestError(f"{field_name} {source} does not exist", field=field_name)
+    if not pattern and not os.access(source, os.R_OK):
+        raise RequestError(f"{field_name} {source} is not readable", field=field_name)
+    return source, probe_source(source, field_name)
+
+
+# --------------------------------------------------------------------------- the request
+
+@dataclass
+class JobSpec:
+    """A checked submission: everything a job needs except its id and final output name."""
+
+    source: str
+    frames: Tuple[int, int]
+    params: Dict[str, Any]
+    kind: str
+    folder: str
+    stem: str
+    explicit_name: bool
+    device: str
+    fps: Optional[float] = None
+    frame_count: int = 0
+
+    @property
+    def movie_suffix(self) -> str:
+        return ".mov" if self.params.get("output_kind") == "overlay" else ".mp4"
+
+    def output_for(self, stem: str, work_root: Optional[Path], job_id: str) -> Dict[str, Any]:
+        folder = self.folder
+        if self.kind == "sequence":
+            pattern = os.path.join(folder, f"{stem}.%0{FRAME_DIGITS}d.png")
+            return {"folder": folder, "kind": "sequence", "name": stem, "path": folder, "pattern": pattern,
+                    "work_dir": None}
+        work = str(Path(work_root) / job_id) if work_root is not None else None
+        return {"folder": folder, "kind": "movie", "name": stem, "path": os.path.join(folder, stem + self.movie_suffix),
+                "pattern": None, "work_dir": work}
+
+
+def _strict_object(value: Any, what: str, allowed: Tuple[str, ...], prefix: str = "") -> Dict[str, Any]:
+    if not isinstance(value, dict):
+        raise RequestError(f"{what} must be a JSON object", field=prefix.rstrip(".") or None)
+    for key in value:
+        if key not in allowed:
+            raise RequestError(f"unknown field {prefix}{key!r}; allowed: {', '.join(allowed)}",
+                               field=f"{prefix}{key}")
+    return value
+
+
+def _check_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise RequestError(f"{name} must be an integer, got {value!r}", field=name)
+    return int(value)
+
+
+def check_frames(frames: Any, frame_count: int) -> Tuple[int, int]:
+    if frame_count <= 0:
+        raise RequestError("the source has no frames", field="source")
+    if frames is None:
+        return 0, frame_count - 1
+    if not isinstance(frames, (list, tuple)) or len(frames) != 2:
+        raise RequestError("frames must be [first, last] (inclusive, 0-based) or null", field="frames")
+    first, last = (_check_int(v, "frames") for v in frames)
+    if first < 0 or last < first or last >= frame_count:
+        raise RequestError(f"frame range {first}-{last} is outside the clip (frames 0-{frame_count - 1})",
+                           field="frames", status=422)
+    return first, last
+
+
+def check_params(params: Any) -> Dict[str, Any]:
+    """Validated parameters; a model given as a file follows the path rules (absolute, normalised)."""
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise RequestError("params must be a JSON object", field="params")
+    try:
+        params = validate(params)
+    except ParamError as exc:
+        raise RequestError(exc.message, field=f"params.{exc.field}", status=422) from None
+    for name in MODEL_FIELDS:
+        if looks_like_model_path(params[name]):
+            params[name] = check_path(params[name], f"params.{name}")
+    return params
+
+
+def check_models(params: Mapping[str, Any]) -> None:
+    """422 now (not a failed job later) when `model` or `base_model` is neither a file nor an installed model."""
+    try:
+        from ..core import model_store
+    except ImportError:  # pragma: no cover - trimmed install: the renderer will say what is missing
+        return
+    for name in ("base_model", "model"):  # the base first: its error names what to install first
+        try:
+            model_store.resolve(params[name])
+        except UserError as exc:
+            raise RequestError(exc.message, field=f"params.{name}", status=422) from None
+
+
+def parse_submission(body: Any, *, device_check: Callable[[str], str] = check_device,
+                     default_folder: Optional[str] = None) -> JobSpec:
+    """Check a POST /v1/jobs body field by field; RequestError names the first bad field."""
+    body = _strict_object(body, "the request body", REQUEST_FIELDS)
+    source, info = check_source(body.get("source"))
+    frames = check_frames(body.get("frames"), info.frame_count)
+    params = check_params(body.get("params"))
+    output = body.get("output")
+    if output is None:
+        output = {}
+    output = _strict_object(output, "output", OUTPUT_FIELDS, "output.")
+    kind = output.get("kind", "sequence")
+    if kind is None:
+        kind = "sequence"
+    if kind not in OUTPUT_KINDS:
+        raise RequestError(f"output.kind must be one of {', '.join(OUTPUT_KINDS)}; got {kind!r}", field="output.kind")
+    folder = output.get("folder")
+    if folder is None:
+        if default_folder is None:
+            raise RequestError("output.folder is required", field="output.folder")
+        folder = default_folder
+    folder = check_output_folder(folder, source)
+    explicit = output.get("name") is not None
+    stem = check_name(output["name"]) if explicit else default_stem(source)
+    device = device_check(params["device"])
+    spec = JobSpec(source=source, frames=frames, params=params, kind=kind, folder=folder, stem=stem,
+                   explicit_name=explicit, device=device, fps=info.fps, frame_count=info.frame_count)
+    target = spec.output_for(stem, None, "x")["path"]
+    if kind == "movie" and norm_path(os.path.realpath(target)) == norm_path(os.path.realpath(source)):
+        raise RequestError("the output movie would be the source file; the source is never written to",
+                           field="output.name")
+    return spec
+
+
+def parse_preview(body: Any) -> Tuple[str, int, Dict[str, Any]]:
+    """Check a POST /v1/preview body: (source, frame, params)."""
+    body = _strict_object(body, "the request body", ("source", "frame", "params"))
+    source, info = check_source(body.get("source"))
+    frame = body.get("frame", 0)
+    if frame is None:
+        frame = 0
+    frame = _check_int(frame, "frame")
+    if not 0 <= frame < info.frame_count:
+        raise RequestError(f"frame {frame} is outside the clip (frames 0-{info.frame_count - 1})",
+                           field="frame", status=422)
+    return source, frame, check_params(body.get("params"))
+
