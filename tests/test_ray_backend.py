@@ -234,7 +234,7 @@ def test_progress_never_goes_back_while_results_are_on_their_way():
     from toon_ofx.farm.plan import plan_chunks
     from toon_ofx.farm.ray_backend import ChunkOutcome, RayProgress
 
-    chunks = plan_chunks(0, 11, 4, keyframe_interval=4)          # 0-3, 4-7, 8-11
+    chunks = plan_chunks(0, 11, 4)                               # 0-3, 4-7, 8-11
     events = []
     report = RayProgress(events.append, chunks, present={8, 9})   # two frames of 8-11 were on disk
     assert report.frames_done == 2
