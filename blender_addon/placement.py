@@ -26,7 +26,7 @@ def place_result(scene, source_strip, result: Dict[str, Any], output_kind: str =
     first, last = int(result["first_frame"]), int(result["last_frame"])
     if mapping is None:
         mapping = media_mapping(scene, source_strip)
-    timing = strip_timing(source_strip, mapping)
+    timing = strip_timing(scene, source_strip, mapping)
     try:
         start, _ = timing.visible_timeline_range()
     except TimelineError as exc:

@@ -18,7 +18,7 @@ import bpy
 from . import compat
 from .engine_link import errors as toon_errors
 from .engine_link import params as schema
-from .timeline import StripTiming, TimelineError, image_sequence_source
+from .timeline import StripTiming, TimelineError, image_sequence_source, playback_rate, real_time_length
 
 SUPPORTED_TYPES = ("MOVIE", "IMAGE")
 
@@ -47,10 +47,10 @@ class StripPlan:
     fps: float           # the scene's frame rate
 
 
-def strip_timing(strip, mapping: MediaMapping = MediaMapping()) -> StripTiming:
+def strip_timing(scene, strip, mapping: MediaMapping = MediaMapping()) -> StripTiming:
     """The strip's frame layout (see timeline.py for how Blender maps it to source frames)."""
     return StripTiming(
-        content_start=int(round(strip.frame_start)),
+        content_start=float(strip.frame_start),
         content_length=compat.content_length(strip),
         final_start=int(strip.frame_final_start),
         final_end=int(strip.frame_final_end),
@@ -59,6 +59,7 @@ def strip_timing(strip, mapping: MediaMapping = MediaMapping()) -> StripTiming:
         rate=mapping.rate,
         source_length=mapping.source_length,
         strobe=float(getattr(strip, "strobe", 1.0) or 1.0),
+        cached_keys=compat.source_cache_keys_truncate(scene),
     )
 
 
@@ -123,20 +124,21 @@ def media_mapping(scene, strip) -> MediaMapping:
     if strip.type != "MOVIE":
         return MediaMapping(base=base)
     movie_fps = float(getattr(strip, "fps", 0.0) or 0.0)
-    rate = movie_fps / scene_fps(scene) if movie_fps > 0 else 1.0
-    if abs(rate - 1.0) < 1e-6:
+    rate = playback_rate(movie_fps, scene.render.fps, scene.render.fps_base) if movie_fps > 0 else 1.0
+    if rate == 1.0:
         return MediaMapping()
-    # A movie whose rate differs from the scene's plays 1:1, or in real time when it was added
-    # with "Adjust Playback Rate" (Blender's default); no property says which, the length does.
+    # A movie whose rate differs from the scene's plays in real time when it was added with "Adjust
+    # Playback Rate" (Blender's default), else 1:1; no property says which, its length does. When both
+    # lengths agree (rates a hair apart, short clips), the default wins.
     total = movie_frame_count(source)
     if total is None:
         return MediaMapping()
     used = total - int(strip.animation_offset_start) - int(strip.animation_offset_end)
     length = compat.content_length(strip)
+    if length == real_time_length(used, rate):
+        return MediaMapping(rate=rate, source_length=used)
     if length == used:
         return MediaMapping(source_length=used)
-    if abs(used / rate - length) <= 1.0:
-        return MediaMapping(rate=rate, source_length=used)
     raise ToonifyError(f"strip {strip.name!r} spans {length} frames but its movie has {used} "
                        f"frames at {movie_fps:g} fps in a {scene_fps(scene):g} fps scene; toonify cannot tell "
                        "which movie frame shows where")
@@ -153,7 +155,7 @@ def plan_strip(scene, strip) -> StripPlan:
         raise ToonifyError(f"strip {strip.name!r}: source file not found: {first_file}")
     mapping = media_mapping(scene, strip)
     try:
-        first, last = strip_timing(strip, mapping).visible_source_range()
+        first, last = strip_timing(scene, strip, mapping).visible_source_range()
     except TimelineError as exc:
         raise ToonifyError(f"strip {strip.name!r}: {exc}") from None
     return StripPlan(strip.name, scene.name, source, mapping, first, last, scene_fps(scene))

@@ -46,8 +46,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 ADDON = REPO / "blender_addon"
 SCENARIO = REPO / "tests" / "blender" / "run_scenario.py"
-SHARED_CLIP = REPO.parent / "shared" / "fixtures" / "single_face.mp4"
-SHARED_IMAGE = REPO.parent / "shared" / "fixtures" / "astronaut.png"
+from conftest import FIXTURES  # noqa: E402  ($TOON_OFX_FIXTURES or ../shared/fixtures)
+
+SHARED_CLIP = FIXTURES / "single_face.mp4"
+SHARED_IMAGE = FIXTURES / "astronaut.png"
 
 
 def _load(name: str, path: Path):
@@ -165,6 +167,28 @@ def grey_clip(tmp_path_factory) -> Path:
     subprocess.run([ffmpeg, "-v", "error", "-framerate", "30", "-i", str(folder / "g%03d.png"), "-c:v", "libx264",
                     "-qp", "0", "-pix_fmt", "yuv444p", str(out)], check=True)
     return out
+
+
+#: Frame rates of the grey-coded movies (ffmpeg's spelling) and the scenes they play in (fps, fps_base).
+RATES = {"23.976": ("24000/1001", 24, 1.001), "24": ("24", 24, 1.0), "25": ("25", 25, 1.0),
+         "29.97": ("30000/1001", 30, 1.001), "30": ("30", 30, 1.0), "50": ("50", 50, 1.0), "60": ("60", 60, 1.0)}
+
+
+@pytest.fixture(scope="session")
+def grey_movies(tmp_path_factory) -> dict:
+    """48-frame grey-coded movies (frame n is grey level 3n) at every rate in RATES."""
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        pytest.skip("ffmpeg is not installed (needed to make the grey-coded test movies)")
+    folder = tmp_path_factory.mktemp("grey_rates")
+    for n in range(48):
+        (folder / f"g{n:03d}.png").write_bytes(png.png_bytes(64, 36, (3 * n,) * 3))
+    movies = {}
+    for label, (rate, _, _) in RATES.items():
+        movies[label] = folder / f"grey{label}.mp4"
+        subprocess.run([ffmpeg, "-v", "error", "-framerate", rate, "-i", str(folder / "g%03d.png"), "-c:v", "libx264",
+                        "-qp", "0", "-pix_fmt", "yuv444p", str(movies[label])], check=True)
+    return movies
 
 
 @pytest.fixture(scope="session")
@@ -288,12 +312,31 @@ def test_timeline_playback_rate():
 
     The expected frames are what Blender 5.0.1 rendered for a grey-coded clip.
     """
-    t = timeline.StripTiming(content_start=1, content_length=57, final_start=1, final_end=58, rate=30 / 24,
-                             source_length=72)
+    t = timeline.StripTiming(content_start=1, content_length=57, final_start=1, final_end=58,
+                             rate=timeline.playback_rate(30, 24, 1.0), source_length=72)
     assert t.shown_frames()[:9] == [0, 1, 3, 4, 5, 6, 8, 9, 10]    # idx * 1.25, halves rounded up
     assert t.shown_frames()[-3:] == [68, 69, 70]
     r = timeline.StripTiming(1, 52, 1, 53, source_offset=7, reverse=True, rate=1.25, source_length=65)
     assert r.shown_frames()[:5] == [71, 70, 68, 67, 66] and r.shown_frames()[-2:] == [8, 7]
+
+
+def test_timeline_slowed_movie_fresh_and_through_blenders_source_cache():
+    """A 24 fps movie in a 30 fps scene, as Blender 4.2 (fresh) and 5.0 (raw cache on) rendered it.
+
+    Single precision matters: 25 fps in a 30 fps scene puts frame index 2.4999999 on 2.5 (shown: 3).
+    """
+    rate = timeline.playback_rate(24, 30, 1.0)
+    assert timeline.real_time_length(72, rate) == 90
+    fresh = timeline.StripTiming(1, 90, 1, 91, rate=rate, source_length=72)
+    cached = replace(fresh, cached_keys=True)
+    assert fresh.shown_frames()[:10] == [0, 1, 2, 2, 3, 4, 5, 6, 6, 7]
+    assert cached.shown_frames()[:10] == [0, 0, 2, 2, 3, 4, 4, 6, 6, 7]
+    assert fresh.shown_frames()[-1] == cached.shown_frames()[-1] == 71
+    # a trimmed start decodes the first frame of a key at the strip's first visible frame
+    assert replace(cached, final_start=2).shown_frames()[:3] == [1, 2, 2]
+    quarter = timeline.StripTiming(1, 86, 1, 87, rate=timeline.playback_rate(25, 30, 1.0), source_length=72)
+    assert quarter.shown_frames()[:6] == [0, 1, 2, 3, 3, 4]
+    assert replace(quarter, cached_keys=True).shown_frames()[:6] == [0, 0, 2, 3, 3, 4]
 
 
 def test_first_free_channel():
@@ -493,6 +536,47 @@ def test_placement_lines_up_with_the_source(bpy_venv, addon_zip, tmp_path, grey_
     assert data["meta"]["new"]["parent_meta"] == "meta"
 
 
+#: (movie rate, scene rate): every rate of RATES as a movie slower and faster than its scene where the list
+#: allows (23.976 is the slowest, 60 the fastest), with cadences that repeat within the 48-frame movies.
+RATE_PAIRS = [("23.976", "29.97"), ("24", "30"), ("24", "60"), ("24", "23.976"), ("25", "50"), ("25", "30"),
+              ("25", "24"), ("29.97", "60"), ("29.97", "23.976"), ("30", "24"), ("30", "25"), ("50", "60"),
+              ("50", "25"), ("60", "24"), ("60", "25")]
+
+
+@pytest.mark.blender
+def test_playback_rate_lines_up_in_both_directions(bpy_venv, addon_zip, tmp_path, grey_movies):
+    """Movies slower and faster than the scene, added the UI's way ("Adjust Playback Rate"): what Blender
+    renders at each timeline frame from the result strip equals what it renders from the source.
+
+    Blender 5.0 shows a slowed movie through its source image cache (see blender_addon/timeline.py): a 24 fps
+    movie in a 30 fps scene shows 0, 0, 2, 2, 3 where 4.2 shows 0, 1, 2, 2, 3. The result follows either.
+    """
+    def case(label, movie, scene, **extra):
+        _, fps, base = RATES[scene]
+        return dict({"label": label, "clip": str(grey_movies[movie]), "ui_add": True, "frame_start": 5,
+                     "fps": fps, "fps_base": base}, **extra)
+
+    cases = [case(f"{m}->{s}", m, s) for m, s in RATE_PAIRS]
+    cases += [case("slow_trim_reverse", "24", "30", animation_offset_start=5, frame_offset_start=3,
+                   frame_offset_end=4, reverse=True),
+              case("slow_strobe_hold", "25", "60", strobe=3.0, frame_offset_start=-4, frame_offset_end=-3),
+              case("slow_no_raw_cache", "24", "30", cache_raw=False)]
+    args = {"zip": str(addon_zip), "folder": str(tmp_path / "out"), "cases": cases}
+    data = run_blender(bpy_venv, "placement", args, tmp_path, tmp_path / "config", timeout=600)
+    for c in cases:
+        got = data[c["label"]]
+        assert got["rendered_result"] == got["rendered_source"], c["label"]
+        assert got["plan"] == [min(got["rendered_source"]), max(got["rendered_source"])], c["label"]
+        assert got["source_before"] == got["source_after"], c["label"]
+    assert data["24->30"]["rate"] == pytest.approx(0.8)
+    fresh = [0, 1, 2, 2, 3, 4, 5, 6]                         # round(0.8 k)
+    cached = [0, 0, 2, 2, 3, 4, 4, 6]                        # 4.5+: the frame first decoded for trunc(0.8 k)
+    expected = fresh if data["_blender"].startswith("4.2.") else cached
+    assert data["24->30"]["rendered_source"][:8] == expected
+    assert data["slow_no_raw_cache"]["rendered_source"][:8] == fresh
+    assert data["30->24"]["rendered_source"][:7] == [0, 1, 3, 4, 5, 6, 8]   # round(1.25 k), no cache effect
+
+
 @pytest.mark.blender
 def test_toonify_operator_with_the_engine_process(bpy_venv, addon_zip, tmp_path, grey_clip, engine):
     """The operator's execute() against `toon-ofx serve`: a trimmed 30 fps movie in a 24 fps scene, added
@@ -520,6 +604,49 @@ def test_toonify_operator_with_the_engine_process(bpy_venv, addon_zip, tmp_path,
     assert job["frames"] == [6, 58] and job["source"] == str(grey_clip) and job["state"] == "done"
     assert (job["params"]["steps"], job["params"]["warm_steps"], job["params"]["swap_res"]) == (3, 1, 32)
     assert job["params"]["output_kind"] == "overlay"
+
+
+def _rendered_pairs(folder: Path, frames) -> list:
+    """(source render, result render) images per timeline frame, as the scenario saved them."""
+    import cv2
+    return [(cv2.imread(str(folder / f"s{t}.png")).astype(float), cv2.imread(str(folder / f"r{t}.png")).astype(float))
+            for t in frames]
+
+
+@pytest.fixture(scope="session")
+def tears_of_steel_50(tmp_path_factory) -> Path:
+    """The Tears of Steel clip with every frame kept but stamped at 50 fps (real footage faster than a scene)."""
+    source = FIXTURES / "tears_of_steel_clip.mp4"
+    if not source.is_file() or shutil.which("ffmpeg") is None:
+        pytest.skip(f"{source} or ffmpeg is missing")
+    out = tmp_path_factory.mktemp("tos50") / "tos50.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(source), "-vf", "setpts=N/(50*TB),scale=320:180", "-r", "50",
+                    "-an", "-c:v", "libx264", "-crf", "12", "-pix_fmt", "yuv420p", str(out)], check=True)
+    return out
+
+
+@pytest.mark.parametrize("footage, scene_fps", [("tears_of_steel_clip.mp4", 30), ("tos50", 30)])
+@pytest.mark.blender
+def test_real_footage_at_another_frame_rate(bpy_venv, addon_zip, tmp_path, engine, request, footage, scene_fps):
+    """Real footage through the engine process: Tears of Steel (24 fps) slowed into a 30 fps scene, and the
+    same frames stamped at 50 fps sped into it, trimmed, over many cadence periods. At every timeline frame
+    the result strip renders the source's picture (up to the two decoders' colour conversion, MSE below 6
+    here), not a neighbouring frame's: the footage moves enough for that to show (checked below)."""
+    clip = request.getfixturevalue("tears_of_steel_50") if footage == "tos50" else FIXTURES / footage
+    if not clip.is_file():
+        pytest.skip(f"{clip} is missing")
+    args = {"zip": str(addon_zip), "clip": str(clip), "output_folder": str(tmp_path / "renders"), "ui_add": True,
+            "fps": scene_fps, "frame_start": 1, "frame_offset_start": 7, "frame_offset_end": 20, "render": True,
+            "params": {"output_kind": "frame", "device": "cpu"}}
+    data = run_blender(bpy_venv, "toonify", args, tmp_path, engine)
+    assert data["op"]["result"] == ["FINISHED"], data["op"]
+    src = data["after"][data["source"]]
+    pairs = _rendered_pairs(tmp_path / "renders" / "_render", range(src["frame_final_start"], src["frame_final_end"]))
+    same = [float(((s - r) ** 2).mean()) for s, r in pairs]
+    assert max(same) < 6.0, [round(x, 1) for x in same]
+    moved = [float(((pairs[i][0] - pairs[i + 1][0]) ** 2).mean()) for i in range(len(pairs) - 1)]
+    distinct = [m for m in moved if m > 20.0]
+    assert len(distinct) > len(pairs) // 3, "the footage barely moves: a shifted frame would go unnoticed"
 
 
 @pytest.mark.blender

@@ -32,7 +32,7 @@ from toon_ofx.hosts.resolve.timeline import collect_clips, engine_source
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "resolve_scripts" / "Toon Faces.py"
-FIXTURES = REPO.parent / "shared" / "fixtures"
+from conftest import FIXTURES  # noqa: E402  ($TOON_OFX_FIXTURES or ../shared/fixtures)
 
 
 # ------------------------------------------------------------------ helpers

@@ -45,10 +45,10 @@ def set_prefs(args: dict) -> None:
     prefs.start_timeout = int(args.get("start_timeout", 60))
 
 
-def new_scene(fps: int = 24):
+def new_scene(fps: int = 24, fps_base: float = 1.0):
     scene = bpy.context.scene
     scene.render.fps = fps
-    scene.render.fps_base = 1.0
+    scene.render.fps_base = fps_base
     compat = addon_module("compat")
     sed = compat.sequence_editor(scene, create=True)
     for strip in list(compat.top_level(sed)):
@@ -347,7 +347,9 @@ def scenario_placement(args: dict) -> dict:
     planning, placement, compat = (addon_module(n) for n in ("planning", "placement", "compat"))
     out = {}
     for case in args["cases"]:
-        scene, sed = new_scene(int(args.get("fps", 24)))
+        scene, sed = new_scene(int(case.get("fps", args.get("fps", 24))), float(case.get("fps_base", 1.0)))
+        sed.use_cache_raw = bool(case.get("cache_raw", True))
+        clip = case.get("clip", args.get("clip"))
         setup_render(scene)
         top = compat.top_level(sed)
         if case.get("image"):
@@ -359,9 +361,9 @@ def scenario_placement(args: dict) -> dict:
             for path in files[1:]:
                 source.elements.append(os.path.basename(path))
         elif case.get("ui_add"):
-            source = add_movie_like_the_ui(scene, args["clip"], case.get("channel", 2), case.get("frame_start", 10))
+            source = add_movie_like_the_ui(scene, clip, case.get("channel", 2), case.get("frame_start", 10))
         else:
-            source = compat.new_movie(top, "clip", args["clip"], case.get("channel", 2), case.get("frame_start", 10))
+            source = compat.new_movie(top, "clip", clip, case.get("channel", 2), case.get("frame_start", 10))
         for key, attr in (("animation_offset_start", "animation_offset_start"),
                           ("animation_offset_end", "animation_offset_end"),
                           ("frame_offset_start", "frame_offset_start"), ("frame_offset_end", "frame_offset_end"),
