@@ -25,7 +25,7 @@ from toon_ofx.hosts.resolve.api import BridgeError, ResolveUnavailable, get_reso
 from toon_ofx.hosts.resolve.engine import (CONFIG_NAME, ENV_OUTPUT, ENV_PYTHON, child_env, find_engine_python,
                                            params_hash, run_engine_direct, write_json_atomic)
 from toon_ofx.hosts.resolve.frames import source_range
-from toon_ofx.hosts.resolve.install import SCRIPT_NAME, install, render_script, scripts_dir
+from toon_ofx.hosts.resolve.install import SCRIPT_NAME, install, render_script, scripts_dir, uninstall
 from toon_ofx.hosts.resolve.placement import place_results
 from toon_ofx.hosts.resolve.script import ENV_ARGS, Options, run, script_main
 from toon_ofx.hosts.resolve.timeline import collect_clips, engine_source
@@ -432,10 +432,11 @@ def test_installer_copies_script_and_client_and_the_installed_script_runs(tmp_pa
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     installed = dest / SCRIPT_NAME
-    assert installed.exists() and (lib / "toon_ofx" / "hosts" / "resolve" / "script.py").exists()
+    (copy,) = lib.iterdir()                                     # one copy, named by its content
+    assert copy.name.startswith("toon_ofx-") and (copy / "toon_ofx" / "hosts" / "resolve" / "script.py").exists()
     assert list(dest.iterdir()) == [installed]                  # nothing else shows up in Resolve's menu
     text = installed.read_text()
-    assert repr(str(lib)) in text and repr(sys.executable) in text
+    assert repr(str(copy)) in text and repr(sys.executable) in text
     # run it as Resolve would: `resolve` in its globals, options from TOON_OFX_RESOLVE_ARGS
     resolve = edit[0]
     monkeypatch.setenv(ENV_ARGS, "--direct --track 7")
@@ -447,13 +448,84 @@ def test_installer_copies_script_and_client_and_the_installed_script_runs(tmp_pa
                                          capture_output=True, text=True).stdout
 
 
+def test_reinstall_swaps_the_copy_and_removes_only_its_own_files(tmp_path, monkeypatch):
+    """A reinstall writes a fresh copy, points the script at it, and deletes the copies earlier installs left
+    (also the first layout's `toon_ofx/` with the pre-split hosts/resolve.py), never anything else."""
+    from toon_ofx.hosts.resolve import install as install_module
+    from toon_ofx.hosts.resolve import libdir
+
+    dest, lib = tmp_path / "Utility", tmp_path / "lib"
+    names = install_module.vendored_names()
+    legacy = lib / "toon_ofx"                                  # what installs before the package split left
+    for name in names + ["hosts/resolve.py"]:
+        (legacy / name).parent.mkdir(parents=True, exist_ok=True)
+        (legacy / name).write_text("# old copy\n")
+    (legacy / "hosts" / "__pycache__").mkdir()
+    (legacy / "hosts" / "__pycache__" / "resolve.cpython-311.pyc").write_bytes(b"x")
+    (lib / "notes.txt").write_text("mine")                    # the user's own files stay
+    foreign = lib / "toon_ofx-mine"
+    foreign.mkdir()
+    (foreign / "x.py").write_text("")
+    lines = []
+    install(str(dest), python=PY, lib_dir=str(lib), log=lines.append)
+    copies = sorted(p.name for p in lib.iterdir() if p.name.startswith("toon_ofx-") and p != foreign)
+    assert len(copies) == 1 and not legacy.exists()
+    assert (lib / "notes.txt").read_text() == "mine" and (foreign / "x.py").exists()
+    first = lib / copies[0]
+    assert repr(str(first)) in (dest / SCRIPT_NAME).read_text()
+    assert any("removed the old copy" in line and str(legacy) in line for line in lines)
+
+    # the same sources again: the same copy, untouched
+    stamp = (first / libdir.MANIFEST).stat().st_mtime_ns
+    install(str(dest), python=PY, lib_dir=str(lib), log=lambda m: None)
+    assert (first / libdir.MANIFEST).stat().st_mtime_ns == stamp
+
+    # changed sources: a new copy, the old one removed, the script pointing at the new one
+    changed = tmp_path / "pkg"
+    import shutil
+    shutil.copytree(REPO / "toon_ofx", changed, ignore=shutil.ignore_patterns("__pycache__"))
+    (changed / "client.py").write_text((changed / "client.py").read_text() + "\n# changed\n")
+    monkeypatch.setattr(install_module, "package_dir", lambda: str(changed))
+    install(str(dest), python=PY, lib_dir=str(lib), log=lambda m: None)
+    (second,) = [p for p in lib.iterdir() if p.name.startswith("toon_ofx-") and p != foreign]
+    assert second != first and not first.exists()
+    assert (second / "toon_ofx" / "client.py").read_text().endswith("# changed\n")
+    assert repr(str(second)) in (dest / SCRIPT_NAME).read_text()
+
+    # a copy holding a file toon-ofx did not write is not ours: left alone; a foreign folder in the way fails
+    (second / "toon_ofx" / "extra.py").write_text("")
+    monkeypatch.setattr(install_module, "package_dir", lambda: str(REPO / "toon_ofx"))
+    install(str(dest), python=PY, lib_dir=str(lib), log=lambda m: None)
+    assert (second / "toon_ofx" / "extra.py").exists()
+    stamped = lib / (libdir.PREFIX + libdir.content_stamp(str(REPO / "toon_ofx"), names))
+    shutil.rmtree(stamped)
+    stamped.mkdir()
+    (stamped / "x").write_text("")
+    with pytest.raises(libdir.LibError, match="not written by toon-ofx"):
+        install(str(dest), python=PY, lib_dir=str(lib), log=lambda m: None)
+    assert not [p for p in lib.iterdir() if p.name.startswith(libdir.STAGING)]   # no half copy left behind
+
+    # uninstall: the script and its own copies go, the rest stays
+    stamped.joinpath("x").unlink()
+    stamped.rmdir()
+    (second / "toon_ofx" / "extra.py").unlink()
+    install(str(dest), python=PY, lib_dir=str(lib), log=lambda m: None)
+    uninstall(str(dest), lib_dir=str(lib), log=lambda m: None)
+    assert not (dest / SCRIPT_NAME).exists()
+    assert sorted(p.name for p in lib.iterdir()) == ["notes.txt", "toon_ofx-mine"]
+
+
 def test_engine_python_discovery(monkeypatch, tmp_path):
     monkeypatch.setenv("TOON_OFX_CONFIG_DIR", str(tmp_path))
     monkeypatch.setenv(ENV_PYTHON, sys.executable)
     assert find_engine_python() == sys.executable
     monkeypatch.setenv(ENV_PYTHON, str(tmp_path / "nope" / "python"))
-    with pytest.raises(BridgeError, match="does not exist"):
+    with pytest.raises(BridgeError, match=r"\(from \$TOON_OFX_PYTHON\) does not exist"):
         find_engine_python()
+    with pytest.raises(BridgeError, match=r"\(from --python\)"):
+        find_engine_python(str(tmp_path / "nope" / "python"))
+    with pytest.raises(BridgeError, match=r"\(from the installed script\)"):
+        find_engine_python(str(tmp_path / "nope" / "python"), "the installed script")
     monkeypatch.delenv(ENV_PYTHON)
     (tmp_path / CONFIG_NAME).write_text(json.dumps({"python": sys.executable}))
     assert find_engine_python() == sys.executable
@@ -612,4 +684,5 @@ def test_installed_script_runs_on_a_bare_python_with_the_vendored_client(tmp_pat
     out = subprocess.run([PY, "-I", "-S", str(runner)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "Toon Faces: no project is open in Resolve." in out.stdout
-    assert f"LIB {lib / 'toon_ofx' / 'hosts' / 'resolve' / '__init__.py'} HEAVY []" in out.stdout
+    (copy,) = lib.iterdir()
+    assert f"LIB {copy / 'toon_ofx' / 'hosts' / 'resolve' / '__init__.py'} HEAVY []" in out.stdout

@@ -63,9 +63,13 @@ def read_config() -> Dict[str, Any]:
         return {}
 
 
-def find_engine_python(explicit: Optional[str] = None) -> str:
-    """The Python that has toon-ofx with torch and PySide6: argument, $TOON_OFX_PYTHON, config, installer."""
-    for candidate, origin in ((explicit, "the installer"), (os.environ.get(ENV_PYTHON), f"${ENV_PYTHON}"),
+def find_engine_python(explicit: Optional[str] = None, origin: str = "--python") -> str:
+    """The Python that has toon-ofx with torch and PySide6.
+
+    In order: `explicit` (`origin` says where it came from: --python, or the installed script), $TOON_OFX_PYTHON,
+    "python" in the config file, the .venv of the checkout this package is in.
+    """
+    for candidate, origin in ((explicit, origin), (os.environ.get(ENV_PYTHON), f"${ENV_PYTHON}"),
                               (read_config().get("python"), config_path())):
         if not candidate:
             continue
@@ -112,8 +116,7 @@ def clips_document(clips: Sequence[Clip], *, project: str, timeline: str, source
             "params": params or {}}
 
 
-def launch_panel(python: str, clips_json: str, result_json: str, *, wait: bool = True,
-                 extra_args: Sequence[str] = ()) -> int:
+def launch_panel(python: str, clips_json: str, result_json: str, *, extra_args: Sequence[str] = ()) -> int:
     """Run the PySide6 panel with the engine's Python and wait for it to close."""
     cmd = [python, "-m", "toon_ofx.panel", "--clips", clips_json, "--result", result_json, *extra_args]
     try:

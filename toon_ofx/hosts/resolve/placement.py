@@ -120,26 +120,27 @@ class Report:
                 "text": self.text()}
 
 
+def _add_video_track(timeline) -> int:
+    """Add a video track on top (`AddTrack("video")`); returns the new track count, re-read."""
+    count = timeline.GetTrackCount("video") or 0
+    if not timeline.AddTrack("video"):
+        raise BridgeError("Resolve would not add a video track.")
+    new_count = timeline.GetTrackCount("video") or 0
+    if new_count <= count:
+        raise BridgeError("Resolve did not add a video track.")
+    return new_count
+
+
 def choose_track(timeline, source_track: int, target: Any = "new") -> int:
     """The video track to place on: a new one on top ("new"), or the given index (tracks added as needed)."""
-    count = timeline.GetTrackCount("video") or 0
     if target in (None, "new", "auto"):
-        if not timeline.AddTrack("video"):
-            raise BridgeError("Resolve would not add a video track.")
-        new_count = timeline.GetTrackCount("video") or 0
-        if new_count <= count:
-            raise BridgeError("Resolve did not add a video track.")
-        return new_count
+        return _add_video_track(timeline)
     index = int(target)
     if index <= source_track:
         raise BridgeError(f"V{index} is not above the source track V{source_track}; choose a higher track.")
+    count = timeline.GetTrackCount("video") or 0
     while count < index:
-        if not timeline.AddTrack("video"):
-            raise BridgeError("Resolve would not add a video track.")
-        new_count = timeline.GetTrackCount("video") or 0
-        if new_count <= count:
-            raise BridgeError("Resolve did not add a video track.")
-        count = new_count
+        count = _add_video_track(timeline)
     return index
 
 

@@ -38,10 +38,14 @@ class Options:
     output_root: Optional[str] = None
     output_kind: str = "sequence"
     engine_python: Optional[str] = None
+    engine_python_origin: str = "--python"  # where engine_python came from, for error messages
     workdir: Optional[str] = None
     bin_name: str = BIN_NAME
     show_report: bool = True
     panel_args: List[str] = field(default_factory=list)
+
+    def find_engine_python(self) -> str:
+        return find_engine_python(self.engine_python, self.engine_python_origin)
 
 
 def run(resolve, options: Options, *, client=None, panel: Optional[Callable[..., int]] = None,
@@ -63,7 +67,7 @@ def run(resolve, options: Options, *, client=None, panel: Optional[Callable[...,
     log(f"Toon Faces: {len(clips)} clip(s) on V{source_track} of {timeline.GetName()!r}")
     target = options.target
     if options.mode == "panel":
-        python = find_engine_python(options.engine_python)
+        python = options.find_engine_python()
         workdir = options.workdir or tempfile.mkdtemp(prefix="toon_ofx_resolve_")
         clips_json, result_json = os.path.join(workdir, "clips.json"), os.path.join(workdir, "result.json")
         write_json_atomic(clips_json, clips_document(
@@ -90,7 +94,7 @@ def run(resolve, options: Options, *, client=None, panel: Optional[Callable[...,
         params = schema.validate(options.params)
         if client is None:
             from ...client import EngineClient
-            client = EngineClient.connect(python=find_engine_python(options.engine_python), start=True)
+            client = EngineClient.connect(python=options.find_engine_python(), start=True)
         placements = run_engine_direct(client, clips, params, output_root=options.output_root,
                                        output_kind=options.output_kind, log=log)
     report = place_results(resolve, project, timeline, placements, source_track=source_track, target=target,
@@ -100,7 +104,7 @@ def run(resolve, options: Options, *, client=None, panel: Optional[Callable[...,
     if options.mode == "panel" and options.show_report and (report.failed or report.skipped or report.placed):
         path = os.path.join(options.workdir or tempfile.gettempdir(), f"toon_ofx_report_{os.getpid()}.json")
         write_json_atomic(path, report.to_json())
-        show_report(find_engine_python(options.engine_python), path)
+        show_report(options.find_engine_python(), path)
     return report
 
 
@@ -143,8 +147,9 @@ def options_from_args(args: argparse.Namespace, engine_python: Optional[str] = N
             raise BridgeError(f"--target must be 'new' or a track number, got {target!r}") from None
     return Options(mode="direct" if args.direct else "panel", track=args.track, only_current=args.current,
                    target=target, params=dict(args.params), output_root=args.output_dir,
-                   output_kind=args.output_kind, engine_python=args.python or engine_python, bin_name=args.bin,
-                   show_report=not args.no_report, panel_args=list(args.panel_args))
+                   output_kind=args.output_kind, engine_python=args.python or engine_python,
+                   engine_python_origin="--python" if args.python else "the installed script",
+                   bin_name=args.bin, show_report=not args.no_report, panel_args=list(args.panel_args))
 
 
 def script_main(namespace: Optional[Dict[str, Any]] = None, *, engine_python: Optional[str] = None,
@@ -163,10 +168,7 @@ def script_main(namespace: Optional[Dict[str, Any]] = None, *, engine_python: Op
         options = options_from_args(args, engine_python)
         resolve = get_resolve(namespace, external=True)
         report = run(resolve, options, client=client, panel=panel, log=log)
-    except BridgeError as exc:
-        log(f"Toon Faces: {exc.message}")
-        return 2
-    except UserError as exc:  # a parameter out of range, a bad path
+    except (BridgeError, UserError) as exc:  # UserError: a parameter out of range, a bad path
         log(f"Toon Faces: {exc.message}")
         return 2
     except Exception as exc:  # the engine client's errors, mostly: one line, not a traceback
