@@ -24,7 +24,7 @@ from toon_ofx.hosts.resolve import api
 from toon_ofx.hosts.resolve.api import BridgeError, ResolveUnavailable, get_resolve
 from toon_ofx.hosts.resolve.engine import (CONFIG_NAME, ENV_OUTPUT, ENV_PYTHON, child_env, find_engine_python,
                                            params_hash, run_engine_direct, write_json_atomic)
-from toon_ofx.hosts.resolve.frames import source_range
+from toon_ofx.hosts.resolve.frames import source_range, timecode_frames
 from toon_ofx.hosts.resolve.install import SCRIPT_NAME, install, render_script, scripts_dir, uninstall
 from toon_ofx.hosts.resolve.placement import place_results
 from toon_ofx.hosts.resolve.script import ENV_ARGS, Options, run, script_main
@@ -108,15 +108,21 @@ class FakeEngine:
         return dict(job)
 
 
+@pytest.fixture(params=["zero", "numbered"])
+def sequence_frames(request) -> str:
+    """Both ways Resolve may count clipInfo frames of an image sequence (from 0, from its first number)."""
+    return request.param
+
+
 @pytest.fixture
-def edit(tmp_path):
+def edit(tmp_path, sequence_frames):
     """A 24 fps timeline starting at 86400 with two clips on V1: one at 24 fps, one at 30 fps."""
     a = make_movie(tmp_path / "a.mp4", 48, 24)
     b = make_movie(tmp_path / "b.mp4", 60, 30)
     resolve, project, timeline = fr.make_edit([
         {"path": a, "start": 10, "end": 22, "record": 0},       # 12 frames of a, from a's frame 10
         {"path": b, "start": 15, "end": 45, "record": 40},      # 30 frames of b (1 s) = 24 timeline frames
-    ])
+    ], sequence_frames=sequence_frames)
     return resolve, project, timeline, a, b
 
 
@@ -240,6 +246,99 @@ def test_source_range_and_sequences():
     assert engine_source("/m/a [1].mov") == ("/m/a [1].mov", "movie")
 
 
+def test_timecodes_to_frames():
+    assert timecode_frames("01:00:00:00", 24) == 86400
+    assert timecode_frames("01:00:01:05", 25) == 90030
+    assert timecode_frames("00:01:00;02", 29.97) == 1800          # drop frame: ;00 and ;01 do not exist
+    assert timecode_frames("00:10:00;00", 29.97) == 17982         # every tenth minute keeps them
+    assert timecode_frames("00:01:00;04", 59.94) == 3600
+    with pytest.raises(ValueError):
+        timecode_frames("garbage", 24)
+
+
+def test_source_track_is_the_topmost_with_footage_under_the_playhead(tmp_path):
+    """A title and an adjustment clip above the footage are "current" for Resolve; the script looks below."""
+    a = make_movie(tmp_path / "a.mp4", 48, 24)
+    resolve, project, timeline = fr.make_edit([
+        {"path": a, "start": 0, "end": 40, "record": 0},
+        {"path": a, "start": 0, "end": 10, "record": 0, "track": 2},   # V2 footage only over frames 0-9
+    ])
+    pool = project.GetMediaPool()
+    timeline._add_item("Text+", 3, 0, 48)                              # a title over everything
+    timeline._add_item("Adjustment Clip", 4, 0, 48)
+    compound = pool._new_item("Compound Clip 1", {"Type": "Compound", "File Path": "", "FPS": "24", "Frames": "48",
+                                                  "Start": "0", "End": "47"})
+    timeline._add_item("Compound Clip 1", 5, 0, 48, compound)
+    timeline.SetCurrentTimecode("01:00:00:05")
+    assert timeline.GetCurrentVideoItem().GetName() == "Compound Clip 1"    # what Resolve calls current
+    clips, skipped, track = collect_clips(timeline, project=project)
+    assert track == 2 and [c.first for c in clips] == [0]
+    timeline.SetCurrentTimecode("01:00:00:20")                          # past V2's clip: V1
+    assert collect_clips(timeline, project=project)[2] == 1
+    timeline.SetCurrentTimecode("01:00:00:05")
+    timeline.SetTrackEnable("video", 2, False)                          # a disabled track shows nothing
+    assert collect_clips(timeline, project=project)[2] == 1
+    timeline.SetTrackEnable("video", 2, True)
+    timeline.GetItemListInTrack("video", 2)[0].SetClipEnabled(False)   # nor does a disabled clip
+    assert collect_clips(timeline, project=project)[2] == 1
+    _, skipped, _ = collect_clips(timeline, track=5, project=project)
+    assert "compound" in skipped[0].reason
+    _, skipped, _ = collect_clips(timeline, track=3, project=project)
+    assert "title" in skipped[0].reason
+
+
+def test_retimed_items_are_refused_with_the_reason(tmp_path):
+    a = make_movie(tmp_path / "a.mp4", 96, 24)
+    b = make_movie(tmp_path / "b.mp4", 60, 30)
+    resolve, project, timeline = fr.make_edit([
+        {"path": a, "start": 10, "end": 30, "record": 0},
+        {"path": a, "start": 40, "end": 60, "record": 100},
+        {"path": b, "start": 0, "end": 30, "record": 200},       # 30 fps in 24: real time, not a retime
+        {"path": a, "start": 0, "end": 24, "record": 300},
+    ])
+    slow, fast, conformed, normal = timeline.GetItemListInTrack("video", 1)
+    slow._set_speed(50)
+    fast._set_speed(200)
+    assert (slow.GetDuration(), fast.GetDuration()) == (40, 10)   # a speed change moves the out point
+    clips, skipped, _ = collect_clips(timeline, track=1, project=project)
+    assert [c.record_start for c in clips] == [86600, 86700]
+    assert [s.name for s in skipped] == ["a.mp4", "a.mp4"]
+    assert "about 50% speed" in skipped[0].reason and "source frames 10-30" in skipped[0].reason
+    assert "about 200% speed" in skipped[1].reason and "Render in Place" in skipped[1].reason
+
+    # the whole script: the retimed items are reported, the others placed
+    lines = []
+    code = script_main({"resolve": resolve}, argv=["--direct", "--track", "1", "--no-report"], log=lines.append,
+                       client=FakeEngine())
+    assert code == 0
+    text = "\n".join(lines)
+    assert "Placed 2 toon clip(s) on V2" in text and "Skipped 2 timeline item(s)" in text
+    assert [it.GetStart() for it in timeline.GetItemListInTrack("video", 2)] == [86600, 86700]
+
+
+def test_image_sequence_source_counted_from_the_first_file_on_disk(tmp_path, sequence_frames):
+    """Resolve's item starts at shot.0020 while the folder starts at shot.0011: the engine counts from 0011."""
+    for n in range(11, 50):
+        cv2.imwrite(str(tmp_path / f"shot.{n:04d}.png"), np.full((8, 8, 3), n, np.uint8))
+    seq = {"FilePath": str(tmp_path / "shot.%04d.png"), "StartIndex": 20, "EndIndex": 49}
+    resolve, project, timeline = fr.make_edit([{"path": seq, "start": 2, "end": 12, "record": 24}],
+                                              sequence_frames=sequence_frames)
+    ((clip,), _, _) = collect_clips(timeline, track=1, project=project)
+    assert clip.kind == "sequence" and clip.source == str(tmp_path / "shot.%04d.png")
+    assert (clip.first, clip.last) == (11, 20)                      # shot.0022 .. shot.0031 in engine frames
+    result = {"kind": "sequence", "pattern": seq["FilePath"], "first_frame": clip.first, "last_frame": clip.last}
+    placement = fr_placement(clip, result)
+    report = place_results(resolve, project, timeline, [placement], source_track=1)
+    assert report.ok, report.text()
+    (item,) = timeline.GetItemListInTrack("video", 2)
+    assert (item.GetStart(), item.GetDuration()) == (86424, 10)
+
+
+def fr_placement(clip, result, overlay=False):
+    from toon_ofx.hosts.resolve.placement import Placement
+    return Placement(clip, result=result, status="done", overlay=overlay)
+
+
 # ------------------------------------------------------------------ placing
 def _render(clips, engine=None):
     engine = engine or FakeEngine()
@@ -262,6 +361,44 @@ def test_place_results_on_a_new_track_at_the_same_record_frames(edit):
     assert placed[1].GetMediaPoolItem().GetClipProperty("FPS") == "30"
 
 
+LOOK = {"ZoomGang": False, "ZoomX": 1.5, "ZoomY": 1.2, "Pan": 40.0, "Tilt": -20.0, "RotationAngle": 12.0,
+        "CropLeft": 30.0, "CropSoftness": 5.0, "FlipX": True, "Distortion": 0.25, "Scaling": 2,
+        "CompositeMode": 5, "Opacity": 60.0}
+
+
+@pytest.mark.parametrize("overlay", [False, True])
+def test_results_get_the_source_items_look(edit, monkeypatch, overlay):
+    """Transform, crop and compositing come across with the documented SetProperty keys, read back; what the
+    API cannot copy is said. An overlay composites Normal at full opacity over its (unchanged) source."""
+    resolve, project, timeline, a, b = edit
+    styled, plain = timeline.GetItemListInTrack("video", 1)
+    assert styled.SetProperty(LOOK)
+    clips, _, track = collect_clips(timeline, track=1)
+    placements = _render(clips)
+    for p in placements:
+        p.overlay = overlay
+    ignored = fr.TimelineItem.SetProperty
+
+    def deaf_to_distortion(self, *args):                # a setter that answers True and changes nothing
+        return True if args[:1] == ("Distortion",) else ignored(self, *args)
+
+    monkeypatch.setattr(fr.TimelineItem, "SetProperty", deaf_to_distortion)
+    report = place_results(resolve, project, timeline, placements, source_track=track)
+    assert report.ok and len(report.placed) == 2
+    toon_styled, toon_plain = timeline.GetItemListInTrack("video", 2)
+    for key, value in LOOK.items():
+        if key == "Distortion":
+            assert toon_styled.GetProperty(key) == 0.0
+        elif key in ("CompositeMode", "Opacity") and overlay:
+            assert toon_styled.GetProperty(key) == {"CompositeMode": 0, "Opacity": 100.0}[key]
+        else:
+            assert toon_styled.GetProperty(key) == pytest.approx(value), key
+    assert styled.GetProperty("CompositeMode") == 5 and styled.GetProperty("Opacity") == 60.0   # source untouched
+    assert toon_plain.GetProperty() == plain.GetProperty()
+    assert "Resolve would not take Distortion" in report.placed[0].note and not report.placed[1].note
+    assert "not copied (no scripting call for them): grades" in report.text()
+
+
 def test_place_results_reports_clips_it_could_not_place(edit):
     resolve, project, timeline, a, b = edit
     pool = project.GetMediaPool()
@@ -275,6 +412,32 @@ def test_place_results_reports_clips_it_could_not_place(edit):
     assert [p.clip.name for p in report.failed] == ["b.mp4"]
     assert "overlap" in report.failed[0].reason and "86450" in report.failed[0].reason
     assert "Could not place 1 clip(s)" in report.text()
+
+
+def test_a_resolve_that_clamps_the_frames_it_does_not_count_that_way(edit, monkeypatch, sequence_frames):
+    """If Resolve placed the part of a request that falls inside the item instead of nothing, the short clip
+    is taken out again and the other counting tried."""
+    resolve, project, timeline, a, b = edit
+    pool = project.GetMediaPool()
+    original = fr.MediaPool.AppendToTimeline
+
+    def clamping(self, entries):
+        out = []
+        for info in entries:
+            mpi, start = info["mediaPoolItem"], info["startFrame"]
+            base = mpi._first_number() if sequence_frames == "numbered" else 0
+            lo, hi = base, base + mpi._frames()
+            clamped = dict(info, startFrame=min(max(start, lo), hi), endFrame=min(max(info["endFrame"], lo), hi))
+            out += original(self, [clamped])
+        return out
+
+    monkeypatch.setattr(fr.MediaPool, "AppendToTimeline", clamping)
+    clips, _, track = collect_clips(timeline, track=1)
+    report = place_results(resolve, project, timeline, _render(clips), source_track=track)
+    assert report.ok, report.text()
+    placed = timeline.GetItemListInTrack("video", 2)
+    assert [(it.GetStart(), it.GetEnd()) for it in placed] == [(86400, 86412), (86440, 86464)]
+    assert pool.GetCurrentFolder() is pool.GetRootFolder()
 
 
 def test_place_results_with_resolve_18_inclusive_end_frame(tmp_path):

@@ -173,7 +173,8 @@ def placement_from_job(clip: Clip, job: Optional[Dict[str, Any]]) -> Placement:
         return Placement(clip, status="failed", reason="not rendered")
     state = job.get("state")
     if state == "done" and job.get("result"):
-        return Placement(clip, result=job["result"], status="done")
+        overlay = (job.get("params") or {}).get("output_kind") == "overlay"
+        return Placement(clip, result=job["result"], status="done", overlay=overlay)
     if state == "cancelled":
         return Placement(clip, status="cancelled", reason="cancelled")
     return Placement(clip, status="engine-failed", reason=job.get("error") or f"engine job ended {state}")
