@@ -59,6 +59,17 @@ def children(meta):
     return _first_attr(meta, "strips", "sequences")
 
 
+def enclosing_metas(strip) -> list:
+    """The meta strips `strip` sits in, innermost first."""
+    metas = []
+    parent_meta = getattr(strip, "parent_meta", None)
+    meta = parent_meta() if callable(parent_meta) else None
+    while meta is not None:
+        metas.append(meta)
+        meta = meta.parent_meta() if callable(getattr(meta, "parent_meta", None)) else None
+    return metas
+
+
 def parent_collection(sed, strip):
     """The collection that holds `strip`: its meta strip's, or the top level."""
     parent_meta = getattr(strip, "parent_meta", None)

@@ -79,7 +79,7 @@ def _report_finals(operator, finals) -> int:
         level, text = toonify.finish_message(message)
         if text:
             operator.report({level}, text)
-        placed += isinstance(message, jobs.Finished) and level == "INFO"
+        placed += isinstance(message, jobs.Finished) and level != "ERROR"
     return placed
 
 

@@ -66,6 +66,18 @@ def place_result(scene, source_strip, result: Dict[str, Any], output_kind: str =
     return strip
 
 
+def covered_strips(scene, source_strip, strip) -> list:
+    """Names of the strips between `source_strip` and the new `strip` (in channel order) on the same frames.
+
+    The result goes into the first free channel above its source; anything in between used to show
+    above the source and now sits below the result.
+    """
+    collection = compat.parent_collection(compat.sequence_editor(scene), source_strip)
+    return [s.name for s in sorted(collection, key=lambda s: s.channel)
+            if source_strip.channel < s.channel < strip.channel and not s.mute
+            and s.frame_final_start < strip.frame_final_end and strip.frame_final_start < s.frame_final_end]
+
+
 def _copy_look(source, target) -> None:
     """Copy placement (transform, crop, flips) so the result sits exactly over the source."""
     for group, names in (("transform", ("offset_x", "offset_y", "scale_x", "scale_y", "rotation", "origin",

@@ -60,7 +60,14 @@ def strip_timing(scene, strip, mapping: MediaMapping = MediaMapping()) -> StripT
         source_length=mapping.source_length,
         strobe=float(getattr(strip, "strobe", 1.0) or 1.0),
         cached_keys=compat.source_cache_keys_truncate(scene),
+        first_drawn=max([int(scene.frame_start)] + [int(m.frame_final_start) for m in compat.enclosing_metas(strip)]),
     )
+
+
+def _remaps_time(meta) -> bool:
+    """A meta strip that shows its contents reversed, strobed or retimed."""
+    return bool(getattr(meta, "use_reverse_frames", False)) or float(getattr(meta, "strobe", 1.0) or 1.0) > 1.0 \
+        or compat.is_retimed(meta)
 
 
 def scene_fps(scene) -> float:
@@ -154,18 +161,50 @@ def plan_strip(scene, strip) -> StripPlan:
     if not os.path.isfile(first_file):
         raise ToonifyError(f"strip {strip.name!r}: source file not found: {first_file}")
     mapping = media_mapping(scene, strip)
+    timing = strip_timing(scene, strip, mapping)
+    remapping = [m.name for m in compat.enclosing_metas(strip) if _remaps_time(m)]
+    if timing.order_matters and remapping:
+        raise ToonifyError(f"strip {strip.name!r} is a movie slower than the scene inside meta strip "
+                           f"{remapping[0]!r}, which reverses, strobes or retimes it: Blender {bpy.app.version_string} "
+                           "then shows frames that depend on the playback order, so toonify cannot tell which frame "
+                           "shows where. Turn off the sequencer's Raw cache, or toonify it outside the meta")
     try:
-        first, last = strip_timing(scene, strip, mapping).visible_source_range()
+        first, last = timing.visible_source_range()
     except TimelineError as exc:
         raise ToonifyError(f"strip {strip.name!r}: {exc}") from None
     return StripPlan(strip.name, scene.name, source, mapping, first, last, scene_fps(scene))
 
 
+def _with_meta_contents(strips: Sequence) -> Tuple[List, List[str]]:
+    """The strips, with each selected meta strip replaced by the unmuted strips inside it (at any depth)."""
+    out, metas = [], []
+    for strip in strips:
+        if strip.type == "META":
+            metas.append(strip.name)
+            inner, _ = _with_meta_contents([s for s in compat.children(strip) if not s.mute])
+            out += inner
+        else:
+            out.append(strip)
+    return out, metas
+
+
 def plan_strips(scene, strips: Sequence) -> List[StripPlan]:
-    """Plans for the movie and image strips among `strips` (sound, effect strips etc. are ignored)."""
-    usable = [s for s in strips if s.type in SUPPORTED_TYPES]
+    """Plans for the movie and image strips among `strips` and inside selected meta strips.
+
+    Sound, effect, scene and other strips are ignored; a result is placed beside its source, inside
+    the same meta strip, so the meta's own trims, transform and blending apply to it as well.
+    """
+    expanded, metas = _with_meta_contents(strips)
+    usable, seen = [], set()
+    for strip in expanded:
+        if strip.type in SUPPORTED_TYPES and strip.name not in seen:
+            seen.add(strip.name)
+            usable.append(strip)
     if not usable:
-        raise ToonifyError("select one or more movie or image strips to toonify")
+        if metas:
+            names = ", ".join(repr(m) for m in metas)
+            raise ToonifyError(f"meta strip {names} holds no unmuted movie or image strip to toonify")
+        raise ToonifyError("select one or more movie or image strips (or meta strips holding them) to toonify")
     return [plan_strip(scene, s) for s in usable]
 
 

@@ -22,9 +22,10 @@ was asked for ``round(i)``, so a timeline frame whose key is already cached
 shows the frame decoded for an earlier timeline frame (a 24 fps movie in a 30
 fps scene shows 0, 0, 2, 2, 3 instead of 0, 1, 2, 2, 3). What a slowed movie
 shows then depends on the order frames were drawn; `shown_frames` follows a
-render or playback from the strip's first frame (`cached_keys`), which is what
-the final render and normal playback do. With the raw cache off, or in 4.2,
-every frame shows ``round(i)``.
+render or playback from the strip's first frame, or from `first_drawn` (the
+scene's first frame, or where an enclosing meta strip starts showing it):
+what the final render and normal playback do. With the raw cache off, or in
+4.2, every frame shows ``round(i)``.
 
 Strips with retiming keys (speed changes) are not modelled.
 
@@ -82,6 +83,12 @@ class StripTiming:
     source_length: Optional[int] = None  # source frames the content uses (default: content_length)
     strobe: float = 1.0       # strip.strobe
     cached_keys: bool = False  # Blender 4.5+ with the raw cache on (see the module docstring)
+    first_drawn: Optional[int] = None  # first timeline frame a render draws the strip at (default: final_start)
+
+    @property
+    def order_matters(self) -> bool:
+        """True when what a frame shows depends on which frames were drawn before (see the module docstring)."""
+        return self.cached_keys and f32(self.rate) < 1.0
 
     @property
     def _length(self) -> int:
@@ -118,16 +125,16 @@ class StripTiming:
         With `cached_keys`, as a render or playback from the strip's first frame shows them.
         """
         t0, t1 = self.visible_timeline_range()
-        if not self.cached_keys:
+        if not self.order_matters:
             return [self.source_frame_at(t) for t in range(t0, t1 + 1)]
+        start = max(self.final_start, self.first_drawn if self.first_drawn is not None else self.final_start)
         cache: Dict[int, int] = {}
-        shown = []
-        for t in range(self.final_start, t1 + 1):  # hold frames before the content fill the cache too
+        shown = {}
+        for t in range(start, t1 + 1):  # hold frames before the content fill the cache too
             index = self.frame_index(t)
-            frame = cache.setdefault(math.trunc(index), round_frame(index))
-            if t >= t0:
-                shown.append(self.source_offset + frame)
-        return shown
+            shown[t] = self.source_offset + cache.setdefault(math.trunc(index), round_frame(index))
+        # frames before the first drawn one are never on screen: any answer does
+        return [shown[t] if t in shown else self.source_frame_at(t) for t in range(t0, t1 + 1)]
 
     def visible_source_range(self) -> Tuple[int, int]:
         """Inclusive source frames that the strip shows: what needs rendering."""

@@ -289,14 +289,30 @@ def rendered_code(scene, frame: int, path: str) -> int:
     return int(round(value / 3.0))
 
 
-def add_movie_like_the_ui(scene, path: str, channel: int, frame_start: int):
-    """Add a movie the way the Add > Movie menu does, with "Adjust Playback Rate" on (Blender's default)."""
+def _sequencer_override(scene) -> dict:
     window = bpy.context.window
     area = window.screen.areas[0]
     area.type = "SEQUENCE_EDITOR"
     region = next(r for r in area.regions if r.type == "WINDOW")
     if hasattr(bpy.context.workspace, "sequencer_scene"):  # 5.0+
         bpy.context.workspace.sequencer_scene = scene
+    return dict(window=window, area=area, region=region, scene=scene)
+
+
+def make_meta(scene, names, name: str):
+    """Group the named strips into a meta strip the way Strip > Make Meta Strip does (sized to its contents)."""
+    select_only(scene, set(names))
+    with bpy.context.temp_override(**_sequencer_override(scene)):
+        result = bpy.ops.sequencer.meta_make()
+    assert result == {"FINISHED"}, result
+    meta = scene.sequence_editor.active_strip
+    meta.name = name
+    return meta
+
+
+def add_movie_like_the_ui(scene, path: str, channel: int, frame_start: int):
+    """Add a movie the way the Add > Movie menu does, with "Adjust Playback Rate" on (Blender's default)."""
+    override = _sequencer_override(scene)
     folder, name = os.path.split(path)
     compat = addon_module("compat")
     before = {s.name for s in compat.all_strips(scene.sequence_editor)}
@@ -305,7 +321,7 @@ def add_movie_like_the_ui(scene, path: str, channel: int, frame_start: int):
     operator = bpy.ops.sequencer.movie_strip_add
     if "move_strips" in {p.identifier for p in operator.get_rna_type().properties}:  # 5.0+
         options["move_strips"] = False   # keep the strip where asked, overlapping or not
-    with bpy.context.temp_override(window=window, area=area, region=region):
+    with bpy.context.temp_override(**override):
         result = operator(**options)
     assert result == {"FINISHED"}, result
     (strip,) = [s for s in compat.all_strips(scene.sequence_editor) if s.name not in before]
@@ -372,11 +388,15 @@ def scenario_placement(args: dict) -> dict:
                 setattr(source, attr, case[key])
         source.transform.offset_x = float(case.get("offset_x", 0.0))
         if case.get("meta"):
-            meta = top.new_meta(name="meta", channel=source.channel + 1, frame_start=source.frame_final_start)
-            source.move_to_meta(meta)
+            meta = make_meta(scene, [source.name], "meta")
+            meta.use_reverse_frames = bool(case.get("meta_reverse", False))
             source = compat.children(meta)[0]
         add_blockers(scene, case.get("blockers"))
-        plan = planning.plan_strip(scene, source)
+        try:
+            plan = planning.plan_strip(scene, source)
+        except planning.ToonifyError as exc:
+            out[case["label"]] = {"error": str(exc)}
+            continue
         source_before = describe(source)
         pattern = _write_gray_frames(os.path.join(args["folder"], case["label"]), "res", plan.first, plan.last)
         result = {"kind": "sequence", "pattern": pattern, "first_frame": plan.first, "last_frame": plan.last}
@@ -394,6 +414,55 @@ def scenario_placement(args: dict) -> dict:
             strip.mute = False
             entry["rendered_result"] = [rendered_code(scene, t, os.path.join(folder, f"r{t}.png")) for t in frames]
         out[case["label"]] = entry
+    return out
+
+
+def scenario_meta(args: dict) -> dict:
+    """A selected meta strip: its movie and image strips are toonified and placed inside it.
+
+    The meta holds a trimmed movie (channel 1), a color strip above part of it (channel 2), an image
+    sequence later on (channel 2), and a muted movie (channel 4, skipped); the meta itself is trimmed.
+    Rendered with the new strips muted and unmuted (color strip muted), every frame decodes the same.
+    """
+    set_prefs(args)
+    compat = addon_module("compat")
+    scene, sed = new_scene(24)
+    top = compat.top_level(sed)
+    movie = compat.new_movie(top, "clip", args["clip"], 1, 1)
+    movie.frame_offset_start, movie.frame_offset_end = 3, 40
+    color = new_color_strip(top, "title", 2, 1, 10)
+    files = args["sequence"]
+    seq = compat.new_image(top, "seq", files[0], 2, 40)
+    for path in files[1:]:
+        seq.elements.append(os.path.basename(path))
+    hidden = compat.new_movie(top, "hidden", args["clip"], 4, 1)
+    hidden.mute = True
+    meta = make_meta(scene, ["clip", "title", "seq", "hidden"], "meta")
+    meta.frame_final_start = meta.frame_final_start + 2           # the meta hides its first frames
+    new_color_strip(top, "lonely", 8, 1, 5)
+    make_meta(scene, ["lonely"], "empty")
+    out = {}
+    select_only(scene, {"meta"})
+    before = all_strips(scene)
+    out["op"] = run_operator(timeout=120)
+    after = all_strips(scene)
+    out["new"] = {n: after[n] for n in after if n not in before}
+    out["unchanged"] = all(after[n] == before[n] for n in before if n not in ("meta",))
+    setup_render(scene)
+    meta = compat.find_strip(scene, "meta")
+    compat.find_strip(scene, "title").mute = True
+    compat.find_strip(scene, "empty").mute = True
+    new = [compat.find_strip(scene, n) for n in out["new"]]
+    frames = range(meta.frame_final_start, meta.frame_final_end)
+    folder = os.path.join(args["output_folder"], "_render")
+    for strip in new:
+        strip.mute = True
+    out["rendered_source"] = [rendered_code(scene, t, os.path.join(folder, f"s{t}.png")) for t in frames]
+    for strip in new:
+        strip.mute = False
+    out["rendered_result"] = [rendered_code(scene, t, os.path.join(folder, f"r{t}.png")) for t in frames]
+    select_only(scene, {"empty"})
+    out["empty"] = run_operator(timeout=30)
     return out
 
 
