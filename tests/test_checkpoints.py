@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from engine.generator import checkpoints as ck
 from engine.generator.checkpoints import (CheckpointError, CheckpointInfo, inspect_checkpoint,
                                 load_generator, save_generator)
+from engine.generator.nvidia_pkl import module_tensors
+from engine.generator.safe_pickle import RestrictedUnpickler, read_torch_file
 from engine.generator.stylegan2 import Generator
 from tiny_models import (EasyDict, nv_module, nvidia_generator, nvidia_state_dict, same_outputs,
                          save_nvidia_pkl, tiny_generator, write_nvidia_pickle)
@@ -225,8 +227,8 @@ def test_loaded_pkl_matches_nvidia_forward_semantics(tmp_path, conv_clamp):
     g = tiny_generator(size=32, seed=5)
     path = save_nvidia_pkl(tmp_path / "g.pkl", g, conv_clamp=conv_clamp)
     with open(path, "rb") as f:  # the tensors exactly as stored in the file, NVIDIA names
-        data = ck._RestrictedUnpickler(f, "g.pkl").load()
-    t = {k: v.float() for k, v in ck._module_tensors(data["G_ema"]).items()}
+        data = RestrictedUnpickler(f, "g.pkl").load()
+    t = {k: v.float() for k, v in module_tensors(data["G_ema"]).items()}
     assert "synthesis.b8.conv0.noise_strength" in t and t["synthesis.b4.const"].ndim == 3
     expected = nvidia_state_dict(g)
     assert all(torch.equal(t[k], v) for k, v in expected.items())
@@ -438,7 +440,7 @@ def test_save_errors(gen, tmp_path):
 def test_restricted_unpickler_allows_only_the_list(tmp_path):
     def load(obj):
         data = write_nvidia_pickle(tmp_path / "x.pkl", obj).read_bytes()
-        return ck._RestrictedUnpickler(io.BytesIO(data), "x").load()
+        return RestrictedUnpickler(io.BytesIO(data), "x").load()
 
     assert load({"a": OrderedDict(b={1, 2}), "n": np.float64(0.5)})["n"] == 0.5
     t = load(torch.nn.Parameter(torch.arange(4.0)))
@@ -447,3 +449,16 @@ def test_restricted_unpickler_allows_only_the_list(tmp_path):
     for bad in (argparse.Namespace(a=1), Generator, print, np.array([object()], dtype=object)):
         with pytest.raises(CheckpointError):
             load(bad)
+
+
+def test_read_torch_file_returns_the_raw_object(tmp_path):
+    # the shared safe entry for any torch .pt, e.g. a pSp/e4e encoder file
+    enc = {"state_dict": {"w": torch.arange(3.0)}, "latent_avg": torch.zeros(2, 4), "opts": {"n_styles": 2}}
+    torch.save(enc, tmp_path / "enc.pt")
+    got = read_torch_file(tmp_path / "enc.pt")
+    assert torch.equal(got["state_dict"]["w"], torch.arange(3.0)) and got["opts"] == {"n_styles": 2}
+    with pytest.raises(CheckpointError, match="not a torch checkpoint"):
+        read_torch_file(write_nvidia_pickle(tmp_path / "x.pkl", {"a": 1}))
+    torch.save({"args": argparse.Namespace(a=1), "opts": Generator}, tmp_path / "code.pt")
+    with pytest.raises(CheckpointError, match="refusing to unpickle"):
+        read_torch_file(tmp_path / "code.pt")

@@ -27,7 +27,7 @@ def test_missing_optional_package_gives_a_clear_error(monkeypatch, capsys):
     real_import = importlib.import_module
 
     def fake_import(name, package=None):
-        if name == ".panel.window":
+        if name == ".panel.app":
             raise ModuleNotFoundError("No module named 'PySide6'", name="PySide6")
         return real_import(name, package)
 

@@ -24,18 +24,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from toon_ofx.farm import farm
-from toon_ofx.cli import build_parser, main, params_from_args
+from toon_ofx.cli import build_parser, main
 from toon_ofx.core.errors import UserError
-from toon_ofx.farm.farm import (
-    FarmJob,
-    chunk_warmup_first,
-    effective_chunk_size,
-    parse_frame_range,
-    plan_chunks,
-    snap_chunk,
-)
+from toon_ofx.core.options import params_from_args, parse_frame_range
 from toon_ofx.core.params import validate
+from toon_ofx.farm.assemble import find_sequence, sequence_frames
+from toon_ofx.farm.export import FORMATS, write_export
+from toon_ofx.farm.job import FarmJob, param_args
+from toon_ofx.farm.openjd import openjd_template
+from toon_ofx.farm.plan import chunk_warmup_first, effective_chunk_size, plan_chunks, snap_chunk
 
 from conftest import FIXTURES, REPO  # noqa: E402
 
@@ -160,8 +157,8 @@ def test_param_args_round_trip_through_the_cli():
     assert args.command == "render" and args.frames == (3, 8) and args.warmup == 0
     assert params_from_args(args) == validate(PARAMS)
     # keyframe_interval is always explicit (the chunk grid depends on it), defaults are not repeated
-    assert "--keyframe-interval" in farm.param_args({})
-    assert "--swap-res" not in farm.param_args({})
+    assert "--keyframe-interval" in param_args({})
+    assert "--swap-res" not in param_args({})
     a = _parse_cli(job.assemble_args())
     assert a.command == "assemble" and a.frames == (3, 20) and str(a.source) == "/clips/a b.mp4"
 
@@ -229,7 +226,7 @@ def _openjd_run(template_dict, values, template_dir):
 
 def test_openjd_template_validates_and_runs_as_chunks(tmp_path):
     job = _job(tmp_path)
-    files = farm.write_export("openjd", job, tmp_path / "bundle")
+    files = write_export("openjd", job, tmp_path / "bundle")
     assert sorted(p.name for p in files) == ["README.md", "job_params.json", "parameter_values.json",
                                              "template.json"]
     template = json.loads((tmp_path / "bundle" / "template.json").read_text())
@@ -260,14 +257,14 @@ def test_openjd_template_validates_and_runs_as_chunks(tmp_path):
 
 
 def test_openjd_without_movie_has_no_assemble_step(tmp_path):
-    template = farm.openjd_template(_job(tmp_path, movie=None))
+    template = openjd_template(_job(tmp_path, movie=None))
     assert [s["name"] for s in template["steps"]] == ["Render"]
     assert "OutputMovie" not in {p["name"] for p in template["parameterDefinitions"]}
 
 
 def test_openjd_refuses_format_string_braces(tmp_path):
     with pytest.raises(UserError):
-        farm.openjd_template(_job(tmp_path, source="/clips/{{x}}.mp4"))
+        openjd_template(_job(tmp_path, source="/clips/{{x}}.mp4"))
 
 
 def _fake_toon_ofx(tmp_path) -> Path:
@@ -279,7 +276,7 @@ def _fake_toon_ofx(tmp_path) -> Path:
         import json, sys
         sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
         from toon_ofx.cli import build_parser
-        from toon_ofx.farm.farm import snap_chunk
+        from toon_ofx.farm.plan import snap_chunk
         argv = sys.argv[1:]
         with open({str(log)!r}, "a") as f:
             f.write(json.dumps(argv) + "\\n")
@@ -310,7 +307,7 @@ def test_openjd_cli_checks_and_runs_the_bundle(tmp_path):
     exe = _fake_toon_ofx(tmp_path)
     job = _job(tmp_path, executable=str(exe))
     bundle = tmp_path / "bundle"
-    farm.write_export("openjd", job, bundle)
+    write_export("openjd", job, bundle)
     cli = _openjd_cli()
     check = subprocess.run([cli, "check", str(bundle / "template.json")], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
@@ -384,7 +381,7 @@ def _cue_tasks(layer):
 @pytest.mark.parametrize("frames", [(3, 20), (8, 23), (0, 5)])
 def test_opencue_script_builds_layers_cuebot_can_chunk(tmp_path, frames):
     job = _job(tmp_path, frames=frames)
-    (script,) = farm.write_export("opencue", job, tmp_path / "cue")
+    (script,) = write_export("opencue", job, tmp_path / "cue")
     py_compile.compile(str(script), doraise=True)
     assert os.access(script, os.X_OK)
 
@@ -471,7 +468,7 @@ NODE = shutil.which("node")
 def test_flamenco_job_type_parses_as_javascript(tmp_path):
     if not NODE:
         pytest.skip("node is not installed")
-    (js, _) = farm.write_export("flamenco", _job(tmp_path), tmp_path / "fl")
+    (js, _) = write_export("flamenco", _job(tmp_path), tmp_path / "fl")
     check = subprocess.run([NODE, "--check", str(js)], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
 
@@ -481,7 +478,7 @@ def test_flamenco_compile_job_makes_chunk_tasks_and_assemble(tmp_path, frames, c
     if not NODE:
         pytest.skip("node is not installed")
     job = _job(tmp_path, frames=frames, chunk_size=chunk)
-    js, job_json = farm.write_export("flamenco", job, tmp_path / "fl")
+    js, job_json = write_export("flamenco", job, tmp_path / "fl")
     assert js.name == "toon_ofx.js"              # Flamenco: job type "toon-ofx" from the file name
     submitted = json.loads(job_json.read_text())
     assert submitted["type"] == "toon-ofx" and submitted["settings"]["frames"] == f"{frames[0]}-{frames[1]}"
@@ -507,7 +504,7 @@ def test_flamenco_compile_job_makes_chunk_tasks_and_assemble(tmp_path, frames, c
 
 
 # -- the command line ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("fmt", farm.FORMATS)
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_cli_farm_export_probes_the_clip(tmp_path, fmt, capsys):
     out = tmp_path / fmt
     code = main(["farm", "export", str(CLIP), "--format", fmt, "-o", str(out), "--keyframe-interval", "12",
@@ -607,12 +604,12 @@ def test_find_sequence_in_a_folder(tmp_path):
     for i in (3, 4, 1000000):
         (tmp_path / "a" / f"shot.{i:06d}.png").write_bytes(b"")
     (tmp_path / "a" / ".shot.000005.png.tmp").write_bytes(b"")
-    pattern = farm.find_sequence(tmp_path / "a")
+    pattern = find_sequence(tmp_path / "a")
     assert pattern == str(tmp_path / "a" / "shot.%06d.png")
-    assert farm.sequence_frames(pattern) == [3, 4, 1000000]
+    assert sequence_frames(pattern) == [3, 4, 1000000]
     (tmp_path / "a" / "other_0001.png").write_bytes(b"")
     with pytest.raises(UserError, match="more than one"):
-        farm.find_sequence(tmp_path / "a")
+        find_sequence(tmp_path / "a")
 
 
 # -- chunked == whole, with the real engine -------------------------------------------------------------

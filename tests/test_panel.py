@@ -18,8 +18,12 @@ import pytest
 QtWidgets = pytest.importorskip("PySide6.QtWidgets")
 from PySide6.QtCore import Qt  # noqa: E402
 
-from toon_ofx.panel import window as panel_mod  # noqa: E402
 from toon_ofx.core import params as schema  # noqa: E402
+from toon_ofx.core.errors import UserError  # noqa: E402
+from toon_ofx.panel.backends import EngineBackend, InProcessBackend, Preview  # noqa: E402
+from toon_ofx.panel.param_form import model_choices  # noqa: E402
+from toon_ofx.panel.sources import CameraSource, IterSource, read_frame  # noqa: E402
+from toon_ofx.panel.window import ToonPanel  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT_COPY = Path(os.environ.get("TOON_OFX_SCREENSHOT", "/tmp/toon_ofx_panel.png"))
@@ -67,7 +71,7 @@ class FakeBackend:
         time.sleep(self.preview_delay)
         self.previews.append((source, frame, params))
         original = face_image(shift=frame)
-        return panel_mod.Preview(original, 255 - original, 1, frame)
+        return Preview(original, 255 - original, 1, frame)
 
     def submit(self, source, frames, params, output_folder, output_kind="sequence", name=None):
         first, last = frames or (0, 9)
@@ -134,15 +138,15 @@ def movie(tmp_path):
 def test_widgets_produce_schema_parameters(app, movie):
     models = [{"name": "toonify", "label": "Toonify (1024)", "size": 1024},
               {"name": "tiny-toon", "label": "Tiny toon", "size": 64}]
-    w = panel_mod.ToonPanel(FakeBackend(), source=str(movie), models=models)
+    w = ToonPanel(FakeBackend(), source=str(movie), models=models)
     try:
         assert w.params() == schema.defaults()
-        w.steps_slider.setValue(300)                       # the paper's projection-iterations slider
-        assert w.steps_spin.value() == 300
-        w.swap_combo.setCurrentIndex(w.swap_combo.findData(32))   # the paper's swap-resolution combo
-        w.param_widgets["warm_steps"]["widget"].setValue(40)
-        w.output_kind_combo.setCurrentIndex(w.output_kind_combo.findData("overlay"))
-        w.advanced_box.setChecked(True)
+        w.form.steps_slider.setValue(300)                       # the paper's projection-iterations slider
+        assert w.form.steps_spin.value() == 300
+        w.form.swap_combo.setCurrentIndex(w.form.swap_combo.findData(32))   # the paper's swap-resolution combo
+        w.form.param_widgets["warm_steps"]["widget"].setValue(40)
+        w.form.output_kind_combo.setCurrentIndex(w.form.output_kind_combo.findData("overlay"))
+        w.form.advanced_box.setChecked(True)
         w.findChild(QtWidgets.QDoubleSpinBox, "param_feather").setValue(0.2)
         w.findChild(QtWidgets.QCheckBox, "param_color_match").setChecked(False)
         w.findChild(QtWidgets.QComboBox, "param_latent_space").setCurrentIndex(0)
@@ -152,32 +156,32 @@ def test_widgets_produce_schema_parameters(app, movie):
         assert set(params) == set(schema.BY_NAME)
         # every schema parameter has a widget, and set_params round-trips
         w.set_params({"steps": 77, "swap_res": 16, "seed": 5})
-        assert (w.steps_slider.value(), w.params()["swap_res"], w.params()["seed"]) == (77, 16, 5)
+        assert (w.form.steps_slider.value(), w.params()["swap_res"], w.params()["seed"]) == (77, 16, 5)
         # swap resolutions are limited by the model's size
-        w.model_combo.setCurrentIndex(w.model_combo.findData("tiny-toon"))
-        assert [w.swap_combo.itemData(i) for i in range(w.swap_combo.count())] == [4, 8, 16, 32, 64]
+        w.form.model_combo.setCurrentIndex(w.form.model_combo.findData("tiny-toon"))
+        assert [w.form.swap_combo.itemData(i) for i in range(w.form.swap_combo.count())] == [4, 8, 16, 32, 64]
         assert w.params()["model"] == "tiny-toon" and w.params()["swap_res"] == 16
         w.set_params({"model": "/models/mine.pt"})          # a browsed path becomes an entry
         assert w.params()["model"] == "/models/mine.pt"
-        assert w.model_combo.itemText(w.model_combo.count() - 1) == "Browse…"
+        assert w.form.model_combo.itemText(w.form.model_combo.count() - 1) == "Browse…"
     finally:
         w.close()
 
 
 def test_models_come_from_the_manifest(app):
     pytest.importorskip("toon_ofx.core.model_store")
-    models = panel_mod.model_choices()
+    models = model_choices()
     kinds = {m["name"]: m["kind"] for m in models}
     assert kinds.get("toonify") == "blended" and "vgg16" not in kinds
     assert any(k == "base" for k in kinds.values())
-    w = panel_mod.ToonPanel(FakeBackend(), models=models)
+    w = ToonPanel(FakeBackend(), models=models)
     try:
         w.set_params({"model": "toonify"})
-        assert not w.swap_combo.isEnabled()                 # a published blended model: swap baked in
+        assert not w.form.swap_combo.isEnabled()                 # a published blended model: swap baked in
         toon = next((m["name"] for m in models if m["kind"] == "toon"), None)
         if toon:
             w.set_params({"model": toon})
-            assert w.swap_combo.isEnabled()
+            assert w.form.swap_combo.isEnabled()
         base = w.findChild(QtWidgets.QComboBox, "param_base_model")
         assert base.isEditable() and w.params()["base_model"] == schema.defaults()["base_model"]
         base.setCurrentText("/models/base.pt")
@@ -189,23 +193,23 @@ def test_models_come_from_the_manifest(app):
 # ----------------------------------------------------------------- preview
 def test_preview_shows_original_and_stylised_side_by_side(app, movie):
     backend = FakeBackend()
-    w = panel_mod.ToonPanel(backend, source=str(movie), models=[])
+    w = ToonPanel(backend, source=str(movie), models=[])
     w.show()
     try:
-        assert w.frame_slider.maximum() == 19
-        assert wait_until(app, lambda: w.original_view.image is not None)   # the frame under the scrubber
-        w.frame_slider.setValue(7)
-        w.preview_button.click()
-        assert not w.preview_button.isEnabled()            # running on the pool, the UI stays live
-        assert wait_until(app, lambda: w.last_preview is not None)
+        assert w.viewer.frame_slider.maximum() == 19
+        assert wait_until(app, lambda: w.viewer.original_view.image is not None)   # the frame under the scrubber
+        w.viewer.frame_slider.setValue(7)
+        w.viewer.preview_button.click()
+        assert not w.viewer.preview_button.isEnabled()            # running on the pool, the UI stays live
+        assert wait_until(app, lambda: w.viewer.last_preview is not None)
         assert backend.previews[0][:2] == (str(movie), 7)
         assert "MainThread" not in backend.threads
-        assert w.original_view.image.size().toTuple() == (160, 120)
-        assert w.stylised_view.image.size().toTuple() == (160, 120)
-        assert not w.stylised_view.pixmap().isNull() and not w.original_view.pixmap().isNull()
-        assert w.original_view.geometry().right() < w.stylised_view.geometry().left()   # side by side
-        assert "1 face" in w.faces_label.text()
-        assert w.preview_button.isEnabled()
+        assert w.viewer.original_view.image.size().toTuple() == (160, 120)
+        assert w.viewer.stylised_view.image.size().toTuple() == (160, 120)
+        assert not w.viewer.stylised_view.pixmap().isNull() and not w.viewer.original_view.pixmap().isNull()
+        assert w.viewer.original_view.geometry().right() < w.viewer.stylised_view.geometry().left()   # side by side
+        assert "1 face" in w.viewer.faces_label.text()
+        assert w.viewer.preview_button.isEnabled()
     finally:
         w.close()
 
@@ -218,16 +222,16 @@ def test_preview_accepts_png_bytes_from_the_engine_and_reports_errors(app, movie
     class PngBackend(FakeBackend):
         def preview(self, source, frame, params):
             if frame == 3:
-                raise panel_mod.UserError("frame 3 is outside the clip")
-            return panel_mod.Preview(png.tobytes(), png.tobytes(), [{"box": [0, 0, 1, 1]}] and 2, frame)
+                raise UserError("frame 3 is outside the clip")
+            return Preview(png.tobytes(), png.tobytes(), [{"box": [0, 0, 1, 1]}] and 2, frame)
 
-    w = panel_mod.ToonPanel(PngBackend(), source=str(movie), models=[])
+    w = ToonPanel(PngBackend(), source=str(movie), models=[])
     try:
-        w.frame_slider.setValue(2)
+        w.viewer.frame_slider.setValue(2)
         w.preview()
-        assert wait_until(app, lambda: w.last_preview is not None)
-        assert w.stylised_view.image.width() == 160 and "2 face" in w.faces_label.text()
-        w.frame_slider.setValue(3)
+        assert wait_until(app, lambda: w.viewer.last_preview is not None)
+        assert w.viewer.stylised_view.image.width() == 160 and "2 face" in w.viewer.faces_label.text()
+        w.viewer.frame_slider.setValue(3)
         w.preview()
         assert wait_until(app, lambda: "Preview failed" in w.status.text())
         assert "outside the clip" in w.status.text()
@@ -240,19 +244,19 @@ def test_render_progress_then_cancel(app, tmp_path):
     backend = FakeBackend(step=1)
     doc = clips_doc(tmp_path)
     result = tmp_path / "result.json"
-    w = panel_mod.ToonPanel(backend, clips_doc=doc, result_path=str(result), models=[], poll_ms=20)
+    w = ToonPanel(backend, clips_doc=doc, result_path=str(result), models=[], poll_ms=20)
     w.show()
     try:
         assert w.params()["steps"] == 250                    # initial params from the script
-        assert w.clip_list.count() == 2 and w.current_clip()["id"] == "ti-2"
-        assert (w.frame_slider.minimum(), w.frame_slider.maximum()) == (0, 9)
-        w.target_combo.setCurrentIndex(w.target_combo.findData(3))
-        w.render_button.click()
-        assert not w.render_button.isEnabled() and w.cancel_button.isEnabled()
-        assert wait_until(app, lambda: w.progress.value() > 0)
+        assert w.source_box.clip_list.count() == 2 and w.source_box.current_clip()["id"] == "ti-2"
+        assert (w.viewer.frame_slider.minimum(), w.viewer.frame_slider.maximum()) == (0, 9)
+        w.source_box.target_combo.setCurrentIndex(w.source_box.target_combo.findData(3))
+        w.render_bar.render_button.click()
+        assert not w.render_bar.render_button.isEnabled() and w.render_bar.cancel_button.isEnabled()
+        assert wait_until(app, lambda: w.render_bar.progress.value() > 0)
         assert "frames" in w.status.text()
-        w.cancel_button.click()
-        assert wait_until(app, lambda: not w.busy() and w.render_button.isEnabled())
+        w.render_bar.cancel_button.click()
+        assert wait_until(app, lambda: not w.busy() and w.render_bar.render_button.isEnabled())
         assert sorted(backend.cancelled) == ["j1", "j2"]
         assert "Cancelled" in w.status.text()
         doc_out = json.loads(result.read_text())
@@ -267,12 +271,12 @@ def test_render_to_completion_writes_the_result_and_closes(app, tmp_path):
     backend = FakeBackend(step=5)
     doc = clips_doc(tmp_path)
     result = tmp_path / "result.json"
-    w = panel_mod.ToonPanel(backend, clips_doc=doc, result_path=str(result), models=[], poll_ms=20)
+    w = ToonPanel(backend, clips_doc=doc, result_path=str(result), models=[], poll_ms=20)
     w.show()
     finished = []
     w.jobs_finished.connect(finished.append)
-    w.clip_list.item(1).setCheckState(Qt.Unchecked)           # only the first clip
-    w.steps_slider.setValue(120)
+    w.source_box.clip_list.item(1).setCheckState(Qt.Unchecked)           # only the first clip
+    w.form.steps_slider.setValue(120)
     w.render()
     assert wait_until(app, lambda: finished == ["done"])
     assert wait_until(app, lambda: not w.isVisible())          # back to the Resolve script
@@ -281,7 +285,7 @@ def test_render_to_completion_writes_the_result_and_closes(app, tmp_path):
     (entry,) = out["results"]
     assert entry["clip"] == "ti-1" and entry["job"]["frames"] == [4, 23]
     assert entry["job"]["params"]["steps"] == 120
-    assert w.progress.value() == 100
+    assert w.render_bar.progress.value() == 100
 
 
 def test_render_needs_a_source_and_reports_failures(app, tmp_path, movie):
@@ -291,18 +295,18 @@ def test_render_needs_a_source_and_reports_failures(app, tmp_path, movie):
             job.update(state="failed", error="no face found anywhere in the clip")
             return job
 
-    w = panel_mod.ToonPanel(Failing(), models=[], poll_ms=20)
+    w = ToonPanel(Failing(), models=[], poll_ms=20)
     try:
         w.render()
         assert "Choose a video" in w.status.text()
         w.set_source(str(tmp_path / "missing.mp4"))
         assert "Cannot open" in w.status.text()
         w.set_source(str(movie))
-        w.output_edit.setText(str(tmp_path / "out"))
+        w.source_box.output_edit.setText(str(tmp_path / "out"))
         w.render()
         assert wait_until(app, lambda: w.status.text().startswith("Failed"))
-        assert "no face found" in w.status.text() and w.render_button.isEnabled()
-        assert w._jobs[0]["job"]["output"]["folder"].startswith(str(tmp_path / "out"))
+        assert "no face found" in w.status.text() and w.render_bar.render_button.isEnabled()
+        assert w.render_bar.entries[0]["job"]["output"]["folder"].startswith(str(tmp_path / "out"))
     finally:
         w.close()
 
@@ -311,17 +315,16 @@ def test_render_needs_a_source_and_reports_failures(app, tmp_path, movie):
 def test_webcam_live_preview_with_injected_frames(app, movie):
     backend = FakeBackend(preview_delay=0.02)
     frames = [face_image(shift=i) for i in range(400)]
-    w = panel_mod.ToonPanel(backend, source=str(movie), models=[],
-                            frame_source=lambda: panel_mod.IterSource(frames))
+    w = ToonPanel(backend, source=str(movie), models=[], frame_source=lambda: IterSource(frames))
     w.show()
     try:
-        w.live_button.click()
-        assert wait_until(app, lambda: len(backend.previews) >= 2 and w.stylised_view.image is not None)
+        w.viewer.live_button.click()
+        assert wait_until(app, lambda: len(backend.previews) >= 2 and w.viewer.stylised_view.image is not None)
         source, frame, _ = backend.previews[-1]
         assert frame == 0 and source.endswith("live.png") and os.path.exists(source)
-        assert "Live" in w.faces_label.text()
-        w.live_button.click()
-        assert wait_until(app, lambda: w._grabber is None)
+        assert "Live" in w.viewer.faces_label.text()
+        w.viewer.live_button.click()
+        assert wait_until(app, lambda: not w.viewer.live.running)
     finally:
         w.close()
 
@@ -330,11 +333,11 @@ def test_no_camera_is_a_clear_message(app, movie):
     def no_camera():
         raise RuntimeError("No camera found (camera 0 could not be opened).")
 
-    w = panel_mod.ToonPanel(FakeBackend(), source=str(movie), models=[], frame_source=no_camera)
+    w = ToonPanel(FakeBackend(), source=str(movie), models=[], frame_source=no_camera)
     try:
         w.start_live()
         assert wait_until(app, lambda: "No camera found" in w.status.text())
-        assert not w.live_button.isChecked() and w._grabber is None
+        assert not w.viewer.live_button.isChecked() and not w.viewer.live.running
     finally:
         w.close()
 
@@ -344,7 +347,7 @@ def test_real_camera_source_without_a_camera():
     if cv2.VideoCapture(0).isOpened():  # pragma: no cover - a machine with a webcam
         pytest.skip("a camera is attached")
     with pytest.raises(RuntimeError, match="No camera found"):
-        panel_mod.CameraSource(0)
+        CameraSource(0)
 
 
 # -------------------------------------------------------------- screenshot
@@ -363,22 +366,22 @@ class PortraitBackend(FakeBackend):
         edges = cv2.adaptiveThreshold(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), 255, cv2.ADAPTIVE_THRESH_MEAN_C,
                                       cv2.THRESH_BINARY, 9, 4)
         toon[edges == 0] = 30
-        return panel_mod.Preview(image, toon.astype(np.uint8), 1, frame)
+        return Preview(image, toon.astype(np.uint8), 1, frame)
 
 
 def test_screenshot(app, tmp_path):
     backend = PortraitBackend()
     doc = clips_doc(tmp_path)
-    w = panel_mod.ToonPanel(backend, clips_doc=doc, models=[{"name": "toonify", "label": "Toonify", "size": 1024}],
-                            poll_ms=20)
+    w = ToonPanel(backend, clips_doc=doc, models=[{"name": "toonify", "label": "Toonify", "size": 1024}],
+                  poll_ms=20)
     w.resize(1200, 760)
     w.show()
     try:
-        w.frame_slider.setValue(5)
+        w.viewer.frame_slider.setValue(5)
         w.preview()
-        assert wait_until(app, lambda: w.last_preview is not None)
+        assert wait_until(app, lambda: w.viewer.last_preview is not None)
         w.render()
-        assert wait_until(app, lambda: 0 < w.progress.value() < 100, timeout=5) or True
+        assert wait_until(app, lambda: 0 < w.render_bar.progress.value() < 100, timeout=5) or True
         path = tmp_path / "panel.png"
         w.save_screenshot(str(path))
         from PySide6.QtGui import QImage
@@ -417,20 +420,20 @@ def test_engine_backend_previews_through_the_engine_process(app, tmp_path, movie
     from toon_ofx.service.server import Server
 
     def fake_preview(source, frame, params):
-        image = panel_mod.read_frame(source, frame)
+        image = read_frame(source, frame)
         return image, 255 - image, [{"box": [1, 2, 3, 4]}]
 
     server = Server(config_dir=tmp_path / "config", data_dir=tmp_path / "data", preview_fn=fake_preview,
                     model_check=None)
     with server:
-        backend = panel_mod.EngineBackend(EngineClient(server.url, server.token))
-        w = panel_mod.ToonPanel(backend, source=str(movie), models=[])
+        backend = EngineBackend(EngineClient(server.url, server.token))
+        w = ToonPanel(backend, source=str(movie), models=[])
         try:
-            w.frame_slider.setValue(4)
+            w.viewer.frame_slider.setValue(4)
             w.preview()
-            assert wait_until(app, lambda: w.last_preview is not None, timeout=30), w.status.text()
-            assert w.stylised_view.image.size().toTuple() == (96, 72)
-            assert w.last_preview.faces == 1 and w.last_preview.frame == 4
+            assert wait_until(app, lambda: w.viewer.last_preview is not None, timeout=30), w.status.text()
+            assert w.viewer.stylised_view.image.size().toTuple() == (96, 72)
+            assert w.viewer.last_preview.faces == 1 and w.viewer.last_preview.frame == 4
         finally:
             w.close()
 
@@ -459,7 +462,7 @@ def test_in_process_backend_runs_render_in_a_thread_and_cancels(tmp_path):
             return SimpleNamespace(kind="sequence", output=Path(request.output).parent, pattern=str(request.output),
                                    first_frame=first, last_frame=last, fps=24.0)
 
-    backend = panel_mod.InProcessBackend(render_module=FakeRender)
+    backend = InProcessBackend(render_module=FakeRender)
     assert backend.preview("x.mp4", 0, {}).faces == 1
     job = backend.submit("/m/a.mp4", [2, 5], {"steps": 9}, str(tmp_path), "sequence")
     assert job["params"]["steps"] == 9
@@ -486,15 +489,15 @@ def wait_for(predicate, timeout=10.0):
 def test_preview_through_the_real_renderer_with_tiny_models(app, astronaut_clip, tiny_params):
     """The panel's in-process backend on toon_ofx.core.render.preview: a real face, tiny generators."""
     pytest.importorskip("toon_ofx.core.render")
-    w = panel_mod.ToonPanel(panel_mod.InProcessBackend(), source=str(astronaut_clip), models=[])
+    w = ToonPanel(InProcessBackend(), source=str(astronaut_clip), models=[])
     try:
         w.set_params(tiny_params)
-        w.frame_slider.setValue(3)
+        w.viewer.frame_slider.setValue(3)
         w.preview()
-        assert wait_until(app, lambda: w.last_preview is not None or "failed" in w.status.text(), timeout=300)
-        assert w.last_preview is not None, w.status.text()
-        assert w.original_view.image.size().toTuple() == (256, 192)
-        assert w.stylised_view.image.size().toTuple() == (256, 192)
-        assert w.last_preview.faces == 1 and w.last_preview.frame == 3
+        assert wait_until(app, lambda: w.viewer.last_preview is not None or "failed" in w.status.text(), timeout=300)
+        assert w.viewer.last_preview is not None, w.status.text()
+        assert w.viewer.original_view.image.size().toTuple() == (256, 192)
+        assert w.viewer.stylised_view.image.size().toTuple() == (256, 192)
+        assert w.viewer.last_preview.faces == 1 and w.viewer.last_preview.frame == 3
     finally:
         w.close()

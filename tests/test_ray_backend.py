@@ -21,7 +21,8 @@ ray = pytest.importorskip("ray")
 
 from toon_ofx.core import media  # noqa: E402
 from toon_ofx.core.errors import Cancelled, UserError  # noqa: E402
-from toon_ofx.farm.ray_backend import _chunk_size_for, render_with_ray  # noqa: E402
+from toon_ofx.farm.plan import chunk_size_for_workers  # noqa: E402
+from toon_ofx.farm.ray_backend import render_with_ray  # noqa: E402
 from toon_ofx.core.render import ProgressEvent, RenderRequest, RenderResult  # noqa: E402
 
 from conftest import FIXTURES  # noqa: E402
@@ -201,10 +202,10 @@ def test_chunking_needs_keyframes(cluster, tmp_path):
 
 
 def test_default_chunk_size_keeps_workers_busy():
-    assert _chunk_size_for(1000, 48, 2) == 96
-    assert _chunk_size_for(100, 48, 2) == 96
-    assert _chunk_size_for(90, 48, 2) == 48
-    assert _chunk_size_for(30, 4, 8) == 4
+    assert chunk_size_for_workers(1000, 48, 2) == 96
+    assert chunk_size_for_workers(100, 48, 2) == 96
+    assert chunk_size_for_workers(90, 48, 2) == 48
+    assert chunk_size_for_workers(30, 4, 8) == 4
 
 
 def test_ray_matches_single_process_render(cluster, engine_params, tmp_path):

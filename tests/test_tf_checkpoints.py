@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from engine.generator import checkpoints as ck
 from engine.generator.checkpoints import CheckpointError, inspect_checkpoint, load_generator, save_generator
+from engine.generator.safe_pickle import RestrictedUnpickler
 from tiny_models import (TF_BUILD_MODULE_SRC, TFNetwork, random_ws, same_outputs, save_tf_pkl,
                          tf_discriminator_stub, tf_generator_network, tf_networks, tiny_generator,
                          write_tf_pickle)
@@ -85,7 +86,7 @@ def test_the_pickle_is_what_tensorflow_writes(gen, tmp_path):
     assert names == {"dnnlib.tflib.network Network", "numpy.core.multiarray _reconstruct",
                      "numpy ndarray", "numpy dtype", "numpy.core.multiarray scalar"}
     with open(path, "rb") as f:
-        G, D, Gs = ck._RestrictedUnpickler(f, "g.pkl").load()
+        G, D, Gs = RestrictedUnpickler(f, "g.pkl").load()
     assert set(Gs.state) == {"version", "name", "static_kwargs", "components", "build_module_src",
                              "build_func_name", "variables"}
     assert Gs.state["version"] == 4 and Gs.state["build_module_src"] == TF_BUILD_MODULE_SRC
@@ -220,7 +221,7 @@ def _tf_reference(gs, ms, ss, mkw, z, psi):
 
 def _raw_tf_variables(path):
     with open(path, "rb") as f:
-        _, _, Gs = ck._RestrictedUnpickler(f, path.name).load()
+        _, _, Gs = RestrictedUnpickler(f, path.name).load()
     comps = Gs.state["components"]
 
     def tensors(net):

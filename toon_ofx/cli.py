@@ -9,37 +9,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Callable, List, Optional
 
 from . import __version__
 from .core.errors import Cancelled, UserError
-from .core.params import PARAMS, validate
-
-
-def _frame_range(text: str):
-    try:
-        first, _, last = text.partition("-")
-        first, last = int(first), int(last if last else first)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a frame range like 10-120, got {text!r}") from None
-    return first, last
-
-
-def add_param_options(parser: argparse.ArgumentParser) -> None:
-    """One --option per schema parameter (defaults stay in the schema, not here)."""
-    group = parser.add_argument_group("effect parameters")
-    for p in PARAMS:
-        flag = "--" + p.name.replace("_", "-")
-        extra: Dict[str, Any] = {"dest": p.name, "default": None, "help": f"{p.help} (default: {p.default})"}
-        if p.type is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **extra)
-        else:
-            group.add_argument(flag, metavar=p.name.upper(), **extra)
-
-
-def params_from_args(args: argparse.Namespace) -> Dict[str, Any]:
-    given = {p.name: getattr(args, p.name) for p in PARAMS if getattr(args, p.name, None) is not None}
-    return validate(given)
+from .core.options import add_param_options, frame_range, params_from_args
 
 
 # -- render ---------------------------------------------------------------
@@ -49,10 +23,10 @@ def add_render_parser(sub) -> None:
     p.add_argument("source", type=Path, help="movie file or image sequence")
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="movie (.mp4/.mov/.mkv), folder, or pattern like out/shot.%%06d.png")
-    p.add_argument("--frames", type=_frame_range, metavar="A-B", help="inclusive source frame range (0-based)")
+    p.add_argument("--frames", type=frame_range, metavar="A-B", help="inclusive source frame range (0-based)")
     p.add_argument("--warmup", type=int, default=0, metavar="N",
                    help="process N extra frames before A without writing them")
-    p.add_argument("--chunk-of", type=_frame_range, metavar="F-L",
+    p.add_argument("--chunk-of", type=frame_range, metavar="F-L",
                    help="farm tasks: the whole job's range; --frames is moved onto the keyframe grid "
                         "so no two tasks project the same frames")
     p.add_argument("--work-dir", type=Path, help="where frames of a movie output are kept until encoded")
@@ -106,7 +80,7 @@ def run_render(args) -> int:
     params = params_from_args(args)
     frames = args.frames
     if args.chunk_of:
-        from .farm.farm import snap_chunk
+        from .farm.plan import snap_chunk
 
         if frames is None:
             raise UserError("--chunk-of needs --frames (this task's chunk)", field="frames")
@@ -174,9 +148,9 @@ def run_blend(args) -> int:
 SUBCOMMANDS = (
     ("models", "core.model_store", "add_models_parser", "run_models"),
     ("serve", "service.server", "add_serve_parser", "run_serve"),
-    ("farm", "farm.farm", "add_farm_parser", "run_farm"),
-    ("assemble", "farm.farm", "add_assemble_parser", "run_assemble"),
-    ("panel", "panel.window", "add_panel_parser", "run_panel"),
+    ("farm", "farm.commands", "add_farm_parser", "run_farm"),
+    ("assemble", "farm.commands", "add_assemble_parser", "run_assemble"),
+    ("panel", "panel.app", "add_panel_parser", "run_panel"),
     ("install-resolve-script", "hosts.resolve", "add_install_parser", "run_install"),
     ("dataset", "training.dataset", "add_dataset_parser", "run_dataset"),
     ("train", "training.train", "add_train_parser", "run_train"),

@@ -6,6 +6,8 @@ Parameter and buffer names follow rosinality's stylegan2-pytorch exactly
 de-facto checkpoint format and layer swapping is a dictionary operation.
 No custom CUDA ops: upfirdn2d and fused leaky ReLU are written with plain
 torch functions, so the modules run on CPU, CUDA, float32 and half precision.
+Deliberately one file (over the usual module size), like rosinality's
+``model.py``: the whole network reads at once, and its names are the format.
 """
 
 from __future__ import annotations

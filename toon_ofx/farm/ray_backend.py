@@ -2,7 +2,7 @@
 
 For teams without a farm manager. One persistent actor per GPU (or per CPU worker)
 loads the models once and renders chunk after chunk; chunks are the same
-keyframe-aligned frame ranges a farm manager would run (toon_ofx.farm.farm.plan_chunks),
+keyframe-aligned frame ranges a farm manager would run (toon_ofx.farm.plan.plan_chunks),
 all written into one image sequence, so the result is identical to a single-process
 render. A chunk that fails is retried (on a fresh actor when its actor died);
 progress of all workers is aggregated into the usual ProgressEvents; a movie output
@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from ..core.errors import Cancelled, UserError
-from .farm import Chunk, assemble, default_chunk_size, plan_chunks, sequence_frames, tracker_memory
+from .assemble import assemble, sequence_frames
+from .plan import Chunk, chunk_size_for_workers, plan_chunks, tracker_memory
 
 DEFAULT_MAX_RETRIES = 2
 POLL_SECONDS = 0.25
@@ -192,14 +193,6 @@ class _Progress:
             self.callback(self.Event(stage, done, self.total, faces, eta))
 
 
-def _chunk_size_for(n_frames: int, keyframes: int, workers: int) -> int:
-    """Default chunk: two keyframe intervals, fewer when that leaves workers idle."""
-    size = default_chunk_size(keyframes)
-    while size > keyframes and math.ceil(n_frames / size) < workers:
-        size -= keyframes
-    return size
-
-
 def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional[int] = None,
                     workers: Optional[int] = None, progress: Optional[Callable] = None,
                     cancel: Optional[threading.Event] = None, *, max_retries: int = DEFAULT_MAX_RETRIES,
@@ -235,7 +228,7 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
     try:
         place = _placement(ray, params, workers)
         n_workers = place["workers"]
-        size = chunk_size if chunk_size is not None else _chunk_size_for(total, keyframes, n_workers)
+        size = chunk_size if chunk_size is not None else chunk_size_for_workers(total, keyframes, n_workers)
         overlap = max(request.warmup, tracker_memory(params))
         chunks = plan_chunks(first, last, size, overlap, keyframe_interval=keyframes)
         present = set(sequence_frames(plan.pattern))

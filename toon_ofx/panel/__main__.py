@@ -1,6 +1,6 @@
 """`python -m toon_ofx.panel`: the panel on its own (what the Resolve script runs)."""
 import sys
 
-from .window import main
+from .app import main
 
 sys.exit(main())

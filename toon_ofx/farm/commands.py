@@ -1,0 +1,138 @@
+"""The farm's sub-commands: `toon-ofx farm export` and `toon-ofx assemble`."""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Optional, Tuple
+
+from ..core.errors import UserError
+from ..core.options import add_param_options, checked_frame_range, params_from_args
+from .assemble import MOVIE_SUFFIXES, assemble
+from .export import FORMATS, write_export
+from .job import FarmJob, split_pattern
+from .plan import default_chunk_size, effective_chunk_size
+
+
+# -- farm export ------------------------------------------------------------------------------------------
+def _abs(path: str) -> str:
+    """Absolute form of a farm path; Windows/UNC and already-absolute paths are kept."""
+    if re.match(r"^([A-Za-z]:[\\/]|\\\\|/)", path):
+        return path
+    return str(Path.cwd() / path)
+
+
+def _default_outputs(source: str, overlay: bool) -> Tuple[str, str]:
+    src = Path(source)
+    stem = f"{src.stem}_toon"
+    movie = src.with_name(stem + (".mov" if overlay else ".mp4"))
+    return str(src.with_name(stem + "_frames") / f"{stem}.%06d.png"), str(movie)
+
+
+def job_from_args(args: argparse.Namespace) -> FarmJob:
+    """Validate `farm export` arguments into a FarmJob (probing the source when it is readable)."""
+    params = params_from_args(args)
+    k = params["keyframe_interval"]
+    if k <= 0:
+        raise UserError("farm chunks need keyframe_interval > 0: without keyframes every chunk would have to "
+                        "re-render the clip from frame 0 to reproduce a single-pass render",
+                        field="keyframe_interval")
+    source = _abs(str(args.source))
+    overlay = params["output_kind"] == "overlay"
+    seq_default, movie_default = _default_outputs(source, overlay)
+    sequence = _abs(str(args.sequence)) if args.sequence else seq_default
+    if "%" not in split_pattern(sequence)[1]:
+        sequence = sequence.rstrip("/\\") + "/" + f"{Path(source).stem}_toon.%06d.png"
+    if not re.search(r"%0?\d*d", split_pattern(sequence)[1]) or not sequence.lower().endswith(".png"):
+        raise UserError(f"frame pattern {sequence!r} must look like folder/name.%06d.png", field="sequence")
+    movie: Optional[str] = None
+    if not args.no_movie:
+        movie = _abs(str(args.movie)) if args.movie else movie_default
+        if Path(movie).suffix.lower() not in MOVIE_SUFFIXES:
+            raise UserError(f"output movie {movie} must end in {', '.join(MOVIE_SUFFIXES)}", field="movie")
+        if overlay and Path(movie).suffix.lower() != ".mov":
+            raise UserError("an RGBA overlay needs a .mov output movie (or --no-movie)", field="movie")
+        if movie == source:
+            raise UserError(f"output movie {movie} is the source clip; the source is never written to",
+                            field="movie")
+    frames = args.frames
+    local = Path(args.source)
+    if local.exists():
+        try:
+            from ..core import media
+        except ImportError:
+            media = None  # type: ignore[assignment]
+        if media is not None:
+            count = media.probe(local).frame_count
+            if frames is None:
+                frames = (0, count - 1)
+            elif frames[1] >= count:
+                raise UserError(f"frame range {frames[0]}-{frames[1]} is outside the clip (frames 0-{count - 1})",
+                                field="frames")
+    if frames is None:
+        raise UserError(f"cannot read {args.source} here to count its frames; give --frames A-B", field="frames")
+    chunk_size = args.chunk_size if args.chunk_size is not None else default_chunk_size(k)
+    if args.warmup < 0:
+        raise UserError("--warmup must be 0 or more", field="warmup")
+    name = args.name or f"toon-ofx {Path(source).stem} {frames[0]}-{frames[1]}"
+    return FarmJob(source=source, sequence=sequence, movie=movie, frames=tuple(frames), chunk_size=chunk_size,
+                   params=params, warmup=args.warmup, executable=args.toon_ofx, name=name)
+
+
+def add_farm_parser(sub) -> None:
+    """`toon-ofx farm export --format openjd|opencue|flamenco SRC -o DIR`."""
+    farm = sub.add_parser("farm", help="render-farm job descriptions (Deadline/OpenJD, OpenCue, Flamenco)",
+                          description="Write ready-to-submit render-farm jobs that render a clip in frame-range "
+                                      "chunks into one image sequence and assemble the movie at the end.")
+    farm_sub = farm.add_subparsers(dest="farm_command", metavar="ACTION", required=True)
+    p = farm_sub.add_parser("export", help="write a job for a farm manager",
+                            description="Write a job for a farm manager. Paths are as the farm's workers see "
+                                        "them; the source is probed when it is readable here.")
+    p.add_argument("source", help="the clip (as the farm sees it)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="folder to write the job files into")
+    p.add_argument("--format", choices=FORMATS, required=True,
+                   help="openjd: Deadline Cloud job bundle (template.json); opencue: PyOutline script; "
+                        "flamenco: job type toon_ofx.js + job.json")
+    p.add_argument("--frames", type=checked_frame_range, metavar="A-B",
+                   help="inclusive source frame range (0-based); default: the whole clip")
+    p.add_argument("--chunk-size", type=int, help="frames per task (default: two keyframe intervals; moved to "
+                   "a multiple of the keyframe interval)")
+    p.add_argument("--warmup", type=int, default=0, metavar="N",
+                   help="extra frames each task processes before its chunk, not written")
+    p.add_argument("--sequence", help="frame pattern or folder (default: <clip>_toon_frames/<clip>_toon.%%06d.png)")
+    p.add_argument("--movie", help="movie assembled at the end (default: <clip>_toon.mp4, .mov for overlays)")
+    p.add_argument("--no-movie", action="store_true", help="no assemble step: the frames are the result")
+    p.add_argument("--name", help="job name")
+    p.add_argument("--toon-ofx", default="toon-ofx", metavar="COMMAND", help="the toon-ofx command on the workers")
+    add_param_options(p)
+
+
+def run_farm(args) -> int:
+    if args.farm_command != "export":  # pragma: no cover - argparse allows only export
+        raise UserError(f"unknown farm action {args.farm_command!r}")
+    job = job_from_args(args)
+    written = write_export(args.format, job, args.output)
+    chunks = job.chunks()
+    print(f"toon-ofx: wrote {', '.join(str(p) for p in written)}: frames {job.frames[0]}-{job.frames[1]} in "
+          f"{len(chunks)} chunk(s) of up to {effective_chunk_size(job.chunk_size, job.keyframe_interval)} frames",
+          file=sys.stderr)
+    return 0
+
+
+# -- assemble ---------------------------------------------------------------------------------------------
+def add_assemble_parser(sub) -> None:
+    p = sub.add_parser("assemble", help="encode a rendered frame sequence into a movie with the source's audio",
+                       description="The last step of a farm render: check that every frame is there and encode "
+                                   "the movie with the source clip's frame timing and audio.")
+    p.add_argument("sequence", type=Path, help="frame folder or pattern like frames/clip_toon.%%06d.png")
+    p.add_argument("--source", type=Path, required=True, help="the source clip (timing and audio)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="movie to write (.mp4/.mov/.mkv)")
+    p.add_argument("--frames", type=checked_frame_range, metavar="A-B",
+                   help="source frames to assemble (default: the frames found); all must be present")
+
+
+def run_assemble(args) -> int:
+    out = assemble(args.sequence, args.source, args.output, args.frames)
+    print(f"toon-ofx: wrote {out}", file=sys.stderr)
+    return 0

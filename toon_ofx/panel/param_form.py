@@ -1,0 +1,248 @@
+"""The effect's parameters as widgets, generated from the schema (`toon_ofx.core.params`) and validated by it.
+
+The paper's controls get their own widgets (the model, a combo box for the swap resolution, a slider for the
+projection iterations, the output kind); every other schema parameter gets one from its type, range and
+choices, under "More settings". Models come from the manifest (`model_choices`).
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Dict, List
+
+from PySide6 import QtWidgets
+from PySide6.QtCore import Qt
+
+from ..core import params as schema
+from ..core.errors import UserError
+
+DEFAULT_MODEL_SIZE = 1024
+
+
+def model_choices() -> List[Dict[str, Any]]:
+    """[{"name", "label", "tooltip", "size", "kind", "installed"}] from the model manifest (toon_ofx.core.model_store).
+
+    Base models (kind "base") are returned too: the panel offers them for `base_model`; perceptual and
+    landmark weights are left out.
+    """
+    try:
+        from ..core import model_store
+        rows = model_store.list_models()
+    except Exception:  # noqa: BLE001 - no store, or a broken manifest: the panel still opens
+        return []
+    out = []
+    for row in rows or []:
+        kind = str(row.get("kind") or "")
+        if kind not in ("toon", "blended", "base"):
+            continue
+        installed = bool(row.get("installed", True))
+        label = row["name"] if installed else f"{row['name']} (not downloaded)"
+        tip = str(row.get("title") or row["name"])
+        if not installed:
+            tip += f"\nGet it with: toon-ofx models pull {row['name']}"
+        if row.get("licence"):
+            tip += f"\nLicence: {row['licence']}"
+        out.append({"name": row["name"], "label": label, "tooltip": tip, "size": row.get("resolution"),
+                    "kind": kind, "installed": installed})
+    return out
+
+
+class ParamForm(QtWidgets.QWidget):
+    """The "Toonify" box and "More settings": `params()` reads every parameter, `set_params()` shows them."""
+
+    def __init__(self, models: List[Dict[str, Any]], parent=None):
+        super().__init__(parent)
+        self.models = models
+        self.param_widgets: Dict[str, Dict[str, Any]] = {}
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self._build_params_box())
+        layout.addWidget(self._build_advanced_box())
+
+    def _build_params_box(self) -> QtWidgets.QGroupBox:
+        box = QtWidgets.QGroupBox("Toonify")
+        form = QtWidgets.QFormLayout(box)
+        # model: the manifest's toon models, plus Browse…
+        p = schema.BY_NAME["model"]
+        self.model_combo = QtWidgets.QComboBox()
+        self.model_combo.setObjectName("model_combo")
+        self.model_combo.setToolTip(p.help)
+        toons = [m for m in self.models if m.get("kind", "toon") != "base"]
+        if p.default not in [m["name"] for m in toons]:
+            self.model_combo.addItem(p.default, p.default)
+        for m in toons:
+            self.model_combo.addItem(str(m.get("label") or m["name"]), m["name"])
+            if m.get("tooltip"):
+                self.model_combo.setItemData(self.model_combo.count() - 1, m["tooltip"], Qt.ToolTipRole)
+        self.model_combo.addItem("Browse…", None)
+        self._model_index = 0
+        self.model_combo.activated.connect(self._model_activated)
+        self.model_combo.currentIndexChanged.connect(lambda _: self._update_swap_choices())
+        form.addRow(p.label, self.model_combo)
+        self._register("model", self.model_combo, self._combo_value(self.model_combo), self._set_model)
+
+        p = schema.BY_NAME["swap_res"]
+        self.swap_combo = QtWidgets.QComboBox()
+        self.swap_combo.setObjectName("swap_combo")
+        self.swap_combo.setToolTip(p.help)
+        form.addRow(p.label, self.swap_combo)
+        self._register("swap_res", self.swap_combo, self._combo_value(self.swap_combo),
+                       lambda v: self._set_combo(self.swap_combo, int(v)))
+        self._update_swap_choices()
+
+        p = schema.BY_NAME["steps"]
+        row = QtWidgets.QHBoxLayout()
+        self.steps_slider = QtWidgets.QSlider(Qt.Horizontal)
+        self.steps_slider.setObjectName("steps_slider")
+        self.steps_slider.setRange(int(p.minimum), int(p.maximum))
+        self.steps_slider.setSingleStep(10)
+        self.steps_slider.setPageStep(100)
+        self.steps_slider.setToolTip(p.help)
+        self.steps_spin = QtWidgets.QSpinBox()
+        self.steps_spin.setObjectName("steps_spin")
+        self.steps_spin.setRange(int(p.minimum), int(p.maximum))
+        self.steps_slider.valueChanged.connect(self.steps_spin.setValue)
+        self.steps_spin.valueChanged.connect(self.steps_slider.setValue)
+        self.steps_slider.setValue(int(p.default))
+        row.addWidget(self.steps_slider, 1)
+        row.addWidget(self.steps_spin)
+        form.addRow("Projection iterations", row)
+        self._register("steps", self.steps_slider, self.steps_slider.value, lambda v: self.steps_slider.setValue(int(v)))
+
+        self._add_generic(form, schema.BY_NAME["warm_steps"])
+        p = schema.BY_NAME["output_kind"]
+        self.output_kind_combo = QtWidgets.QComboBox()
+        self.output_kind_combo.setObjectName("output_kind_combo")
+        self.output_kind_combo.setToolTip(p.help)
+        self.output_kind_combo.addItem("Full frame", "frame")
+        self.output_kind_combo.addItem("Face overlay (RGBA)", "overlay")
+        form.addRow(p.label, self.output_kind_combo)
+        self._register("output_kind", self.output_kind_combo, self._combo_value(self.output_kind_combo),
+                       lambda v: self._set_combo(self.output_kind_combo, v))
+        return box
+
+    def _build_advanced_box(self) -> QtWidgets.QGroupBox:
+        box = QtWidgets.QGroupBox("More settings")
+        box.setCheckable(True)
+        box.setChecked(False)
+        inner = QtWidgets.QWidget()
+        form = QtWidgets.QFormLayout(inner)
+        for p in schema.PARAMS:
+            if p.name not in self.param_widgets:
+                self._add_generic(form, p)
+        layout = QtWidgets.QVBoxLayout(box)
+        layout.addWidget(inner)
+        inner.setVisible(False)
+        box.toggled.connect(inner.setVisible)
+        self.advanced_box = box
+        return box
+
+    def _add_generic(self, form: QtWidgets.QFormLayout, p) -> None:
+        """A widget for any schema parameter, from its type, range and choices."""
+        bases = [m for m in self.models if m.get("kind") == "base"]
+        if p.name == "base_model" and bases:
+            w = QtWidgets.QComboBox()
+            w.setEditable(True)
+            for m in bases:
+                w.addItem(m["name"])
+                w.setItemData(w.count() - 1, m.get("tooltip") or m["name"], Qt.ToolTipRole)
+            getter, setter = w.currentText, (lambda v, w=w: w.setCurrentText(str(v)))
+        elif p.choices is not None:
+            w = QtWidgets.QComboBox()
+            for choice in p.choices:
+                w.addItem(str(choice), choice)
+            getter, setter = self._combo_value(w), (lambda v, w=w: self._set_combo(w, v))
+        elif p.type is bool:
+            w = QtWidgets.QCheckBox()
+            getter, setter = w.isChecked, (lambda v, w=w: w.setChecked(bool(v)))
+        elif p.type is int:
+            w = QtWidgets.QSpinBox()
+            w.setRange(int(p.minimum if p.minimum is not None else -2**31),
+                       int(min(p.maximum, 2**31 - 1) if p.maximum is not None else 2**31 - 1))
+            getter, setter = w.value, (lambda v, w=w: w.setValue(int(v)))
+        elif p.type is float:
+            w = QtWidgets.QDoubleSpinBox()
+            w.setDecimals(3)
+            w.setSingleStep(0.01)
+            w.setRange(p.minimum if p.minimum is not None else -1e9, p.maximum if p.maximum is not None else 1e9)
+            getter, setter = w.value, (lambda v, w=w: w.setValue(float(v)))
+        else:
+            w = QtWidgets.QLineEdit()
+            getter, setter = w.text, (lambda v, w=w: w.setText(str(v)))
+        w.setObjectName(f"param_{p.name}")
+        w.setToolTip(p.help)
+        setter(p.default)
+        form.addRow(p.label, w)
+        self._register(p.name, w, getter, setter)
+
+    def _register(self, name: str, widget, getter: Callable[[], Any], setter: Callable[[Any], None]) -> None:
+        self.param_widgets[name] = {"widget": widget, "get": getter, "set": setter}
+
+    @staticmethod
+    def _combo_value(combo: QtWidgets.QComboBox) -> Callable[[], Any]:
+        return lambda: combo.currentData()
+
+    @staticmethod
+    def _set_combo(combo: QtWidgets.QComboBox, value: Any) -> None:
+        index = combo.findData(value)
+        if index < 0:
+            raise UserError(f"{value!r} is not offered here", field=combo.objectName())
+        combo.setCurrentIndex(index)
+
+    # ------------------------------------------------------------- models
+    def _set_model(self, value: str) -> None:
+        index = self.model_combo.findData(value)
+        if index < 0:
+            index = self.model_combo.count() - 1
+            self.model_combo.insertItem(index, os.path.basename(str(value)), value)
+        self.model_combo.setCurrentIndex(index)
+        self._model_index = index
+
+    def _model_activated(self, index: int) -> None:
+        if self.model_combo.itemData(index) is not None:
+            self._model_index = index
+            return
+        path, _ = QtWidgets.QFileDialog.getOpenFileName(self, "Toon model", "",
+                                                        "Generators (*.pt *.pkl *.pth);;All files (*)")
+        if path:
+            self._set_model(path)
+        else:
+            self.model_combo.setCurrentIndex(self._model_index)
+
+    def model_size(self) -> int:
+        name = self.model_combo.currentData()
+        for m in self.models:
+            if m["name"] == name and m.get("size"):
+                return int(m["size"])
+        return DEFAULT_MODEL_SIZE
+
+    def model_kind(self) -> str:
+        name = self.model_combo.currentData()
+        return next((str(m.get("kind") or "") for m in self.models if m["name"] == name), "")
+
+    def _update_swap_choices(self) -> None:
+        keep = self.swap_combo.currentData() or schema.BY_NAME["swap_res"].default
+        size = self.model_size()
+        blended = self.model_kind() == "blended"
+        self.swap_combo.setEnabled(not blended)
+        self.swap_combo.setToolTip("This published model is already blended: its swap resolution is baked in."
+                                   if blended else schema.BY_NAME["swap_res"].help)
+        self.swap_combo.blockSignals(True)
+        self.swap_combo.clear()
+        for r in schema.SWAP_RESOLUTIONS:
+            if r <= size:
+                self.swap_combo.addItem(f"{r} × {r}", r)
+        self.swap_combo.blockSignals(False)
+        index = self.swap_combo.findData(keep)
+        self.swap_combo.setCurrentIndex(index if index >= 0 else self.swap_combo.count() - 1)
+
+    # ------------------------------------------------------------- params
+    def params(self) -> Dict[str, Any]:
+        """The widgets' values, validated by the schema (a complete parameter dict)."""
+        values = {name: entry["get"]() for name, entry in self.param_widgets.items()}
+        return schema.validate(values)
+
+    def set_params(self, values: Dict[str, Any]) -> None:
+        """Show `values` (validated by the schema first) in their widgets."""
+        for name, value in schema.validate(values).items():
+            if name in self.param_widgets:
+                self.param_widgets[name]["set"](value)
