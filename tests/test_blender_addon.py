@@ -154,19 +154,28 @@ def clip(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def grey_clip(tmp_path_factory) -> Path:
-    """72 frames at 30 fps, 64x36, frame n a flat grey of level 3n: a render tells which frame shows."""
+def grey_movies_at(folder: Path, frames: int, rates: dict) -> dict:
+    """Movies whose frame n is a flat 64x36 grey of level 3n (a render tells which frame shows), lossless H.264.
+
+    `rates` maps a label to ffmpeg's spelling of the frame rate; returns label -> path.
+    """
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
-        pytest.skip("ffmpeg is not installed (needed to make the grey-coded test clip)")
-    folder = tmp_path_factory.mktemp("grey")
-    for n in range(72):
+        pytest.skip("ffmpeg is not installed (needed to make the grey-coded test movies)")
+    for n in range(frames):
         (folder / f"g{n:03d}.png").write_bytes(png.png_bytes(64, 36, (3 * n,) * 3))
-    out = folder / "grey30.mp4"
-    subprocess.run([ffmpeg, "-v", "error", "-framerate", "30", "-i", str(folder / "g%03d.png"), "-c:v", "libx264",
-                    "-qp", "0", "-pix_fmt", "yuv444p", str(out)], check=True)
-    return out
+    movies = {}
+    for label, rate in rates.items():
+        movies[label] = folder / f"grey{label}.mp4"
+        subprocess.run([ffmpeg, "-v", "error", "-framerate", rate, "-i", str(folder / "g%03d.png"), "-c:v", "libx264",
+                        "-qp", "0", "-pix_fmt", "yuv444p", str(movies[label])], check=True)
+    return movies
+
+
+@pytest.fixture(scope="session")
+def grey_clip(tmp_path_factory) -> Path:
+    """72 frames at 30 fps: grey30.mp4."""
+    return grey_movies_at(tmp_path_factory.mktemp("grey"), 72, {"30": "30"})["30"]
 
 
 #: Frame rates of the grey-coded movies (ffmpeg's spelling) and the scenes they play in (fps, fps_base).
@@ -176,19 +185,8 @@ RATES = {"23.976": ("24000/1001", 24, 1.001), "24": ("24", 24, 1.0), "25": ("25"
 
 @pytest.fixture(scope="session")
 def grey_movies(tmp_path_factory) -> dict:
-    """48-frame grey-coded movies (frame n is grey level 3n) at every rate in RATES."""
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        pytest.skip("ffmpeg is not installed (needed to make the grey-coded test movies)")
-    folder = tmp_path_factory.mktemp("grey_rates")
-    for n in range(48):
-        (folder / f"g{n:03d}.png").write_bytes(png.png_bytes(64, 36, (3 * n,) * 3))
-    movies = {}
-    for label, (rate, _, _) in RATES.items():
-        movies[label] = folder / f"grey{label}.mp4"
-        subprocess.run([ffmpeg, "-v", "error", "-framerate", rate, "-i", str(folder / "g%03d.png"), "-c:v", "libx264",
-                        "-qp", "0", "-pix_fmt", "yuv444p", str(movies[label])], check=True)
-    return movies
+    """48-frame grey-coded movies at every rate in RATES."""
+    return grey_movies_at(tmp_path_factory.mktemp("grey_rates"), 48, {k: v[0] for k, v in RATES.items()})
 
 
 @pytest.fixture(scope="session")
