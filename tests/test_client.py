@@ -331,3 +331,124 @@ def test_connect_reports_an_engine_that_cannot_start(dirs_env, tmp_path):
     assert "exit code 1" in str(err.value)
     with pytest.raises(EngineUnavailable, match="cannot start"):
         EngineClient.connect(python=str(tmp_path / "no-such-python"), wait=5)
+
+
+# --------------------------------------------------------------------------- the token goes only to the engine
+
+class _Impostor:
+    """An HTTP server on a loopback port that records every request; `relay_to` forwards challenges there."""
+
+    def __init__(self, relay_to=None):
+        import http.server
+
+        self.requests = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _answer(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                outer.requests.append((self.command, self.path, dict(self.headers)))
+                answer = {"service": "toon-ofx", "proof": "0" * 64, "jobs": [], "params": []}
+                if self.path == "/v1/challenge" and relay_to is not None:
+                    import urllib.request
+
+                    req = urllib.request.Request(relay_to + self.path, data=body, method="POST",
+                                                 headers={"Content-Type": "application/json"})
+                    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+                    answer = json.loads(opener.open(req, timeout=10).read())
+                data = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = _answer
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_token_never_sent_to_an_impostor_on_a_stale_port(dirs_env):
+    """server.json names a port some other program now holds while the recorded pid is alive (pid reuse):
+    the client asks it to prove it holds the token and never sends the token."""
+    (dirs_env / "config").mkdir(mode=0o700)
+    (dirs_env / "config" / "token").write_text("s" * 43)
+    impostor = _Impostor()
+    try:
+        (dirs_env / "config" / "server.json").write_text(json.dumps({"url": impostor.url, "pid": os.getpid()}))
+        for attempt in (lambda: EngineClient().health(), lambda: EngineClient().jobs(),
+                        lambda: EngineClient.connect(start=False)):
+            with pytest.raises(EngineError) as err:
+                attempt()
+            assert err.value.status == 401 and "could not prove" in str(err.value)
+        assert impostor.requests and all(path == "/v1/challenge" for _, path, _ in impostor.requests)
+        assert not any("s" * 43 in json.dumps(headers) for _, _, headers in impostor.requests)
+    finally:
+        impostor.close()
+
+
+def test_a_relayed_proof_is_refused(engine, dirs_env):
+    """An impostor that forwards the challenge to the real engine gets a proof for the engine's port, not its own."""
+    impostor = _Impostor(relay_to=engine.url)
+    try:
+        with pytest.raises(EngineError) as err:
+            EngineClient(impostor.url, engine.token).health()
+        assert err.value.status == 401
+        assert not any(engine.token in json.dumps(headers) for _, _, headers in impostor.requests)
+        assert EngineClient(engine.url, engine.token).health()["service"] == "toon-ofx"
+    finally:
+        impostor.close()
+
+
+def test_non_loopback_urls_need_allow_remote(dirs_env):
+    for url in ("http://192.0.2.1:8080", "http://example.com:80", "http://[2001:db8::1]:80"):
+        with pytest.raises(EngineUnavailable, match="not a loopback address"):
+            EngineClient(url, "t" * 43)
+        assert EngineClient(url, "t" * 43, allow_remote=True).url == url
+    for url in ("ftp://127.0.0.1:21", "127.0.0.1:80"):
+        with pytest.raises(EngineUnavailable):
+            EngineClient(url, "t" * 43)
+    (dirs_env / "config").mkdir(mode=0o700)
+    (dirs_env / "config" / "token").write_text("t" * 43)
+    (dirs_env / "config" / "server.json").write_text(json.dumps({"url": "http://192.0.2.1:80", "pid": os.getpid()}))
+    with pytest.raises(EngineUnavailable, match="not a loopback address"):
+        EngineClient()
+    assert EngineClient("http://localhost:1", "t" * 43).url == "http://localhost:1"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX modes")
+def test_the_client_creates_private_folders(dirs_env, tmp_path):
+    """Starting an engine creates the data and log folders 0700 and the log 0600 (they name the user's media)."""
+    fake = tmp_path / "python-that-fails"
+    fake.write_text("#!/bin/sh\nexit 1\n")
+    fake.chmod(0o755)
+    with pytest.raises(EngineUnavailable):
+        EngineClient.connect(python=str(fake), wait=20)
+    for folder in (tmp_path / "data", tmp_path / "data" / "logs"):
+        assert folder.stat().st_mode & 0o777 == 0o700, folder
+    assert (tmp_path / "data" / "logs" / "server.log").stat().st_mode & 0o777 == 0o600
+
+
+# --------------------------------------------------------------------------- models
+
+def test_models_lists_the_installed_models(engine, tmp_path, monkeypatch):
+    """GET /v1/models: every manifest model with kind, resolution, licence and whether it is installed."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    (folder / "ffhq-cartoon-blended-64.pkl").write_bytes(b"x")   # the toonify file (content is not checked)
+    monkeypatch.setenv("TOON_OFX_MODELS", str(folder))
+    models = {m["name"]: m for m in EngineClient().models()}
+    toonify = models["toonify"]
+    assert toonify["installed"] and toonify["path"] == str(folder / "ffhq-cartoon-blended-64.pkl")
+    assert (toonify["kind"], toonify["resolution"]) == ("blended", 1024) and "Nvidia" in toonify["licence"]
+    assert not models["toon-cartoon"]["installed"] and models["toon-cartoon"]["path"] is None
+    assert {m["kind"] for m in models.values()} >= {"base", "toon", "blended", "perceptual", "landmarks"}

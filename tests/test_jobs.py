@@ -49,6 +49,8 @@ def fake_render(request, progress=None, cancel=None, *, delay=None, log=None):
     import cv2
     import numpy as np
 
+    from toon_ofx.core import media
+
     delay = float(os.environ.get("FAKE_RENDER_DELAY", "0.02")) if delay is None else delay
     log = log or os.environ.get("FAKE_RENDER_LOG")
     seed = request.params.get("seed", 0)
@@ -86,10 +88,7 @@ def fake_render(request, progress=None, cancel=None, *, delay=None, log=None):
                 if not ok:
                     frame = np.zeros((36, 64, 3), np.uint8)
                 image = cv2.resize(255 - frame, (64, 36))
-                target = Path(pattern % index)
-                tmp = target.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{target.name}")
-                assert cv2.imwrite(str(tmp), image)
-                os.replace(tmp, target)
+                media.write_frame(Path(pattern % index), image[..., ::-1], fsync=False)  # the real atomic writer
                 if log:
                     with open(log, "a") as fh:
                         fh.write(f"{os.getpid()} {index}\n")
@@ -112,6 +111,24 @@ def fake_render(request, progress=None, cancel=None, *, delay=None, log=None):
     return SimpleNamespace(output=out if movie else out.parent, kind="movie" if movie else "sequence",
                            pattern=pattern, first_frame=first, last_frame=last, written=len(todo),
                            skipped=total - len(todo), fps=30.0)
+
+
+def stuck_render(request, progress=None, cancel=None):
+    """A render whose first frame keeps torch busy for FAKE_STUCK_SECONDS (default 120) and never looks at
+    `cancel` (a model load or face detection), like a real frame that outlasts a stop's patience; it touches
+    FAKE_STUCK_MARK when the frame starts. For subprocess servers (`--render-fn test_jobs:stuck_render`)."""
+    import torch
+
+    first, last = request.frames
+    if progress is not None:
+        progress(SimpleNamespace(stage="rendering", frames_done=0, frames_total=last - first + 1, faces=0,
+                                 eta_seconds=None))
+    Path(os.environ["FAKE_STUCK_MARK"]).write_text(str(os.getpid()))
+    a = torch.randn(128, 128)
+    end = time.monotonic() + float(os.environ.get("FAKE_STUCK_SECONDS", "120"))
+    while time.monotonic() < end:
+        a = torch.tanh(a @ a)
+    raise RuntimeError("the stuck frame ended: nobody stopped the engine")
 
 
 def make_fake_render(delay=0.02, log=None):

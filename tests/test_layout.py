@@ -17,7 +17,7 @@ ALLOWED = {
     "core": {"engine"},
     "client": {"core"},
     "vendor": set(),
-    "service": {"core", "engine"},
+    "service": {"core", "engine", "client"},   # the client defines the wire protocol's shared pieces
     "farm": {"core", "engine"},
     "panel": {"core", "client", "hosts", "engine"},
     "training": {"core", "engine"},

@@ -163,11 +163,13 @@ def test_token_is_reused_and_repaired(tmp_path):
     folder = tmp_path / "cfg"
     first = ensure_token(folder)
     assert ensure_token(folder) == first
-    if os.name == "posix":
-        os.chmod(folder / "token", 0o644)
-        assert ensure_token(folder) == first and (folder / "token").stat().st_mode & 0o777 == 0o600
     (folder / "token").write_text("")
-    assert ensure_token(folder) not in ("", first)
+    second = ensure_token(folder)
+    assert second not in ("", first)
+    if os.name == "posix":  # others could have copied a readable token: it is replaced, not just hidden
+        os.chmod(folder / "token", 0o644)
+        third = ensure_token(folder)
+        assert third not in (first, second) and (folder / "token").stat().st_mode & 0o777 == 0o600
 
 
 def test_refuses_non_loopback_bind(tmp_path):
@@ -410,7 +412,7 @@ def test_cancel_running_and_queued(engine, tmp_path, clip):
     cancelled_b = engine.client.cancel(b["id"])
     assert cancelled_b["state"] == "cancelled"
     cancelled_a = engine.client.cancel(a["id"])
-    assert cancelled_a["state"] in ("running", "cancelled") and cancelled_a["cancel_requested"]
+    assert cancelled_a["state"] in ("cancelling", "cancelled") and cancelled_a["cancel_requested"]
     a_final = engine.client.wait(a["id"], poll=0.02, timeout=10)
     assert a_final["state"] == "cancelled" and a_final["result"] is None
     kept = sorted((tmp_path / "r").glob("a.*.png"))

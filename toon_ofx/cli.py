@@ -141,6 +141,57 @@ def run_blend(args) -> int:
     return 0
 
 
+# -- jobs -----------------------------------------------------------------
+JOB_STATES = ("queued", "running", "cancelling", "done", "failed", "cancelled")
+
+
+def add_jobs_parser(sub) -> None:
+    p = sub.add_parser("jobs", help="list, show, cancel or retry the running engine's jobs",
+                       description="Talk to the running engine (`toon-ofx serve`, or the one an editor add-on "
+                                   "started) through its client. A retry resumes a failed or cancelled job from "
+                                   "its frames on disk, into the same output.")
+    actions = p.add_subparsers(dest="jobs_command", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="every job, oldest first")
+    listing.add_argument("--state", choices=JOB_STATES, help="only jobs in this state")
+    listing.add_argument("--json", action="store_true", help="the jobs as JSON")
+    for action, text in (("show", "one job in full"), ("cancel", "cancel a queued or running job"),
+                         ("retry", "queue a failed or cancelled job again (resumes from its frames)")):
+        a = actions.add_parser(action, help=text)
+        a.add_argument("id", help="the job id (see `toon-ofx jobs list`)")
+        a.add_argument("--json", action="store_true", help="the job as JSON")
+    p.set_defaults(run=run_jobs)
+
+
+def _job_line(job: Dict[str, Any]) -> str:
+    progress = job.get("progress") or {}
+    done = f"{progress.get('frames_done', 0)}/{progress.get('frames_total', '?')}"
+    where = (job.get("result") or {}).get("path") or (job.get("output") or {}).get("path") or ""
+    line = f"{job['id']}  {job['state']:<10}  {done:>9}  {where}"
+    return line + (f"  ({job['error']})" if job.get("error") else "")
+
+
+def run_jobs(args) -> int:
+    from .client import EngineClient, EngineError
+
+    try:
+        client = EngineClient()
+        if args.jobs_command == "list":
+            jobs = client.jobs(args.state)
+            print(json.dumps(jobs, indent=1) if args.json else "\n".join(_job_line(j) for j in jobs) or "(no jobs)")
+            return 0
+        job = {"show": client.job, "cancel": client.cancel, "retry": client.retry}[args.jobs_command](args.id)
+    except EngineError as exc:
+        raise UserError(exc.message) from None
+    if args.json:
+        print(json.dumps(job, indent=1))
+    elif args.jobs_command == "show":
+        for key in ("id", "state", "source", "frames", "output", "progress", "error", "result", "device", "attempts"):
+            print(f"{key}: {json.dumps(job.get(key)) if isinstance(job.get(key), (dict, list)) else job.get(key)}")
+    else:
+        print(_job_line(job))
+    return 0
+
+
 # -- wiring ---------------------------------------------------------------
 # (command, module, parser adder, runner). Modules are imported when the parser is built;
 # one whose optional dependency is missing (PySide6, Ray) still gets its command, which
@@ -172,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_render_parser(sub)
     add_blend_parser(sub)
+    add_jobs_parser(sub)
     for command, module, adder, runner in SUBCOMMANDS:
         try:
             mod = importlib.import_module(f".{module}", __package__)

@@ -6,40 +6,54 @@ the stdlib-only `dirs` module, and works when copied alone next to an add-on's c
 inline copy of the folder lookup is used).
 
     from toon_ofx.client import EngineClient
-    engine = EngineClient.connect(python="/path/to/python-with-toon-ofx")   # starts it if needed
-    job = engine.submit("/media/shot.mp4", frames=(0, 47), params={"swap_res": 32},
-                        output_folder="/renders/shot")
-    job = engine.wait(job["id"], callback=lambda j: print(j["progress"]))
-    print(job["result"]["pattern"])   # /renders/shot/shot_toon.%06d.png, numbered by source frame
+    with EngineClient.connect(python="/path/to/python-with-toon-ofx") as engine:   # starts it if needed
+        job = engine.submit("/media/shot.mp4", frames=(0, 47), params={"swap_res": 32},
+                            output_folder="/renders/shot")
+        job = engine.wait(job["id"], callback=lambda j: print(j["progress"]))
+        print(job["result"]["pattern"])   # /renders/shot/shot_toon.%06d.png, numbered by source frame
 
 The server writes `<user_config_dir>/server.json` ({"url", "pid", "version"}) and keeps its
-access token in `<user_config_dir>/token`; `EngineClient()` reads both.
+access token in `<user_config_dir>/token`; `EngineClient()` reads both. The token goes only to a
+loopback URL (unless `allow_remote=True`) and only after the server has proved it holds the same
+token (an HMAC of a fresh nonce and the port), so a stale server.json cannot hand it to an impostor.
+
+`with` (or `hello()`/`goodbye()`) opens a session: an engine started on demand stays up while a
+session is open (leases are renewed by every request) and stops when the last one says goodbye.
 """
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import http.client
+import ipaddress
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
+from urllib.parse import quote, urlsplit
 
 try:  # inside the toon_ofx package
     from .core import dirs as _dirs
 except ImportError:  # vendored as a single file: see _fallback_dir below
     _dirs = None
 
-__all__ = ["EngineClient", "EngineError", "EngineUnavailable", "config_dir", "data_dir", "TERMINAL_STATES"]
+__all__ = ["EngineClient", "EngineError", "EngineUnavailable", "config_dir", "data_dir", "TERMINAL_STATES", "proof",
+           "is_loopback_url", "looks_like_model_path"]
 
 APPNAME = "toon-ofx"
 TOKEN_FILE = "token"
 INFO_FILE = "server.json"
 TERMINAL_STATES = ("done", "failed", "cancelled")
 EXIT_ALREADY_RUNNING = 3
+SESSION_HEADER = "X-Toon-Session"
+PROOF_CONTEXT = "toon-ofx proof v1"
+DEFAULT_IDLE_TIMEOUT = 600.0   # seconds an engine started on demand stays up with no session and no work
 
 
 class EngineError(Exception):
@@ -47,9 +61,7 @@ class EngineError(Exception):
 
     def __init__(self, message: str, status: Optional[int] = None, field: Optional[str] = None):
         super().__init__(message)
-        self.message = message
-        self.status = status
-        self.field = field
+        self.message, self.status, self.field = message, status, field
 
     def __str__(self) -> str:
         return self.message
@@ -100,6 +112,17 @@ def _read_json(path: str) -> Optional[Dict[str, Any]]:
         return None
 
 
+def _private_dirs(path: str) -> None:
+    """Create `path` and any missing parents as 0700 folders (the engine's folders are private)."""
+    parent = os.path.dirname(path)
+    if parent and parent != path and not os.path.isdir(parent):
+        _private_dirs(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+
+
 def _read_token(folder: str) -> Optional[str]:
     try:
         with open(os.path.join(folder, TOKEN_FILE), "r", encoding="ascii") as fh:
@@ -111,11 +134,32 @@ def _read_token(folder: str) -> Optional[str]:
 
 # --------------------------------------------------------------------------- the client
 
+def proof(token: str, nonce: str, port: int) -> str:
+    """What the engine answers to a challenge: HMAC-SHA256 of the nonce and its port under the token."""
+    message = f"{PROOF_CONTEXT}|{nonce}|{int(port)}".encode("utf-8")
+    return hmac.new(token.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def is_loopback_url(url: str) -> bool:
+    """True when `url` names this machine (localhost, 127.0.0.0/8 or ::1)."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class EngineClient:
-    """One engine process. Every method raises EngineError (4xx/5xx) or EngineUnavailable (not reachable)."""
+    """One engine process. Every method raises EngineError (4xx/5xx) or EngineUnavailable (not reachable).
+
+    The token is sent only to a loopback URL (`allow_remote=True` lifts that) and only after the server
+    proved it holds the token (see `verify`).
+    """
 
     def __init__(self, url: Optional[str] = None, token: Optional[str] = None, timeout: float = 10,
-                 config_dir: Optional[str] = None):
+                 config_dir: Optional[str] = None, allow_remote: bool = False):
         self.config_dir = config_dir or _default_config_dir()
         if url is None:
             info = _read_json(os.path.join(self.config_dir, INFO_FILE))
@@ -125,6 +169,11 @@ class EngineClient:
             url = str(info["url"])
             if not _pid_alive(info.get("pid")):
                 raise EngineUnavailable(f"the engine named in {INFO_FILE} (pid {info.get('pid')}) is not running")
+        if urlsplit(url).scheme != "http" or not urlsplit(url).hostname:
+            raise EngineUnavailable(f"{url!r} is not an http:// URL of an engine")
+        if not allow_remote and not is_loopback_url(url):
+            raise EngineUnavailable(f"refusing to send the token to {url}: not a loopback address "
+                                    "(pass allow_remote=True to use an engine on another machine)")
         if token is None:
             token = _read_token(self.config_dir)
             if token is None:
@@ -133,16 +182,33 @@ class EngineClient:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.session: Optional[str] = None
+        self._verified = False
         # never through an HTTP proxy: the engine is on this machine
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def __repr__(self) -> str:
         return f"EngineClient({self.url!r})"
 
+    def __enter__(self) -> "EngineClient":
+        if self.session is None:
+            self.hello()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.goodbye()
+
     # -- transport
-    def _request(self, method: str, path: str, body: Any = None, timeout: Optional[float] = None) -> Any:
+    def _request(self, method: str, path: str, body: Any = None, timeout: Optional[float] = None,
+                 auth: bool = True) -> Any:
+        if auth and not self._verified:
+            self.verify()
         data = None
-        headers = {"Authorization": f"Bearer {self.token}", "Accept": "application/json"}
+        headers = {"Accept": "application/json"}
+        if auth:
+            headers["Authorization"] = f"Bearer {self.token}"
+            if self.session:
+                headers[SESSION_HEADER] = self.session
         if body is not None:
             data = json.dumps(body).encode("utf-8")
             headers["Content-Type"] = "application/json"
@@ -174,6 +240,27 @@ class EngineClient:
         except (ValueError, UnicodeDecodeError):
             raise EngineError(f"the engine at {self.url} sent a reply that is not JSON") from None
 
+    def verify(self) -> None:
+        """Before the first request: the server proves it holds our token (HMAC of a nonce and its port).
+
+        EngineError 401 when it cannot: another program on a stale port, or another config folder."""
+        nonce = secrets.token_hex(16)
+        try:
+            answer = self._request("POST", "/v1/challenge", {"nonce": nonce}, auth=False)
+        except EngineError as exc:
+            if isinstance(exc, EngineUnavailable):
+                raise
+            raise EngineUnavailable(f"{self.url} is not a toon-ofx engine this client can talk to "
+                                    f"(challenge refused: {exc.message})") from None
+        port = urlsplit(self.url).port or 80
+        given = answer.get("proof") if isinstance(answer, dict) else None
+        if not isinstance(given, str) or not hmac.compare_digest(given, proof(self.token, nonce, port)):
+            raise EngineError(f"the engine at {self.url} could not prove it holds the token in "
+                              f"{os.path.join(self.config_dir, TOKEN_FILE)}, so the token was not sent: either "
+                              "another program listens on that port, or the engine was started with another "
+                              "config folder (TOON_OFX_CONFIG_DIR)", status=401)
+        self._verified = True
+
     # -- API
     def health(self) -> Dict[str, Any]:
         """{"service": "toon-ofx", "version", "pid", ...}."""
@@ -186,13 +273,17 @@ class EngineClient:
         """The effect's parameter schema: [{"name", "type", "default", "label", "help", ...}, ...]."""
         return self._request("GET", "/v1/params")["params"]
 
+    def models(self) -> List[Dict[str, Any]]:
+        """[{"name", "title", "kind", "resolution", "licence", "installed", "path", ...}] (style picker: toon/blended)."""
+        return self._request("GET", "/v1/models")["models"]
+
     def submit(self, source: str, frames: Optional[Sequence[int]] = None, params: Optional[Mapping[str, Any]] = None,
                output_folder: Optional[str] = None, output_kind: str = "sequence",
                name: Optional[str] = None, timeout: Optional[float] = None) -> Dict[str, Any]:
         """Queue a render of `source` (frames inclusive, 0-based; None = all); returns the job.
 
-        The engine checks the source before answering (a long movie takes a while to probe), so this
-        waits up to `timeout` seconds (default: the client's timeout, at least 120 s).
+        Paths (source, output folder, file models) are made absolute here. The engine probes the source
+        before answering, so this waits up to `timeout` s (default: the client's timeout, at least 120 s).
         """
         output: Dict[str, Any] = {"kind": output_kind}
         if output_folder is not None:
@@ -200,18 +291,28 @@ class EngineClient:
         if name is not None:
             output["name"] = name
         body = {"source": _absolute(source), "frames": list(frames) if frames is not None else None,
-                "params": dict(params or {}), "output": output}
+                "params": _absolute_models(params), "output": output}
         return self._request("POST", "/v1/jobs", body, timeout=timeout or max(self.timeout, 120))
 
     def job(self, job_id: str) -> Dict[str, Any]:
         return self._request("GET", f"/v1/jobs/{_quote(job_id)}")
 
-    def jobs(self) -> List[Dict[str, Any]]:
-        return self._request("GET", "/v1/jobs")["jobs"]
+    def jobs(self, state: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Every job, oldest first (only those in `state` when given)."""
+        query = f"?state={_quote(state)}" if state else ""
+        return self._request("GET", f"/v1/jobs{query}")["jobs"]
 
     def cancel(self, job_id: str) -> Dict[str, Any]:
-        """Cancel a queued or running job (finished frames are kept); returns the job."""
+        """Cancel a queued or running job; returns the job, "cancelled" or (still stopping) "cancelling".
+
+        A running job stops within one projection step; its finished frames are kept (`retry` resumes
+        from them). Cancelling a cancelled job is fine; a done or failed one is a 409.
+        """
         return self._request("POST", f"/v1/jobs/{_quote(job_id)}/cancel", {})
+
+    def retry(self, job_id: str) -> Dict[str, Any]:
+        """Queue a failed or cancelled job again: it resumes from its frames on disk into the same output."""
+        return self._request("POST", f"/v1/jobs/{_quote(job_id)}/retry", {})
 
     def wait(self, job_id: str, poll: float = 0.5, callback: Optional[Callable[[Dict[str, Any]], Any]] = None,
              timeout: Optional[float] = None) -> Dict[str, Any]:
@@ -229,13 +330,34 @@ class EngineClient:
 
     def preview(self, source: str, frame: int = 0, params: Optional[Mapping[str, Any]] = None,
                 timeout: float = 900) -> Dict[str, Any]:
-        """One stylised frame: {"frame", "faces", "original_png": bytes, "stylised_png": bytes}."""
+        """One stylised frame: {"frame", "faces", "original_png": bytes, "stylised_png": bytes}.
+
+        A newer preview (from any client) replaces this one, which then raises EngineError 409."""
         answer = self._request("POST", "/v1/preview",
-                               {"source": _absolute(source), "frame": frame, "params": dict(params or {})},
+                               {"source": _absolute(source), "frame": frame, "params": _absolute_models(params)},
                                timeout=timeout)
         for key in ("original_png", "stylised_png"):
             answer[key] = base64.b64decode(answer[key])
         return answer
+
+    def hello(self, lease: float = 120, name: str = "") -> str:
+        """Open a session: an engine started on demand stays up while one is open. Returns its id.
+
+        Every request renews the lease; without requests it ends after `lease` seconds, so a client that
+        crashed does not keep the engine up. `with client:` calls hello() and goodbye().
+        """
+        answer = self._request("POST", "/v1/sessions", {"lease_seconds": lease, "client": name})
+        self.session = answer["session"]
+        return self.session
+
+    def goodbye(self) -> None:
+        """End this client's session (an on-demand engine with no session and no work then stops)."""
+        session, self.session = self.session, None
+        if session:
+            try:
+                self._request("DELETE", f"/v1/sessions/{_quote(session)}", {})
+            except EngineUnavailable:
+                pass
 
     def shutdown(self) -> None:
         """Ask the engine to stop (a running job resumes at its next start)."""
@@ -245,12 +367,15 @@ class EngineClient:
     @classmethod
     def connect(cls, python: Optional[str] = None, start: bool = True, wait: float = 60, timeout: float = 10,
                 server_args: Iterable[str] = (), env: Optional[Mapping[str, str]] = None,
-                log_path: Optional[str] = None) -> "EngineClient":
+                log_path: Optional[str] = None, idle_timeout: Optional[float] = DEFAULT_IDLE_TIMEOUT
+                ) -> "EngineClient":
         """A client for the running engine; if none answers and `start`, start one and wait until healthy.
 
         `python` is the interpreter that has toon-ofx and torch installed (default: $TOON_OFX_PYTHON, else
-        this interpreter); the engine runs as `<python> -m toon_ofx serve --port 0`, detached from this
-        process, logging to `<user_data_dir>/logs/server.log` (or `log_path`).
+        this interpreter); the engine runs as `<python> -m toon_ofx serve --port 0 --idle-timeout N`,
+        detached from this process, logging to `<user_data_dir>/logs/server.log` (or `log_path`). An
+        engine started here stops after `idle_timeout` seconds with no work and no open session
+        (None: never), or when the last session says goodbye.
         """
         existing = cls._running(timeout)
         if existing is not None:
@@ -260,32 +385,11 @@ class EngineClient:
         python = python or os.environ.get("TOON_OFX_PYTHON") or sys.executable
         if not python:
             raise EngineUnavailable("no Python interpreter given to start the engine with")
-        child_env = dict(os.environ)
-        child_env.pop("PYTHONHOME", None)  # the host's own Python home must not leak into the engine's Python
-        child_env["PYTHONUNBUFFERED"] = "1"
-        if env:
-            child_env.update(env)
         log_path = log_path or os.path.join(data_dir(), "logs", "server.log")
-        os.makedirs(os.path.dirname(log_path), exist_ok=True)
-        try:
-            if os.path.getsize(log_path) > 5 * 1024 * 1024:  # keep one old log, not an ever-growing one
-                os.replace(log_path, log_path + ".1")
-        except OSError:
-            pass
-        command = [python, "-m", "toon_ofx", "serve", "--port", "0", *server_args]
-        kwargs: Dict[str, Any] = {}
-        if sys.platform == "win32":
-            kwargs["creationflags"] = 0x00000200 | 0x08000000  # CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW
-        else:
-            kwargs["start_new_session"] = True
-        with open(log_path, "ab") as log:
-            log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(command)}\n".encode())
-            log.flush()
-            try:
-                process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                           close_fds=True, env=child_env, **kwargs)
-            except OSError as exc:
-                raise EngineUnavailable(f"cannot start the engine with {python}: {exc}") from None
+        command = [python, "-m", "toon_ofx", "serve", "--port", "0"]
+        if idle_timeout:
+            command += ["--idle-timeout", f"{float(idle_timeout):g}"]
+        process = _start_detached(command + list(server_args), env, log_path)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             code = process.poll()
@@ -301,18 +405,47 @@ class EngineClient:
 
     @classmethod
     def _running(cls, timeout: float) -> Optional["EngineClient"]:
-        """A client for the engine named in server.json, if it answers with our token."""
+        """A client for the engine named in server.json, if it proves it holds our token and answers."""
         try:
             client = cls(timeout=min(timeout, 5))
             client.health()
         except EngineError as exc:
-            if exc.status == 401:  # it runs, but not with the token in our config folder
-                raise EngineError(f"the engine at {client.url} refused the token in {client.config_dir}; "
-                                  "was it started with another config folder (TOON_OFX_CONFIG_DIR)?",
-                                  status=401) from None
+            if exc.status == 401:  # something answers there, but not with the token in our config folder
+                raise
             return None
         client.timeout = timeout
         return client
+
+
+def _start_detached(command: List[str], env: Optional[Mapping[str, str]], log_path: str) -> subprocess.Popen:
+    """Start `command` in its own session, logging to `log_path` (0600, in 0700 folders; one old log kept)."""
+    child_env = dict(os.environ)
+    child_env.pop("PYTHONHOME", None)  # the host's own Python home must not leak into the engine's Python
+    child_env["PYTHONUNBUFFERED"] = "1"
+    child_env.update(env or {})
+    _private_dirs(os.path.dirname(log_path))
+    try:
+        if os.path.getsize(log_path) > 5 * 1024 * 1024:
+            os.replace(log_path, log_path + ".1")
+    except OSError:
+        pass
+    kwargs: Dict[str, Any] = {}
+    if sys.platform == "win32":
+        kwargs["creationflags"] = 0x00000200 | 0x08000000  # CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW
+    else:
+        kwargs["start_new_session"] = True
+    try:
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except OSError as exc:
+        raise EngineUnavailable(f"cannot open the engine's log {log_path}: {exc}") from None
+    with os.fdopen(fd, "ab") as log:
+        log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(command)}\n".encode())
+        log.flush()
+        try:
+            return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True,
+                                    env=child_env, **kwargs)
+        except OSError as exc:
+            raise EngineUnavailable(f"cannot start the engine with {command[0]}: {exc}") from None
 
 
 def _pid_alive(pid: Any) -> bool:
@@ -332,9 +465,25 @@ def _absolute(path: str) -> str:
     return os.path.abspath(os.path.expanduser(os.fspath(path)))
 
 
-def _quote(job_id: str) -> str:
-    from urllib.parse import quote
+def _absolute_models(params: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """`params` with model/base_model made absolute when they are file paths (not manifest names)."""
+    out = dict(params or {})
+    for key in ("model", "base_model"):
+        value = out.get(key)
+        if isinstance(value, (str, os.PathLike)) and looks_like_model_path(os.fspath(value)):
+            out[key] = _absolute(value)
+    return out
 
+
+def looks_like_model_path(text: str) -> bool:
+    """A model given as a file rather than a manifest name (manifest names have no separators or suffix).
+
+    The engine applies the same test: such a value must then be an absolute path."""
+    return ("/" in text or "\\" in text or text.startswith(("~", ".")) or
+            text.lower().endswith((".pt", ".pth", ".pkl", ".tar", ".ckpt", ".bin", ".safetensors")))
+
+
+def _quote(job_id: str) -> str:
     return quote(str(job_id), safe="")
 
 

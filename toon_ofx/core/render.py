@@ -345,12 +345,17 @@ class Renderer:
             for stage, seconds in pipe.finish(prepared).timings.items():
                 _add(timings, stage, seconds)
 
-    def preview(self, source: Path, frame: int, params: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray, int]:
-        """One frame, cold-started: (original RGB, stylised RGB or RGBA, faces found)."""
+    def preview(self, source: Path, frame: int, params: Dict[str, Any],
+                cancel: Optional[threading.Event] = None) -> Tuple[np.ndarray, np.ndarray, int]:
+        """One frame, cold-started: (original RGB, stylised RGB or RGBA, faces found).
+
+        Setting `cancel` stops it within one projection step (Cancelled)."""
         info = media.probe(source)
         index, _ = resolve_range((frame, frame), info.frame_count)
         original = next(iter(media.read_frames(info, index, index)))[1]
-        result = self.pipeline(params).process(original, index)
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("preview cancelled")
+        result = self.pipeline(params, cancel).process(original, index)
         return original, result.image, result.faces
 
 
@@ -424,6 +429,6 @@ def render(request: RenderRequest, progress: Optional[Callable[[ProgressEvent], 
     return get_renderer(plan.params).render(request, progress, cancel, plan)
 
 
-def preview(source: Path, frame: int, params: Dict[str, Any]):
-    """One stylised frame for a side-by-side preview: (original, stylised, faces)."""
-    return get_renderer(params).preview(Path(source), frame, params)
+def preview(source: Path, frame: int, params: Dict[str, Any], cancel: Optional[threading.Event] = None):
+    """One stylised frame for a side-by-side preview: (original, stylised, faces); `cancel` stops it."""
+    return get_renderer(params).preview(Path(source), frame, params, cancel)

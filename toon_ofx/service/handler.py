@@ -1,26 +1,35 @@
 """The HTTP side of the engine: who may ask (guards), how a request is read, and where it goes (routes).
 
-Every answer is JSON; an error is {"error", "field"} with a 4xx (a RequestError carries its status) or
-a 500 that never shows a traceback. The engine behind the routes is a `Server` (toon_ofx.service.server).
+Every answer is JSON, errors included ({"error", "field"}): http.server's own errors (400, 414, 431,
+501, 505) too, and a 500 never shows a traceback. The guards run before the body is read, so only a
+token holder can make the engine read a body; the body must arrive within the engine's
+`body_timeout`. The engine behind the routes is a `Server` (toon_ofx.service.server); the listening
+socket and its thread pool are toon_ofx.service.listener.
 """
 from __future__ import annotations
 
 import hmac
+import io
 import json
 import logging
+import math
 import os
+import select
 import socket
+import sqlite3
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 from urllib.parse import parse_qs, urlsplit
 
 from .. import __version__
+from ..client import SESSION_HEADER, proof
 from ..core.errors import UserError
 from ..core.params import schema
 from .errors import NotFound
 from .instance import TOKEN_FILE
-from .store import STATES
+from .listener import SocketReader
 
 if TYPE_CHECKING:
     from .server import Server
@@ -29,18 +38,7 @@ log = logging.getLogger("toon_ofx.service.handler")
 
 SERVICE = "toon-ofx"
 MAX_BODY = 1 << 20
-
-
-class EngineHTTPServer(ThreadingHTTPServer):
-    """The listening socket; a thread per connection, `engine` the Server the handler calls."""
-
-    daemon_threads = True
-    allow_reuse_address = False  # never share a port with another live server
-    engine: "Server"
-
-
-class EngineHTTPServer6(EngineHTTPServer):
-    address_family = socket.AF_INET6
+MAX_JSON_INT = 1 << 63
 
 
 class _Reply(Exception):
@@ -53,6 +51,19 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text} is out of range")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > 19 or abs(int(text)) >= MAX_JSON_INT:
+        raise ValueError(f"the integer {text[:24]}{'...' if len(text) > 24 else ''} is out of range")
+    return int(text)
+
+
 def _no_duplicates(pairs):
     out = {}
     for key, value in pairs:
@@ -62,12 +73,37 @@ def _no_duplicates(pairs):
     return out
 
 
+def parse_json(body: bytes) -> Any:
+    """The JSON document in `body`; _Reply 400 for anything malformed, too deep or out of range."""
+    if not body.strip():
+        raise _Reply(400, "malformed JSON: the request body is empty")
+    try:
+        return json.loads(body.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant,
+                          parse_float=_finite_float, parse_int=_bounded_int)
+    except UnicodeDecodeError:
+        raise _Reply(400, "malformed JSON: the body is not UTF-8") from None
+    except RecursionError:
+        raise _Reply(400, "malformed JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise _Reply(400, f"malformed JSON: {exc}") from None
+
+
 class Handler(BaseHTTPRequestHandler):
-    """One HTTP request: guards (browser, Host, token), body limits, JSON in and out, routing to the engine."""
+    """One HTTP request (one per connection): guards, body, JSON in and out, routing to the engine."""
 
     server_version = f"{SERVICE}/{__version__}"
     sys_version = ""
-    timeout = 60  # seconds a client may take to send its request
+    timeout = 30  # seconds any one socket operation may take while answering
+
+    def __init__(self, request: socket.socket, client_address: Any, server: Any, head: bytes = b""):
+        self._head = head
+        self._body_read = False
+        super().__init__(request, client_address, server)
+
+    def setup(self) -> None:
+        super().setup()
+        self.reader = SocketReader(self._head, self.connection)
+        self.rfile = io.BufferedReader(self.reader)
 
     # -- plumbing
     def log_message(self, fmt: str, *args: Any) -> None:  # quiet: use logging
@@ -75,6 +111,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: Dict[str, Any], headers: Optional[Dict[str, str]] = None) -> None:
         data = json.dumps(body, allow_nan=False).encode("utf-8")
+        if self.request_version == "HTTP/0.9":  # a broken request line: answer with a status line anyway
+            self.request_version = "HTTP/1.0"
         self.send_response(status)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(data)))
@@ -88,7 +126,19 @@ class Handler(BaseHTTPRequestHandler):
 
     def _error(self, status: int, message: str, field: Optional[str] = None,
                headers: Optional[Dict[str, str]] = None) -> None:
+        if not self._body_read:
+            self._discard_body()
         self._send(status, {"error": message, "field": field}, headers)
+
+    def send_error(self, code: int, message: Optional[str] = None, explain: Optional[str] = None) -> None:
+        """http.server's own errors (bad request line, 414, 431, 501, 505) as the engine's JSON."""
+        self.close_connection = True
+        short, long = self.responses.get(code, ("Error", "error"))
+        self._body_read = True  # nothing sensible can be read after a broken head
+        try:
+            self._send(code, {"error": message or long or short, "field": None})
+        except OSError:
+            pass
 
     def do_GET(self) -> None:
         self._handle("GET")
@@ -112,17 +162,18 @@ class Handler(BaseHTTPRequestHandler):
         self._handle("HEAD")
 
     # -- guards
-    def _guard(self) -> None:
-        engine: Server = self.server.engine  # type: ignore[attr-defined]
+    def _guard_browser(self, engine: "Server") -> None:
         if self.headers.get("Origin") is not None:
             raise _Reply(403, "requests from web pages are refused (Origin header present)")
         fetch_site = (self.headers.get("Sec-Fetch-Site") or "").lower()
         if fetch_site and fetch_site != "none":
             raise _Reply(403, "requests from web pages are refused (Sec-Fetch-Site)")
         host = (self.headers.get("Host") or "").strip().lower()
-        if not engine.allow_remote and host not in engine.allowed_hosts:
+        if host not in engine.allowed_hosts:
             raise _Reply(403, f"Host {host or '(none)'!r} refused: the engine answers only to "
-                              f"127.0.0.1:{engine.port} or localhost:{engine.port}")
+                              f"{', '.join(sorted(engine.allowed_hosts))}")
+
+    def _guard_token(self, engine: "Server") -> None:
         auth = self.headers.get("Authorization") or ""
         scheme, _, given = auth.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8", "replace"),
@@ -130,52 +181,93 @@ class Handler(BaseHTTPRequestHandler):
             raise _Reply(401, "missing or wrong token: send 'Authorization: Bearer <token>' with the token from "
                               f"{engine.config_dir / TOKEN_FILE}", headers={"WWW-Authenticate": 'Bearer realm="toon-ofx"'})
 
-    def _read_body(self) -> bytes:
+    # -- the body
+    def _content_length(self) -> int:
         if self.headers.get("Transfer-Encoding"):
             raise _Reply(400, "chunked request bodies are not supported; send Content-Length")
         length = self.headers.get("Content-Length")
         if not length:
-            return b""
-        try:
-            n = int(length)
-        except ValueError:
-            raise _Reply(400, "bad Content-Length") from None
-        if n < 0:
+            return 0
+        if not length.strip().isdigit() or len(length.strip()) > 18:
             raise _Reply(400, "bad Content-Length")
-        if n > MAX_BODY:
-            self.close_connection = True
-            if n <= 16 * MAX_BODY:  # read it away so the client sees the answer rather than a broken pipe
-                while n > 0:
-                    chunk = self.rfile.read(min(n, 1 << 16))
-                    if not chunk:
-                        break
-                    n -= len(chunk)
-            raise _Reply(413, f"the request body is over {MAX_BODY} bytes")
-        return self.rfile.read(n)
+        return int(length)
 
-    def _json_body(self, body: bytes) -> Any:
+    def _read_body(self, engine: "Server") -> bytes:
+        self._body_read = True
+        n = self._content_length()
+        if n > MAX_BODY:
+            self._discard_body()
+            raise _Reply(413, f"the request body is over {MAX_BODY} bytes")
+        data = bytearray()
+        self.reader.deadline = time.monotonic() + engine.body_timeout
+        try:
+            while len(data) < n:
+                chunk = self.rfile.read1(n - len(data))
+                if not chunk:
+                    self.close_connection = True
+                    raise _Reply(400, f"the request body ended after {len(data)} of the {n} bytes its "
+                                      "Content-Length announced")
+                data += chunk
+        except socket.timeout:
+            self.close_connection = True
+            raise _Reply(408, f"the request body did not arrive within {engine.body_timeout:g} s "
+                              f"({len(data)} of the {n} bytes its Content-Length announced)") from None
+        finally:
+            self._no_deadline()
+        return bytes(data)
+
+    def _no_deadline(self) -> None:
+        self.reader.deadline = None
+        self.connection.settimeout(self.timeout)   # the answer gets the usual per-operation timeout
+
+    def _discard_body(self) -> None:
+        """Read away a body we will not use (up to 16 MiB, 2 s), so the client sees the answer, not a reset."""
+        self._body_read = True
+        self.close_connection = True
+        try:
+            n = min(self._content_length(), 16 * MAX_BODY)
+        except _Reply:
+            return
+        self.reader.deadline = time.monotonic() + 2.0
+        try:
+            while n > 0:
+                chunk = self.rfile.read1(min(n, 1 << 16))
+                if not chunk:
+                    break
+                n -= len(chunk)
+        except OSError:
+            pass
+        finally:
+            self._no_deadline()
+
+    def _json_body(self, engine: "Server") -> Any:
         ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if ctype != "application/json":
             raise _Reply(415, "the request body must be JSON with 'Content-Type: application/json'")
-        if not body.strip():
-            raise _Reply(400, "malformed JSON: the request body is empty")
+        return parse_json(self._read_body(engine))
+
+    def client_gone(self) -> bool:
+        """True when the client has closed its end of the connection (it no longer waits for the answer)."""
         try:
-            text = body.decode("utf-8")
-            return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
-        except UnicodeDecodeError:
-            raise _Reply(400, "malformed JSON: the body is not UTF-8") from None
-        except ValueError as exc:
-            raise _Reply(400, f"malformed JSON: {exc}") from None
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
 
     # -- dispatch
     def _handle(self, method: str) -> None:
         engine: Server = self.server.engine  # type: ignore[attr-defined]
+        self.close_connection = True
         try:
-            body = self._read_body() if method in ("POST", "PUT", "PATCH", "DELETE") else b""
-            self._guard()
+            self._guard_browser(engine)
             url = urlsplit(self.path)
             parts = [p for p in url.path.split("/") if p]
-            status, answer = self._route(engine, method, parts, parse_qs(url.query), body)
+            if parts == ["v1", "challenge"]:
+                status, answer = self._challenge(engine, method)
+            else:
+                self._guard_token(engine)
+                with engine.lifetime.request(self.headers.get(SESSION_HEADER)):
+                    status, answer = self._route(engine, method, parts, parse_qs(url.query))
             self._send(status, answer)
         except _Reply as reply:
             self._error(reply.status, reply.message, reply.field, reply.headers)
@@ -183,6 +275,12 @@ class Handler(BaseHTTPRequestHandler):
             self._error(getattr(exc, "http_status", 400), exc.message, exc.field)
         except (BrokenPipeError, ConnectionResetError):
             pass
+        except sqlite3.ProgrammingError:  # the store was closed under this request: the engine is stopping
+            self._error(503, "the engine is stopping")
+        except sqlite3.DatabaseError as exc:
+            log.error("%s %s: the job database failed: %s", method, self.path, exc)
+            self._error(503, f"the job database {engine.db_path} cannot be used ({exc}); restart the engine "
+                             "to check and repair it")
         except Exception as exc:  # never a traceback to the client
             log.exception("%s %s failed", method, self.path)
             try:
@@ -190,46 +288,65 @@ class Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass
 
-    def _route(self, engine: "Server", method: str, parts, query, body: bytes) -> Tuple[int, Any]:
+    def _challenge(self, engine: "Server", method: str) -> Tuple[int, Any]:
+        """POST /v1/challenge {"nonce"}: prove we hold the token without it being sent (see client.verify)."""
+        if method != "POST":
+            raise _Reply(405, f"{method} is not allowed here; use POST", headers={"Allow": "POST"})
+        body = self._json_body(engine)
+        nonce = body.get("nonce") if isinstance(body, dict) else None
+        if not isinstance(nonce, str) or not 16 <= len(nonce) <= 128:
+            raise _Reply(400, "nonce must be a string of 16 to 128 characters", "nonce")
+        return 200, {"proof": proof(engine.token, nonce, engine.port)}
+
+    def _route(self, engine: "Server", method: str, parts, query) -> Tuple[int, Any]:
         if len(parts) < 2 or parts[0] != "v1":
             raise _Reply(404, f"no such endpoint: {self.path}")
-        name = parts[1]
+        name, rest = parts[1], parts[2:]
 
         def allow(*methods: str) -> None:
             if method not in methods:
                 raise _Reply(405, f"{method} is not allowed here; use {' or '.join(methods)}",
                              headers={"Allow": ", ".join(methods)})
 
-        if name == "health" and len(parts) == 2:
+        if name == "health" and not rest:
             allow("GET", "HEAD")
             return 200, engine.health()
-        if name == "params" and len(parts) == 2:
+        if name == "params" and not rest:
             allow("GET")
             return 200, {"params": schema()}
-        if name == "jobs" and len(parts) == 2:
+        if name == "models" and not rest:
+            allow("GET")
+            return 200, {"models": engine.models()}
+        if name == "jobs" and not rest:
             allow("GET", "POST")
             if method == "GET":
-                state = (query.get("state") or [None])[0]
-                if state is not None and state not in STATES:
-                    raise _Reply(400, f"state must be one of {', '.join(STATES)}", "state")
-                return 200, {"jobs": engine.store.list(state)}
-            return 201, engine.submit(self._json_body(body))
-        if name == "jobs" and len(parts) in (3, 4):
-            job_id = parts[2]
-            if len(parts) == 3:
-                allow("GET")
-                job = engine.store.get(job_id)
-                if job is None:
-                    raise NotFound(f"no job {job_id!r}", field="id")
-                return 200, job
-            if parts[3] == "cancel":
-                allow("POST")
-                return 200, engine.cancel(job_id)
-        if name == "preview" and len(parts) == 2:
+                return 200, {"jobs": engine.jobs((query.get("state") or [None])[0])}
+            return 201, engine.submit(self._json_body(engine))
+        if name == "jobs" and len(rest) == 1:
+            allow("GET")
+            job = engine.store.get(rest[0])
+            if job is None:
+                raise NotFound(f"no job {rest[0]!r}", field="id")
+            return 200, job
+        if name == "jobs" and len(rest) == 2 and rest[1] in ("cancel", "retry"):
             allow("POST")
-            return 200, engine.preview(self._json_body(body))
-        if name == "shutdown" and len(parts) == 2:
+            self._read_body(engine)
+            return 200, engine.cancel(rest[0]) if rest[1] == "cancel" else engine.retry(rest[0])
+        if name == "sessions" and not rest:
             allow("POST")
+            return 201, engine.lifetime.open(self._json_body(engine))
+        if name == "sessions" and len(rest) == 1:
+            allow("POST", "DELETE")
+            self._read_body(engine)
+            if method == "DELETE":
+                return 200, engine.lifetime.close_session(rest[0])
+            return 200, engine.lifetime.renew(rest[0])
+        if name == "preview" and not rest:
+            allow("POST")
+            return 200, engine.preview(self._json_body(engine), client_gone=self.client_gone)
+        if name == "shutdown" and not rest:
+            allow("POST")
+            self._read_body(engine)
             threading.Thread(target=engine.shutdown, name="toon-ofx-shutdown", daemon=True).start()
             return 202, {"stopping": True, "pid": os.getpid()}
         raise _Reply(404, f"no such endpoint: {self.path}")

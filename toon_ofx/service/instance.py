@@ -3,6 +3,10 @@
 - `<user_config_dir>/token`: the per-user access token (mode 0600), created once;
 - `<user_config_dir>/server.json`: {"url", "pid", "version", ...} of the running engine, for clients;
 - `<user_data_dir>/server.lock`: one engine per data folder, so two never run the same queue.
+
+Both folders are private: created 0700, and at every start a folder open to others is closed again
+(0700) and one owned by another user is refused. A token others could read is replaced (they may
+have copied it). Files are written through a fresh O_EXCL temp name and renamed into place.
 """
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ import json
 import logging
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -37,8 +42,32 @@ def data_dir() -> Path:
 
 
 def private_dir(path: Path) -> Path:
-    """`path`, created (mode 0700) if missing."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    """`path` as a private folder: created 0700 if missing, closed to others (0700) if it was open.
+
+    UserError when it is not a folder or belongs to another user.
+    """
+    missing = []
+    walk = Path(path)
+    while not walk.exists() and walk != walk.parent:
+        missing.append(walk)
+        walk = walk.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise UserError(f"cannot create {folder}: {exc.strerror or exc}") from None
+    if not path.is_dir():
+        raise UserError(f"{path} is not a folder")
+    if os.name == "posix":
+        st = os.stat(path)
+        if st.st_uid != os.getuid():
+            raise UserError(f"{path} belongs to another user (uid {st.st_uid}); the engine keeps its token and "
+                            "jobs only in folders of your own")
+        if st.st_mode & 0o077:
+            os.chmod(path, 0o700)
+            log.warning("%s was open to other users (mode %o); it is now 0700", path, st.st_mode & 0o777)
     return path
 
 
@@ -53,13 +82,13 @@ def ensure_token(folder: Path) -> str:
             token = ""
         except (OSError, UnicodeDecodeError):
             token = ""
-        if len(token) >= 32 and token.isascii() and token.replace("-", "").replace("_", "").isalnum():
-            if os.name == "posix" and os.stat(path).st_mode & 0o077:
-                os.chmod(path, 0o600)
-                log.warning("%s was readable by others; its mode is now 0600", path)
+        exposed = os.name == "posix" and path.exists() and os.lstat(path).st_mode & 0o077
+        usable = len(token) >= 32 and token.isascii() and token.replace("-", "").replace("_", "").isalnum()
+        if usable and not exposed:
             return token
-        if path.exists():  # empty or damaged: replace it
-            log.warning("%s is not a usable token; writing a new one", path)
+        if path.exists() or path.is_symlink():  # damaged, or others could read it: a new one
+            log.warning("%s %s; writing a new token", path,
+                        "was readable by other users" if usable else "is not a usable token")
             path.unlink()
         token = secrets.token_urlsafe(32)
         tmp = folder / f".{TOKEN_FILE}.{os.getpid()}.{secrets.token_hex(4)}"
@@ -86,14 +115,24 @@ def ensure_token(folder: Path) -> str:
 
 
 def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
-    """Write `data` to `path` (mode 0600) so a reader sees the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(str(tmp), str(path))
+    """Write `data` to `path` (mode 0600) so a reader sees the old file or the new one, never half.
+
+    The temp file has a fresh random name opened with O_EXCL (mkstemp), so nothing planted at a
+    predictable name (a symlink) is ever followed or truncated.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, str(path))
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def read_server_info(folder: Optional[Path] = None) -> Optional[Dict[str, Any]]:
@@ -112,7 +151,8 @@ class InstanceLock:
         self._fh = None
 
     def acquire(self) -> bool:
-        fh = open(self.path, "a+b")
+        fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        fh = os.fdopen(fd, "r+b")
         try:
             if os.name == "nt":  # pragma: no cover - Windows only
                 import msvcrt

@@ -1,8 +1,9 @@
-"""Where a job may write and under what name: output-folder rules, file names, never overwriting.
+"""Path rules, and where a job may write and under what name: output-folder rules, names, never overwriting.
 
-A job writes only into an absolute, non-system folder that cannot hold or overwrite its source;
-a movie is encoded under a hidden partial name and moved into place without replacing anything.
-Source media is only ever read.
+Every path field follows `check_path` (absolute, no `~`, no NUL, normalised). A job writes only
+into a non-system folder that cannot hold or overwrite its source (symlinks are resolved for these
+checks); a movie is encoded under a hidden partial name and moved into place without replacing
+anything. Source media is only ever read.
 """
 from __future__ import annotations
 
@@ -24,6 +25,18 @@ def is_inside(path: str, folder: str) -> bool:
     if path == folder:
         return True
     return path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def check_path(value: Any, field_name: str) -> str:
+    """The path rules every path field follows: a string, no NUL, absolute (no `~`), normalised."""
+    if not isinstance(value, str) or not value.strip():
+        raise RequestError(f"{field_name} must be a path", field=field_name)
+    if "\x00" in value:
+        raise RequestError(f"{field_name} contains a NUL character", field=field_name)
+    if not os.path.isabs(value):
+        raise RequestError(f"{field_name} must be an absolute path (the engine's working folder and home are not "
+                           f"yours), got {value!r}", field=field_name)
+    return os.path.normpath(value)
 
 
 # --------------------------------------------------------------------------- folders
@@ -64,13 +77,7 @@ def _is_sequence_source(source: str) -> bool:
 
 def check_output_folder(folder: Any, source: str) -> str:
     """An absolute, writable, non-system folder that cannot hold or overwrite the source."""
-    if not isinstance(folder, str) or not folder.strip():
-        raise RequestError("output.folder must be a folder path", field="output.folder")
-    if "\x00" in folder:
-        raise RequestError("output.folder contains a NUL character", field="output.folder")
-    if not os.path.isabs(folder):
-        raise RequestError(f"output.folder must be an absolute path, got {folder!r}", field="output.folder")
-    folder = os.path.normpath(folder)
+    folder = check_path(folder, "output.folder")
     real = os.path.realpath(folder)
     real_source = os.path.realpath(source)
     if norm_path(real) == norm_path(real_source):

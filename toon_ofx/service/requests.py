@@ -4,27 +4,31 @@
 parameters, output folder and name, device); `parse_preview` does the same for a preview. Every
 error is a RequestError naming the first bad field. The media probe and the model store are
 imported lazily (standard library only at import time).
+
+Path rules, the same for every path field (source, output.folder, params.model and
+params.base_model when they name a file rather than a manifest model): a string without NUL,
+absolute (the engine never expands `~` nor uses its own working folder), normalised. Sources and
+models are only ever read; the output folder rules are in toon_ofx.service.outputs.
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
+from ..client import looks_like_model_path
 from ..core.errors import UserError
 from ..core.params import ParamError, validate
 from .devices import check_device
 from .errors import RequestError
-from .outputs import check_name, check_output_folder, default_stem, norm_path
+from .outputs import check_name, check_output_folder, check_path, default_stem, norm_path
 
 OUTPUT_KINDS = ("sequence", "movie")
 REQUEST_FIELDS = ("source", "frames", "params", "output")
 OUTPUT_FIELDS = ("folder", "kind", "name")
 FRAME_DIGITS = 6
+MODEL_FIELDS = ("model", "base_model")
 
 
 # --------------------------------------------------------------------------- the source clip
@@ -36,68 +40,23 @@ class SourceInfo:
 
 
 def probe_source(path: str, field_name: str = "source") -> SourceInfo:
-    """Frame count and rate of a movie or image sequence; UserError naming `field_name` if not media."""
-    try:
-        from ..core import media  # ffmpeg-based; may be missing in a trimmed install
-    except ImportError:
-        media = None
-    if media is not None:
-        try:
-            info = media.probe(Path(path))
-        except UserError as exc:
-            raise RequestError(exc.message, field=field_name) from None
-        except (OSError, ValueError) as exc:
-            raise RequestError(f"{path} is not a readable video or image sequence ({exc})", field=field_name) from None
-        fps = getattr(info, "fps", None)
-        return SourceInfo(int(info.frame_count), float(fps) if fps else None)
-    return _ffprobe(path, field_name)
+    """Frame count and rate of a movie or image sequence; RequestError naming `field_name` if not media."""
+    from ..core import media
 
-
-def _ffprobe(path: str, field_name: str) -> SourceInfo:  # fallback while toon_ofx.core.media is unavailable
-    if os.path.isdir(path):
-        frames = sorted(e for e in os.listdir(path) if e.lower().endswith((".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr")))
-        if not frames:
-            raise RequestError(f"{path} is a folder with no image frames", field=field_name)
-        return SourceInfo(len(frames), None)
-    exe = shutil.which("ffprobe")
-    if exe is None:
-        raise RequestError("cannot check the source: ffprobe is not installed", field=field_name)
-    cmd = [exe, "-v", "error", "-select_streams", "v:0", "-count_packets", "-show_entries",
-           "stream=nb_read_packets,avg_frame_rate,r_frame_rate", "-of", "json", path]
     try:
-        out = subprocess.run(cmd, capture_output=True, timeout=60, check=False)
-        streams = json.loads(out.stdout or b"{}").get("streams") or []
-    except (OSError, ValueError, subprocess.TimeoutExpired):
-        streams = []
-    if not streams:
-        raise RequestError(f"{path} is not a video or image file", field=field_name)
-    s = streams[0]
-    count = int(s.get("nb_read_packets") or 0)
-    if count <= 0:
-        raise RequestError(f"{path} has no video frames", field=field_name)
-    fps = None
-    for key in ("avg_frame_rate", "r_frame_rate"):
-        num, _, den = str(s.get(key) or "0/0").partition("/")
-        try:
-            if float(den or 1):
-                fps = float(num) / float(den or 1)
-                break
-        except ValueError:
-            pass
-    return SourceInfo(count, fps)
+        info = media.probe(Path(path))
+    except UserError as exc:
+        raise RequestError(exc.message, field=field_name) from None
+    except (OSError, ValueError) as exc:
+        raise RequestError(f"{path} is not a readable video or image sequence ({exc})", field=field_name) from None
+    fps = getattr(info, "fps", None)
+    return SourceInfo(int(info.frame_count), float(fps) if fps else None)
 
 
 def check_source(source: Any, field_name: str = "source") -> Tuple[str, SourceInfo]:
     if source is None:
         raise RequestError(f"{field_name} is required", field=field_name)
-    if not isinstance(source, str) or not source.strip():
-        raise RequestError(f"{field_name} must be a file path", field=field_name)
-    if "\x00" in source:
-        raise RequestError(f"{field_name} contains a NUL character", field=field_name)
-    if not os.path.isabs(source):
-        raise RequestError(f"{field_name} must be an absolute path (the engine's working folder is not yours), "
-                           f"got {source!r}", field=field_name)
-    source = os.path.normpath(source)
+    source = check_path(source, field_name)
     pattern = "%" in os.path.basename(source) or "#" in os.path.basename(source)  # an image-sequence pattern
     if not pattern and not os.path.exists(source):
         raise RequestError(f"{field_name} {source} does not exist", field=field_name)
@@ -169,14 +128,19 @@ def check_frames(frames: Any, frame_count: int) -> Tuple[int, int]:
 
 
 def check_params(params: Any) -> Dict[str, Any]:
+    """Validated parameters; a model given as a file follows the path rules (absolute, normalised)."""
     if params is None:
         params = {}
     if not isinstance(params, dict):
         raise RequestError("params must be a JSON object", field="params")
     try:
-        return validate(params)
+        params = validate(params)
     except ParamError as exc:
         raise RequestError(exc.message, field=f"params.{exc.field}", status=422) from None
+    for name in MODEL_FIELDS:
+        if looks_like_model_path(params[name]):
+            params[name] = check_path(params[name], f"params.{name}")
+    return params
 
 
 def check_models(params: Mapping[str, Any]) -> None:
@@ -185,7 +149,7 @@ def check_models(params: Mapping[str, Any]) -> None:
         from ..core import model_store
     except ImportError:  # pragma: no cover - trimmed install: the renderer will say what is missing
         return
-    for name in ("base_model", "model"):
+    for name in ("base_model", "model"):  # the base first: its error names what to install first
         try:
             model_store.resolve(params[name])
         except UserError as exc:

@@ -3,10 +3,15 @@
 A movie is encoded under a hidden partial name and moved into place only when complete, so its
 final name exists only for a finished movie; its frames are kept until then, so a restart never
 re-renders them. A job stopped by a shutdown goes back to the queue; one stopped by a cancel ends.
-The renderer (and torch) is imported when the first job runs.
+The frames of a failed or cancelled job stay on disk so a retry resumes from them. Every state is
+recorded only after the file work it describes (movie moved, frames removed): a crash in between
+leaves the job running, and the restart finishes it. A storage error (full disk, no permission)
+fails the job with a message naming the path. The renderer (and torch) is imported when the first
+job runs.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -15,9 +20,8 @@ import sqlite3
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional
 
 from ..core.errors import Cancelled, UserError
 from .outputs import is_inside, move_no_clobber, norm_path, partial_movie
@@ -26,32 +30,28 @@ from .store import JobStore
 log = logging.getLogger("toon_ofx.service.runner")
 
 
-@dataclass
-class _FallbackRenderRequest:
-    """Same fields as toon_ofx.core.render.RenderRequest (used only if the renderer cannot be imported)."""
-
-    source: Path
-    output: Path
-    params: Dict[str, Any] = field(default_factory=dict)
-    frames: Optional[Tuple[int, int]] = None
-    warmup: int = 0
-    work_dir: Optional[Path] = None
-    keep_frames: bool = False
-    bits: int = 8
-
-
 def _default_render(request, progress=None, cancel=None):
     from ..core.render import render
 
     return render(request, progress=progress, cancel=cancel)
 
 
-def _request_class():
+def storage_message(exc: OSError, where: Optional[str] = None) -> str:
+    """One line for a failed file operation, naming the path (`where` when the error names none)."""
+    where = exc.filename if exc.filename is not None else (where or "a file")
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return f"no space left on the disk of {where} ({exc.strerror}); free some space and retry the job"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {where}: {exc.strerror}"
+    return f"cannot use {where}: {exc.strerror or exc}"
+
+
+def _file_id(path: str) -> Optional[list]:
     try:
-        from ..core.render import RenderRequest
-        return RenderRequest
-    except ImportError:
-        return _FallbackRenderRequest
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino]
 
 
 def _event_dict(event: Any) -> Dict[str, Any]:
@@ -87,17 +87,16 @@ class JobRunner:
         movie = output["kind"] == "movie"
         partial = partial_movie(output["path"]) if movie else None
         if movie and os.path.exists(output["path"]):
-            if row["attempts"] > 1 and not os.path.exists(partial):
-                # killed after the movie was moved into place but before the job was marked done
+            if _file_id(output["path"]) == output.get("moved"):
+                # stopped after the movie was moved into place but before the job was marked done
                 log.info("job %s: %s was finished before the restart", job_id, output["path"])
                 progress.update(stage="done", frames_done=total, eta_seconds=0.0)
+                self.drop_work_dir(output)
                 self.store.finish(job_id, "done", result=self._result(output, first, last, row["fps"]),
                                   progress=progress)
-                self._drop_work_dir(output)
             else:
-                progress.update(stage="failed", eta_seconds=None)
-                self.store.finish(job_id, "failed", error=f"{output['path']} appeared after the job was queued; "
-                                  "existing files are never overwritten", progress=progress)
+                self._fail(job_id, progress, f"{output['path']} appeared after the job was queued; "
+                           "existing files are never overwritten")
             return
 
         started = time.monotonic()
@@ -126,21 +125,24 @@ class JobRunner:
                 state["last"] = now
                 try:
                     self.store.set_progress(job_id, progress)
-                except Exception:  # pragma: no cover
-                    log.exception("job %s: cannot store progress", job_id)
+                except Exception as exc:  # a full disk: progress is not worth failing the job for
+                    if not state.get("warned"):
+                        state["warned"] = True
+                        log.warning("job %s: cannot store progress: %s", job_id, exc)
 
-        request_cls = _request_class()
+        from ..core.render import RenderRequest
+
         work_dir = Path(output["work_dir"]) if output.get("work_dir") else None
         # a movie is encoded under a hidden name and moved into place when complete, so its final name
         # exists only for a finished movie; its frames are kept until then so a restart never re-renders
         target = partial if movie else output["pattern"]
-        request = request_cls(source=Path(row["source"]), output=Path(target), params=params, frames=(first, last),
+        request = RenderRequest(source=Path(row["source"]), output=Path(target), params=params, frames=(first, last),
                               warmup=0, work_dir=work_dir, keep_frames=movie)
-        if output["kind"] == "sequence":
-            Path(output["folder"]).mkdir(parents=True, exist_ok=True)
         log.info("job %s: rendering %s frames %d-%d -> %s (attempt %d)", job_id, row["source"], first, last,
                  target, row["attempts"])
         try:
+            if output["kind"] == "sequence":
+                Path(output["folder"]).mkdir(parents=True, exist_ok=True)
             result = self.render_fn(request, progress=on_progress, cancel=cancel)
         except Cancelled:
             self._stopped(job_id, progress, output)
@@ -152,10 +154,13 @@ class JobRunner:
             if isinstance(exc, UserError):
                 error = exc.message
                 log.info("job %s failed: %s", job_id, error)
+            elif isinstance(exc, OSError):
+                error = storage_message(exc, output.get("work_dir") or output["folder"])
+                log.error("job %s failed: %s", job_id, error)
             else:
                 error = f"internal error: {type(exc).__name__}: {exc}"
                 log.error("job %s: render raised\n%s", job_id, traceback.format_exc())
-            self._fail(job_id, progress, output, error)
+            self._fail(job_id, progress, error)
             return
         fps = getattr(result, "fps", None) or row["fps"]
         first_done = getattr(result, "first_frame", first)
@@ -165,30 +170,41 @@ class JobRunner:
             try:
                 move_no_clobber(partial, output["path"])
             except FileExistsError:
-                self._fail(job_id, progress, output, f"{output['path']} appeared while the job ran; existing files "
-                           f"are never overwritten (the render is kept as {partial})", keep_frames=True)
+                self._fail(job_id, progress, f"{output['path']} appeared while the job ran; existing files "
+                           f"are never overwritten (the render is kept as {partial})")
                 return
             except OSError as exc:
-                self._fail(job_id, progress, output, f"cannot move the movie into place: {exc}", keep_frames=True)
+                self._fail(job_id, progress, f"cannot move the movie into place: {storage_message(exc)}")
                 return
+            try:
+                self.store.note_output(job_id, moved=_file_id(output["path"]))
+            except Exception as exc:  # a full data disk: the end below is kept in memory all the same
+                log.warning("job %s: cannot note the finished movie: %s", job_id, exc)
         progress.update(stage="done", frames_done=total, eta_seconds=0.0)
+        self.drop_work_dir(output)
         self.store.finish(job_id, "done", progress=progress,
                           result=self._result(output, first_done, last_done, fps, pattern))
-        self._drop_work_dir(output)
         log.info("job %s done", job_id)
 
-    def _fail(self, job_id: str, progress: Dict[str, Any], output: Dict[str, Any], error: str,
-              keep_frames: bool = False) -> None:
+    def _fail(self, job_id: str, progress: Dict[str, Any], error: str) -> None:
         progress.update(stage="failed", eta_seconds=None)
         self.store.finish(job_id, "failed", error=error, progress=progress)
-        if not keep_frames:
-            self._drop_work_dir(output)
 
-    def _drop_work_dir(self, output: Dict[str, Any]) -> None:
+    def drop_work_dir(self, output: Dict[str, Any]) -> None:
+        """Remove a job's frame folder (only ever one inside the engine's work folder)."""
         work_dir = output.get("work_dir")
         if work_dir and os.path.isdir(work_dir) and is_inside(work_dir, str(self.store.work_root)) \
                 and norm_path(work_dir) != norm_path(str(self.store.work_root)):
             shutil.rmtree(work_dir, ignore_errors=True)
+
+    @staticmethod
+    def drop_partial(output: Dict[str, Any]) -> None:
+        """Remove a movie job's half-encoded file (its frames stay for a retry)."""
+        if output.get("kind") == "movie":
+            try:
+                os.unlink(partial_movie(output["path"]))
+            except FileNotFoundError:
+                pass
 
     def _stopped(self, job_id: str, progress: Dict[str, Any], output: Dict[str, Any]) -> None:
         shutdown = self.stopped_by_shutdown(job_id)
@@ -199,14 +215,12 @@ class JobRunner:
             log.info("job %s interrupted by shutdown; it resumes at the next start", job_id)
         else:
             progress.update(stage="cancelled", eta_seconds=None)
+            try:
+                self.drop_partial(output)
+            except OSError as exc:
+                log.warning("job %s: cannot remove the partial movie: %s", job_id, storage_message(exc))
             self.store.finish(job_id, "cancelled", progress=progress)
-            self._drop_work_dir(output)
-            if output["kind"] == "movie":
-                try:
-                    os.unlink(partial_movie(output["path"]))
-                except OSError:
-                    pass
-            log.info("job %s cancelled", job_id)
+            log.info("job %s cancelled (its frames are kept: retry resumes from them)", job_id)
 
     @staticmethod
     def _result(output: Dict[str, Any], first: int, last: int, fps: Optional[float],
