@@ -12,7 +12,7 @@ import bpy
 
 from . import compat
 from .jobs import (Cancelled, Failed, Finished, Message, PendingJob, cancel, error_text, overall_progress, poll,
-                   status_text, submit_plans)
+                   resume, status_text, submit_plans)
 from .placement import covered_strips, place_result
 from .planning import StripPlan, ToonifyError
 
@@ -39,6 +39,14 @@ class Run:
         self.finals: List[Message] = []
         self._thread = None
         self._submitted = False
+        self._retry: Optional[List[PendingJob]] = None
+
+    @classmethod
+    def retrying(cls, pending: Sequence[PendingJob], connect: Callable[[], Any]) -> "Run":
+        """A run that resumes earlier failed or cancelled jobs instead of submitting new ones."""
+        run = cls([job.plan for job in pending], {}, "", connect)
+        run._retry = list(pending)
+        return run
 
     # the worker: no bpy in here
     def _connect_and_submit(self) -> None:
@@ -47,7 +55,10 @@ class Run:
             self.client = client
             if self.cancel_requested:
                 return
-            pending = submit_plans(self.plans, client, self.params, self.output_root)
+            if self._retry is not None:
+                pending = resume(self._retry, client)
+            else:
+                pending = submit_plans(self.plans, client, self.params, self.output_root)
             self.pending = pending
             if self.cancel_requested:  # Esc while submitting: stop what was just queued
                 cancel(pending, client)
@@ -145,7 +156,7 @@ def finish_message(message: Message):
             return "WARNING", f"{text}; it now covers {names}, which showed above the source"
         return "INFO", text
     if isinstance(message, Failed):
-        return "ERROR", f"Toonify {job.strip_name!r} failed: {message.error}"
+        return "ERROR", f"Toonify {job.strip_name!r} failed: {message.error} (Retry resumes it)"
     if isinstance(message, Cancelled):
-        return "WARNING", f"Toonify {job.strip_name!r} cancelled"
+        return "WARNING", f"Toonify {job.strip_name!r} cancelled (Retry resumes it)"
     return "INFO", ""

@@ -677,6 +677,85 @@ def test_selected_meta_strip_is_toonified_inside(bpy_venv, addon_zip, tmp_path, 
 
 
 @pytest.mark.blender
+def test_style_picker_lists_the_engines_models(bpy_venv, addon_zip, tmp_path, engine):
+    """Style and Base model: a file browser plus the models the engine knows (GET /v1/models), like the Qt panel;
+    picking one sets the field; a file picked beside the .blend goes to the engine as an absolute path."""
+    sys.path.insert(0, str(REPO))
+    from toon_ofx.client import EngineClient
+    known = EngineClient(config_dir=str(engine)).models()
+    data = run_blender(bpy_venv, "models", {"zip": str(addon_zip), "blend": str(tmp_path / "edit.blend")}, tmp_path,
+                       engine)
+    assert data["before"] == [] and ["label", [], {"text": "No models listed yet", "icon": "INFO"}] in data["empty_menu"]
+    assert data["check"] == ["FINISHED"]
+    assert [m["name"] for m in data["styles"]] == [m["name"] for m in known if m["kind"] in ("toon", "blended")]
+    assert data["bases"] == [m["name"] for m in known if m["kind"] == "base"]
+    entries = [c for c in data["menu"] if c[0] == "operator" and c[1] == ["toon_ofx.pick_model"]]
+    assert [e[2]["op.name"] for e in entries] == [m["name"] for m in data["styles"]]
+    assert all(e[2]["op.target"] == "model" for e in entries)
+    first = data["styles"][0]
+    assert data["description"].startswith(str(first.get("title") or first["name"]))
+    if not first.get("installed", True):
+        assert f"toon-ofx models pull {first['name']}" in data["description"]
+    assert ["menu", ["TOONOFX_MT_model"], {"text": "", "icon": "DOWNARROW_HLT"}] in data["panel"]
+    assert data["pick"] == ["FINISHED"] and data["picked"] == first["name"]
+    assert data["from_browser"] == str(tmp_path / "models" / "my_toon.pt")
+    assert data["refresh"] == ["FINISHED"]
+
+
+@pytest.mark.parametrize("how", ["disable", "exit"])
+@pytest.mark.blender
+def test_engine_stops_once_blender_lets_go(bpy_venv, addon_zip, tmp_path, how):
+    """An engine with an idle timeout stays up while the add-on holds a session, and stops soon after the
+    add-on says goodbye: when it is disabled, or when Blender exits."""
+    import threading
+    proc, config = start_engine_process(tmp_path, "--render-fn", "engine_stub:identity_render",
+                                        "--idle-timeout", "2")
+    sys.path.insert(0, str(REPO))
+    from toon_ofx.client import EngineClient
+    test_client = EngineClient(config_dir=str(config))
+    test_client.hello(lease=120, name="test")           # holds the engine up while Blender starts
+    connected = tmp_path / "connected"
+
+    def let_go():
+        deadline = time.monotonic() + 120
+        while not connected.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        test_client.goodbye()
+
+    threading.Thread(target=let_go, daemon=True).start()
+    try:
+        args = {"zip": str(addon_zip), "idle_timeout": 2, "disable": how == "disable", "connected": str(connected)}
+        data = run_blender(bpy_venv, "session", args, tmp_path, config)
+        assert data["check"] == ["FINISHED"] and data["alive_while_held"]
+        if how == "disable":
+            assert 0 <= data["gone_after"] < 15
+        else:
+            proc.wait(15)                       # Blender's exit said goodbye
+        assert proc.poll() is not None
+    finally:
+        stop_process(proc)
+
+
+@pytest.mark.blender
+def test_retry_resumes_a_cancelled_render(bpy_venv_full, addon_zip, tmp_path, clip, slow_engine):
+    args = {"zip": str(addon_zip), "clip": str(clip), "output_folder": str(tmp_path / "r"), "frame_offset_end": 40}
+    data = run_blender(bpy_venv_full, "retry", args, tmp_path, slow_engine)
+    assert data["nothing"]["result"] == ["ERROR"] and "poll" in data["nothing"]["error"]   # nothing to retry yet
+    assert data["first"]["result"] == ["ERROR"] and "timed out" in data["first"]["error"]
+    assert data["retryable"] == ["clip"]
+    assert data["retry"]["result"] == ["FINISHED"], data["retry"]
+    (new,) = data["new"]
+    assert new["frame_final_duration"] == 32 and new["files"][0] == "clip_toon.000000.png"
+    assert data["after_retry"] == []
+    jobs = engine_jobs(slow_engine)
+    assert [j["state"] for j in jobs if j["id"] == data["job_id"]] == ["done"]
+    assert len(jobs) == 2                                # the same job resumed; the second is the failing one
+    assert data["failing"]["result"] == ["ERROR"] and "(Retry resumes it)" in data["failing"]["error"]
+    assert data["retry_failing"]["result"] == ["ERROR"] and "told to fail" in data["retry_failing"]["error"]
+    assert data["still_retryable"] == ["clip"]
+
+
+@pytest.mark.blender
 def test_errors_are_reports_not_tracebacks(bpy_venv, addon_zip, tmp_path, clip, engine):
     bad = tmp_path / "bad.mp4"
     bad.write_text("this is not a video")
@@ -706,7 +785,7 @@ def test_cancel_while_rendering(bpy_venv_full, addon_zip, tmp_path, clip, slow_e
     data = run_blender(bpy_venv_full, "cancel", args, tmp_path, slow_engine)
     assert data["done"] and data["cancelled"] and data["error"] is None
     assert data["engine_state"] == "cancelled"
-    assert data["reports"] == [["WARNING", "Toonify 'clip' cancelled"]]
+    assert data["reports"] == [["WARNING", "Toonify 'clip' cancelled (Retry resumes it)"]]
     assert data["unchanged"]
     assert any("frame 2/72" in s for s in data["statuses"])
     assert data["progress"] == sorted(data["progress"]) and 0 < data["progress"][-1] < 1
@@ -747,7 +826,7 @@ def test_modal_operator_progress_and_esc(bpy_venv_full, addon_zip, tmp_path, cli
 
     assert cancelled["final"] == ["CANCELLED"] and cancelled["new"] == [] and cancelled["source_unchanged"]
     assert cancelled["engine_state"] == "cancelled"
-    assert cancelled["reports"] == [["WARNING", "Toonify 'clip' cancelled"]]
+    assert cancelled["reports"] == [["WARNING", "Toonify 'clip' cancelled (Retry resumes it)"]]
     assert cancelled["calls"][-3:] == [["timer_remove"], ["progress_end"], ["status", None]]
 
 

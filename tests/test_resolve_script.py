@@ -76,6 +76,12 @@ class FakeEngine:
         self.jobs[job_id]["state"] = "cancelled"
         return dict(self.jobs[job_id])
 
+    def retry(self, job_id):
+        job = self.jobs[job_id]
+        assert job["state"] in ("failed", "cancelled"), job["state"]
+        job.update(state="queued", error=None)
+        return dict(job)
+
     def _run(self, job):
         if job["state"] != "queued":
             return
@@ -124,6 +130,12 @@ def edit(tmp_path, sequence_frames):
         {"path": b, "start": 15, "end": 45, "record": 40},      # 30 frames of b (1 s) = 24 timeline frames
     ], sequence_frames=sequence_frames)
     return resolve, project, timeline, a, b
+
+
+@pytest.fixture(autouse=True)
+def private_config(tmp_path, monkeypatch):
+    """The bridge's config folder (engine Python, renders to retry) in the test's own folder."""
+    monkeypatch.setenv("TOON_OFX_CONFIG_DIR", str(tmp_path / "config"))
 
 
 # -------------------------------------------------------- the fake itself
@@ -486,6 +498,32 @@ def test_script_direct_mode_end_to_end_with_a_fake_engine(edit, tmp_path):
     assert len(folders) == 2 and all(f.endswith(params_hash(schema.validate({"steps": 20}))) for f in folders)
 
 
+def test_failed_and_cancelled_renders_are_resumed_with_retry(edit, tmp_path):
+    """A failed render is kept; `--retry` resumes its engine job and places it on the track the first run used."""
+    resolve, project, timeline, a, b = edit
+    engine = FakeEngine(fail_sources={str(b)})
+    lines = []
+    args = ["--direct", "--track", "1", "--output-dir", str(tmp_path / "out"), "--no-report"]
+    assert script_main({"resolve": resolve}, argv=args, log=lines.append, client=engine) == 3
+    assert "1 render(s) failed or were cancelled; run Toon Faces with --retry" in "\n".join(lines)
+    assert [it.GetName() for it in timeline.GetItemListInTrack("video", 2)] == ["a_toon.[000010-000021].png"]
+
+    other = project.GetMediaPool().CreateEmptyTimeline("Other")
+    project.SetCurrentTimeline(other)
+    assert script_main({"resolve": resolve}, argv=["--retry"], log=lines.append, client=engine) == 2
+    assert "belong to timeline 'Edit 1'" in lines[-1]
+    project.SetCurrentTimeline(timeline)
+
+    engine.fail_sources.clear()                                  # whatever broke is fixed
+    lines.clear()
+    assert script_main({"resolve": resolve}, argv=["--retry", "--no-report"], log=lines.append, client=engine) == 0
+    assert "resumed b.mp4" in "\n".join(lines)
+    assert [it.GetStart() for it in timeline.GetItemListInTrack("video", 2)] == [86400, 86440]   # same track
+    assert timeline.GetTrackCount("video") == 2
+    assert script_main({"resolve": resolve}, argv=["--retry"], log=lines.append, client=engine) == 2
+    assert "nothing to retry" in lines[-1]
+
+
 def test_script_panel_mode_places_what_the_panel_rendered(edit, tmp_path):
     resolve, project, timeline, a, b = edit
     engine = FakeEngine()
@@ -778,6 +816,36 @@ def test_installed_script_against_an_engine_process(tmp_path, monkeypatch):
         _check_placed(timeline, project, 10, 19, 86400 + 48, 8)
         frames = sorted(p.name for p in out.rglob("*.png"))
         assert len(frames) == 10 and frames[0].endswith("000010.png")   # named by SOURCE frame numbers
+    finally:
+        stop_engine(proc)
+
+
+def test_direct_mode_lets_an_idle_engine_stop(tmp_path, monkeypatch):
+    """The script holds an engine session while it renders and says goodbye when done: an engine with an idle
+    timeout then stops (the test's own session kept it up until the script ran; had the script kept its
+    session, the engine would stay up for the session's lease)."""
+    import time
+
+    from toon_ofx.client import EngineClient
+
+    _engine_env(tmp_path, monkeypatch)
+    proc = start_engine(tmp_path, "--render-fn", "test_jobs:fake_render", "--idle-timeout", "1")
+    try:
+        holder = EngineClient()
+        holder.hello(lease=120, name="test")
+        resolve, project, timeline, clip = face_edit(tmp_path, first=0, end=3, record=0)
+        lines = []
+        code = script_main({"resolve": resolve}, argv=["--direct", "--track", "1", "--set", "device=cpu",
+                                                       "--output-dir", str(tmp_path / "out"), "--no-report"],
+                           log=lines.append)
+        assert code == 0, lines
+        holder.goodbye()
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is not None, "the engine still runs: the script kept its session"
+        log = (tmp_path / "engine.log").read_text()
+        assert "opened by DaVinci Resolve" in log
     finally:
         stop_engine(proc)
 

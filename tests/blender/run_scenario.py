@@ -466,6 +466,136 @@ def scenario_meta(args: dict) -> dict:
     return out
 
 
+def _engine_alive() -> bool:
+    """The engine still runs (a stopping engine removes its server.json first)."""
+    try:
+        with open(os.path.join(os.environ["TOON_OFX_CONFIG_DIR"], "server.json")) as fh:
+            pid = json.load(fh)["pid"]
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError):
+        return False
+    return True
+
+
+def _wait_engine_gone(limit: float) -> float:
+    """Seconds until the engine process is gone (or -1 after `limit`)."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        if not _engine_alive():
+            return time.monotonic() - start
+        time.sleep(0.2)
+    return -1.0
+
+
+def scenario_session(args: dict) -> dict:
+    """The add-on holds an engine session while enabled; disabling it (or Blender exiting) says goodbye.
+
+    The engine runs with a short idle timeout: it must outlive that timeout while the add-on holds it,
+    and stop soon after the add-on lets go.
+    """
+    import addon_utils
+    set_prefs(args)
+    out = {"check": sorted(bpy.ops.toon_ofx.check_engine())}
+    with open(args["connected"], "w") as fh:               # the test lets go of its own session now
+        fh.write("1")
+    time.sleep(float(args["idle_timeout"]) + 4)
+    out["alive_while_held"] = _engine_alive()
+    if args.get("disable"):
+        addon_utils.disable(MODULE, default_set=True, handle_error=None)
+        out["gone_after"] = _wait_engine_gone(15)
+    return out
+
+
+def scenario_retry(args: dict) -> dict:
+    """Retry: a cancelled render resumes and is placed; a render that fails again is reported again."""
+    set_prefs(args)
+    scene, sed = new_scene()
+    source = add_movie(scene, args)
+    select_only(scene, {source.name})
+    operators = addon_module("operators")
+    out = {"nothing": run_operator_named("retry", timeout=10)}
+    out["first"] = run_operator(timeout=1.5)                  # cancelled by the timeout: still rendering
+    out["retryable"] = [job.strip_name for job in operators.retryable()]
+    job_id = operators.retryable()[0].job_id if operators.retryable() else None
+    before = all_strips(scene)
+    out["retry"] = run_operator_named("retry", timeout=120)
+    after = all_strips(scene)
+    out["new"] = [describe(addon_module("compat").find_strip(scene, n)) for n in after if n not in before]
+    out["after_retry"] = [job.strip_name for job in operators.retryable()]
+    out["job_id"] = job_id
+    scene.toon_ofx.seed = 4242                                 # the stand-in renderer fails this one
+    out["failing"] = run_operator(timeout=60)
+    out["retry_failing"] = run_operator_named("retry", timeout=60)
+    out["still_retryable"] = [job.strip_name for job in operators.retryable()]
+    return out
+
+
+def run_operator_named(name: str, **kwargs) -> dict:
+    try:
+        result = getattr(bpy.ops.toon_ofx, name)(**kwargs)
+        return {"result": sorted(result), "error": None}
+    except RuntimeError as exc:
+        return {"result": ["ERROR"], "error": str(exc)}
+
+
+class _RecordingLayout:
+    """What a panel or menu draw() asks of its layout, recorded (headless Blender never draws)."""
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    def __getattr__(self, name):
+        def call(*args, **kwargs):
+            entry = [name, [a if isinstance(a, (str, int, float, bool)) else type(a).__name__ for a in args],
+                     {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool))}]
+            self.calls.append(entry)
+            if name in ("operator",):
+                return _RecordedOperator(entry)
+            if name in ("row", "column", "box", "split"):
+                return self
+            return None
+        return call
+
+
+class _RecordedOperator:
+    def __init__(self, entry):
+        self.__dict__["entry"] = entry
+
+    def __setattr__(self, name, value):
+        self.entry[2][f"op.{name}"] = value
+
+
+def scenario_models(args: dict) -> dict:
+    """The Style and Base model pickers: the engine's model list, picking one, and a file from the browser."""
+    import types
+    set_prefs(args)
+    scene, sed = new_scene()
+    ui, models, props = (addon_module(n) for n in ("ui", "models", "props"))
+    out = {"before": [m["name"] for m in models.for_field("model")]}
+    menu_calls = []
+    ui.MODEL_MENUS["model"].draw(types.SimpleNamespace(layout=_RecordingLayout(menu_calls)), bpy.context)
+    out["empty_menu"] = menu_calls
+    out["check"] = sorted(bpy.ops.toon_ofx.check_engine())
+    out["styles"] = models.for_field("model")
+    out["bases"] = [m["name"] for m in models.for_field("base_model")]
+    menu_calls = []
+    ui.MODEL_MENUS["model"].draw(types.SimpleNamespace(layout=_RecordingLayout(menu_calls)), bpy.context)
+    out["menu"] = menu_calls
+    panel_calls = []
+    ui.TOONOFX_PT_toonify.draw(types.SimpleNamespace(layout=_RecordingLayout(panel_calls)), bpy.context)
+    out["panel"] = panel_calls
+    name = out["styles"][0]["name"]
+    pick = addon_module("operators").TOONOFX_OT_pick_model
+    out["description"] = pick.description(bpy.context, types.SimpleNamespace(name=name))
+    out["pick"] = sorted(bpy.ops.toon_ofx.pick_model(target="model", name=name))
+    out["picked"] = scene.toon_ofx.model
+    bpy.ops.wm.save_as_mainfile(filepath=args["blend"])
+    scene.toon_ofx.model = "//models/my_toon.pt"            # what the file browser writes for a file beside it
+    out["from_browser"] = props.values(scene.toon_ofx)["model"]
+    out["refresh"] = sorted(bpy.ops.toon_ofx.refresh_models())
+    return out
+
+
 class _FakeWindowManager:
     """What the modal operator asks of context.window_manager, recorded."""
 
@@ -516,7 +646,8 @@ def scenario_modal(args: dict) -> dict:
     cls = operators.TOONOFX_OT_toonify
 
     class Op:
-        invoke, modal, cancel, _show, _stop = cls.invoke, cls.modal, cls.cancel, cls._show, cls._stop
+        invoke, modal, cancel, _show, _stop, _make_run = cls.invoke, cls.modal, cls.cancel, cls._show, cls._stop, \
+            cls._make_run
 
         def __init__(self):
             self.reports = []

@@ -90,11 +90,12 @@ class Placement:
     note: str = ""
     media_pool_item: Any = None
     overlay: bool = False        # an RGBA face overlay (composited Normal over the source)
+    job_id: Optional[str] = None  # the engine job that rendered it (what --retry resumes)
 
     def to_json(self) -> Dict[str, Any]:
         return {"clip": self.clip.name, "id": self.clip.id, "status": self.status, "reason": self.reason,
                 "track": self.track, "record_frame": self.record_frame, "note": self.note,
-                "result": self.result}
+                "result": self.result, "job": self.job_id}
 
 
 @dataclass
