@@ -36,7 +36,8 @@ def place_result(scene, source_strip, result: Dict[str, Any], output_kind: str =
     if outside:
         raise ToonifyError(f"the result holds frames {first}-{last}, but the strip now shows frame {outside[0]}; "
                            "toonify it again")
-    files = [pattern % f for f in shown]
+    number = int(result.get("first_number") or 0)  # frame i is file pattern % (first_number + i)
+    files = [pattern % (number + f) for f in shown]
     missing = sorted({f for f in files if not os.path.isfile(f)})
     if missing:
         raise ToonifyError(f"{len(missing)} result frames are missing, e.g. {missing[0]}")

@@ -492,7 +492,8 @@ def test_placement_lines_up_with_the_source(bpy_venv, addon_zip, tmp_path, grey_
         {"label": "blockers", "channel": 2, "frame_start": 1, "blockers": [[3, 50, 10], [4, 200, 10], [5, 1, 3]],
          "output_kind": "overlay"},
         {"label": "sequence", "sequence": [str(grey_sequence / f"shot.{i:04d}.png") for i in range(5, 15)],
-         "channel": 3, "frame_start": 100, "frame_offset_start": 2, "frame_offset_end": 1},
+         "channel": 3, "frame_start": 100, "frame_offset_start": 2, "frame_offset_end": 1,
+         "first_number": 1},           # results named like the source: engine frame 6 is res.0007
         {"label": "meta", "meta": True, "frame_start": 10, "frame_offset_start": 5},
     ]
     args = {"zip": str(addon_zip), "clip": str(grey_clip), "folder": str(tmp_path / "out"), "cases": cases, "fps": 24}
@@ -530,6 +531,7 @@ def test_placement_lines_up_with_the_source(bpy_venv, addon_zip, tmp_path, grey_
     # shot.0005..0014 of a folder starting at shot.0001: source frames 4..13, trimmed by 2 and 1
     assert data["sequence"]["plan_source"] == str(grey_sequence / "shot.%04d.png")
     check("sequence", [6, 12], 4)
+    assert data["sequence"]["new"]["files"][0] == "res.0007.png"   # shot.0007 shows first: its result
     check("meta", [5, 71], 3)
     assert data["meta"]["new"]["parent_meta"] == "meta"
 

@@ -329,7 +329,8 @@ def test_retimed_items_are_refused_with_the_reason(tmp_path):
 
 
 def test_image_sequence_source_counted_from_the_first_file_on_disk(tmp_path, sequence_frames):
-    """Resolve's item starts at shot.0020 while the folder starts at shot.0011: the engine counts from 0011."""
+    """Resolve's item starts at shot.0020 while the folder starts at shot.0011: the engine counts from 0011 (its
+    first_number), and its results carry the source's file numbers (shot_toon.0022 for shot.0022)."""
     for n in range(11, 50):
         cv2.imwrite(str(tmp_path / f"shot.{n:04d}.png"), np.full((8, 8, 3), n, np.uint8))
     seq = {"FilePath": str(tmp_path / "shot.%04d.png"), "StartIndex": 20, "EndIndex": 49}
@@ -338,12 +339,17 @@ def test_image_sequence_source_counted_from_the_first_file_on_disk(tmp_path, seq
     ((clip,), _, _) = collect_clips(timeline, track=1, project=project)
     assert clip.kind == "sequence" and clip.source == str(tmp_path / "shot.%04d.png")
     assert (clip.first, clip.last) == (11, 20)                      # shot.0022 .. shot.0031 in engine frames
-    result = {"kind": "sequence", "pattern": seq["FilePath"], "first_frame": clip.first, "last_frame": clip.last}
-    placement = fr_placement(clip, result)
-    report = place_results(resolve, project, timeline, [placement], source_track=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    for n in range(22, 32):                                          # what the engine writes
+        cv2.imwrite(str(out / f"shot_toon.{n:04d}.png"), np.full((8, 8, 3), 255 - n, np.uint8))
+    result = {"kind": "sequence", "pattern": str(out / "shot_toon.%04d.png"), "first_frame": clip.first,
+              "last_frame": clip.last, "first_number": 11}
+    report = place_results(resolve, project, timeline, [fr_placement(clip, result)], source_track=1)
     assert report.ok, report.text()
     (item,) = timeline.GetItemListInTrack("video", 2)
     assert (item.GetStart(), item.GetDuration()) == (86424, 10)
+    assert item.GetMediaPoolItem().GetClipProperty("File Path") == str(out / "shot_toon.[0022-0031].png")
 
 
 def fr_placement(clip, result, overlay=False):

@@ -253,14 +253,18 @@ def scenario_cancel(args: dict) -> dict:
             "unchanged": all_strips(scene) == before}
 
 
-def _write_gray_frames(folder: str, name: str, first: int, last: int, size=(64, 36)) -> str:
-    """Result frames whose grey level codes their source frame number (3 * n), like the test clip."""
+def _write_gray_frames(folder: str, name: str, first: int, last: int, size=(64, 36), first_number: int = 0,
+                       digits: int = 6) -> str:
+    """Result frames whose grey level codes their source frame (3 * n), like the test clip.
+
+    Frame n is file `pattern % (first_number + n)`, as the engine names an image sequence's results.
+    """
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from png import png_bytes
     os.makedirs(folder, exist_ok=True)
-    pattern = os.path.join(folder, f"{name}.%06d.png")
+    pattern = os.path.join(folder, f"{name}.%0{digits}d.png")
     for f in range(first, last + 1):
-        with open(pattern % f, "wb") as fh:
+        with open(pattern % (first_number + f), "wb") as fh:
             fh.write(png_bytes(size[0], size[1], (3 * f % 256,) * 3))
     return pattern
 
@@ -398,8 +402,11 @@ def scenario_placement(args: dict) -> dict:
             out[case["label"]] = {"error": str(exc)}
             continue
         source_before = describe(source)
-        pattern = _write_gray_frames(os.path.join(args["folder"], case["label"]), "res", plan.first, plan.last)
-        result = {"kind": "sequence", "pattern": pattern, "first_frame": plan.first, "last_frame": plan.last}
+        number = int(case.get("first_number", 0))
+        pattern = _write_gray_frames(os.path.join(args["folder"], case["label"]), "res", plan.first, plan.last,
+                                     first_number=number, digits=4 if number else 6)
+        result = {"kind": "sequence", "pattern": pattern, "first_frame": plan.first, "last_frame": plan.last,
+                  "first_number": number}
         strip = placement.place_result(scene, source, result, case.get("output_kind", "frame"))
         entry = {"plan": [plan.first, plan.last], "plan_source": plan.source, "rate": plan.mapping.rate,
                  "source_before": source_before, "source_after": describe(source), "new": describe(strip)}

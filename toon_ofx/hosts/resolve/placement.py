@@ -53,8 +53,9 @@ def import_result(media_pool, result: Dict[str, Any], folder, clip_fps: Optional
         return None, f"could not open the {folder.GetName()!r} bin"
     try:
         if result.get("kind") != "movie":
-            info = {"FilePath": result["pattern"], "StartIndex": int(result["first_frame"]),
-                    "EndIndex": int(result["last_frame"])}
+            number = int(result.get("first_number") or 0)  # frame i is file pattern % (first_number + i)
+            info = {"FilePath": result["pattern"], "StartIndex": number + int(result["first_frame"]),
+                    "EndIndex": number + int(result["last_frame"])}
             items = media_pool.ImportMedia([info])
         else:
             items = media_pool.ImportMedia([result["path"]])
