@@ -8,9 +8,11 @@ README.txt) holding exactly the rendered frames. It takes the project frame
 rate, so its "FPS" clip property is set back to the clip's rate before it is
 cut in.
 
-`place_results()` appends each whole imported item with a clipInfo
-(`mediaPoolItem`, `startFrame`, `endFrame`, `mediaType` 1, `trackIndex`,
-absolute `recordFrame` = where the source item shows the first rendered frame)
+`place_results()` appends each whole imported item with a clipInfo (README.txt:
+"Appends list of clipInfos specified as dict of "mediaPoolItem", "startFrame"
+(int), "endFrame" (int), (optional) "mediaType" (int; 1 - Video only, 2 - Audio
+only), "trackIndex" (int) and "recordFrame" (int)"; `recordFrame` is absolute:
+where the source item shows the first rendered frame)
 on a new track above the source or a chosen one, then RE-READS the track with
 `GetItemListInTrack` to see what really landed (Resolve drops a clip that would
 overlap another without saying so) and reports every clip it could not place.

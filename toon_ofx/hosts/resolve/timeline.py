@@ -8,7 +8,11 @@ just as well). For each item: the source file (`GetClipProperty("File
 Path")`), the used source range from `GetLeftOffset()`/`GetDuration()`
 (timeline frames) converted to the clip's own frames with
 `GetClipProperty("FPS")` (see frames.py), and the record range (`GetStart()`,
-absolute: a timeline usually starts at frame 86400 = 01:00:00:00).
+absolute: a timeline usually starts at frame 86400 = 01:00:00:00). Clip
+property keys ("File Path", "FPS", "Frames", "Type", "Start") are those of the
+Clip Attributes and Media Pool columns: README.txt, "Project and Clip
+properties", documents that keys follow the UI's names and that
+`GetClipProperty()` with no key lists them.
 
 Items it cannot use come back as `Skipped`, with the reason: no media file,
 stills, and speed changes. `GetSourceStartFrame()`/`GetSourceEndFrame()`
