@@ -225,3 +225,27 @@ def test_ray_matches_single_process_render(cluster, engine_params, tmp_path):
     for i in range(first, last + 1):
         assert np.array_equal(media.read_image(str(single) % i), media.read_image(str(out) % i)), i
     assert events[-1].stage == "done" and events[-1].frames_done == 12
+
+
+def test_progress_never_goes_back_while_results_are_on_their_way():
+    """A worker resets its status when a chunk ends, before the driver has collected the chunk's
+    result (on a loaded machine that gap spans several polls); its frames must not vanish meanwhile."""
+    from toon_ofx.farm.plan import plan_chunks
+    from toon_ofx.farm.ray_backend import ChunkOutcome, RayProgress
+
+    chunks = plan_chunks(0, 11, 4, keyframe_interval=4)          # 0-3, 4-7, 8-11
+    events = []
+    report = RayProgress(events.append, chunks, present={8, 9})   # two frames of 8-11 were on disk
+    assert report.frames_done == 2
+    for status in ({"chunk": (0, 3), "done": 3, "faces": 1},      # worker A, three frames in
+                   {"chunk": (8, 11), "done": 3, "faces": 1},     # worker B, counting the frames on disk
+                   {"chunk": None, "done": 0, "faces": 0},        # A finished 0-3; its result is not in yet
+                   {"chunk": (4, 7), "done": 1, "faces": 0},      # A already on its next chunk
+                   {"chunk": (0, 3), "done": 2, "faces": 1}):     # a status that arrives late
+        report.live(status)
+        report.emit("rendering")
+    report.finished(ChunkOutcome(chunks[0], 4, 0, 1, 0.1, 0.0, "A"))
+    report.emit("rendering")
+    done = [e.frames_done for e in events]
+    assert done == [5, 6, 7, 8]        # +3 from 0-3, +1 from 8-11, +1 from 4-7, 0-3 complete
+    assert done == sorted(done) and all(e.frames_total == 12 for e in events)

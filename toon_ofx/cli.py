@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -29,6 +30,7 @@ def add_render_parser(sub) -> None:
     p.add_argument("--chunk-of", type=frame_range, metavar="F-L",
                    help="farm tasks: the whole job's range; --frames is moved onto the keyframe grid "
                         "so no two tasks project the same frames")
+    p.add_argument("--models-dir", type=Path, help="folder of model files (sets TOON_OFX_MODELS for this render)")
     p.add_argument("--work-dir", type=Path, help="where frames of a movie output are kept until encoded")
     p.add_argument("--keep-frames", action="store_true", help="keep the frame folder of a movie output")
     p.add_argument("--16bit", dest="bits", action="store_const", const=16, default=8,
@@ -40,34 +42,42 @@ def add_render_parser(sub) -> None:
     out = p.add_mutually_exclusive_group()
     out.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     out.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
+    out.add_argument("--openjd", action="store_true",
+                     help="progress as Open Job Description openjd_progress:/openjd_status: lines (farm tasks)")
     add_param_options(p)
     p.set_defaults(run=run_render)
 
 
 def progress_printer(args) -> Optional[Callable]:
-    """A progress callback for the CLI: tqdm bar, JSON lines, or nothing."""
+    """A progress callback for the CLI: a tqdm bar (models being loaded and projection steps in its
+    text), JSON lines (`--json`, every field of the event), OpenJD lines (`--openjd`), or nothing."""
+    from .core.progress import describe
+
     if args.quiet:
         return None
     if args.json:
-        def emit(event):
-            print(json.dumps({"stage": event.stage, "frames_done": event.frames_done,
-                              "frames_total": event.frames_total, "faces": event.faces,
-                              "eta_seconds": event.eta_seconds}), flush=True)
-        return emit
+        return lambda event: print(json.dumps(event.to_dict()), flush=True)
+    if args.openjd:
+        def openjd(event):
+            if event.stage != "projecting" and event.frames_total:
+                print(f"openjd_progress: {100.0 * event.frames_done / event.frames_total:.1f}", flush=True)
+            print(f"openjd_status: {describe(event.to_dict())}", flush=True)
+        return openjd
     from tqdm import tqdm
 
     bar = {"bar": None}
 
     def show(event):
         if event.stage == "loading":
+            if event.model:
+                print(f"toon-ofx: {describe(event.to_dict())}", file=sys.stderr, flush=True)
             return
         if bar["bar"] is None:
             bar["bar"] = tqdm(total=event.frames_total, initial=event.frames_done, unit="frame",
                               dynamic_ncols=True, file=sys.stderr)
         b = bar["bar"]
-        if b is None:
-            return
-        b.set_postfix_str(f"{event.stage}, faces {event.faces}")
+        b.set_postfix_str(f"{describe(event.to_dict()) if event.stage == 'projecting' else event.stage}, "
+                          f"faces {event.faces}")
         b.update(event.frames_done - b.n)
         if event.stage == "done":
             b.close()
@@ -90,6 +100,10 @@ def run_render(args) -> int:
                 print("toon-ofx: this chunk lies inside another task's keyframe interval; nothing to do",
                       file=sys.stderr)
             return 0
+    if args.models_dir:
+        if not args.models_dir.is_dir():
+            raise UserError(f"--models-dir {args.models_dir} is not a folder", field="models_dir")
+        os.environ["TOON_OFX_MODELS"] = str(args.models_dir)
     request = RenderRequest(source=args.source, output=args.output, params=params, frames=frames,
                             warmup=args.warmup, work_dir=args.work_dir, keep_frames=args.keep_frames,
                             bits=args.bits)
@@ -197,7 +211,7 @@ def run_jobs(args) -> int:
 # one whose optional dependency is missing (PySide6, Ray) still gets its command, which
 # then says what to install.
 SUBCOMMANDS = (
-    ("models", "core.model_store", "add_models_parser", "run_models"),
+    ("models", "core.model_commands", "add_models_parser", "run_models"),
     ("serve", "service.server", "add_serve_parser", "run_serve"),
     ("farm", "farm.commands", "add_farm_parser", "run_farm"),
     ("assemble", "farm.commands", "add_assemble_parser", "run_assemble"),

@@ -20,6 +20,7 @@ import numpy as np
 from . import media, model_store
 from .errors import Cancelled, UserError
 from .params import validate
+from .progress import ProgressEvent
 
 MOVIE_SUFFIXES = (".mp4", ".mov", ".mkv", ".m4v")
 IMAGE_SUFFIXES = (".png",)
@@ -35,15 +36,6 @@ class RenderRequest:
     work_dir: Optional[Path] = None            # frame folder for movie outputs (resume)
     keep_frames: bool = False
     bits: int = 8
-
-
-@dataclass
-class ProgressEvent:
-    stage: str            # "loading", "rendering", "encoding", "done"
-    frames_done: int
-    frames_total: int
-    faces: int
-    eta_seconds: Optional[float]
 
 
 @dataclass
@@ -145,13 +137,14 @@ def check_request(request: RenderRequest) -> Plan:
 
 
 def model_files(params: Dict[str, Any], download: bool = True) -> Dict[str, Path]:
-    """Paths of every file the parameters need; known models missing locally are downloaded."""
-    get = model_store.ensure if download else model_store.resolve
-    files = {"base": get(params["base_model"]), "toon": get(params["model"]),
-             "vgg16": get("vgg16"), "lpips": get("lpips-vgg")}
-    if params["landmarker"] == "face-alignment":
-        files.update(fan=get("fan-2d"), s3fd=get("s3fd"))
-    return files
+    """Paths of every file the parameters need; known models missing locally are downloaded first,
+    and whatever is still missing is named in one error (model_store.require)."""
+    return model_store.require(model_store.required(params), download=download)
+
+
+def _model_label(name: str) -> str:
+    """A model as progress names it: its manifest name, or the file name of a path."""
+    return name.replace("\\", "/").rsplit("/", 1)[-1]
 
 
 MODEL_PARAMS = ("model", "base_model", "swap_res", "blend_width", "mapping_from", "landmarker", "device")
@@ -163,7 +156,8 @@ class Renderer:
     The local engine process and the Ray workers keep one of these alive.
     """
 
-    def __init__(self, params: Dict[str, Any]):
+    def __init__(self, params: Dict[str, Any], on_load: Optional[Callable[[str, int, int], None]] = None):
+        """Load the models; `on_load(model, number, count)` is called before each of them is loaded."""
         from engine.generator.blend import blend_generators
         from engine.generator.checkpoints import CheckpointError, load_generator
         from engine.faces.landmarks import make_landmarker
@@ -174,8 +168,16 @@ class Renderer:
         self.device = pick_device(p["device"])
         t = time.perf_counter()
         files = model_files(p)
+        order = [_model_label(p["base_model"]), _model_label(p["model"]), "lpips", p["landmarker"]]
+
+        def loading(number: int) -> None:
+            if on_load is not None:
+                on_load(order[number - 1], number, len(order))
+
         try:
+            loading(1)
             self.base = load_generator(files["base"], device=self.device)
+            loading(2)
             toon = load_generator(files["toon"], device=self.device, expect_size=self.base.size)
             if p["swap_res"] > self.base.size:
                 raise UserError(f"swap_res {p['swap_res']} is above the model's resolution {self.base.size}",
@@ -185,7 +187,9 @@ class Renderer:
             else:
                 self.blended = blend_generators(self.base, toon, p["swap_res"], width=p["blend_width"],
                                                 mapping_from=p["mapping_from"])
+            loading(3)
             self.perceptual = load_lpips(files["vgg16"], files["lpips"], device=self.device)
+            loading(4)
             if p["landmarker"] == "face-alignment":
                 self.landmarker = make_landmarker("face-alignment", device=str(self.device),
                                                   fan_path=files["fan"], s3fd_path=files["s3fd"])
@@ -205,8 +209,10 @@ class Renderer:
         params = validate(params)
         return all(params[k] == self.params[k] for k in MODEL_PARAMS)
 
-    def pipeline(self, params: Dict[str, Any], cancel: Optional[threading.Event] = None):
-        """A pipeline for `params`; with `cancel`, setting the event stops it within one projection step."""
+    def pipeline(self, params: Dict[str, Any], cancel: Optional[threading.Event] = None,
+                 on_step: Optional[Callable[[int, int], None]] = None):
+        """A pipeline for `params`; with `cancel`, setting the event stops it within one projection step;
+        `on_step(step, steps)` hears of every projection step."""
         from engine.pipeline import PipelineConfig, ToonPipeline
 
         p = validate(params)
@@ -216,11 +222,13 @@ class Renderer:
                                 smoothing=p["smoothing"], keyframe_interval=p["keyframe_interval"],
                                 batch_size=p["batch_size"], seed=p["seed"])
         pipeline = ToonPipeline(self.landmarker, self.base, self.blended, self.perceptual, config)
-        if cancel is not None:
-            def stop_if_cancelled(step: int, steps: int) -> None:
-                if cancel.is_set():
+        if cancel is not None or on_step is not None:
+            def after_step(step: int, steps: int) -> None:
+                if cancel is not None and cancel.is_set():
                     raise Cancelled(f"cancelled during a projection (step {step} of {steps})")
-            pipeline.on_step = stop_if_cancelled
+                if on_step is not None:
+                    on_step(step, steps)
+            pipeline.on_step = after_step
         return pipeline
 
     def render(self, request: RenderRequest, progress: Optional[Callable[[ProgressEvent], None]] = None,
@@ -239,7 +247,7 @@ class Renderer:
         if todo and params["frame_batch"] > 1:
             self._render_segments(request, plan, todo, report, timings, cancel)
         elif todo:
-            pipeline = self.pipeline(params, cancel)
+            pipeline = self.pipeline(params, cancel, report.projecting)
             start = max(0, min(pipeline.warmup_start(todo[0]), todo[0] - request.warmup))
             pending = set(todo)
             t_read = time.perf_counter()
@@ -293,7 +301,7 @@ class Renderer:
             while queue or active:
                 while queue and len(active) < params["frame_batch"]:
                     frames = queue.pop(0)
-                    pipeline = self.pipeline(params, cancel)
+                    pipeline = self.pipeline(params, cancel, report.projecting)
                     start = pipeline.warmup_start(frames[0])
                     if frames[0] == todo[0]:
                         start = max(0, min(start, todo[0] - request.warmup))
@@ -383,11 +391,17 @@ def _add(timings: Dict[str, float], stage: str, seconds: float) -> None:
 
 
 class _Reporter:
-    """Turns frame completions into ProgressEvents with an ETA."""
+    """Turns frame completions and projection steps into ProgressEvents with an ETA.
+
+    Projection steps are reported at most every PROJECTING_INTERVAL seconds (and always the
+    first and the last step): a slow projection shows every step, a fast one does not flood.
+    """
+
+    PROJECTING_INTERVAL = 0.2
 
     def __init__(self, callback, total: int, skipped: int):
         self.callback, self.total, self.done, self.faces = callback, total, skipped, 0
-        self._start, self._fresh = time.monotonic(), 0
+        self._start, self._fresh, self._eta, self._step_time = time.monotonic(), 0, None, 0.0
         self.stage("rendering")
 
     def frame(self, faces: int) -> None:
@@ -395,38 +409,55 @@ class _Reporter:
         self._fresh += 1
         self.faces += faces
         rate = self._fresh / max(time.monotonic() - self._start, 1e-9)
-        self._emit("rendering", (self.total - self.done) / rate)
+        self._eta = (self.total - self.done) / rate
+        self._emit("rendering", self._eta)
+
+    def projecting(self, step: int, steps: int) -> None:
+        now = time.monotonic()
+        if step in (1, steps) or now - self._step_time >= self.PROJECTING_INTERVAL:
+            self._step_time = now
+            self._emit("projecting", self._eta, step=step, steps=steps)
 
     def stage(self, name: str) -> None:
         self._emit(name, 0.0 if name == "done" else None)
 
-    def _emit(self, stage: str, eta: Optional[float]) -> None:
+    def _emit(self, stage: str, eta: Optional[float], **extra) -> None:
         if self.callback is not None:
-            self.callback(ProgressEvent(stage, self.done, self.total, self.faces, eta))
+            self.callback(ProgressEvent(stage, self.done, self.total, self.faces, eta, **extra))
 
 
 _CACHE: Dict[str, Renderer] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def get_renderer(params: Dict[str, Any]) -> Renderer:
-    """The process-wide Renderer for these parameters (one loaded model set is kept)."""
+def get_renderer(params: Dict[str, Any], on_load: Optional[Callable[[str, int, int], None]] = None) -> Renderer:
+    """The process-wide Renderer for these parameters (one loaded model set is kept); `on_load` hears of
+    each model loaded (see Renderer)."""
     with _CACHE_LOCK:
         current = _CACHE.get("current")
         if current is None or not current.matches(params):
             _CACHE.clear()
-            _CACHE["current"] = Renderer(params)
+            _CACHE["current"] = Renderer(params, on_load)
         return _CACHE["current"]
 
 
 def render(request: RenderRequest, progress: Optional[Callable[[ProgressEvent], None]] = None,
            cancel: Optional[threading.Event] = None) -> RenderResult:
-    """Render `request` with the process-wide renderer (models loaded once per process)."""
+    """Render `request` with the process-wide renderer (models loaded once per process).
+
+    Progress: "loading" first, then one "loading" event per model when the models are loaded,
+    then "rendering"/"projecting" events (see toon_ofx.core.progress).
+    """
     plan = check_request(request)
+    on_load = None
     if progress is not None:
         total = plan.last - plan.first + 1
-        progress(ProgressEvent("loading", total - len(plan.pending()), total, 0, None))
-    return get_renderer(plan.params).render(request, progress, cancel, plan)
+        done = total - len(plan.pending())
+        progress(ProgressEvent("loading", done, total, 0, None))
+
+        def on_load(model: str, number: int, count: int) -> None:
+            progress(ProgressEvent("loading", done, total, 0, None, model=model, step=number, steps=count))
+    return get_renderer(plan.params, on_load).render(request, progress, cancel, plan)
 
 
 def preview(source: Path, frame: int, params: Dict[str, Any], cancel: Optional[threading.Event] = None):

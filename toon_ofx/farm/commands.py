@@ -11,8 +11,8 @@ from ..core.errors import UserError
 from ..core.options import add_param_options, checked_frame_range, params_from_args
 from .assemble import MOVIE_SUFFIXES, assemble
 from .export import FORMATS, write_export
-from .job import FarmJob, split_pattern
-from .plan import default_chunk_size, effective_chunk_size
+from .job import FarmJob, Resources, model_files, split_pattern
+from .plan import default_chunk_size
 
 
 # -- farm export ------------------------------------------------------------------------------------------
@@ -76,8 +76,21 @@ def job_from_args(args: argparse.Namespace) -> FarmJob:
     if args.warmup < 0:
         raise UserError("--warmup must be 0 or more", field="warmup")
     name = args.name or f"toon-ofx {Path(source).stem} {frames[0]}-{frames[1]}"
+    params = dict(params, **{p: _abs(path) for p, path in model_files(params).items()})
     return FarmJob(source=source, sequence=sequence, movie=movie, frames=tuple(frames), chunk_size=chunk_size,
-                   params=params, warmup=args.warmup, executable=args.toon_ofx, name=name)
+                   params=params, warmup=args.warmup, executable=args.toon_ofx, name=name,
+                   resources=resources_from_args(args, params),
+                   models_dir=_abs(str(args.models_dir)) if args.models_dir else None)
+
+
+def resources_from_args(args: argparse.Namespace, params) -> Resources:
+    """What each render task asks for; without --gpus, one GPU unless the device is the CPU (or Apple's)."""
+    gpus = args.gpus if args.gpus is not None else (0 if params["device"] in ("cpu", "mps") else 1)
+    defaults = Resources()
+    return Resources(gpus=gpus, cpus=args.cpus if args.cpus is not None else defaults.cpus,
+                     memory_gib=args.memory if args.memory is not None else defaults.memory_gib,
+                     gpu_memory_gib=args.gpu_memory if args.gpu_memory is not None else defaults.gpu_memory_gib,
+                     worker_tag=args.worker_tag, service=args.service)
 
 
 def add_farm_parser(sub) -> None:
@@ -105,6 +118,18 @@ def add_farm_parser(sub) -> None:
     p.add_argument("--no-movie", action="store_true", help="no assemble step: the frames are the result")
     p.add_argument("--name", help="job name")
     p.add_argument("--toon-ofx", default="toon-ofx", metavar="COMMAND", help="the toon-ofx command on the workers")
+    p.add_argument("--models-dir", help="the workers' model folder (default: each worker's own model store)")
+    need = p.add_argument_group("what each render task asks for (OpenJD hostRequirements, OpenCue layers, "
+                                "Flamenco worker tag)")
+    defaults = Resources()
+    need.add_argument("--gpus", type=int, metavar="N", help="GPUs (default 1, or 0 with --device cpu)")
+    need.add_argument("--gpu-memory", type=float, metavar="GIB",
+                      help=f"GPU memory in GiB (default {defaults.gpu_memory_gib:g})")
+    need.add_argument("--memory", type=float, metavar="GIB", help=f"host memory in GiB (default {defaults.memory_gib:g})")
+    need.add_argument("--cpus", type=int, metavar="N", help=f"CPU cores (default {defaults.cpus})")
+    need.add_argument("--worker-tag", metavar="TAG", help="OpenCue: host tag of the render layers (e.g. gpu); "
+                      "Flamenco: the ID of the worker tag whose Workers run the job")
+    need.add_argument("--service", help="OpenCue: the service of the render layers")
     add_param_options(p)
 
 
@@ -115,8 +140,9 @@ def run_farm(args) -> int:
     written = write_export(args.format, job, args.output)
     chunks = job.chunks()
     print(f"toon-ofx: wrote {', '.join(str(p) for p in written)}: frames {job.frames[0]}-{job.frames[1]} in "
-          f"{len(chunks)} chunk(s) of up to {effective_chunk_size(job.chunk_size, job.keyframe_interval)} frames",
-          file=sys.stderr)
+          f"{len(chunks)} chunk(s) of up to {job.task_chunk_size} frames", file=sys.stderr)
+    if job.chunk_note():
+        print(f"toon-ofx: note: {job.chunk_note()}", file=sys.stderr)
     return 0
 
 

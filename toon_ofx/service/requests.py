@@ -144,16 +144,16 @@ def check_params(params: Any) -> Dict[str, Any]:
 
 
 def check_models(params: Mapping[str, Any]) -> None:
-    """422 now (not a failed job later) when `model` or `base_model` is neither a file nor an installed model."""
+    """422 now (not a failed job later) when a model the render needs is neither a file nor installed;
+    the message names every missing file at once (size, licence, URL, folder)."""
     try:
         from ..core import model_store
     except ImportError:  # pragma: no cover - trimmed install: the renderer will say what is missing
         return
-    for name in ("base_model", "model"):  # the base first: its error names what to install first
-        try:
-            model_store.resolve(params[name])
-        except UserError as exc:
-            raise RequestError(exc.message, field=f"params.{name}", status=422) from None
+    try:
+        model_store.require(model_store.required(params), download=False)
+    except UserError as exc:
+        raise RequestError(exc.message, field=f"params.{exc.field}" if exc.field else None, status=422) from None
 
 
 def parse_submission(body: Any, *, device_check: Callable[[str], str] = check_device,

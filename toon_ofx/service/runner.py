@@ -57,7 +57,8 @@ def _file_id(path: str) -> Optional[list]:
 def _event_dict(event: Any) -> Dict[str, Any]:
     if isinstance(event, Mapping):
         return dict(event)
-    return {k: getattr(event, k, None) for k in ("stage", "frames_done", "frames_total", "faces", "eta_seconds")}
+    return {k: getattr(event, k, None) for k in ("stage", "frames_done", "frames_total", "faces", "eta_seconds",
+                                                 "model", "step", "steps")}
 
 
 class JobRunner:
@@ -108,6 +109,12 @@ class JobRunner:
             for key in ("stage", "frames_done", "faces"):
                 if e.get(key) is not None:
                     p[key] = e[key]
+            for key in ("model", "step", "steps"):   # only while a model loads or a projection runs
+                if e.get(key):
+                    p[key] = e[key]
+                else:
+                    p.pop(key, None)
+                    progress.pop(key, None)
             if e.get("frames_total"):
                 p["frames_total"] = e["frames_total"]
             eta = e.get("eta_seconds")
@@ -120,9 +127,11 @@ class JobRunner:
             p["eta_seconds"] = None if eta is None else round(float(eta), 1)
             progress.update(p)
             now = time.monotonic()
-            if now - state["last"] >= self.progress_interval or p.get("stage") != "rendering" \
-                    or done >= p["frames_total"]:
-                state["last"] = now
+            # stored at most every progress_interval while frames and projection steps stream in; every
+            # other event, and the first of a new stage, at once
+            if now - state["last"] >= self.progress_interval or p.get("stage") not in ("rendering", "projecting") \
+                    or p.get("stage") != state.get("stage") or done >= p["frames_total"]:
+                state["last"], state["stage"] = now, p.get("stage")
                 try:
                     self.store.set_progress(job_id, progress)
                 except Exception as exc:  # a full disk: progress is not worth failing the job for
