@@ -1,6 +1,7 @@
 """The per-clip engine: detect, track, align, project, stylise, paste back.
 
-Frames go in one at a time (numpy RGB uint8) and come out the same way. The
+Frames go in one at a time (numpy RGB, uint8 or uint16 for deep sources: see
+engine.pixels) and come out the same way, at the same depth. The
 pipeline keeps what a clip needs between frames: face tracks with their
 smoothed landmarks, and each track's latent for the next frame's warm start.
 
@@ -34,6 +35,7 @@ import torch
 
 from .faces.align import align_face
 from .faces.paste import paste_faces
+from .pixels import check_rgb, peak, to_uint8
 from .inversion.projection import project
 from .faces.tracking import FaceTracker
 
@@ -101,13 +103,17 @@ class FrameResult:
 
 
 def _to_tensor(crops: List[np.ndarray], device, dtype) -> torch.Tensor:
-    batch = torch.from_numpy(np.stack(crops)).to(device=device, dtype=torch.float32)
-    return (batch.permute(0, 3, 1, 2) / 127.5 - 1.0).to(dtype)
+    """uint8/uint16 crops -> (N, 3, S, S) in [-1, 1]."""
+    half = peak(crops[0].dtype) / 2
+    batch = torch.from_numpy(np.stack(crops).astype(np.float32, copy=False)).to(device=device)
+    return (batch.permute(0, 3, 1, 2) / half - 1.0).to(dtype)
 
 
-def _to_images(batch: torch.Tensor) -> List[np.ndarray]:
-    images = ((batch.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return list(images.permute(0, 2, 3, 1).cpu().numpy())
+def _to_images(batch: torch.Tensor, depth=np.uint8) -> List[np.ndarray]:
+    """(N, 3, S, S) in [-1, 1] -> crops of `depth` (uint8, or uint16 for deep frames)."""
+    levels = ((batch.float().clamp(-1, 1) + 1) * (peak(depth) / 2)).round()
+    images = levels.to(torch.int32).permute(0, 2, 3, 1).cpu().numpy().astype(depth)
+    return list(images)
 
 
 class ToonPipeline:
@@ -155,7 +161,7 @@ class ToonPipeline:
 
     # -- one frame ------------------------------------------------------------
     def process(self, frame: np.ndarray, index: int, *, stylise: bool = True) -> FrameResult:
-        """Toonify every face in `frame` (H x W x 3 uint8 RGB), source frame number `index`.
+        """Toonify every face in `frame` (H x W x 3 RGB, uint8 or uint16), source frame number `index`.
 
         With stylise=False the frame only advances the tracker (warm-up frames
         whose output is not needed and whose latents are not carried).
@@ -168,15 +174,14 @@ class ToonPipeline:
 
     def prepare(self, frame: np.ndarray, index: int, *, stylise: bool = True) -> "Prepared":
         """Detect, track and align the faces of a frame; decide each face's warm or cold projection."""
-        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-            raise ValueError(f"expected an H x W x 3 uint8 frame, got {frame.shape} {frame.dtype}")
+        frame = check_rgb(frame)
         if self._last_index is not None and index != self._last_index + 1:
             self.reset()  # a jump in time breaks tracks and warm starts
         self._last_index = index
         prepared = Prepared(self, frame, index)
 
         t = time.perf_counter()
-        faces = self.landmarker.detect(frame)
+        faces = self.landmarker.detect(to_uint8(frame))
         tracked = self.tracker.update(faces)
         prepared.timings["detect"] = time.perf_counter() - t
         prepared.faces = len(tracked)
@@ -274,7 +279,7 @@ class ToonPipeline:
         timings["generate"] = time.perf_counter() - t
         for tf, state in zip(prepared.tracked, found):
             self._latents[tf.track_id] = state
-        crops = _to_images(images)
+        crops = _to_images(images, frame.dtype)
 
         t = time.perf_counter()
         image = paste_faces(frame, [(crop, tr) for crop, (_, tr) in zip(crops, prepared.aligned)],
@@ -284,4 +289,4 @@ class ToonPipeline:
         return FrameResult(image, prepared.faces, timings)
 
     def _blank_overlay(self, frame: np.ndarray) -> np.ndarray:
-        return np.zeros(frame.shape[:2] + (4,), np.uint8)
+        return np.zeros(frame.shape[:2] + (4,), frame.dtype)

@@ -384,7 +384,7 @@ def test_job_lifecycle_and_result(engine, tmp_path, clip):
     assert done["state"] == "done" and done["error"] is None
     assert done["result"] == {"kind": "sequence", "path": str(tmp_path / "renders"),
                               "pattern": str(tmp_path / "renders" / "clip_toon.%06d.png"),
-                              "first_frame": 5, "last_frame": 19, "fps": 30.0}
+                              "first_frame": 5, "last_frame": 19, "fps": 30.0, "first_number": 0}
     assert sorted(p.name for p in (tmp_path / "renders").iterdir()) == [f"clip_toon.{i:06d}.png" for i in range(5, 20)]
     assert done["progress"] == {"frames_done": 15, "frames_total": 15, "stage": "done", "eta_seconds": 0.0,
                                 "faces": 15}

@@ -14,17 +14,19 @@ from typing import Callable, List, Optional
 
 from . import __version__
 from .core.errors import Cancelled, UserError
-from .core.options import add_param_options, frame_range, params_from_args
+from .core.options import add_codec_option, add_param_options, frame_range, params_from_args
 
 
 # -- render ---------------------------------------------------------------
 def add_render_parser(sub) -> None:
     p = sub.add_parser("render", help="toonify the faces of a clip",
                        description="Toonify every face in a clip; everything else is left untouched.")
-    p.add_argument("source", type=Path, help="movie file or image sequence")
+    p.add_argument("source", type=Path, help="movie file, image sequence (pattern or folder) or still image")
     p.add_argument("-o", "--output", type=Path, required=True,
-                   help="movie (.mp4/.mov/.mkv), folder, or pattern like out/shot.%%06d.png")
-    p.add_argument("--frames", type=frame_range, metavar="A-B", help="inclusive source frame range (0-based)")
+                   help="movie (.mp4/.mov/.mkv), folder, pattern like out/shot.%%06d.png, or an image file "
+                        "for a still")
+    p.add_argument("--frames", type=frame_range, metavar="A-B",
+                   help="inclusive frame range, 0-based (for an image sequence too: 0 is its first file)")
     p.add_argument("--warmup", type=int, default=0, metavar="N",
                    help="process N extra frames before A without writing them")
     p.add_argument("--chunk-of", type=frame_range, metavar="F-L",
@@ -33,8 +35,10 @@ def add_render_parser(sub) -> None:
     p.add_argument("--models-dir", type=Path, help="folder of model files (sets TOON_OFX_MODELS for this render)")
     p.add_argument("--work-dir", type=Path, help="where frames of a movie output are kept until encoded")
     p.add_argument("--keep-frames", action="store_true", help="keep the frame folder of a movie output")
-    p.add_argument("--16bit", dest="bits", action="store_const", const=16, default=8,
-                   help="write 16-bit PNG frames")
+    p.add_argument("--16bit", dest="bits", action="store_const", const=16, default=None,
+                   help="decode, stylise and write frames at 16 bits per channel even for an 8-bit source "
+                        "(deeper sources always are)")
+    add_codec_option(p)
     p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
                    help="run frame chunks on a Ray cluster (default: start a local one)")
     p.add_argument("--chunk-size", type=int, default=None, help="frames per Ray chunk")
@@ -106,7 +110,7 @@ def run_render(args) -> int:
         os.environ["TOON_OFX_MODELS"] = str(args.models_dir)
     request = RenderRequest(source=args.source, output=args.output, params=params, frames=frames,
                             warmup=args.warmup, work_dir=args.work_dir, keep_frames=args.keep_frames,
-                            bits=args.bits)
+                            bits=args.bits, codec=args.codec)
     progress = progress_printer(args)
     if args.ray:
         from .farm.ray_backend import render_with_ray
@@ -116,8 +120,11 @@ def run_render(args) -> int:
     else:
         result = render(request, progress=progress)
     if not args.quiet and not args.json:
+        codec = f", {result.codec}" if result.codec else ""
         print(f"toon-ofx: wrote {result.output} (frames {result.first_frame}-{result.last_frame}, "
-              f"{result.written} rendered, {result.skipped} already done)", file=sys.stderr)
+              f"{result.written} rendered, {result.skipped} already done{codec})", file=sys.stderr)
+    for note in result.notes:
+        print(f"toon-ofx: note: {note}", file=sys.stderr)
     return 0
 
 

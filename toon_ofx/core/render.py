@@ -1,10 +1,16 @@
-"""Render a clip: media in, engine per frame, media out.
+"""Render a clip: media in, engine per picture, media out.
 
 Every render writes an image sequence named by SOURCE frame numbers, one
-atomic file per frame; a movie output is encoded from that sequence at the
-end. So a crashed or cancelled render resumes by running the same request
-again (finished frames are skipped), a farm chunk is just a frame range, and
-the local engine process, the CLI and Ray all share this one path.
+atomic file per frame (`outputs`); a movie output is encoded from that
+sequence at the end, with the codec that follows the source (or `codec`).
+So a crashed or cancelled render resumes by running the same request again
+(finished frames are skipped), a farm chunk is just a frame range, and the
+local engine process, the CLI and Ray all share this one path.
+
+Precision follows the source: a deep source (10-bit ProRes, HEVC Main 10,
+16-bit PNG) is decoded, stylised and written at 16 bits per channel, and its
+movie encoded from those 16-bit frames. An interlaced source is stylised
+field by field (`pictures`). An HDR source is refused (the models are SDR).
 """
 from __future__ import annotations
 
@@ -19,11 +25,10 @@ import numpy as np
 
 from . import media, model_store
 from .errors import Cancelled, UserError
+from .outputs import OutputPlan, frame_bits, plan_output, resolve_range
 from .params import validate
+from .pictures import Pictures, Weaver
 from .progress import ProgressEvent
-
-MOVIE_SUFFIXES = (".mp4", ".mov", ".mkv", ".m4v")
-IMAGE_SUFFIXES = (".png",)
 
 
 @dataclass
@@ -31,66 +36,28 @@ class RenderRequest:
     source: Path
     output: Path
     params: Dict[str, Any] = field(default_factory=dict)
-    frames: Optional[Tuple[int, int]] = None   # inclusive source frame range, 0-based
+    frames: Optional[Tuple[int, int]] = None   # inclusive frame range, 0-based (also for image sequences)
     warmup: int = 0                            # extra frames processed before frames[0], not written
     work_dir: Optional[Path] = None            # frame folder for movie outputs (resume)
     keep_frames: bool = False
-    bits: int = 8
+    bits: Optional[int] = None                 # bits per channel of the frames: 8, 16 or None (the source's)
+    codec: Optional[str] = None                # movie codec (media.codec_names()); None follows the source
 
 
 @dataclass
 class RenderResult:
     output: Path
-    kind: str             # "movie" or "sequence"
-    pattern: str          # printf pattern of the frame files (source frame numbers)
-    first_frame: int
+    kind: str             # "movie", "sequence" or "image"
+    pattern: str          # printf pattern of the frame files (source frame numbers); an image: its path
+    first_frame: int      # 0-based frame range rendered
     last_frame: int
     written: int
     skipped: int
     fps: float
     timings: Dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class OutputPlan:
-    kind: str
-    movie: Optional[Path]
-    pattern: str
-
-
-def plan_output(source: Path, output: Path, overlay: bool, work_dir: Optional[Path] = None) -> OutputPlan:
-    """Decide what `output` means: a movie file, a printf pattern, or a folder for a sequence."""
-    source, output = Path(source), Path(output)
-    if output.resolve() == source.resolve():
-        raise UserError(f"output {output} is the source clip; the source is never written to", field="output")
-    text = str(output)
-    if "%" in output.name:
-        if output.suffix.lower() not in IMAGE_SUFFIXES:
-            raise UserError(f"image sequence pattern {output.name} must end in .png", field="output")
-        return OutputPlan("sequence", None, text)
-    if output.suffix.lower() in MOVIE_SUFFIXES:
-        if overlay and output.suffix.lower() != ".mov":
-            raise UserError("an RGBA overlay needs a .mov (ProRes 4444) or a PNG sequence output; "
-                            f"{output.suffix} cannot carry alpha", field="output")
-        frames = Path(work_dir) if work_dir else output.with_name(f".{output.name}.frames")
-        return OutputPlan("movie", output, str(frames / f"{source.stem}.%06d.png"))
-    if output.suffix:
-        raise UserError(f"unknown output type {output.suffix!r}: use .mp4/.mov/.mkv, a folder, "
-                        "or a pattern like out/shot.%06d.png", field="output")
-    return OutputPlan("sequence", None, str(output / f"{source.stem}_toon.%06d.png"))
-
-
-def resolve_range(frames: Optional[Tuple[int, int]], frame_count: int) -> Tuple[int, int]:
-    """Check an inclusive frame range against the clip; None means the whole clip."""
-    if frame_count <= 0:
-        raise UserError("the clip has no frames", field="source")
-    if frames is None:
-        return 0, frame_count - 1
-    first, last = frames
-    if first < 0 or last < first or last >= frame_count:
-        raise UserError(f"frame range {first}-{last} is outside the clip (frames 0-{frame_count - 1})",
-                        field="frames")
-    return first, last
+    first_number: int = 0             # the number frame 0 carries in `pattern` (a sequence's first file number)
+    codec: Optional[str] = None       # the movie's codec (a media.CODECS label)
+    notes: List[str] = field(default_factory=list)   # streams converted or left out, and why
 
 
 def pick_device(name: str):
@@ -109,31 +76,37 @@ def pick_device(name: str):
 
 @dataclass
 class Plan:
-    """A checked request: parameters, source facts, frame range and output layout."""
+    """A checked request: parameters, source facts, frame range, output layout and depth."""
 
     params: Dict[str, Any]
     info: "media.MediaInfo"
     first: int
     last: int
     output: OutputPlan
+    bits: int = 8
 
     def pending(self) -> List[int]:
         """Frames of the range not yet on disk."""
-        return [i for i in range(self.first, self.last + 1) if not Path(self.output.pattern % i).exists()]
+        return [i for i in range(self.first, self.last + 1) if not self.output.frame_path(i).exists()]
 
 
 def check_request(request: RenderRequest) -> Plan:
     """Everything about a request that can be wrong, checked before any model is loaded."""
     params = validate(request.params)
     info = media.probe(request.source)
+    media.check_renderable(info)
     first, last = resolve_range(request.frames, info.frame_count)
     if request.warmup < 0:
         raise UserError("warmup must be 0 or more frames", field="warmup")
-    if request.bits not in (8, 16):
-        raise UserError("bits must be 8 or 16", field="bits")
-    output = plan_output(request.source, request.output, params["output_kind"] == "overlay", request.work_dir)
+    overlay = params["output_kind"] == "overlay"
+    output = plan_output(info, request.output, overlay, request.work_dir)
+    bits = frame_bits(output, info, request.bits)
+    if output.kind == "movie":
+        media.choose_codec(output.movie, request.codec, info, overlay)  # a codec that cannot hold it fails here
+    elif request.codec is not None:
+        raise UserError(f"a codec is for movie outputs; {request.output} is an image {output.kind}", field="codec")
     model_files(params)  # unknown or missing models fail here, before anything is loaded
-    return Plan(params, info, first, last, output)
+    return Plan(params, info, first, last, output, bits)
 
 
 def model_files(params: Dict[str, Any], download: bool = True) -> Dict[str, Path]:
@@ -237,60 +210,65 @@ class Renderer:
         plan = plan or check_request(request)
         params, info, out = plan.params, plan.info, plan.output
         first, last = plan.first, plan.last
-        Path(out.pattern).parent.mkdir(parents=True, exist_ok=True)
+        out.folder.mkdir(parents=True, exist_ok=True)
         todo = plan.pending()
         total = last - first + 1
         skipped = total - len(todo)
         report = _Reporter(progress, total, skipped)
         timings: Dict[str, float] = {}
+        pictures = Pictures(info, plan.bits)
+        writer = _FrameWriter(plan, pictures, report, timings)
+        wanted = pictures.of_frames(todo)  # the engine works on pictures: frames, or fields when interlaced
+        warmup = request.warmup * pictures.per_frame
 
-        if todo and params["frame_batch"] > 1:
-            self._render_segments(request, plan, todo, report, timings, cancel)
-        elif todo:
+        if wanted and params["frame_batch"] > 1:
+            self._render_segments(plan, pictures, wanted, warmup, writer, cancel)
+        elif wanted:
             pipeline = self.pipeline(params, cancel, report.projecting)
-            start = max(0, min(pipeline.warmup_start(todo[0]), todo[0] - request.warmup))
-            pending = set(todo)
+            start = max(0, min(pipeline.warmup_start(wanted[0]), wanted[0] - warmup))
+            pending = set(wanted)
             t_read = time.perf_counter()
-            for index, frame in media.read_frames(info, start, todo[-1]):
+            for index, frame in pictures.read(start, wanted[-1]):
                 _add(timings, "decode", time.perf_counter() - t_read)
                 if cancel is not None and cancel.is_set():
                     raise Cancelled(f"cancelled after {report.done} of {total} frames")
-                result = pipeline.process(frame, index, stylise=pipeline.needs_projection(index, todo[0]))
+                result = pipeline.process(frame, index, stylise=pipeline.needs_projection(index, wanted[0]))
                 for stage, seconds in result.timings.items():
                     _add(timings, stage, seconds)
                 if index in pending:
-                    t = time.perf_counter()
-                    media.write_frame(Path(out.pattern % index), result.image, bits=request.bits)
-                    _add(timings, "write", time.perf_counter() - t)
-                    report.frame(result.faces)
+                    writer.put(index, result)
                 t_read = time.perf_counter()
 
+        encoded = None
         if out.kind == "movie":
             report.stage("encoding")
             t = time.perf_counter()
-            media.encode_movie(out.pattern, out.movie, info, first_frame=first, last_frame=last,
-                               audio_from=request.source, alpha=params["output_kind"] == "overlay")
+            encoded = media.encode_frames(out.pattern, out.movie, info, first_frame=first, last_frame=last,
+                                          first_number=out.first_number, audio_from=info, codec=request.codec,
+                                          alpha=params["output_kind"] == "overlay")
             timings["encode"] = time.perf_counter() - t
             if not request.keep_frames:
-                shutil.rmtree(Path(out.pattern).parent, ignore_errors=True)
+                shutil.rmtree(out.folder, ignore_errors=True)
         report.stage("done")
-        return RenderResult(output=out.movie or Path(out.pattern).parent, kind=out.kind, pattern=out.pattern,
-                            first_frame=first, last_frame=last, written=len(todo), skipped=skipped,
-                            fps=float(info.fps), timings=timings)
+        return RenderResult(output=out.movie or (Path(out.pattern) if out.kind == "image" else out.folder),
+                            kind=out.kind, pattern=out.pattern, first_frame=first, last_frame=last,
+                            written=len(todo), skipped=skipped, fps=float(info.fps), timings=timings,
+                            first_number=out.first_number, codec=encoded.codec.label if encoded else None,
+                            notes=encoded.notes if encoded else [])
 
-    def _render_segments(self, request: RenderRequest, plan: "Plan", todo: List[int], report: "_Reporter",
-                         timings: Dict[str, float], cancel: Optional[threading.Event]) -> None:
+    def _render_segments(self, plan: "Plan", pictures: Pictures, todo: List[int], warmup: int,
+                         writer: "_FrameWriter", cancel: Optional[threading.Event]) -> None:
         """frame_batch > 1: keyframe segments in lockstep, their faces projected together.
 
         The warm-start chain restarts at every keyframe, so each segment of pending
-        frames is an independent chain: it gets its own pipeline (tracker, face
+        pictures is an independent chain: it gets its own pipeline (tracker, face
         states; shared models), its own decoder stream and its own warm-up, exactly
         as a farm chunk would. Up to `frame_batch` segments advance one projected
-        frame per step (tracker-only warm-up frames are run through in between);
-        when one ends the next starts, so at most `frame_batch` frames are in
+        picture per step (tracker-only warm-up pictures are run through in between);
+        when one ends the next starts, so at most `frame_batch` pictures are in
         flight. Frames are written as they finish (not in order).
         """
-        params, info, out = plan.params, plan.info, plan.output
+        params, timings, report = plan.params, writer.timings, writer.report
         k = params["keyframe_interval"]
         segments: Dict[int, List[int]] = {}
         for index in todo:
@@ -304,8 +282,8 @@ class Renderer:
                     pipeline = self.pipeline(params, cancel, report.projecting)
                     start = pipeline.warmup_start(frames[0])
                     if frames[0] == todo[0]:
-                        start = max(0, min(start, todo[0] - request.warmup))
-                    active.append(_Segment(pipeline, media.read_frames(info, start, frames[-1]), frames))
+                        start = max(0, min(start, todo[0] - warmup))
+                    active.append(_Segment(pipeline, pictures.read(start, frames[-1]), frames))
                 if cancel is not None and cancel.is_set():
                     raise Cancelled(f"cancelled after {report.done} of {report.total} frames")
                 step = []
@@ -316,17 +294,14 @@ class Renderer:
                         active.remove(segment)
                     else:
                         step.append((segment, prepared))
-                if step:  # one projection pass for the faces of every segment's current frame
+                if step:  # one projection pass for the faces of every segment's current picture
                     step[0][0].pipeline.project_faces([prepared for _, prepared in step])
                 for segment, prepared in step:
                     result = segment.pipeline.finish(prepared)
                     for stage, seconds in result.timings.items():
                         _add(timings, stage, seconds)
                     if prepared.index in segment.pending:
-                        t = time.perf_counter()
-                        media.write_frame(Path(out.pattern % prepared.index), result.image, bits=request.bits)
-                        _add(timings, "write", time.perf_counter() - t)
-                        report.frame(result.faces)
+                        writer.put(prepared.index, result)
                     if prepared.index == segment.last:
                         segment.frames.close()
                         active.remove(segment)
@@ -336,7 +311,7 @@ class Renderer:
 
     @staticmethod
     def _next_projected(segment: "_Segment", timings: Dict[str, float]):
-        """The segment's next frame that needs projection, prepared; frames before its keyframe only
+        """The segment's next picture that needs projection, prepared; pictures before its keyframe only
         feed the tracker and are run through at once, so the segments' keyframes line up in one step."""
         pipe = segment.pipeline
         while True:
@@ -355,20 +330,41 @@ class Renderer:
 
     def preview(self, source: Path, frame: int, params: Dict[str, Any],
                 cancel: Optional[threading.Event] = None) -> Tuple[np.ndarray, np.ndarray, int]:
-        """One frame, cold-started: (original RGB, stylised RGB or RGBA, faces found).
+        """One frame (its first field when interlaced), 8-bit, cold-started: (original RGB, stylised RGB or
+        RGBA, faces found).
 
         Setting `cancel` stops it within one projection step (Cancelled)."""
         info = media.probe(source)
+        media.check_renderable(info)
         index, _ = resolve_range((frame, frame), info.frame_count)
-        original = next(iter(media.read_frames(info, index, index)))[1]
+        pictures = Pictures(info, 8)
+        picture = pictures.of_frames([index])[0]
+        original = next(iter(pictures.read(picture, picture)))[1]
         if cancel is not None and cancel.is_set():
             raise Cancelled("preview cancelled")
-        result = self.pipeline(params, cancel).process(original, index)
+        result = self.pipeline(params, cancel).process(original, picture)
         return original, result.image, result.faces
 
 
+class _FrameWriter:
+    """Writes stylised pictures as frame files (fields woven back into frames), timing and reporting them."""
+
+    def __init__(self, plan: "Plan", pictures: Pictures, report: "_Reporter", timings: Dict[str, float]):
+        self.plan, self.weaver, self.report, self.timings = plan, Weaver(pictures), report, timings
+
+    def put(self, picture: int, result) -> None:
+        done = self.weaver.add(picture, result.image, result.faces)
+        if done is None:
+            return
+        frame, image, faces = done
+        t = time.perf_counter()
+        media.write_frame(self.plan.output.frame_path(frame), image, bits=self.plan.bits)
+        _add(self.timings, "write", time.perf_counter() - t)
+        self.report.frame(faces)
+
+
 class _Segment:
-    """One keyframe segment of a frame-batched render: its pipeline, decoder stream and frames to write."""
+    """One keyframe segment of a frame-batched render: its pipeline, decoder stream and pictures to write."""
 
     def __init__(self, pipeline, frames, pending: List[int]):
         self.pipeline, self.frames, self.pending = pipeline, frames, set(pending)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from ..core.errors import UserError
-from ..core.options import add_param_options, checked_frame_range, params_from_args
+from ..core.options import add_codec_option, add_param_options, checked_frame_range, params_from_args
 from .assemble import MOVIE_SUFFIXES, assemble
 from .export import FORMATS, write_export
 from .job import FarmJob, Resources, model_files, split_pattern
@@ -23,11 +23,31 @@ def _abs(path: str) -> str:
     return str(Path.cwd() / path)
 
 
-def _default_outputs(source: str, overlay: bool) -> Tuple[str, str]:
+def _default_outputs(source: str, overlay: bool, info=None) -> Tuple[str, str]:
+    """Default frame pattern and movie, beside the source: the source's frame numbering and a container
+    for the codec that follows the source (.mp4, .mov for an overlay, when it cannot be read here)."""
     src = Path(source)
-    stem = f"{src.stem}_toon"
-    movie = src.with_name(stem + (".mov" if overlay else ".mp4"))
-    return str(src.with_name(stem + "_frames") / f"{stem}.%06d.png"), str(movie)
+    if info is not None:
+        from ..core import media
+
+        stem, numbers, suffix = info.stem, info.number_format, media.movie_suffix(info, overlay)
+    else:
+        stem = re.split(r"[%#]", src.name)[0].rstrip("._-") if re.search(r"[%#]", src.name) else src.stem
+        numbers = "%06d"
+        suffix = ".mov" if overlay else ".mp4"
+    stem = f"{stem or 'clip'}_toon"
+    return str(src.with_name(stem + "_frames") / f"{stem}.{numbers}.png"), str(src.with_name(stem + suffix))
+
+
+def _probe_local(path: Path):
+    """The source's MediaInfo when it is readable here (None when it is not, or media is unavailable)."""
+    if not path.exists():
+        return None
+    try:
+        from ..core import media
+    except ImportError:
+        return None
+    return media.probe(path)
 
 
 def job_from_args(args: argparse.Namespace) -> FarmJob:
@@ -40,10 +60,11 @@ def job_from_args(args: argparse.Namespace) -> FarmJob:
                         field="keyframe_interval")
     source = _abs(str(args.source))
     overlay = params["output_kind"] == "overlay"
-    seq_default, movie_default = _default_outputs(source, overlay)
+    info = _probe_local(Path(args.source))
+    seq_default, movie_default = _default_outputs(source, overlay, info)
     sequence = _abs(str(args.sequence)) if args.sequence else seq_default
     if "%" not in split_pattern(sequence)[1]:
-        sequence = sequence.rstrip("/\\") + "/" + f"{Path(source).stem}_toon.%06d.png"
+        sequence = sequence.rstrip("/\\") + "/" + split_pattern(seq_default)[1]
     if not re.search(r"%0?\d*d", split_pattern(sequence)[1]) or not sequence.lower().endswith(".png"):
         raise UserError(f"frame pattern {sequence!r} must look like folder/name.%06d.png", field="sequence")
     movie: Optional[str] = None
@@ -56,20 +77,19 @@ def job_from_args(args: argparse.Namespace) -> FarmJob:
         if movie == source:
             raise UserError(f"output movie {movie} is the source clip; the source is never written to",
                             field="movie")
-    frames = args.frames
-    local = Path(args.source)
-    if local.exists():
-        try:
+        if info is not None:
             from ..core import media
-        except ImportError:
-            media = None  # type: ignore[assignment]
-        if media is not None:
-            count = media.probe(local).frame_count
-            if frames is None:
-                frames = (0, count - 1)
-            elif frames[1] >= count:
-                raise UserError(f"frame range {frames[0]}-{frames[1]} is outside the clip (frames 0-{count - 1})",
-                                field="frames")
+
+            media.check_renderable(info)
+            media.choose_codec(Path(movie), args.codec, info, overlay)  # fails here, not on the farm
+    frames = args.frames
+    if info is not None:
+        count = info.frame_count
+        if frames is None:
+            frames = (0, count - 1)
+        elif frames[1] >= count:
+            raise UserError(f"frame range {frames[0]}-{frames[1]} is outside the clip (frames 0-{count - 1})",
+                            field="frames")
     if frames is None:
         raise UserError(f"cannot read {args.source} here to count its frames; give --frames A-B", field="frames")
     chunk_size = args.chunk_size if args.chunk_size is not None else default_chunk_size(k)
@@ -80,7 +100,7 @@ def job_from_args(args: argparse.Namespace) -> FarmJob:
     return FarmJob(source=source, sequence=sequence, movie=movie, frames=tuple(frames), chunk_size=chunk_size,
                    params=params, warmup=args.warmup, executable=args.toon_ofx, name=name,
                    resources=resources_from_args(args, params),
-                   models_dir=_abs(str(args.models_dir)) if args.models_dir else None)
+                   models_dir=_abs(str(args.models_dir)) if args.models_dir else None, codec=args.codec)
 
 
 def resources_from_args(args: argparse.Namespace, params) -> Resources:
@@ -116,6 +136,7 @@ def add_farm_parser(sub) -> None:
     p.add_argument("--sequence", help="frame pattern or folder (default: <clip>_toon_frames/<clip>_toon.%%06d.png)")
     p.add_argument("--movie", help="movie assembled at the end (default: <clip>_toon.mp4, .mov for overlays)")
     p.add_argument("--no-movie", action="store_true", help="no assemble step: the frames are the result")
+    add_codec_option(p)
     p.add_argument("--name", help="job name")
     p.add_argument("--toon-ofx", default="toon-ofx", metavar="COMMAND", help="the toon-ofx command on the workers")
     p.add_argument("--models-dir", help="the workers' model folder (default: each worker's own model store)")
@@ -155,10 +176,13 @@ def add_assemble_parser(sub) -> None:
     p.add_argument("--source", type=Path, required=True, help="the source clip (timing and audio)")
     p.add_argument("-o", "--output", type=Path, required=True, help="movie to write (.mp4/.mov/.mkv)")
     p.add_argument("--frames", type=checked_frame_range, metavar="A-B",
-                   help="source frames to assemble (default: the frames found); all must be present")
+                   help="0-based frames of the source to assemble (default: the frames found); all must be present")
+    add_codec_option(p)
 
 
 def run_assemble(args) -> int:
-    out = assemble(args.sequence, args.source, args.output, args.frames)
-    print(f"toon-ofx: wrote {out}", file=sys.stderr)
+    encoded = assemble(args.sequence, args.source, args.output, args.frames, codec=args.codec)
+    print(f"toon-ofx: wrote {encoded.path} ({encoded.codec.label})", file=sys.stderr)
+    for note in encoded.notes:
+        print(f"toon-ofx: note: {note}", file=sys.stderr)
     return 0

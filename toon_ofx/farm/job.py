@@ -64,9 +64,10 @@ def render_command(source: str, sequence: str, frames: str, warmup: str, chunk_o
     return args + [progress] + param_args(params, placeholders)
 
 
-def assemble_command(sequence: str, source: str, movie: str, frames: str) -> List[str]:
+def assemble_command(sequence: str, source: str, movie: str, frames: str, codec: Optional[str] = None) -> List[str]:
     """`toon-ofx assemble` arguments (without the executable)."""
-    return ["assemble", sequence, "--source", source, "-o", movie, "--frames", frames]
+    return ["assemble", sequence, "--source", source, "-o", movie, "--frames", frames] + (
+        ["--codec", codec] if codec else [])
 
 
 def split_pattern(pattern: str) -> Tuple[str, str]:
@@ -125,7 +126,7 @@ class FarmJob:
     source: str
     sequence: str                       # printf pattern of the frames, source frame numbers
     movie: Optional[str]                # movie assembled at the end (None: the sequence is the result)
-    frames: Tuple[int, int]             # inclusive source frame range
+    frames: Tuple[int, int]             # inclusive frame range, 0-based (also for image sequences)
     chunk_size: int
     params: Dict[str, Any] = field(default_factory=dict)
     warmup: int = 0
@@ -134,6 +135,7 @@ class FarmJob:
     chunk_of: bool = True               # pass --chunk-of: each task snaps its chunk onto keyframes
     resources: Resources = field(default_factory=Resources)
     models_dir: Optional[str] = None    # the workers' model folder (--models-dir), None: their default
+    codec: Optional[str] = None         # movie codec for the assemble step (None: follow the source)
 
     @property
     def keyframe_interval(self) -> int:
@@ -169,4 +171,4 @@ class FarmJob:
 
     def assemble_args(self) -> List[str]:
         assert self.movie is not None
-        return assemble_command(self.sequence, self.source, self.movie, self.frame_range)
+        return assemble_command(self.sequence, self.source, self.movie, self.frame_range, self.codec)

@@ -340,7 +340,8 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
     """
     from ..core import media
     from ..core.params import validate
-    from ..core.render import RenderResult, plan_output, resolve_range
+    from ..core.outputs import plan_output, resolve_range
+    from ..core.render import RenderResult
 
     ray = _ray()
     params = validate(request.params)
@@ -350,8 +351,11 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
                         "re-render the clip from frame 0)", field="keyframe_interval")
     source = Path(request.source)
     info = media.probe(source)
+    media.check_renderable(info)
     first, last = resolve_range(request.frames, info.frame_count)
-    plan = plan_output(source, Path(request.output), params["output_kind"] == "overlay", request.work_dir)
+    plan = plan_output(info, Path(request.output), params["output_kind"] == "overlay", request.work_dir)
+    if plan.kind == "image":
+        raise UserError("a still image is one frame: render it without --ray", field="source")
     Path(plan.pattern).parent.mkdir(parents=True, exist_ok=True)
     total = last - first + 1
 
@@ -362,11 +366,12 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
         size = chunk_size if chunk_size is not None else chunk_size_for_workers(total, keyframes, place["workers"])
         chunks = plan_chunks(first, last, size, max(request.warmup, tracker_memory(params)),
                              keyframe_interval=keyframes)
-        report = RayProgress(progress, chunks, set(sequence_frames(plan.pattern)))
+        report = RayProgress(progress, chunks, _present(plan))
         report.emit("loading")
         todo = [c for c in chunks if report.done[c] < c.count]
         timings: Dict[str, float] = {}
         written = 0
+        encoded = None
         if todo:
             pool = WorkerPool(ray, place, min(place["workers"], len(todo)), params, renderer_factory, persistent)
             loads = pool.load()
@@ -385,7 +390,7 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
             if scheduler.chunk_load_seconds:
                 timings["chunk_load_total"] = scheduler.chunk_load_seconds
 
-        missing = sorted(set(range(first, last + 1)) - set(sequence_frames(plan.pattern)))
+        missing = sorted(set(range(first, last + 1)) - _present(plan))
         if missing:
             raise UserError(f"{len(missing)} frame(s) did not arrive in {Path(plan.pattern).parent} (first: "
                             f"{missing[0]}); on a multi-machine Ray cluster the output folder must be shared "
@@ -393,19 +398,25 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
         if plan.kind == "movie":
             report.emit("encoding")
             t = time.perf_counter()
-            assemble(Path(plan.pattern), source, plan.movie, (first, last), info=info)
+            encoded = assemble(Path(plan.pattern), source, plan.movie, (first, last), info=info, codec=request.codec)
             timings["encode"] = time.perf_counter() - t
             if not request.keep_frames:
                 shutil.rmtree(Path(plan.pattern).parent, ignore_errors=True)
         report.emit("done")
         return RenderResult(output=plan.movie or Path(plan.pattern).parent, kind=plan.kind, pattern=plan.pattern,
                             first_frame=first, last_frame=last, written=written, skipped=total - written,
-                            fps=float(info.fps), timings=timings)
+                            fps=float(info.fps), timings=timings, first_number=plan.first_number,
+                            codec=encoded.codec.label if encoded else None, notes=encoded.notes if encoded else [])
     finally:
         if pool is not None:
             pool.kill()
         if started:
             ray.shutdown()
+
+
+def _present(plan) -> Set[int]:
+    """0-based frames whose files are there (file numbers follow the source's: pattern % (first_number + i))."""
+    return {n - plan.first_number for n in sequence_frames(plan.pattern)}
 
 
 def _first_line(exc: BaseException) -> str:

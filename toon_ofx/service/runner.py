@@ -146,7 +146,7 @@ class JobRunner:
         # exists only for a finished movie; its frames are kept until then so a restart never re-renders
         target = partial if movie else output["pattern"]
         request = RenderRequest(source=Path(row["source"]), output=Path(target), params=params, frames=(first, last),
-                              warmup=0, work_dir=work_dir, keep_frames=movie)
+                              warmup=0, work_dir=work_dir, keep_frames=movie, codec=output.get("codec"))
         log.info("job %s: rendering %s frames %d-%d -> %s (attempt %d)", job_id, row["source"], first, last,
                  target, row["attempts"])
         try:
@@ -234,8 +234,10 @@ class JobRunner:
     @staticmethod
     def _result(output: Dict[str, Any], first: int, last: int, fps: Optional[float],
                 pattern: Optional[str] = None) -> Dict[str, Any]:
+        # frames are 0-based; the file of frame i is pattern % (first_number + i)
+        numbers = {"first_number": output.get("first_number", 0)}
         if output["kind"] == "sequence":
             return {"kind": "sequence", "path": output["folder"], "pattern": str(pattern or output["pattern"]),
-                    "first_frame": first, "last_frame": last, "fps": fps}
+                    "first_frame": first, "last_frame": last, "fps": fps, **numbers}
         return {"kind": "movie", "path": output["path"], "pattern": None,
-                "first_frame": first, "last_frame": last, "fps": fps}
+                "first_frame": first, "last_frame": last, "fps": fps, **numbers}
