@@ -758,6 +758,26 @@ def test_retry_resumes_a_cancelled_render(bpy_venv_full, addon_zip, tmp_path, cl
 
 
 @pytest.mark.blender
+def test_image_sequence_keeps_its_frame_numbers(bpy_venv, addon_zip, tmp_path, engine):
+    """An image strip showing shot.1011 .. shot.1020 of a folder starting at shot.1001: the engine renders its
+    frames 10-19 and names them like the source (shot_toon.1011.png ...), the strip lines up frame by frame."""
+    folder = tmp_path / "plates"
+    folder.mkdir()
+    for n in range(1001, 1021):
+        (folder / f"shot.{n}.png").write_bytes(png.png_bytes(64, 36, (3 * (n - 1001),) * 3))
+    args = {"zip": str(addon_zip), "sequence": [str(folder / f"shot.{n}.png") for n in range(1011, 1021)],
+            "output_folder": str(tmp_path / "renders"), "frame_start": 5, "render": True,
+            "params": {"output_kind": "frame", "device": "cpu"}}
+    data = run_blender(bpy_venv, "toonify", args, tmp_path, engine)
+    assert data["op"]["result"] == ["FINISHED"], data["op"]
+    (name,) = data["new"]
+    assert data["after"][name]["files"] == [f"shot_toon.{n}.png" for n in range(1011, 1021)]
+    assert data["rendered_result"] == data["rendered_source"] == list(range(10, 20))
+    (job,) = engine_jobs(engine)
+    assert job["frames"] == [10, 19] and job["result"]["first_number"] == 1001
+
+
+@pytest.mark.blender
 def test_errors_are_reports_not_tracebacks(bpy_venv, addon_zip, tmp_path, clip, engine):
     bad = tmp_path / "bad.mp4"
     bad.write_text("this is not a video")

@@ -148,7 +148,14 @@ def scenario_toonify(args: dict) -> dict:
     """Build a scene with a (trimmed) movie strip, Toonify it against a running/startable engine."""
     set_prefs(args)
     scene, sed = new_scene(int(args.get("fps", 24)))
-    if args.get("ui_add"):
+    if args.get("sequence"):
+        files = args["sequence"]
+        compat = addon_module("compat")
+        source = compat.new_image(compat.top_level(sed), "shot", files[0], int(args.get("channel", 2)),
+                                  int(args.get("frame_start", 10)))
+        for path in files[1:]:
+            source.elements.append(os.path.basename(path))
+    elif args.get("ui_add"):
         source = add_movie_like_the_ui(scene, args["clip"], int(args.get("channel", 2)),
                                        int(args.get("frame_start", 10)))
         source.frame_offset_start = int(args.get("frame_offset_start", 0))
