@@ -90,6 +90,10 @@ class _RunOperator:
     Subclasses say which run with `_make_run(context)` (None after reporting why not).
     """
 
+    timeout: bpy.props.FloatProperty(
+        name="Timeout", description="Blocking (script) runs only: give up after this many seconds (0 = never)",
+        default=0.0, min=0.0, options={"SKIP_SAVE"})
+
     # --- blocking path: scripts, `blender -b`, the bpy module (invoke/modal never run there)
     def execute(self, context):
         global _ACTIVE
@@ -208,10 +212,6 @@ class TOONOFX_OT_toonify(_RunOperator, bpy.types.Operator):
     bl_label = "Toonify"
     bl_options = {"REGISTER"}
 
-    timeout: bpy.props.FloatProperty(
-        name="Timeout", description="Blocking (script) runs only: give up after this many seconds (0 = never)",
-        default=0.0, min=0.0, options={"SKIP_SAVE"})
-
     @classmethod
     def poll(cls, context):
         scene = compat.sequencer_scene(context)
@@ -230,10 +230,6 @@ class TOONOFX_OT_retry(_RunOperator, bpy.types.Operator):
     bl_idname = "toon_ofx.retry"
     bl_label = "Retry"
     bl_options = {"REGISTER"}
-
-    timeout: bpy.props.FloatProperty(
-        name="Timeout", description="Blocking (script) runs only: give up after this many seconds (0 = never)",
-        default=0.0, min=0.0, options={"SKIP_SAVE"})
 
     @classmethod
     def poll(cls, context):

@@ -102,6 +102,15 @@ def add_movie(scene, args: dict):
     return strip
 
 
+def selected_movie(args: dict):
+    """Preferences from `args`, a 24 fps scene with one movie strip (add_movie), selected: (scene, sed, strip)."""
+    set_prefs(args)
+    scene, sed = new_scene()
+    source = add_movie(scene, args)
+    select_only(scene, {source.name})
+    return scene, sed, source
+
+
 def _parameters(rna_function) -> set:
     return {p.identifier for p in rna_function.parameters}
 
@@ -229,10 +238,7 @@ def scenario_errors(args: dict) -> dict:
 
 def scenario_cancel(args: dict) -> dict:
     """The modal operator's plain path: Run on a worker thread, tick, cancel (what Esc does)."""
-    set_prefs(args)
-    scene, sed = new_scene()
-    source = add_movie(scene, args)
-    select_only(scene, {source.name})
+    scene, sed, source = selected_movie(args)
     names = ("planning", "toonify", "operators", "props", "compat")
     planning, toonify, operators, props, compat = (addon_module(n) for n in names)
     plans = planning.plan_strips(scene, compat.selected_strips(bpy.context, scene))
@@ -342,10 +348,7 @@ def add_movie_like_the_ui(scene, path: str, channel: int, frame_start: int):
 def scenario_engine_dies(args: dict) -> dict:
     """The engine process is killed mid-render: the run ends with one clear failure, nothing placed."""
     import signal
-    set_prefs(args)
-    scene, sed = new_scene()
-    source = add_movie(scene, args)
-    select_only(scene, {source.name})
+    scene, sed, source = selected_movie(args)
     names = ("planning", "toonify", "operators", "props", "compat")
     planning, toonify, operators, props, compat = (addon_module(n) for n in names)
     plans = planning.plan_strips(scene, compat.selected_strips(bpy.context, scene))
@@ -522,10 +525,7 @@ def scenario_session(args: dict) -> dict:
 
 def scenario_retry(args: dict) -> dict:
     """Retry: a cancelled render resumes and is placed; a render that fails again is reported again."""
-    set_prefs(args)
-    scene, sed = new_scene()
-    source = add_movie(scene, args)
-    select_only(scene, {source.name})
+    scene, sed, source = selected_movie(args)
     operators = addon_module("operators")
     out = {"nothing": run_operator_named("retry", timeout=10)}
     out["first"] = run_operator(timeout=1.5)                  # cancelled by the timeout: still rendering
@@ -652,10 +652,7 @@ def scenario_modal(args: dict) -> dict:
     (timer ticks, Esc). Everything else is real: the scene, the strips, the engine.
     """
     import types
-    set_prefs(args)
-    scene, sed = new_scene()
-    source = add_movie(scene, args)
-    select_only(scene, {source.name})
+    scene, sed, source = selected_movie(args)
     operators = addon_module("operators")
     cls = operators.TOONOFX_OT_toonify
 
