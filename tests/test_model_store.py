@@ -382,6 +382,20 @@ def test_toonify_tf_pickle_is_the_model_file(tmp_path, monkeypatch):
     assert ms.resolve("toon-cartoon", m) == legacy
 
 
+def test_manifest_encoders():
+    """Issue 12: the public face encoders, listable by kind, each for the base model or a one-pass toon."""
+    m = ms.load_manifest()
+    enc = {n: e for n, e in m["models"].items() if e["kind"] == "encoder"}
+    assert {e["file"] for e in enc.values()} == {"psp_ffhq_encode.pt", "psp_ffhq_toonify.pt", "e4e_ffhq_encode.pt",
+                                                 "restyle_psp_ffhq_encode.pt", "restyle_e4e_ffhq_encode.pt"}
+    for name, e in enc.items():
+        assert e["format"] == "psp-pt" and e["resolution"] == 1024 and e["urls"], name
+        assert "MIT" in e["licence"] and "non-commercial" in e["licence"], name
+        assert (e.get("encodes_into") in m["models"]) != bool(e.get("one_pass_toon")), name
+    assert enc["psp-toonify"]["one_pass_toon"] is True
+    assert set(m["groups"]["encoders"]) == set(enc)
+
+
 # ----------------------------------------------------------------------------- first run: everything at once
 
 def test_require_downloads_what_it_can_and_names_every_missing_file_at_once(store):

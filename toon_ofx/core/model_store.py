@@ -36,8 +36,9 @@ ENV_MODELS = "TOON_OFX_MODELS"
 ENV_MANIFEST = "TOON_OFX_MANIFEST"
 # nvidia-tf-pkl (NVIDIA's TensorFlow StyleGAN2 pickles, e.g. Toonify) loads directly like nvidia-pkl:
 # engine.generator.checkpoints reads both without the authors' code, so neither needs a conversion step.
-FORMATS = ("rosinality-pt", "nvidia-pkl", "nvidia-tf-pkl", "torchvision", "lpips", "face-alignment")
-KINDS = ("base", "toon", "blended", "perceptual", "landmarks")
+# psp-pt: pSp / e4e / ReStyle encoder checkpoints (engine.inversion.encoders), loaded as downloaded.
+FORMATS = ("rosinality-pt", "nvidia-pkl", "nvidia-tf-pkl", "torchvision", "lpips", "face-alignment", "psp-pt")
+KINDS = ("base", "toon", "blended", "perceptual", "landmarks", "encoder")
 REQUIRED = ("title", "kind", "file", "format", "urls", "sha256", "licence", "notes")
 _MODEL_SUFFIXES = (".pt", ".pth", ".pkl", ".tar", ".ckpt", ".bin", ".safetensors")
 _CHUNK = 1 << 20
