@@ -6,9 +6,11 @@ nothing heavier.
 """
 from __future__ import annotations
 
+import atexit
+
 import bpy
 
-from . import operators, props, ui
+from . import connection, operators, props, ui
 
 _classes = []
 
@@ -19,12 +21,15 @@ def register():
         bpy.utils.register_class(cls)
         _classes.append(cls)
     bpy.types.Scene.toon_ofx = bpy.props.PointerProperty(type=group)
+    atexit.register(connection.goodbye)  # Blender exiting: let the engine go
 
 
 def unregister():
     active = operators.active_run()
     if active is not None:
         active.request_cancel()
+    atexit.unregister(connection.goodbye)
+    connection.goodbye()
     del bpy.types.Scene.toon_ofx
     while _classes:
         bpy.utils.unregister_class(_classes.pop())

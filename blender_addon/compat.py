@@ -5,12 +5,15 @@ Blender 4.2/4.3 call strips "sequences" (``SequenceEditor.sequences``,
 ``MetaSequence.sequences``). 4.4 added the "strips" names beside them and 5.0
 dropped the old ones (``strips``, ``strips_all``, ``bpy.types.Strip``,
 ``context.selected_strips``). 5.0 also lets the sequencer show a scene other
-than the window's (``context.sequencer_scene``). And ``frame_duration`` changed
-meaning: see `content_length`.
+than the window's (``context.sequencer_scene``). ``frame_duration`` changed
+meaning: see `content_length`. And 4.5 rewrote the sequencer's caches: see
+`source_cache_keys_truncate`.
 
 Nothing outside this module may touch those names.
 """
 from __future__ import annotations
+
+import bpy
 
 
 def _first_attr(obj, *names):
@@ -54,6 +57,17 @@ def find_strip(scene, name: str):
 def children(meta):
     """A meta strip's own strip collection."""
     return _first_attr(meta, "strips", "sequences")
+
+
+def enclosing_metas(strip) -> list:
+    """The meta strips `strip` sits in, innermost first."""
+    metas = []
+    parent_meta = getattr(strip, "parent_meta", None)
+    meta = parent_meta() if callable(parent_meta) else None
+    while meta is not None:
+        metas.append(meta)
+        meta = meta.parent_meta() if callable(getattr(meta, "parent_meta", None)) else None
+    return metas
 
 
 def parent_collection(sed, strip):
@@ -104,6 +118,19 @@ def content_length(strip) -> int:
     """
     span = (strip.frame_final_end + strip.frame_offset_end) - (strip.frame_final_start - strip.frame_offset_start)
     return int(round(span))
+
+
+def source_cache_keys_truncate(scene) -> bool:
+    """True when a slowed-down movie's frames depend on the raw (source image) cache.
+
+    Blender 4.5 replaced the sequencer caches; its source image cache
+    (sequencer/intern/cache/source_image_cache.cc) files a decoded movie frame
+    under the truncated frame index while render.cc decodes the rounded one
+    (see timeline.py). Checked on 5.0.1 against its renderer; 4.2 has no such
+    cache. Only while the raw cache is on (``SequenceEditor.use_cache_raw``).
+    """
+    sed = sequence_editor(scene)
+    return bpy.app.version >= (4, 5, 0) and bool(getattr(sed, "use_cache_raw", False))
 
 
 def is_retimed(strip) -> bool:

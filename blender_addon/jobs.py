@@ -1,4 +1,4 @@
-"""Engine jobs for planned strips: submit (`submit_plans`), poll (`poll`), cancel (`cancel`).
+"""Engine jobs for planned strips: submit (`submit_plans`), poll (`poll`), cancel (`cancel`), retry (`resume`).
 
 Each plan becomes one engine job writing into a new folder of its own
 (`job_folder`). `poll` asks the engine once about every unfinished job and
@@ -107,6 +107,24 @@ def submit_plans(plans: Sequence[StripPlan], client, params: Dict[str, Any], out
         cancel(pending, client)
         raise
     return pending
+
+
+def resume(pending: Sequence[PendingJob], client) -> List[PendingJob]:
+    """Queue failed or cancelled jobs again (`client.retry`): the engine resumes each from its frames on disk.
+
+    Raises the client's EngineError on refusal, after cancelling the jobs it had resumed.
+    """
+    resumed: List[PendingJob] = []
+    try:
+        for job in pending:
+            answer = client.retry(job.job_id)
+            job.state, job.finished, job.errors_in_a_row = answer.get("state", "queued"), False, 0
+            job.result = job.error = None
+            resumed.append(job)
+    except BaseException:
+        cancel(resumed, client)
+        raise
+    return resumed
 
 
 # ----------------------------------------------------------------------------- polling

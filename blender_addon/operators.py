@@ -1,4 +1,4 @@
-"""Operators: Toonify (modal in the UI, blocking in scripts), Cancel, Check engine."""
+"""Operators: Toonify and Retry (modal in the UI, blocking in scripts), Cancel, Check engine, the model pickers."""
 
 import os
 import time
@@ -6,15 +6,27 @@ import traceback
 
 import bpy
 
-from . import compat, jobs, planning, props, toonify
-from .engine_link import client_module
+from . import compat, connection, jobs, models, planning, props, toonify
 
 #: The run in progress (one at a time); the panel reads it for its progress bar.
 _ACTIVE = None
+#: The failed or cancelled jobs of the last run: what Retry resumes.
+_RETRYABLE = []
 
 
 def active_run():
     return _ACTIVE
+
+
+def retryable() -> list:
+    return list(_RETRYABLE)
+
+
+def _finished(run) -> None:
+    """A run ended: its failed and cancelled jobs are what Retry offers next."""
+    global _ACTIVE, _RETRYABLE
+    _ACTIVE = None
+    _RETRYABLE = [m.job for m in run.finals if isinstance(m, (jobs.Failed, jobs.Cancelled))]
 
 
 def preferences(context):
@@ -36,20 +48,9 @@ def connector(context):
     python = (getattr(prefs, "engine_python", "") or "").strip() if prefs else ""
     python = bpy.path.abspath(python) if python else None
     wait = float(getattr(prefs, "start_timeout", 60)) if prefs else 60.0
-
-    def connect():
-        client = client_module()
-        if not python and not os.environ.get("TOON_OFX_PYTHON"):
-            # Without an engine Python the client would try Blender's own Python, which has no toon-ofx.
-            try:
-                return client.EngineClient.connect(start=False)
-            except client.EngineUnavailable:
-                raise client.EngineUnavailable(
-                    "no toon-ofx engine is running, and no Engine Python is set to start one: set it in "
-                    "Preferences > Add-ons > toon-ofx (a Python with toon-ofx installed), or run "
-                    "'toon-ofx serve'") from None
-        return client.EngineClient.connect(python=python, start=True, wait=wait)
-    return connect
+    idle_minutes = float(getattr(prefs, "idle_stop", 10)) if prefs else 10.0
+    idle = idle_minutes * 60 if idle_minutes > 0 else None
+    return lambda: connection.connect(python, wait, idle)
 
 
 def _report_unexpected(operator, exc: BaseException) -> None:
@@ -79,33 +80,26 @@ def _report_finals(operator, finals) -> int:
         level, text = toonify.finish_message(message)
         if text:
             operator.report({level}, text)
-        placed += isinstance(message, jobs.Finished) and level == "INFO"
+        placed += isinstance(message, jobs.Finished) and level != "ERROR"
     return placed
 
 
-class TOONOFX_OT_toonify(bpy.types.Operator):
-    """Toonify the faces in the selected movie and image strips; the result is added as a new strip above"""
-    bl_idname = "toon_ofx.toonify"
-    bl_label = "Toonify"
-    bl_options = {"REGISTER"}
+class _RunOperator:
+    """What Toonify and Retry share: a `toonify.Run` driven to the end (execute) or by a timer (invoke/modal).
+
+    Subclasses say which run with `_make_run(context)` (None after reporting why not).
+    """
 
     timeout: bpy.props.FloatProperty(
         name="Timeout", description="Blocking (script) runs only: give up after this many seconds (0 = never)",
         default=0.0, min=0.0, options={"SKIP_SAVE"})
 
-    @classmethod
-    def poll(cls, context):
-        scene = compat.sequencer_scene(context)
-        return scene is not None and scene.sequence_editor is not None and _ACTIVE is None
-
     # --- blocking path: scripts, `blender -b`, the bpy module (invoke/modal never run there)
     def execute(self, context):
         global _ACTIVE
-        prepared = _prepare(self, context)
-        if prepared is None:
+        run = self._make_run(context)
+        if run is None:
             return {"CANCELLED"}
-        plans, params = prepared
-        run = toonify.Run(plans, params, output_root(context), connector(context))
         _ACTIVE = run
         try:
             run.start(background=False)
@@ -129,18 +123,17 @@ class TOONOFX_OT_toonify(bpy.types.Operator):
             _report_unexpected(self, exc)
             return {"CANCELLED"}
         finally:
-            _ACTIVE = None
+            _finished(run)
         return {"FINISHED"} if placed else {"CANCELLED"}
 
     # --- interactive path: a modal operator polled by a timer; the UI stays responsive
     def invoke(self, context, event):
         global _ACTIVE
-        prepared = _prepare(self, context)
-        if prepared is None:
+        run = self._make_run(context)
+        if run is None:
             return {"CANCELLED"}
-        plans, params = prepared
         try:
-            self._run = toonify.Run(plans, params, output_root(context), connector(context)).start(background=True)
+            self._run = run.start(background=True)
         except Exception as exc:
             _report_unexpected(self, exc)
             return {"CANCELLED"}
@@ -201,7 +194,6 @@ class TOONOFX_OT_toonify(bpy.types.Operator):
         compat.redraw_sequencer(context)
 
     def _stop(self, context):
-        global _ACTIVE
         wm = context.window_manager
         if getattr(self, "_timer", None) is not None:
             wm.event_timer_remove(self._timer)
@@ -210,8 +202,44 @@ class TOONOFX_OT_toonify(bpy.types.Operator):
         workspace = getattr(context, "workspace", None)
         if workspace is not None:
             workspace.status_text_set(None)
-        _ACTIVE = None
+        _finished(self._run)
         compat.redraw_sequencer(context)
+
+
+class TOONOFX_OT_toonify(_RunOperator, bpy.types.Operator):
+    """Toonify the faces in the selected movie and image strips; the result is added as a new strip above"""
+    bl_idname = "toon_ofx.toonify"
+    bl_label = "Toonify"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context):
+        scene = compat.sequencer_scene(context)
+        return scene is not None and scene.sequence_editor is not None and _ACTIVE is None
+
+    def _make_run(self, context):
+        prepared = _prepare(self, context)
+        if prepared is None:
+            return None
+        plans, params = prepared
+        return toonify.Run(plans, params, output_root(context), connector(context))
+
+
+class TOONOFX_OT_retry(_RunOperator, bpy.types.Operator):
+    """Resume the failed and cancelled renders of the last Toonify (the engine keeps their finished frames)"""
+    bl_idname = "toon_ofx.retry"
+    bl_label = "Retry"
+    bl_options = {"REGISTER"}
+
+    @classmethod
+    def poll(cls, context):
+        return bool(_RETRYABLE) and _ACTIVE is None
+
+    def _make_run(self, context):
+        if not _RETRYABLE:
+            self.report({"ERROR"}, "nothing to retry: the last Toonify had no failed or cancelled render")
+            return None
+        return toonify.Run.retrying(_RETRYABLE, connector(context))
 
 
 class TOONOFX_OT_cancel(bpy.types.Operator):
@@ -244,7 +272,50 @@ class TOONOFX_OT_check_engine(bpy.types.Operator):
             self.report({"ERROR"}, f"toon-ofx engine: {getattr(exc, 'message', None) or exc}")
             return {"CANCELLED"}
         self.report({"INFO"}, f"toon-ofx engine {health.get('version', '?')} is running (pid {health.get('pid')})")
+        try:
+            models.refresh(client)
+        except Exception as exc:  # an older engine without GET /v1/models: the pickers stay empty
+            self.report({"WARNING"}, f"toon-ofx engine: no model list ({getattr(exc, 'message', None) or exc})")
         return {"FINISHED"}
 
 
-CLASSES = (TOONOFX_OT_toonify, TOONOFX_OT_cancel, TOONOFX_OT_check_engine)
+class TOONOFX_OT_refresh_models(bpy.types.Operator):
+    """Ask the toon-ofx engine which models it knows (starting it if needed)"""
+    bl_idname = "toon_ofx.refresh_models"
+    bl_label = "Refresh Models"
+    bl_options = {"INTERNAL"}
+
+    def execute(self, context):
+        try:
+            listed = models.refresh(connector(context)())
+        except Exception as exc:
+            self.report({"ERROR"}, f"toon-ofx models: {getattr(exc, 'message', None) or exc}")
+            return {"CANCELLED"}
+        installed = sum(1 for m in listed if m.get("installed", True))
+        self.report({"INFO"}, f"toon-ofx: {len(listed)} models listed, {installed} installed")
+        return {"FINISHED"}
+
+
+class TOONOFX_OT_pick_model(bpy.types.Operator):
+    """Use this model"""
+    bl_idname = "toon_ofx.pick_model"
+    bl_label = "Pick Model"
+    bl_options = {"INTERNAL", "UNDO"}
+
+    target: bpy.props.StringProperty(default="model", options={"HIDDEN", "SKIP_SAVE"})
+    name: bpy.props.StringProperty(options={"SKIP_SAVE"})
+
+    @classmethod
+    def description(cls, context, properties):
+        return models.describe(models.find(properties.name)) if properties.name else cls.__doc__
+
+    def execute(self, context):
+        scene = compat.sequencer_scene(context)
+        if scene is None or self.target not in props.MODEL_FIELDS or not self.name:
+            return {"CANCELLED"}
+        setattr(scene.toon_ofx, self.target, self.name)
+        return {"FINISHED"}
+
+
+CLASSES = (TOONOFX_OT_toonify, TOONOFX_OT_retry, TOONOFX_OT_cancel, TOONOFX_OT_check_engine,
+           TOONOFX_OT_refresh_models, TOONOFX_OT_pick_model)

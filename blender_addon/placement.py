@@ -26,7 +26,7 @@ def place_result(scene, source_strip, result: Dict[str, Any], output_kind: str =
     first, last = int(result["first_frame"]), int(result["last_frame"])
     if mapping is None:
         mapping = media_mapping(scene, source_strip)
-    timing = strip_timing(source_strip, mapping)
+    timing = strip_timing(scene, source_strip, mapping)
     try:
         start, _ = timing.visible_timeline_range()
     except TimelineError as exc:
@@ -36,7 +36,8 @@ def place_result(scene, source_strip, result: Dict[str, Any], output_kind: str =
     if outside:
         raise ToonifyError(f"the result holds frames {first}-{last}, but the strip now shows frame {outside[0]}; "
                            "toonify it again")
-    files = [pattern % f for f in shown]
+    number = int(result.get("first_number") or 0)  # frame i is file pattern % (first_number + i)
+    files = [pattern % (number + f) for f in shown]
     missing = sorted({f for f in files if not os.path.isfile(f)})
     if missing:
         raise ToonifyError(f"{len(missing)} result frames are missing, e.g. {missing[0]}")
@@ -64,6 +65,18 @@ def place_result(scene, source_strip, result: Dict[str, Any], output_kind: str =
         strip.blend_alpha = source_strip.blend_alpha
     strip.select = False
     return strip
+
+
+def covered_strips(scene, source_strip, strip) -> list:
+    """Names of the strips between `source_strip` and the new `strip` (in channel order) on the same frames.
+
+    The result goes into the first free channel above its source; anything in between used to show
+    above the source and now sits below the result.
+    """
+    collection = compat.parent_collection(compat.sequence_editor(scene), source_strip)
+    return [s.name for s in sorted(collection, key=lambda s: s.channel)
+            if source_strip.channel < s.channel < strip.channel and not s.mute
+            and s.frame_final_start < strip.frame_final_end and strip.frame_final_start < s.frame_final_end]
 
 
 def _copy_look(source, target) -> None:

@@ -18,7 +18,7 @@ import bpy
 from . import compat
 from .engine_link import errors as toon_errors
 from .engine_link import params as schema
-from .timeline import StripTiming, TimelineError, image_sequence_source
+from .timeline import StripTiming, TimelineError, image_sequence_source, playback_rate, real_time_length
 
 SUPPORTED_TYPES = ("MOVIE", "IMAGE")
 
@@ -47,10 +47,10 @@ class StripPlan:
     fps: float           # the scene's frame rate
 
 
-def strip_timing(strip, mapping: MediaMapping = MediaMapping()) -> StripTiming:
+def strip_timing(scene, strip, mapping: MediaMapping = MediaMapping()) -> StripTiming:
     """The strip's frame layout (see timeline.py for how Blender maps it to source frames)."""
     return StripTiming(
-        content_start=int(round(strip.frame_start)),
+        content_start=float(strip.frame_start),
         content_length=compat.content_length(strip),
         final_start=int(strip.frame_final_start),
         final_end=int(strip.frame_final_end),
@@ -59,7 +59,15 @@ def strip_timing(strip, mapping: MediaMapping = MediaMapping()) -> StripTiming:
         rate=mapping.rate,
         source_length=mapping.source_length,
         strobe=float(getattr(strip, "strobe", 1.0) or 1.0),
+        cached_keys=compat.source_cache_keys_truncate(scene),
+        first_drawn=max([int(scene.frame_start)] + [int(m.frame_final_start) for m in compat.enclosing_metas(strip)]),
     )
+
+
+def _remaps_time(meta) -> bool:
+    """A meta strip that shows its contents reversed, strobed or retimed."""
+    return bool(getattr(meta, "use_reverse_frames", False)) or float(getattr(meta, "strobe", 1.0) or 1.0) > 1.0 \
+        or compat.is_retimed(meta)
 
 
 def scene_fps(scene) -> float:
@@ -123,20 +131,21 @@ def media_mapping(scene, strip) -> MediaMapping:
     if strip.type != "MOVIE":
         return MediaMapping(base=base)
     movie_fps = float(getattr(strip, "fps", 0.0) or 0.0)
-    rate = movie_fps / scene_fps(scene) if movie_fps > 0 else 1.0
-    if abs(rate - 1.0) < 1e-6:
+    rate = playback_rate(movie_fps, scene.render.fps, scene.render.fps_base) if movie_fps > 0 else 1.0
+    if rate == 1.0:
         return MediaMapping()
-    # A movie whose rate differs from the scene's plays 1:1, or in real time when it was added
-    # with "Adjust Playback Rate" (Blender's default); no property says which, the length does.
+    # A movie whose rate differs from the scene's plays in real time when it was added with "Adjust
+    # Playback Rate" (Blender's default), else 1:1; no property says which, its length does. When both
+    # lengths agree (rates a hair apart, short clips), the default wins.
     total = movie_frame_count(source)
     if total is None:
         return MediaMapping()
     used = total - int(strip.animation_offset_start) - int(strip.animation_offset_end)
     length = compat.content_length(strip)
+    if length == real_time_length(used, rate):
+        return MediaMapping(rate=rate, source_length=used)
     if length == used:
         return MediaMapping(source_length=used)
-    if abs(used / rate - length) <= 1.0:
-        return MediaMapping(rate=rate, source_length=used)
     raise ToonifyError(f"strip {strip.name!r} spans {length} frames but its movie has {used} "
                        f"frames at {movie_fps:g} fps in a {scene_fps(scene):g} fps scene; toonify cannot tell "
                        "which movie frame shows where")
@@ -152,18 +161,50 @@ def plan_strip(scene, strip) -> StripPlan:
     if not os.path.isfile(first_file):
         raise ToonifyError(f"strip {strip.name!r}: source file not found: {first_file}")
     mapping = media_mapping(scene, strip)
+    timing = strip_timing(scene, strip, mapping)
+    remapping = [m.name for m in compat.enclosing_metas(strip) if _remaps_time(m)]
+    if timing.order_matters and remapping:
+        raise ToonifyError(f"strip {strip.name!r} is a movie slower than the scene inside meta strip "
+                           f"{remapping[0]!r}, which reverses, strobes or retimes it: Blender {bpy.app.version_string} "
+                           "then shows frames that depend on the playback order, so toonify cannot tell which frame "
+                           "shows where. Turn off the sequencer's Raw cache, or toonify it outside the meta")
     try:
-        first, last = strip_timing(strip, mapping).visible_source_range()
+        first, last = timing.visible_source_range()
     except TimelineError as exc:
         raise ToonifyError(f"strip {strip.name!r}: {exc}") from None
     return StripPlan(strip.name, scene.name, source, mapping, first, last, scene_fps(scene))
 
 
+def _with_meta_contents(strips: Sequence) -> Tuple[List, List[str]]:
+    """The strips, with each selected meta strip replaced by the unmuted strips inside it (at any depth)."""
+    out, metas = [], []
+    for strip in strips:
+        if strip.type == "META":
+            metas.append(strip.name)
+            inner, _ = _with_meta_contents([s for s in compat.children(strip) if not s.mute])
+            out += inner
+        else:
+            out.append(strip)
+    return out, metas
+
+
 def plan_strips(scene, strips: Sequence) -> List[StripPlan]:
-    """Plans for the movie and image strips among `strips` (sound, effect strips etc. are ignored)."""
-    usable = [s for s in strips if s.type in SUPPORTED_TYPES]
+    """Plans for the movie and image strips among `strips` and inside selected meta strips.
+
+    Sound, effect, scene and other strips are ignored; a result is placed beside its source, inside
+    the same meta strip, so the meta's own trims, transform and blending apply to it as well.
+    """
+    expanded, metas = _with_meta_contents(strips)
+    usable, seen = [], set()
+    for strip in expanded:
+        if strip.type in SUPPORTED_TYPES and strip.name not in seen:
+            seen.add(strip.name)
+            usable.append(strip)
     if not usable:
-        raise ToonifyError("select one or more movie or image strips to toonify")
+        if metas:
+            names = ", ".join(repr(m) for m in metas)
+            raise ToonifyError(f"meta strip {names} holds no unmuted movie or image strip to toonify")
+        raise ToonifyError("select one or more movie or image strips (or meta strips holding them) to toonify")
     return [plan_strip(scene, s) for s in usable]
 
 

@@ -10,6 +10,9 @@ import bpy
 
 from .engine_link import params as schema
 
+#: Parameters that take a model: a name the engine knows, or a file (drawn with a file browser).
+MODEL_FIELDS = ("model", "base_model")
+
 #: Shown in the panel's main section, in this order; everything else goes under "Advanced".
 MAIN = ("model", "inversion", "swap_res", "steps", "refine_steps", "warm_steps", "output_kind")
 #: Integer parameters drawn as sliders.
@@ -44,6 +47,8 @@ def property_for(param):
         if param.maximum is not None:
             limits["max"] = float(param.maximum)
         return bpy.props.FloatProperty(default=float(param.default), **limits, **common)
+    if param.name in MODEL_FIELDS:
+        return bpy.props.StringProperty(default=str(param.default), subtype="FILE_PATH", **common)
     return bpy.props.StringProperty(default=str(param.default), **common)
 
 
@@ -68,6 +73,8 @@ def values(group) -> dict:
             # Blender stores floats in single precision: 0.1 reads back as 0.10000000149011612.
             # Its 7 significant digits are what the user set.
             value = float(f"{value:.7g}")
+        elif p.name in MODEL_FIELDS and value.startswith("//"):
+            value = bpy.path.abspath(value)  # the file browser's path relative to the .blend file
         out[p.name] = value
     return out
 

@@ -6,14 +6,14 @@ drive a `Run` by calling `tick()`; `finish_message()` places a finished result
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import bpy
 
 from . import compat
 from .jobs import (Cancelled, Failed, Finished, Message, PendingJob, cancel, error_text, overall_progress, poll,
-                   status_text, submit_plans)
-from .placement import place_result
+                   resume, status_text, submit_plans)
+from .placement import covered_strips, place_result
 from .planning import StripPlan, ToonifyError
 
 class Run:
@@ -39,6 +39,14 @@ class Run:
         self.finals: List[Message] = []
         self._thread = None
         self._submitted = False
+        self._retry: Optional[List[PendingJob]] = None
+
+    @classmethod
+    def retrying(cls, pending: Sequence[PendingJob], connect: Callable[[], Any]) -> "Run":
+        """A run that resumes earlier failed or cancelled jobs instead of submitting new ones."""
+        run = cls([job.plan for job in pending], {}, "", connect)
+        run._retry = list(pending)
+        return run
 
     # the worker: no bpy in here
     def _connect_and_submit(self) -> None:
@@ -47,7 +55,10 @@ class Run:
             self.client = client
             if self.cancel_requested:
                 return
-            pending = submit_plans(self.plans, client, self.params, self.output_root)
+            if self._retry is not None:
+                pending = resume(self._retry, client)
+            else:
+                pending = submit_plans(self.plans, client, self.params, self.output_root)
             self.pending = pending
             if self.cancel_requested:  # Esc while submitting: stop what was just queued
                 cancel(pending, client)
@@ -115,28 +126,37 @@ class Run:
         return status_text(self.pending)
 
 
-def place_finished(message: Finished) -> Any:
-    """Place a Finished job's result next to its source strip (looked up by name)."""
+def place_finished(message: Finished) -> Tuple[Any, List[str]]:
+    """Place a Finished job's result next to its source strip (looked up by name); (new strip, covered names)."""
     plan = message.job.plan
     scene = bpy.data.scenes.get(plan.scene_name)
     source = compat.find_strip(scene, plan.strip_name) if scene is not None else None
     if source is None:
         raise ToonifyError(f"strip {plan.strip_name!r} is gone; its result is in {message.job.folder}")
-    return place_result(scene, source, message.result, message.job.output_kind, plan.mapping)
+    strip = place_result(scene, source, message.result, message.job.output_kind, plan.mapping)
+    return strip, covered_strips(scene, source, strip)
 
 
 def finish_message(message: Message):
-    """Handle one final message: place a finished result. Returns (level, text) for a report."""
+    """Handle one final message: place a finished result. Returns (level, text) for a report.
+
+    The level is INFO or WARNING for a placed result (WARNING: it covers strips that showed above its
+    source), ERROR or WARNING otherwise.
+    """
     job = message.job
     if isinstance(message, Finished):
         try:
-            strip = place_finished(message)
+            strip, covered = place_finished(message)
         except ToonifyError as exc:
             return "ERROR", f"Toonify {job.strip_name!r}: {exc}"
-        return "INFO", (f"Toonify {job.strip_name!r}: added {strip.name!r} in channel {strip.channel}, "
-                        f"frames {strip.frame_final_start}-{strip.frame_final_end - 1}")
+        text = (f"Toonify {job.strip_name!r}: added {strip.name!r} in channel {strip.channel}, "
+                f"frames {strip.frame_final_start}-{strip.frame_final_end - 1}")
+        if covered:
+            names = ", ".join(repr(n) for n in covered)
+            return "WARNING", f"{text}; it now covers {names}, which showed above the source"
+        return "INFO", text
     if isinstance(message, Failed):
-        return "ERROR", f"Toonify {job.strip_name!r} failed: {message.error}"
+        return "ERROR", f"Toonify {job.strip_name!r} failed: {message.error} (Retry resumes it)"
     if isinstance(message, Cancelled):
-        return "WARNING", f"Toonify {job.strip_name!r} cancelled"
+        return "WARNING", f"Toonify {job.strip_name!r} cancelled (Retry resumes it)"
     return "INFO", ""

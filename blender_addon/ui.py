@@ -2,7 +2,7 @@
 
 import bpy
 
-from . import compat, operators, props
+from . import compat, models, operators, props
 
 
 class TOONOFX_AddonPreferences(bpy.types.AddonPreferences):
@@ -19,13 +19,49 @@ class TOONOFX_AddonPreferences(bpy.types.AddonPreferences):
     start_timeout: bpy.props.IntProperty(
         name="Start Timeout", default=60, min=5, max=600, subtype="TIME",
         description="Seconds to wait for the engine to start")
+    idle_stop: bpy.props.IntProperty(
+        name="Stop Engine When Idle (min)", default=10, min=0, max=1440,
+        description="An engine the add-on started stops after this many minutes with no work once Blender "
+                    "no longer holds it (closing Blender or disabling the add-on lets go at once). 0: never")
 
     def draw(self, context):
         layout = self.layout
         layout.prop(self, "engine_python")
         layout.prop(self, "output_folder")
         layout.prop(self, "start_timeout")
+        layout.prop(self, "idle_stop")
         layout.operator(operators.TOONOFX_OT_check_engine.bl_idname, icon="PLUGIN")
+
+
+def _models_menu(target: str, label: str):
+    """A menu class listing the engine's models for one field (each entry runs toon_ofx.pick_model)."""
+    def draw(self, context):
+        layout = self.layout
+        listed = models.for_field(target)
+        if not listed:
+            layout.label(text="No models listed yet", icon="INFO")
+        for model in listed:
+            text = model["name"] + ("" if model.get("installed", True) else "  (not installed)")
+            op = layout.operator(operators.TOONOFX_OT_pick_model.bl_idname, text=text,
+                                 icon="CHECKMARK" if model.get("installed", True) else "IMPORT")
+            op.target, op.name = target, model["name"]
+        layout.separator()
+        layout.operator(operators.TOONOFX_OT_refresh_models.bl_idname, text="Refresh (starts the engine)",
+                        icon="FILE_REFRESH")
+
+    return type(f"TOONOFX_MT_{target}", (bpy.types.Menu,), {"bl_idname": f"TOONOFX_MT_{target}", "bl_label": label,
+                                                          "draw": draw})
+
+
+MODEL_MENUS = {name: _models_menu(name, label) for name, label in (("model", "Installed Styles"),
+                                                                   ("base_model", "Installed Base Models"))}
+
+
+def draw_model_field(layout, settings, name: str) -> None:
+    """A model field: its file browser, and the menu of the models the engine knows."""
+    row = layout.row(align=True)
+    row.prop(settings, name)
+    row.menu(MODEL_MENUS[name].bl_idname, text="", icon="DOWNARROW_HLT")
 
 
 class _SequencerPanel:
@@ -50,6 +86,8 @@ class TOONOFX_PT_toonify(_SequencerPanel, bpy.types.Panel):
         for name in props.MAIN:
             if name == "output_kind":
                 layout.row().prop(settings, name, expand=True)
+            elif name in props.MODEL_FIELDS:
+                draw_model_field(layout, settings, name)
             else:
                 layout.prop(settings, name, slider=name in props.SLIDERS)
         run = operators.active_run()
@@ -57,6 +95,10 @@ class TOONOFX_PT_toonify(_SequencerPanel, bpy.types.Panel):
             row = layout.row()
             row.scale_y = 1.5
             row.operator(operators.TOONOFX_OT_toonify.bl_idname, icon="OUTLINER_OB_ARMATURE")
+            waiting = operators.retryable()
+            if waiting:
+                layout.operator(operators.TOONOFX_OT_retry.bl_idname, icon="FILE_REFRESH",
+                                text=f"Retry {len(waiting)} failed or cancelled")
             return
         box = layout.box()
         if hasattr(box, "progress"):  # Blender 4.0+
@@ -78,7 +120,10 @@ class TOONOFX_PT_advanced(_SequencerPanel, bpy.types.Panel):
         layout.use_property_decorate = False
         settings = compat.sequencer_scene(context).toon_ofx
         for name in props.advanced_names():
-            layout.prop(settings, name)
+            if name in props.MODEL_FIELDS:
+                draw_model_field(layout, settings, name)
+            else:
+                layout.prop(settings, name)
 
 
-CLASSES = (TOONOFX_AddonPreferences, TOONOFX_PT_toonify, TOONOFX_PT_advanced)
+CLASSES = (TOONOFX_AddonPreferences, *MODEL_MENUS.values(), TOONOFX_PT_toonify, TOONOFX_PT_advanced)

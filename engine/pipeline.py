@@ -1,51 +1,79 @@
 """The per-clip engine: detect, track, align, project, stylise, paste back.
 
-Frames go in one at a time (numpy RGB uint8) and come out the same way. The
-pipeline keeps what a clip needs between frames: face tracks with their
-smoothed landmarks, and each track's latent for the next frame's warm start.
+Frames stream in as (index, RGB) pairs (uint8, or uint16 for deep sources: see
+engine.pixels) and come out the same way, at the same depth, a few frames later:
+the tracking stage smooths each face track over past *and* future frames (zero
+lag), so frame t is finished once frame ``t + look_ahead`` has been detected.
+The stages, separate so a renderer can interleave several chains:
 
-Determinism across farm chunks: a chunk starting mid-clip must produce the
-same pixels as a render of the whole clip. Two things carry history between
-frames, and both are bounded here so a short warm-up reproduces them exactly:
-- the warm-start chain restarts (cold projection) at every keyframe, frame
-  indices that are multiples of `keyframe_interval`, like a video GOP; this
-  also stops drift from accumulating in long shots;
-- landmark smoothing uses a finite window (see engine.faces.tracking).
-`warmup_start(first)` says where a chunk has to start processing so that its
-first written frame sees the same history as in a single-pass render.
+    track (detect + engine.faces.lookahead) -> prepare (align, warm/cold per chain)
+    -> project_faces (batched projection) -> finish (cross-fade, generate, paste)
 
-`process` is three stages: `prepare` (detect, track, align, warm/cold and seed
-per face), `project_faces` and `finish` (generate, paste, carry latents).
+Determinism across chunks and resume (the argument; engine.temporal has the
+arithmetic and docs/ARCHITECTURE.md the contract). Write D(t) for the detections
+of frame t, a function of its pixels. Then, for a clip of n frames:
+
+1. The faces of frame t (identities, quads, gap bridging, the key of each face and
+   of its predecessor) are a function of D(s) for s in [t - H, t + L] ∩ [0, n - 1]
+   (H = plan.history, L = plan.look_ahead): the tracking stage re-runs the
+   association from an empty state over exactly that window for every frame.
+2. Chain c starts cold at keyframe cK and runs warm to frame (c + 1)K + V - 1. Its
+   state at frame t is a function of its state at t - 1 and of the faces of frame
+   t; by induction, of the faces of frames cK..t, hence of D on [cK - H, t + L].
+   Projection batches never mix chains (tasks are grouped by chain role), and each
+   face's seed depends on its frame and position only, so a chain's numbers do not
+   depend on which other chains run beside it.
+3. Frame t shows chain chain_of(t), and in the first V frames after a keyframe
+   also the chain before it: P(t) = plan.projection_start(t) is the oldest of these
+   keyframes, and P is non-decreasing in t.
+4. A run writing frames A..B decodes from plan.warmup_start(A) = P(A) - H (or 0) to
+   plan.decode_end(B) = min(n - 1, B + L) and projects from P(A). For every t in
+   [P(A), B] the window of step 1 lies inside what it decoded (or is clipped by the
+   clip's own ends, identically in a single pass), so its faces equal a single
+   pass's; every chain shown at t in [A, B] started at a keyframe >= P(t) >= P(A),
+   inside the run, so by step 2 its states equal a single pass's; hence so does the
+   frame. Chains that began before P(A) are missing from the run, and by step 3 no
+   written frame shows them.
+
 `on_step(step, steps)`, when set, is called after every projection step: the
-product reports progress from it, and stops a render inside a long projection
-by raising from it (the exception leaves `process`/`project_faces` unchanged). A
-renderer can run several independent chains (keyframe segments) in lockstep and
-project their faces in one batch; a face's seed depends only on its frame index
-and position, never on the batch it lands in.
+product reports progress from it, and stops a render inside a long projection by
+raising from it (the exception leaves `project_faces` unchanged).
 
-Inversion (`PipelineConfig.inversion`): "projection" starts a face's first frame
-(and every keyframe) from the mean face with `steps` iterations; "encoder" takes
-every face from a feed-forward encoder (no optimisation, no frame-to-frame
-chain, so faces of any frames can share a batch); "encoder+projection" starts
-first frames and keyframes from the encoder and refines them `refine_steps`
-iterations. In both projection modes later frames start from the previous
-frame's latent and noise maps (`warm_steps`); with `warm_steps` 0 the encoder
-path takes the encoder's fresh latent rather than freezing the previous one, so
-encoder+projection with no steps at all equals encoder.
+Inversion (`PipelineConfig.inversion`): "projection" starts each chain's faces
+(a keyframe's, and faces new to the chain) from the mean face with `steps`
+iterations; "encoder+projection" starts them from a feed-forward encoder and
+refines them `refine_steps` iterations; in both, later frames start from the
+previous frame's latent and noise maps (`warm_steps`; with `warm_steps` 0 the
+encoder path takes the encoder's fresh latent rather than freezing the previous
+one, so encoder+projection with no steps at all equals encoder). "encoder" takes
+every face of every frame from the encoder: nothing is carried between frames, so
+there is no chain to cross-fade and `run` inverts `batch_size` frames at a time.
+An encoder batch always holds exactly `batch_size` faces (a short one is padded
+by repeating its last face): a face's latent then never depends on the faces it
+shares a batch with, which keeps chunks and resumed renders exact.
+
+The single-frame :meth:`ToonPipeline.process` sees no future frames: it is for live
+input (with the causal tracking mode) and previews, not for clips.
 """
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from .chains import FaceState, KeyframeChains, crossfade
 from .faces.align import align_face
+from .faces.lookahead import LookaheadTracker, TrackFace
 from .faces.paste import paste_faces
+from .pixels import check_rgb, peak, to_uint8
 from .inversion.projection import project
-from .faces.tracking import FaceTracker
+from .temporal import MAX_GAP, TemporalPlan
+
+__all__ = ["PipelineConfig", "ToonPipeline", "FaceState", "FaceTask", "TrackedFrame", "Prepared", "FrameResult"]
 
 
 @dataclass
@@ -60,11 +88,19 @@ class PipelineConfig:
     color_match: bool = True
     overlay: bool = False
     smoothing: float = 0.5
+    smoothing_mode: str = "zero-phase"
     keyframe_interval: int = 48
+    keyframe_overlap: int = 8
+    max_gap: int = MAX_GAP
     batch_size: int = 1
     seed: int = 0
     inversion: str = "projection"   # "projection" | "encoder" | "encoder+projection"
     refine_steps: int = 50          # encoder+projection: steps from the encoder's latent
+
+    def plan(self) -> TemporalPlan:
+        """Which frames a frame depends on (keyframe chains, cross-fade, tracking window)."""
+        return TemporalPlan.create(self.keyframe_interval, self.keyframe_overlap, self.smoothing,
+                                   self.smoothing_mode, self.max_gap)
 
 
 INVERSIONS = ("projection", "encoder", "encoder+projection")
@@ -79,18 +115,11 @@ def default_batch_size(device, inversion: str = "projection") -> int:
 
 
 @dataclass
-class FaceState:
-    """What a face carries to the next frame: its projected latent (n_latent, D) and noise maps."""
-
-    latent: torch.Tensor
-    noises: List[torch.Tensor]
-
-
-@dataclass
 class FaceTask:
-    """One face of a prepared frame: its aligned target (1, 3, S, S), the state it warm-starts
-    from (None: cold), its step count and seed; `encode`: it starts from the encoder's latent
-    (`start`, filled in by the encoder); `state` is filled in by the projection."""
+    """One face of a prepared frame in one chain: its aligned target (1, 3, S, S), the state it
+    warm-starts from (None: cold), its step count and seed; `encode`: it starts from the encoder's
+    latent (`start`, filled in by the encoder); `state` is filled in by the projection.
+    `fading` marks the old chain's task during a keyframe cross-fade."""
 
     target: torch.Tensor
     previous: Optional[FaceState]
@@ -99,10 +128,21 @@ class FaceTask:
     state: Optional[FaceState] = None
     encode: bool = False
     start: Optional[torch.Tensor] = None
+    fading: bool = False
 
     @property
     def warm(self) -> bool:
         return self.previous is not None
+
+
+@dataclass
+class TrackedFrame:
+    """A decoded frame with its tracked faces (the output of the tracking stage)."""
+
+    index: int
+    frame: np.ndarray
+    faces: List[TrackFace]
+    timings: Dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -113,9 +153,11 @@ class Prepared:
     frame: np.ndarray
     index: int
     faces: int = 0
-    tracked: List[Any] = field(default_factory=list)
+    tracked: List[TrackFace] = field(default_factory=list)
     aligned: List[Any] = field(default_factory=list)
     tasks: List[FaceTask] = field(default_factory=list)
+    fading: List[Optional[FaceTask]] = field(default_factory=list)  # per face: the old chain's task
+    chains: Tuple[int, Optional[int], float] = (0, None, 1.0)       # new chain, old chain, new weight
     timings: Dict[str, float] = field(default_factory=dict)
 
 
@@ -127,17 +169,23 @@ class FrameResult:
 
 
 def _to_tensor(crops: List[np.ndarray], device, dtype) -> torch.Tensor:
-    batch = torch.from_numpy(np.stack(crops)).to(device=device, dtype=torch.float32)
-    return (batch.permute(0, 3, 1, 2) / 127.5 - 1.0).to(dtype)
+    """uint8/uint16 crops -> (N, 3, S, S) in [-1, 1]."""
+    half = peak(crops[0].dtype) / 2
+    batch = torch.from_numpy(np.stack(crops).astype(np.float32, copy=False)).to(device=device)
+    return (batch.permute(0, 3, 1, 2) / half - 1.0).to(dtype)
 
 
-def _to_images(batch: torch.Tensor) -> List[np.ndarray]:
-    images = ((batch.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return list(images.permute(0, 2, 3, 1).cpu().numpy())
+def _to_images(batch: torch.Tensor, depth=np.uint8) -> List[np.ndarray]:
+    """(N, 3, S, S) in [-1, 1] -> crops of `depth` (uint8, or uint16 for deep frames)."""
+    levels = ((batch.float().clamp(-1, 1) + 1) * (peak(depth) / 2)).round()
+    images = levels.to(torch.int32).permute(0, 2, 3, 1).cpu().numpy().astype(depth)
+    return list(images)
+
+
 
 
 class ToonPipeline:
-    """Toonify the faces of a clip, frame by frame.
+    """Toonify the faces of a clip.
 
     `base` is the real-face generator faces are projected into; `blended` renders
     the projected latents; `perceptual` is the projection's perceptual distance.
@@ -150,102 +198,155 @@ class ToonPipeline:
         self.blended = blended
         self.perceptual = perceptual
         self.encoder = encoder
-        self.config = config or PipelineConfig()
+        self.config = cfg = config or PipelineConfig()
         self.size = base.size
         self.on_step: Optional[Callable[[int, int], None]] = None
         if blended.size != base.size or blended.n_latent != base.n_latent:
             raise ValueError(f"base ({base.size}px) and blended ({blended.size}px) generators differ in size")
-        inversion = self.config.inversion
-        if inversion not in INVERSIONS:
-            raise ValueError(f"inversion must be one of {', '.join(INVERSIONS)}, got {inversion!r}")
-        if inversion != "projection" and encoder is None:
-            raise ValueError(f"inversion {inversion!r} needs an encoder")
-        if inversion != "encoder" and perceptual is None:
-            raise ValueError(f"inversion {inversion!r} needs a perceptual loss")
-        self.reset()
+        if cfg.inversion not in INVERSIONS:
+            raise ValueError(f"inversion must be one of {', '.join(INVERSIONS)}, got {cfg.inversion!r}")
+        if cfg.inversion != "projection" and encoder is None:
+            raise ValueError(f"inversion {cfg.inversion!r} needs an encoder")
+        if cfg.inversion != "encoder" and perceptual is None:
+            raise ValueError(f"inversion {cfg.inversion!r} needs a perceptual loss")
+        self.tracks = LookaheadTracker(cfg.smoothing, cfg.smoothing_mode, cfg.max_gap)
+        self.plan = cfg.plan()
+        self.chains = KeyframeChains(self.plan)
 
     def reset(self) -> None:
         """Forget tracks and latents (a new shot or clip)."""
-        self.tracker = FaceTracker(smoothing=self.config.smoothing)
-        self._latents: Dict[int, FaceState] = {}
-        self._last_index: Optional[int] = None
+        self.tracks.reset()
+        self.chains.reset()
 
     # -- chunking -------------------------------------------------------------
+    @property
+    def look_ahead(self) -> int:
+        """Frames past the last one wanted that must be decoded (the tracking stage's look-ahead)."""
+        return self.plan.look_ahead
+
     def is_keyframe(self, index: int) -> bool:
         k = self.config.keyframe_interval
         return k > 0 and index % k == 0
 
     def warmup_start(self, first: int) -> int:
-        """First frame to process so that frame `first` comes out as in a whole-clip render."""
-        k = self.config.keyframe_interval
-        if k <= 0:
-            return 0  # one unbroken chain: only a render from the start reproduces it
-        keyframe = first - first % k
-        return max(0, min(keyframe, first - self.tracker.memory))
+        """First frame to decode so that frame `first` comes out as in a whole-clip render."""
+        return self.plan.warmup_start(first)
 
-    def needs_projection(self, index: int, first: int) -> bool:
-        """Frames before the keyframe preceding `first` only feed the tracker."""
-        k = self.config.keyframe_interval
-        return k <= 0 or index >= first - first % k
+    # -- a clip ---------------------------------------------------------------
+    def run(self, frames: Iterable[Tuple[int, np.ndarray]], first: Optional[int] = None,
+            last: Optional[int] = None) -> Iterator[Tuple[int, FrameResult]]:
+        """Toonify a stream of consecutive (index, frame) pairs: yields (index, result) for the frames
+        from `projection_start(first)` to `last` (all by default). Decode from
+        `warmup_start(first)` to `plan.decode_end(last, n)` to get frames first..last exactly as
+        a single pass over the clip gives them."""
+        group = max(1, self.config.batch_size) if self.config.inversion == "encoder" else 1
+        waiting: List[Prepared] = []
+        for tracked in self.track(frames, first, last):
+            waiting.append(self.prepare(tracked))
+            if len(waiting) >= group:  # encoder-only: frames do not depend on each other
+                yield from self._finish_all(waiting)
+        yield from self._finish_all(waiting)
+
+    def _finish_all(self, waiting: List[Prepared]) -> Iterator[Tuple[int, FrameResult]]:
+        if waiting:
+            self.project_faces(waiting)
+        for prepared in waiting:
+            yield prepared.index, self.finish(prepared)
+        waiting.clear()
+
+    def track(self, frames: Iterable[Tuple[int, np.ndarray]], first: Optional[int] = None,
+              last: Optional[int] = None) -> Iterator[TrackedFrame]:
+        """The tracking stage: detect every frame, yield the frames from `projection_start(first)`
+        to `last` with their tracked faces, each as soon as its look-ahead has been detected.
+
+        Frames before `projection_start(first)` only feed the tracker; frames after `last`
+        only its look-ahead. The stream ending early ends the look-ahead there.
+        """
+        self.reset()
+        start = 0 if first is None else self.plan.projection_start(first)
+        waiting: deque = deque()
+        for index, frame in frames:
+            frame = check_rgb(frame)
+            t = time.perf_counter()
+            self.tracks.push(index, self.landmarker.detect(to_uint8(frame)))
+            seconds = time.perf_counter() - t
+            if index >= start and (last is None or index <= last):
+                waiting.append((index, frame, seconds))
+            while waiting and self.tracks.ready(waiting[0][0]):
+                yield self._tracked(*waiting.popleft())
+            if last is not None and index >= last + self.look_ahead:
+                break
+        while waiting:
+            yield self._tracked(*waiting.popleft())
+
+    def _tracked(self, index: int, frame: np.ndarray, detect_seconds: float) -> TrackedFrame:
+        t = time.perf_counter()
+        faces = self.tracks.faces_at(index)
+        return TrackedFrame(index, frame, faces, {"detect": detect_seconds, "track": time.perf_counter() - t})
 
     # -- one frame ------------------------------------------------------------
     def process(self, frame: np.ndarray, index: int, *, stylise: bool = True) -> FrameResult:
-        """Toonify every face in `frame` (H x W x 3 uint8 RGB), source frame number `index`.
+        """Toonify one frame now (H x W x 3 RGB, uint8 or uint16), source frame number `index`.
 
-        With stylise=False the frame only advances the tracker (warm-up frames
-        whose output is not needed and whose latents are not carried).
-        The three stages (prepare, project_faces, finish) can be interleaved
-        across pipelines to project the faces of several frames together.
+        Sees only the frames given so far: live input and previews. A clip goes through
+        :meth:`run`, which waits for each frame's look-ahead. With stylise=False the frame
+        only feeds the tracker. A jump in frame numbers starts over.
         """
-        prepared = self.prepare(frame, index, stylise=stylise)
+        frame = check_rgb(frame)
+        if self.tracks.newest is not None and index != self.tracks.newest + 1:
+            self.reset()
+        t = time.perf_counter()
+        self.tracks.push(index, self.landmarker.detect(to_uint8(frame)))
+        seconds = time.perf_counter() - t
+        if not stylise:
+            empty = self._blank_overlay(frame) if self.config.overlay else frame.copy()
+            return FrameResult(empty, 0, {"detect": seconds})
+        prepared = self.prepare(self._tracked(index, frame, seconds))
         self.project_faces([prepared])
         return self.finish(prepared)
 
-    def prepare(self, frame: np.ndarray, index: int, *, stylise: bool = True) -> "Prepared":
-        """Detect, track and align the faces of a frame; decide each face's warm or cold projection."""
-        if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
-            raise ValueError(f"expected an H x W x 3 uint8 frame, got {frame.shape} {frame.dtype}")
-        if self._last_index is not None and index != self._last_index + 1:
-            self.reset()  # a jump in time breaks tracks and warm starts
-        self._last_index = index
-        prepared = Prepared(self, frame, index)
-
-        t = time.perf_counter()
-        faces = self.landmarker.detect(frame)
-        tracked = self.tracker.update(faces)
-        prepared.timings["detect"] = time.perf_counter() - t
-        prepared.faces = len(tracked)
-
-        if self.is_keyframe(index):
-            self._latents.clear()
-        live = {tf.track_id for tf in tracked}
-        self._latents = {tid: w for tid, w in self._latents.items() if tid in live}
-        if not stylise:
-            self._latents.clear()
-        if not stylise or not tracked:
+    def prepare(self, tracked: TrackedFrame) -> Prepared:
+        """Align the faces of a tracked frame; decide each face's warm or cold projection in each chain."""
+        index, frame = tracked.index, tracked.frame
+        prepared = Prepared(self, frame, index, len(tracked.faces), timings=dict(tracked.timings))
+        prepared.chains = new, old, _ = self.chains.begin(index)
+        if not tracked.faces:
             return prepared
 
         t = time.perf_counter()
-        # Face order by position, not track id: ids depend on where a render started.
-        prepared.tracked = sorted(tracked, key=lambda tf: (float(tf.quad[:, 0].mean()), float(tf.quad[:, 1].mean())))
+        # Face order by position, not by key: the seeds must not depend on the detector's order.
+        prepared.tracked = sorted(tracked.faces, key=lambda tf: (float(tf.quad[:, 0].mean()),
+                                                                 float(tf.quad[:, 1].mean())))
         prepared.aligned = [align_face(frame, tf.quad, self.size) for tf in prepared.tracked]
         prepared.timings["align"] = time.perf_counter() - t
         param = next(self.base.parameters())
         targets = _to_tensor([crop for crop, _ in prepared.aligned], param.device, param.dtype)
         cfg = self.config
         for position, tf in enumerate(prepared.tracked):
-            previous, steps, encode = self._start(self._latents.get(tf.track_id))
-            prepared.tasks.append(FaceTask(targets[position:position + 1], previous, steps,
-                                           cfg.seed + index * 1009 + position, encode=encode))
+            # Faces the chain carried from the previous frame are warm-started (latent and noise
+            # maps) with fewer steps, others start cold (from the mean face or the encoder: _start);
+            # the old chain of a cross-fade only continues the faces it has (encoder-only: none).
+            target, seed = targets[position:position + 1], cfg.seed + index * 1009 + position
+            previous, steps, encode = self._start(self.chains.state(new, tf.previous))
+            prepared.tasks.append(FaceTask(target, previous, steps, seed, encode=encode))
+            carried = None
+            if old is not None and cfg.inversion != "encoder":
+                carried = self.chains.state(old, tf.previous)
+            if carried is None:
+                prepared.fading.append(None)
+            else:
+                previous, steps, encode = self._start(carried)
+                prepared.fading.append(FaceTask(target, previous, steps, seed, encode=encode, fading=True))
+        prepared.tasks += [task for task in prepared.fading if task is not None]
         return prepared
 
     def _start(self, previous: Optional[FaceState]) -> Tuple[Optional[FaceState], int, bool]:
-        """Where a face's inversion starts: (previous state to warm-start from or None, steps, from the encoder).
+        """Where a face's inversion starts: (state to warm-start from or None, steps, from the encoder).
 
-        Faces seen on the previous frame are warm-started (latent and noise maps) with
-        `warm_steps`; others start from the mean face (`steps`) or from the encoder
-        (`refine_steps`). With no step to take, the encoder path takes the encoder's
-        latent for this frame rather than freezing the previous frame's.
+        A face its chain carried is warm-started (latent and noise maps) with `warm_steps`;
+        others start from the mean face (`steps`) or from the encoder (`refine_steps`). With
+        no step to take, the encoder path takes the encoder's latent for this frame rather
+        than freezing the previous frame's.
         """
         cfg = self.config
         if cfg.inversion == "encoder":
@@ -257,12 +358,15 @@ class ToonPipeline:
         return None, cfg.refine_steps if previous is None else 0, True
 
     def _encode(self, tasks: Sequence[FaceTask]) -> None:
-        """The encoder's latents for `tasks`' faces, `batch_size` faces per forward pass."""
+        """The encoder's latents for `tasks`' faces, in batches of exactly `batch_size` faces (see the
+        module docstring: a short batch is padded with its last face)."""
         size = max(1, self.config.batch_size)
         for first in range(0, len(tasks), size):
             batch = tasks[first:first + size]
+            targets = [task.target for task in batch]
+            targets += targets[-1:] * (size - len(batch))
             with torch.no_grad():
-                latents = self.encoder(torch.cat([task.target for task in batch]))
+                latents = self.encoder(torch.cat(targets))
             for task, latent in zip(batch, latents):
                 task.start = latent.detach().to(device=task.target.device, dtype=task.target.dtype)
 
@@ -270,22 +374,24 @@ class ToonPipeline:
         """The base generator's stored noise maps: what a projection from the encoder starts from."""
         return [getattr(self.base.noises, f"noise_{i}") for i in range(self.base.num_layers)]
 
-    def project_faces(self, frames: Sequence["Prepared"]) -> None:
-        """Invert the faces of `frames` in batches of `batch_size`, grouped by start and step count.
+    def project_faces(self, frames: Sequence[Prepared]) -> None:
+        """Invert the faces of `frames` in batches of `batch_size`, grouped by chain role, start
+        (warm, cold, encoder) and step count.
 
         `frames` may come from several pipelines that share this one's base model,
         perceptual loss and projection settings (independent chains, e.g. keyframe
         segments rendered in lockstep). A face's seed depends only on its frame and
-        position, so it is projected the same whatever batch it lands in.
+        position, and the old chain of a cross-fade is never batched with the new one,
+        so a chain's faces are projected the same whether another chain runs beside it.
         """
         cfg = self.config
         tasks = [task for prepared in frames for task in prepared.tasks]
         t = time.perf_counter()
         self._encode([task for task in tasks if task.encode])
-        groups: Dict[Tuple[bool, bool, int], List[FaceTask]] = {}
+        groups: Dict[Tuple[bool, bool, bool, int], List[FaceTask]] = {}
         for task in sorted(tasks, key=lambda task: not task.warm):  # warm first, as before; stable
-            groups.setdefault((task.warm, task.encode, task.steps), []).append(task)
-        for (warm, encoded, steps), members in groups.items():
+            groups.setdefault((task.fading, task.warm, task.encode, task.steps), []).append(task)
+        for (_, warm, encoded, steps), members in groups.items():
             size = max(1, cfg.batch_size)
             for start in range(0, len(members), size):
                 batch = members[start:start + size]
@@ -320,30 +426,36 @@ class ToonPipeline:
             return False
         return after_step
 
-    def finish(self, prepared: "Prepared") -> FrameResult:
-        """Render the projected faces with the blended model, paste them back, carry their latents."""
+    def finish(self, prepared: Prepared) -> FrameResult:
+        """Cross-fade the chains, render the faces with the blended model, paste them back, carry the states."""
         if prepared.pipeline is not self:
             raise ValueError("a prepared frame must be finished by the pipeline that prepared it")
         frame, timings = prepared.frame, prepared.timings
-        if not prepared.tasks:
+        new, old, weight = prepared.chains
+        if not prepared.tracked:
+            self.chains.carry(new, {})
             empty = self._blank_overlay(frame) if self.config.overlay else frame.copy()
             return FrameResult(empty, prepared.faces, timings)
-        found = [task.state for task in prepared.tasks]
-        if any(state is None for state in found):
+        if any(task.state is None for task in prepared.tasks):
             raise ValueError(f"frame {prepared.index}: faces not projected (call project_faces first)")
+        faces = len(prepared.tracked)
+        shown = [task.state if fading is None else crossfade(fading.state, task.state, weight)
+                 for task, fading in zip(prepared.tasks[:faces], prepared.fading)]
+        self.chains.carry(new, {tf.key: task.state for tf, task in zip(prepared.tracked, prepared.tasks)})
+        if old is not None:
+            self.chains.carry(old, {tf.key: fading.state for tf, fading in zip(prepared.tracked, prepared.fading)
+                                    if fading is not None})
         dtype = next(self.base.parameters()).dtype
 
         t = time.perf_counter()
-        ws = torch.stack([state.latent for state in found]).to(dtype)
+        ws = torch.stack([state.latent for state in shown]).to(dtype)
         # The projected noise maps carry the face's fine texture (the high-resolution layers are the
         # base model's); warm starts carry them from frame to frame, so the texture does not flicker.
-        noise = [torch.cat(maps).to(dtype) for maps in zip(*(state.noises for state in found))]
+        noise = [torch.cat(maps).to(dtype) for maps in zip(*(state.noises for state in shown))]
         with torch.no_grad():
             images = self.blended.synthesis(ws, noise=noise)
         timings["generate"] = time.perf_counter() - t
-        for tf, state in zip(prepared.tracked, found):
-            self._latents[tf.track_id] = state
-        crops = _to_images(images)
+        crops = _to_images(images, frame.dtype)
 
         t = time.perf_counter()
         image = paste_faces(frame, [(crop, tr) for crop, (_, tr) in zip(crops, prepared.aligned)],
@@ -353,4 +465,4 @@ class ToonPipeline:
         return FrameResult(image, prepared.faces, timings)
 
     def _blank_overlay(self, frame: np.ndarray) -> np.ndarray:
-        return np.zeros(frame.shape[:2] + (4,), np.uint8)
+        return np.zeros(frame.shape[:2] + (4,), frame.dtype)

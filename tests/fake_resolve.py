@@ -38,7 +38,23 @@ Pitfalls of the real application reproduced here on purpose:
   by clip fps / timeline fps.
 * There is no documented call for the timeline selection; the "current"
   item is `Timeline.GetCurrentVideoItem()`, the top video item under the
-  playhead (`SetCurrentTimecode`).
+  playhead (`SetCurrentTimecode`), whatever it is: a title or an adjustment
+  clip above the footage is "current" too.
+* Titles, generators and adjustment clips are timeline items with no media
+  pool item; a compound clip's media pool item has no file path.
+* A speed change (retime) keeps the item's source in point and changes its
+  duration: `GetSourceStartFrame()`/`GetSourceEndFrame()` (source frames,
+  end exclusive here) then span more or fewer frames than the duration at
+  real-time speed. Nothing else in the documented API reports the speed.
+* How clipInfo `startFrame`/`endFrame` count the frames of an imported image
+  sequence (say `shot.[0020-0049].png`) is not documented: from 0, or from
+  the first file's number. `Resolve(sequence_frames="zero" | "numbered")`
+  picks one; a script must work with both. A request outside the item's
+  frames places nothing. `GetSourceStartFrame` counts the same way.
+* `TimelineItem.GetProperty`/`SetProperty` take the keys of the README's
+  "Looking up Timeline item properties" (one key and value, or a dict);
+  an unknown key or a value of the wrong kind is refused (False), values
+  beyond the range are clipped.
 
 Methods with a leading underscore are test set-up helpers, not API.
 """
@@ -54,6 +70,33 @@ _ids = itertools.count(1)
 TRACK_TYPES = ("video", "audio", "subtitle")
 NTSC = {23.976: Fraction(24000, 1001), 29.97: Fraction(30000, 1001), 47.952: Fraction(48000, 1001),
         59.94: Fraction(60000, 1001), 119.88: Fraction(120000, 1001)}
+
+
+#: TimelineItem properties from the README ("Looking up Timeline item properties"): key -> (kind, low, high,
+#: default); low/high as numbers or "width"/"height" multiples resolved against the timeline size.
+ITEM_PROPERTIES = {
+    "Pan": ("float", (-4.0, "width"), (4.0, "width"), 0.0), "Tilt": ("float", (-4.0, "height"), (4.0, "height"), 0.0),
+    "ZoomX": ("float", 0.0, 100.0, 1.0), "ZoomY": ("float", 0.0, 100.0, 1.0), "ZoomGang": ("bool", 0, 1, True),
+    "RotationAngle": ("float", -360.0, 360.0, 0.0),
+    "AnchorPointX": ("float", (-4.0, "width"), (4.0, "width"), 0.0),
+    "AnchorPointY": ("float", (-4.0, "height"), (4.0, "height"), 0.0),
+    "Pitch": ("float", -1.5, 1.5, 0.0), "Yaw": ("float", -1.5, 1.5, 0.0),
+    "FlipX": ("bool", 0, 1, False), "FlipY": ("bool", 0, 1, False),
+    "CropLeft": ("float", 0.0, (1.0, "width"), 0.0), "CropRight": ("float", 0.0, (1.0, "width"), 0.0),
+    "CropTop": ("float", 0.0, (1.0, "height"), 0.0), "CropBottom": ("float", 0.0, (1.0, "height"), 0.0),
+    "CropSoftness": ("float", -100.0, 100.0, 0.0), "CropRetain": ("bool", 0, 1, False),
+    "DynamicZoomEase": ("enum", 0, 3, 0), "CompositeMode": ("enum", 0, 30, 0), "Opacity": ("float", 0.0, 100.0, 100.0),
+    "Distortion": ("float", -1.0, 1.0, 0.0), "RetimeProcess": ("enum", 0, 3, 0), "MotionEstimation": ("enum", 0, 6, 0),
+    "Scaling": ("enum", 0, 4, 0), "ResizeFilter": ("enum", 0, 15, 0),
+}
+TIMELINE_SIZE = (1920, 1080)
+
+
+def _limit(bound, size) -> float:
+    if isinstance(bound, tuple):
+        factor, axis = bound
+        return factor * (size[0] if axis == "width" else size[1])
+    return float(bound)
 
 
 def _uid(prefix: str) -> str:
@@ -166,6 +209,10 @@ class MediaPoolItem:
     def _fps(self) -> float:
         return float(self._props["FPS"])
 
+    def _first_number(self) -> int:
+        """An image sequence's first file number (0 for anything else)."""
+        return int(self._props.get("Start") or 0)
+
     def __repr__(self):
         return f"<MediaPoolItem {self._name!r}>"
 
@@ -208,6 +255,8 @@ class TimelineItem:
         self._left = left_offset     # timeline frames trimmed from the clip's head
         self._track = track
         self._enabled = True
+        self._speed = Fraction(1)   # retime: source frames per real-time frame
+        self._props = {key: spec[3] for key, spec in ITEM_PROPERTIES.items()}
         self._id = _uid("ti")
 
     def GetName(self, /):
@@ -234,10 +283,37 @@ class TimelineItem:
         return float(right) if subframe_precision else right
 
     def GetSourceStartFrame(self, /):
-        return int(round(self._left * self._scale()))
+        return int(round(self._left * self._scale() * self._speed)) + self._counted_from()
 
     def GetSourceEndFrame(self, /):
-        return int(round((self._left + self._duration) * self._scale()))
+        return int(round((self._left + self._duration) * self._scale() * self._speed)) + self._counted_from()
+
+    def GetProperty(self, propertyKey=None, /):
+        if propertyKey is None:
+            return dict(self._props)
+        return self._props.get(propertyKey)
+
+    def SetProperty(self, *args):
+        if len(args) == 1 and isinstance(args[0], dict):
+            return all([self.SetProperty(k, v) for k, v in args[0].items()])
+        if len(args) != 2:
+            raise TypeError("SetProperty(propertyKey, propertyValue) or SetProperty({properties})")
+        key, value = args
+        spec = ITEM_PROPERTIES.get(key)
+        if spec is None or isinstance(value, str) or value is None:
+            return False
+        kind, low, high, _ = spec
+        if kind == "bool":
+            if not isinstance(value, (bool, int)):
+                return False
+            self._props[key] = bool(value)
+            return True
+        if not isinstance(value, (int, float)) or (kind == "enum" and not float(value).is_integer()):
+            return False
+        lo, hi = _limit(low, TIMELINE_SIZE), _limit(high, TIMELINE_SIZE)
+        value = min(max(float(value), lo), hi)  # "Values beyond the range will be clipped"
+        self._props[key] = int(value) if kind == "enum" else value
+        return True
 
     def GetSourceStartTime(self, /):
         return float(self._left / self._timeline._fps_exact())
@@ -262,9 +338,21 @@ class TimelineItem:
         return True
 
     def _scale(self) -> Fraction:
-        if self._mpi is None:
+        if self._mpi is None or not self._mpi._props.get("FPS"):
             return Fraction(1)
         return _exact(self._mpi._fps()) / self._timeline._fps_exact()
+
+    def _counted_from(self) -> int:
+        """Where this Resolve counts the item's source frames from (0, or an image sequence's first number)."""
+        return self._mpi._first_number() if self._mpi is not None and self._timeline._numbered() else 0
+
+    def _set_speed(self, percent: float) -> None:
+        """Change Clip Speed: the source in point stays, the duration follows the new speed."""
+        start = Fraction(self._left) * self._scale() * self._speed
+        span = Fraction(self._duration) * self._scale() * self._speed
+        self._speed = Fraction(str(percent)) / 100
+        self._left = int(round(start / (self._scale() * self._speed)))
+        self._duration = int(round(span / (self._scale() * self._speed)))
 
     def __repr__(self):
         return f"<TimelineItem {self._name!r} {self._track[0]}{self._track[1]} @{self._start}+{self._duration}>"
@@ -289,6 +377,18 @@ class Timeline:
 
     def _fps_exact(self) -> Fraction:
         return _exact(self._fps)
+
+    def _numbered(self) -> bool:
+        return self._project._resolve._sequence_frames == "numbered"
+
+    def _add_item(self, name: str, track: int, record: int, duration: int, media_pool_item=None) -> "TimelineItem":
+        """Set-up: a title, adjustment clip or compound clip (no media file) at `record` frames after the start."""
+        while len(self._tracks["video"]) < track:
+            self.AddTrack("video")
+        start = self._start + record
+        item = TimelineItem(self, media_pool_item, name, start, duration, 0, ("video", track))
+        self._tracks["video"][track - 1]["items"].append(item)
+        return item
 
     def _tc_to_frames(self, tc: str) -> int:
         h, m, s, f = (int(x) for x in re.split(r"[:;]", tc))
@@ -590,6 +690,8 @@ class MediaPool:
             if not self._project._resolve._end_exclusive():
                 end = end + 1  # Resolve 18: endFrame inclusive
             start, end = int(start), int(end)
+            if self._project._resolve._sequence_frames == "numbered":
+                start, end = start - mpi._first_number(), end - mpi._first_number()
             if start < 0 or end > mpi._frames() or end <= start:
                 continue
             track = entry.get("trackIndex", 1)
@@ -779,7 +881,10 @@ class ProjectManager:
 class Resolve:
     """The object `app.GetResolve()` / `DaVinciResolveScript.scriptapp("Resolve")` hands back."""
 
-    def __init__(self, version=(19, 1, 4, 11, ""), product="DaVinci Resolve Studio", fps: float = 24.0):
+    def __init__(self, version=(19, 1, 4, 11, ""), product="DaVinci Resolve Studio", fps: float = 24.0,
+                 sequence_frames: str = "zero"):
+        assert sequence_frames in ("zero", "numbered")
+        self._sequence_frames = sequence_frames
         self._version = list(version)
         self._product = product
         self._default_fps = float(fps)
@@ -820,13 +925,13 @@ class Resolve:
 # ------------------------------------------------------------------ set-up
 def make_edit(clips: List[Dict[str, Any]], *, timeline_fps: float = 24.0, version=(19, 1, 4, 11, ""),
               product: str = "DaVinci Resolve Studio", project_name: str = "Toon test",
-              timeline_name: str = "Edit 1") -> Tuple[Resolve, Project, Timeline]:
+              timeline_name: str = "Edit 1", sequence_frames: str = "zero") -> Tuple[Resolve, Project, Timeline]:
     """A project with one timeline cut from `clips`, built through the documented calls only.
 
-    Each clip: {"path", "start" (source frame, clip fps), "end" (exclusive), "record" (frames after the
-    timeline start), "track" (default 1)}.
+    Each clip: {"path" (a file, or an image-sequence clipInfo dict), "start" (source frame, clip fps, 0 = the
+    first frame), "end" (exclusive), "record" (frames after the timeline start), "track" (default 1)}.
     """
-    resolve = Resolve(version=version, product=product, fps=timeline_fps)
+    resolve = Resolve(version=version, product=product, fps=timeline_fps, sequence_frames=sequence_frames)
     project = resolve.GetProjectManager().CreateProject(project_name)
     pool = project.GetMediaPool()
     timeline = pool.CreateEmptyTimeline(timeline_name)
@@ -835,10 +940,13 @@ def make_edit(clips: List[Dict[str, Any]], *, timeline_fps: float = 24.0, versio
         track = clip.get("track", 1)
         while timeline.GetTrackCount("video") < track:
             timeline.AddTrack("video")
-        items = pool.ImportMedia([str(clip["path"])])
-        assert items, f"fake Resolve could not import {clip['path']}"
-        end = clip["end"] if resolve._end_exclusive() else clip["end"] - 1
-        placed = pool.AppendToTimeline([{"mediaPoolItem": items[0], "startFrame": clip["start"], "endFrame": end,
+        path = clip["path"]
+        items = pool.ImportMedia([path if isinstance(path, dict) else str(path)])
+        assert items, f"fake Resolve could not import {path}"
+        base = items[0]._first_number() if sequence_frames == "numbered" else 0
+        end = base + (clip["end"] if resolve._end_exclusive() else clip["end"] - 1)
+        placed = pool.AppendToTimeline([{"mediaPoolItem": items[0], "startFrame": base + clip["start"],
+                                         "endFrame": end,
                                          "mediaType": 1, "trackIndex": track,
                                          "recordFrame": timeline.GetStartFrame() + clip["record"]}])
         assert placed and placed[0] in timeline.GetItemListInTrack("video", track)

@@ -46,8 +46,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 ADDON = REPO / "blender_addon"
 SCENARIO = REPO / "tests" / "blender" / "run_scenario.py"
-SHARED_CLIP = REPO.parent / "shared" / "fixtures" / "single_face.mp4"
-SHARED_IMAGE = REPO.parent / "shared" / "fixtures" / "astronaut.png"
+from conftest import FIXTURES  # noqa: E402  ($TOON_OFX_FIXTURES or ../shared/fixtures)
+
+SHARED_CLIP = FIXTURES / "single_face.mp4"
+SHARED_IMAGE = FIXTURES / "astronaut.png"
 
 
 def _load(name: str, path: Path):
@@ -152,19 +154,39 @@ def clip(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def grey_clip(tmp_path_factory) -> Path:
-    """72 frames at 30 fps, 64x36, frame n a flat grey of level 3n: a render tells which frame shows."""
+def grey_movies_at(folder: Path, frames: int, rates: dict) -> dict:
+    """Movies whose frame n is a flat 64x36 grey of level 3n (a render tells which frame shows), lossless H.264.
+
+    `rates` maps a label to ffmpeg's spelling of the frame rate; returns label -> path.
+    """
     ffmpeg = shutil.which("ffmpeg")
     if ffmpeg is None:
-        pytest.skip("ffmpeg is not installed (needed to make the grey-coded test clip)")
-    folder = tmp_path_factory.mktemp("grey")
-    for n in range(72):
+        pytest.skip("ffmpeg is not installed (needed to make the grey-coded test movies)")
+    for n in range(frames):
         (folder / f"g{n:03d}.png").write_bytes(png.png_bytes(64, 36, (3 * n,) * 3))
-    out = folder / "grey30.mp4"
-    subprocess.run([ffmpeg, "-v", "error", "-framerate", "30", "-i", str(folder / "g%03d.png"), "-c:v", "libx264",
-                    "-qp", "0", "-pix_fmt", "yuv444p", str(out)], check=True)
-    return out
+    movies = {}
+    for label, rate in rates.items():
+        movies[label] = folder / f"grey{label}.mp4"
+        subprocess.run([ffmpeg, "-v", "error", "-framerate", rate, "-i", str(folder / "g%03d.png"), "-c:v", "libx264",
+                        "-qp", "0", "-pix_fmt", "yuv444p", str(movies[label])], check=True)
+    return movies
+
+
+@pytest.fixture(scope="session")
+def grey_clip(tmp_path_factory) -> Path:
+    """72 frames at 30 fps: grey30.mp4."""
+    return grey_movies_at(tmp_path_factory.mktemp("grey"), 72, {"30": "30"})["30"]
+
+
+#: Frame rates of the grey-coded movies (ffmpeg's spelling) and the scenes they play in (fps, fps_base).
+RATES = {"23.976": ("24000/1001", 24, 1.001), "24": ("24", 24, 1.0), "25": ("25", 25, 1.0),
+         "29.97": ("30000/1001", 30, 1.001), "30": ("30", 30, 1.0), "50": ("50", 50, 1.0), "60": ("60", 60, 1.0)}
+
+
+@pytest.fixture(scope="session")
+def grey_movies(tmp_path_factory) -> dict:
+    """48-frame grey-coded movies at every rate in RATES."""
+    return grey_movies_at(tmp_path_factory.mktemp("grey_rates"), 48, {k: v[0] for k, v in RATES.items()})
 
 
 @pytest.fixture(scope="session")
@@ -288,12 +310,31 @@ def test_timeline_playback_rate():
 
     The expected frames are what Blender 5.0.1 rendered for a grey-coded clip.
     """
-    t = timeline.StripTiming(content_start=1, content_length=57, final_start=1, final_end=58, rate=30 / 24,
-                             source_length=72)
+    t = timeline.StripTiming(content_start=1, content_length=57, final_start=1, final_end=58,
+                             rate=timeline.playback_rate(30, 24, 1.0), source_length=72)
     assert t.shown_frames()[:9] == [0, 1, 3, 4, 5, 6, 8, 9, 10]    # idx * 1.25, halves rounded up
     assert t.shown_frames()[-3:] == [68, 69, 70]
     r = timeline.StripTiming(1, 52, 1, 53, source_offset=7, reverse=True, rate=1.25, source_length=65)
     assert r.shown_frames()[:5] == [71, 70, 68, 67, 66] and r.shown_frames()[-2:] == [8, 7]
+
+
+def test_timeline_slowed_movie_fresh_and_through_blenders_source_cache():
+    """A 24 fps movie in a 30 fps scene, as Blender 4.2 (fresh) and 5.0 (raw cache on) rendered it.
+
+    Single precision matters: 25 fps in a 30 fps scene puts frame index 2.4999999 on 2.5 (shown: 3).
+    """
+    rate = timeline.playback_rate(24, 30, 1.0)
+    assert timeline.real_time_length(72, rate) == 90
+    fresh = timeline.StripTiming(1, 90, 1, 91, rate=rate, source_length=72)
+    cached = replace(fresh, cached_keys=True)
+    assert fresh.shown_frames()[:10] == [0, 1, 2, 2, 3, 4, 5, 6, 6, 7]
+    assert cached.shown_frames()[:10] == [0, 0, 2, 2, 3, 4, 4, 6, 6, 7]
+    assert fresh.shown_frames()[-1] == cached.shown_frames()[-1] == 71
+    # a trimmed start decodes the first frame of a key at the strip's first visible frame
+    assert replace(cached, final_start=2).shown_frames()[:3] == [1, 2, 2]
+    quarter = timeline.StripTiming(1, 86, 1, 87, rate=timeline.playback_rate(25, 30, 1.0), source_length=72)
+    assert quarter.shown_frames()[:6] == [0, 1, 2, 3, 3, 4]
+    assert replace(quarter, cached_keys=True).shown_frames()[:6] == [0, 0, 2, 3, 3, 4]
 
 
 def test_first_free_channel():
@@ -451,7 +492,8 @@ def test_placement_lines_up_with_the_source(bpy_venv, addon_zip, tmp_path, grey_
         {"label": "blockers", "channel": 2, "frame_start": 1, "blockers": [[3, 50, 10], [4, 200, 10], [5, 1, 3]],
          "output_kind": "overlay"},
         {"label": "sequence", "sequence": [str(grey_sequence / f"shot.{i:04d}.png") for i in range(5, 15)],
-         "channel": 3, "frame_start": 100, "frame_offset_start": 2, "frame_offset_end": 1},
+         "channel": 3, "frame_start": 100, "frame_offset_start": 2, "frame_offset_end": 1,
+         "first_number": 1},           # results named like the source: engine frame 6 is res.0007
         {"label": "meta", "meta": True, "frame_start": 10, "frame_offset_start": 5},
     ]
     args = {"zip": str(addon_zip), "clip": str(grey_clip), "folder": str(tmp_path / "out"), "cases": cases, "fps": 24}
@@ -489,8 +531,57 @@ def test_placement_lines_up_with_the_source(bpy_venv, addon_zip, tmp_path, grey_
     # shot.0005..0014 of a folder starting at shot.0001: source frames 4..13, trimmed by 2 and 1
     assert data["sequence"]["plan_source"] == str(grey_sequence / "shot.%04d.png")
     check("sequence", [6, 12], 4)
+    assert data["sequence"]["new"]["files"][0] == "res.0007.png"   # shot.0007 shows first: its result
     check("meta", [5, 71], 3)
     assert data["meta"]["new"]["parent_meta"] == "meta"
+
+
+#: (movie rate, scene rate): every rate of RATES as a movie slower and faster than its scene where the list
+#: allows (23.976 is the slowest, 60 the fastest), with cadences that repeat within the 48-frame movies.
+RATE_PAIRS = [("23.976", "29.97"), ("24", "30"), ("24", "60"), ("24", "23.976"), ("25", "50"), ("25", "30"),
+              ("25", "24"), ("29.97", "60"), ("29.97", "23.976"), ("30", "24"), ("30", "25"), ("50", "60"),
+              ("50", "25"), ("60", "24"), ("60", "25")]
+
+
+@pytest.mark.blender
+def test_playback_rate_lines_up_in_both_directions(bpy_venv, addon_zip, tmp_path, grey_movies):
+    """Movies slower and faster than the scene, added the UI's way ("Adjust Playback Rate"): what Blender
+    renders at each timeline frame from the result strip equals what it renders from the source.
+
+    Blender 5.0 shows a slowed movie through its source image cache (see blender_addon/timeline.py): a 24 fps
+    movie in a 30 fps scene shows 0, 0, 2, 2, 3 where 4.2 shows 0, 1, 2, 2, 3. The result follows either.
+    """
+    def case(label, movie, scene, **extra):
+        _, fps, base = RATES[scene]
+        return dict({"label": label, "clip": str(grey_movies[movie]), "ui_add": True, "frame_start": 5,
+                     "fps": fps, "fps_base": base}, **extra)
+
+    cases = [case(f"{m}->{s}", m, s) for m, s in RATE_PAIRS]
+    cases += [case("slow_trim_reverse", "24", "30", animation_offset_start=5, frame_offset_start=3,
+                   frame_offset_end=4, reverse=True),
+              case("slow_strobe_hold", "25", "60", strobe=3.0, frame_offset_start=-4, frame_offset_end=-3),
+              case("slow_no_raw_cache", "24", "30", cache_raw=False),
+              case("slow_in_reversed_meta", "24", "30", meta=True, meta_reverse=True)]
+    args = {"zip": str(addon_zip), "folder": str(tmp_path / "out"), "cases": cases}
+    data = run_blender(bpy_venv, "placement", args, tmp_path, tmp_path / "config", timeout=600)
+    reversed_meta = data.pop("slow_in_reversed_meta")
+    if data["_blender"].startswith("4.2."):   # no cache: the result inside the meta is reversed with its source
+        assert reversed_meta["rendered_result"] == reversed_meta["rendered_source"]
+        assert reversed_meta["rendered_source"][0] == 47 and reversed_meta["rendered_source"][-1] == 0
+    else:                                     # what shows depends on the playback order: refused, by name
+        assert "inside meta strip 'meta', which reverses, strobes or retimes it" in reversed_meta["error"]
+    for c in cases[:-1]:
+        got = data[c["label"]]
+        assert got["rendered_result"] == got["rendered_source"], c["label"]
+        assert got["plan"] == [min(got["rendered_source"]), max(got["rendered_source"])], c["label"]
+        assert got["source_before"] == got["source_after"], c["label"]
+    assert data["24->30"]["rate"] == pytest.approx(0.8)
+    fresh = [0, 1, 2, 2, 3, 4, 5, 6]                         # round(0.8 k)
+    cached = [0, 0, 2, 2, 3, 4, 4, 6]                        # 4.5+: the frame first decoded for trunc(0.8 k)
+    expected = fresh if data["_blender"].startswith("4.2.") else cached
+    assert data["24->30"]["rendered_source"][:8] == expected
+    assert data["slow_no_raw_cache"]["rendered_source"][:8] == fresh
+    assert data["30->24"]["rendered_source"][:7] == [0, 1, 3, 4, 5, 6, 8]   # round(1.25 k), no cache effect
 
 
 @pytest.mark.blender
@@ -520,6 +611,170 @@ def test_toonify_operator_with_the_engine_process(bpy_venv, addon_zip, tmp_path,
     assert job["frames"] == [6, 58] and job["source"] == str(grey_clip) and job["state"] == "done"
     assert (job["params"]["steps"], job["params"]["warm_steps"], job["params"]["swap_res"]) == (3, 1, 32)
     assert job["params"]["output_kind"] == "overlay"
+
+
+def _rendered_pairs(folder: Path, frames) -> list:
+    """(source render, result render) images per timeline frame, as the scenario saved them."""
+    import cv2
+    return [(cv2.imread(str(folder / f"s{t}.png")).astype(float), cv2.imread(str(folder / f"r{t}.png")).astype(float))
+            for t in frames]
+
+
+@pytest.fixture(scope="session")
+def tears_of_steel_50(tmp_path_factory) -> Path:
+    """The Tears of Steel clip with every frame kept but stamped at 50 fps (real footage faster than a scene)."""
+    source = FIXTURES / "tears_of_steel_clip.mp4"
+    if not source.is_file() or shutil.which("ffmpeg") is None:
+        pytest.skip(f"{source} or ffmpeg is missing")
+    out = tmp_path_factory.mktemp("tos50") / "tos50.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(source), "-vf", "setpts=N/(50*TB),scale=320:180", "-r", "50",
+                    "-an", "-c:v", "libx264", "-crf", "12", "-pix_fmt", "yuv420p", str(out)], check=True)
+    return out
+
+
+@pytest.mark.parametrize("footage, scene_fps", [("tears_of_steel_clip.mp4", 30), ("tos50", 30)])
+@pytest.mark.blender
+def test_real_footage_at_another_frame_rate(bpy_venv, addon_zip, tmp_path, engine, request, footage, scene_fps):
+    """Real footage through the engine process: Tears of Steel (24 fps) slowed into a 30 fps scene, and the
+    same frames stamped at 50 fps sped into it, trimmed, over many cadence periods. At every timeline frame
+    the result strip renders the source's picture (up to the two decoders' colour conversion, MSE below 6
+    here), not a neighbouring frame's: the footage moves enough for that to show (checked below)."""
+    clip = request.getfixturevalue("tears_of_steel_50") if footage == "tos50" else FIXTURES / footage
+    if not clip.is_file():
+        pytest.skip(f"{clip} is missing")
+    args = {"zip": str(addon_zip), "clip": str(clip), "output_folder": str(tmp_path / "renders"), "ui_add": True,
+            "fps": scene_fps, "frame_start": 1, "frame_offset_start": 7, "frame_offset_end": 20, "render": True,
+            "params": {"output_kind": "frame", "device": "cpu"}}
+    data = run_blender(bpy_venv, "toonify", args, tmp_path, engine)
+    assert data["op"]["result"] == ["FINISHED"], data["op"]
+    src = data["after"][data["source"]]
+    pairs = _rendered_pairs(tmp_path / "renders" / "_render", range(src["frame_final_start"], src["frame_final_end"]))
+    same = [float(((s - r) ** 2).mean()) for s, r in pairs]
+    assert max(same) < 6.0, [round(x, 1) for x in same]
+    moved = [float(((pairs[i][0] - pairs[i + 1][0]) ** 2).mean()) for i in range(len(pairs) - 1)]
+    distinct = [m for m in moved if m > 20.0]
+    assert len(distinct) > len(pairs) // 3, "the footage barely moves: a shifted frame would go unnoticed"
+
+
+@pytest.mark.blender
+def test_selected_meta_strip_is_toonified_inside(bpy_venv, addon_zip, tmp_path, grey_clip, grey_sequence, engine):
+    """Selecting a meta strip toonifies the movie and image strips inside it (a muted one is left out) and
+    places each result beside its source inside the meta, so the meta's own trim applies to both."""
+    args = {"zip": str(addon_zip), "clip": str(grey_clip), "output_folder": str(tmp_path / "renders"),
+            "sequence": [str(grey_sequence / f"shot.{i:04d}.png") for i in range(5, 15)]}
+    data = run_blender(bpy_venv, "meta", args, tmp_path, engine)
+    assert data["op"]["result"] == ["FINISHED"], data["op"]
+    # the movie's result covers the color strip that sat above the movie: said, as a warning
+    assert "it now covers 'title', which showed above the source" in data["_stdout"]
+    new = data["new"]
+    assert sorted(new) == ["clip toon", "seq toon"]
+    assert all(s["parent_meta"] == "meta" for s in new.values())
+    assert (new["clip toon"]["channel"], new["seq toon"]["channel"]) == (3, 3)
+    assert data["unchanged"]
+    assert data["rendered_result"] == data["rendered_source"]
+    assert len(set(data["rendered_source"])) > 10
+    assert {job["source"] for job in engine_jobs(engine)} == {str(grey_clip), str(grey_sequence / "shot.%04d.png")}
+    assert data["empty"]["result"] == ["ERROR"]
+    assert "meta strip 'empty' holds no unmuted movie or image strip to toonify" in data["empty"]["error"]
+
+
+@pytest.mark.blender
+def test_style_picker_lists_the_engines_models(bpy_venv, addon_zip, tmp_path, engine):
+    """Style and Base model: a file browser plus the models the engine knows (GET /v1/models), like the Qt panel;
+    picking one sets the field; a file picked beside the .blend goes to the engine as an absolute path."""
+    sys.path.insert(0, str(REPO))
+    from toon_ofx.client import EngineClient
+    known = EngineClient(config_dir=str(engine)).models()
+    data = run_blender(bpy_venv, "models", {"zip": str(addon_zip), "blend": str(tmp_path / "edit.blend")}, tmp_path,
+                       engine)
+    assert data["before"] == [] and ["label", [], {"text": "No models listed yet", "icon": "INFO"}] in data["empty_menu"]
+    assert data["check"] == ["FINISHED"]
+    assert [m["name"] for m in data["styles"]] == [m["name"] for m in known if m["kind"] in ("toon", "blended")]
+    assert data["bases"] == [m["name"] for m in known if m["kind"] == "base"]
+    entries = [c for c in data["menu"] if c[0] == "operator" and c[1] == ["toon_ofx.pick_model"]]
+    assert [e[2]["op.name"] for e in entries] == [m["name"] for m in data["styles"]]
+    assert all(e[2]["op.target"] == "model" for e in entries)
+    first = data["styles"][0]
+    assert data["description"].startswith(str(first.get("title") or first["name"]))
+    if not first.get("installed", True):
+        assert f"toon-ofx models pull {first['name']}" in data["description"]
+    assert ["menu", ["TOONOFX_MT_model"], {"text": "", "icon": "DOWNARROW_HLT"}] in data["panel"]
+    assert data["pick"] == ["FINISHED"] and data["picked"] == first["name"]
+    assert data["from_browser"] == str(tmp_path / "models" / "my_toon.pt")
+    assert data["refresh"] == ["FINISHED"]
+
+
+@pytest.mark.parametrize("how", ["disable", "exit"])
+@pytest.mark.blender
+def test_engine_stops_once_blender_lets_go(bpy_venv, addon_zip, tmp_path, how):
+    """An engine with an idle timeout stays up while the add-on holds a session, and stops soon after the
+    add-on says goodbye: when it is disabled, or when Blender exits."""
+    import threading
+    proc, config = start_engine_process(tmp_path, "--render-fn", "engine_stub:identity_render",
+                                        "--idle-timeout", "2")
+    sys.path.insert(0, str(REPO))
+    from toon_ofx.client import EngineClient
+    test_client = EngineClient(config_dir=str(config))
+    test_client.hello(lease=120, name="test")           # holds the engine up while Blender starts
+    connected = tmp_path / "connected"
+
+    def let_go():
+        deadline = time.monotonic() + 120
+        while not connected.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        test_client.goodbye()
+
+    threading.Thread(target=let_go, daemon=True).start()
+    try:
+        args = {"zip": str(addon_zip), "idle_timeout": 2, "disable": how == "disable", "connected": str(connected)}
+        data = run_blender(bpy_venv, "session", args, tmp_path, config)
+        assert data["check"] == ["FINISHED"] and data["alive_while_held"]
+        if how == "disable":
+            assert 0 <= data["gone_after"] < 15
+        else:
+            proc.wait(15)                       # Blender's exit said goodbye
+        assert proc.poll() is not None
+    finally:
+        stop_process(proc)
+
+
+@pytest.mark.blender
+def test_retry_resumes_a_cancelled_render(bpy_venv_full, addon_zip, tmp_path, clip, slow_engine):
+    args = {"zip": str(addon_zip), "clip": str(clip), "output_folder": str(tmp_path / "r"), "frame_offset_end": 40}
+    data = run_blender(bpy_venv_full, "retry", args, tmp_path, slow_engine)
+    assert data["nothing"]["result"] == ["ERROR"] and "poll" in data["nothing"]["error"]   # nothing to retry yet
+    assert data["first"]["result"] == ["ERROR"] and "timed out" in data["first"]["error"]
+    assert data["retryable"] == ["clip"]
+    assert data["retry"]["result"] == ["FINISHED"], data["retry"]
+    (new,) = data["new"]
+    assert new["frame_final_duration"] == 32 and new["files"][0] == "clip_toon.000000.png"
+    assert data["after_retry"] == []
+    jobs = engine_jobs(slow_engine)
+    assert [j["state"] for j in jobs if j["id"] == data["job_id"]] == ["done"]
+    assert len(jobs) == 2                                # the same job resumed; the second is the failing one
+    assert data["failing"]["result"] == ["ERROR"] and "(Retry resumes it)" in data["failing"]["error"]
+    assert data["retry_failing"]["result"] == ["ERROR"] and "told to fail" in data["retry_failing"]["error"]
+    assert data["still_retryable"] == ["clip"]
+
+
+@pytest.mark.blender
+def test_image_sequence_keeps_its_frame_numbers(bpy_venv, addon_zip, tmp_path, engine):
+    """An image strip showing shot.1011 .. shot.1020 of a folder starting at shot.1001: the engine renders its
+    frames 10-19 and names them like the source (shot_toon.1011.png ...), the strip lines up frame by frame."""
+    folder = tmp_path / "plates"
+    folder.mkdir()
+    for n in range(1001, 1021):
+        (folder / f"shot.{n}.png").write_bytes(png.png_bytes(64, 36, (3 * (n - 1001),) * 3))
+    args = {"zip": str(addon_zip), "sequence": [str(folder / f"shot.{n}.png") for n in range(1011, 1021)],
+            "output_folder": str(tmp_path / "renders"), "frame_start": 5, "render": True,
+            "params": {"output_kind": "frame", "device": "cpu"}}
+    data = run_blender(bpy_venv, "toonify", args, tmp_path, engine)
+    assert data["op"]["result"] == ["FINISHED"], data["op"]
+    (name,) = data["new"]
+    assert data["after"][name]["files"] == [f"shot_toon.{n}.png" for n in range(1011, 1021)]
+    assert data["rendered_result"] == data["rendered_source"] == list(range(10, 20))
+    (job,) = engine_jobs(engine)
+    assert job["frames"] == [10, 19] and job["result"]["first_number"] == 1001
 
 
 @pytest.mark.blender
@@ -552,7 +807,7 @@ def test_cancel_while_rendering(bpy_venv_full, addon_zip, tmp_path, clip, slow_e
     data = run_blender(bpy_venv_full, "cancel", args, tmp_path, slow_engine)
     assert data["done"] and data["cancelled"] and data["error"] is None
     assert data["engine_state"] == "cancelled"
-    assert data["reports"] == [["WARNING", "Toonify 'clip' cancelled"]]
+    assert data["reports"] == [["WARNING", "Toonify 'clip' cancelled (Retry resumes it)"]]
     assert data["unchanged"]
     assert any("frame 2/72" in s for s in data["statuses"])
     assert data["progress"] == sorted(data["progress"]) and 0 < data["progress"][-1] < 1
@@ -593,7 +848,7 @@ def test_modal_operator_progress_and_esc(bpy_venv_full, addon_zip, tmp_path, cli
 
     assert cancelled["final"] == ["CANCELLED"] and cancelled["new"] == [] and cancelled["source_unchanged"]
     assert cancelled["engine_state"] == "cancelled"
-    assert cancelled["reports"] == [["WARNING", "Toonify 'clip' cancelled"]]
+    assert cancelled["reports"] == [["WARNING", "Toonify 'clip' cancelled (Retry resumes it)"]]
     assert cancelled["calls"][-3:] == [["timer_remove"], ["progress_end"], ["status", None]]
 
 

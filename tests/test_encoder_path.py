@@ -71,9 +71,10 @@ def test_encoder_mode_takes_every_face_from_the_encoder(monkeypatch, parts, astr
     frames = list(panning_frames(astronaut, 3))
     pipe, results = run(parts, frames, inversion="encoder", keyframe_interval=0)
     assert calls == [] and all(r.faces == 1 for r in results)
-    prepared = pipe.prepare(frames[0], 3)  # a later frame: still the encoder's own latent, no chain
-    pipe.project_faces([prepared])
-    task = prepared.tasks[0]
+    seen, project_faces = [], pipe.project_faces
+    pipe.project_faces = lambda prepared: (project_faces(prepared), seen.extend(prepared))
+    pipe.process(frames[0], 3)  # a later frame: still the encoder's own latent, no chain
+    task = seen[0].tasks[0]
     assert not task.warm and task.steps == 0
     assert torch.allclose(task.state.latent, parts[1](task.target)[0], atol=1e-6)
 
@@ -81,7 +82,7 @@ def test_encoder_mode_takes_every_face_from_the_encoder(monkeypatch, parts, astr
 def test_keyframes_start_from_the_encoder_and_later_frames_from_the_previous(monkeypatch, parts, astronaut):
     calls = spy_projection(monkeypatch)
     _, results = run(parts, panning_frames(astronaut, 5), inversion="encoder+projection", steps=7,
-                     refine_steps=2, warm_steps=1, keyframe_interval=3)
+                     refine_steps=2, warm_steps=1, keyframe_interval=3, keyframe_overlap=0)
     assert [(c["steps"], c["init"] is not None) for c in calls] == [(2, True), (1, True), (1, True), (2, True),
                                                                     (1, True)]
     encoder = parts[1]
@@ -111,19 +112,21 @@ def test_refinement_steps_reach_the_on_step_hook(parts, astronaut):
 
 
 def test_faces_of_several_frames_share_one_encoder_batch(monkeypatch, parts, astronaut):
-    frames = list(panning_frames(astronaut, 4))
-    _, single = run(parts, frames, inversion="encoder", batch_size=1, keyframe_interval=0)
+    frames = list(panning_frames(astronaut, 6))
     engine_parts, encoder = parts
+
+    def clip(batch_size):
+        pipe = ToonPipeline(*engine_parts, PipelineConfig(inversion="encoder", batch_size=batch_size,
+                                                          keyframe_interval=0), encoder=encoder)
+        return [result for _, result in pipe.run(enumerate(frames))]
+
+    single = clip(1)
     batches = []
     real_forward = type(encoder).forward
     monkeypatch.setattr(type(encoder), "forward", lambda self, x, *a, **k: (batches.append(len(x)),
                                                                             real_forward(self, x, *a, **k))[1])
-    pipe = ToonPipeline(*engine_parts, PipelineConfig(inversion="encoder", batch_size=4, keyframe_interval=0),
-                        encoder=encoder)
-    prepared = [pipe.prepare(frame, index) for index, frame in enumerate(frames)]
-    pipe.project_faces(prepared)
-    grouped = [pipe.finish(p) for p in prepared]
-    assert batches == [4]
+    grouped = clip(4)
+    assert batches == [4, 4]   # frames 0-3, then 4-5 padded to the batch size
     for a, b in zip(grouped, single):  # batched convolutions may round differently: one grey level at most
         assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 1
 

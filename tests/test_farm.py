@@ -2,9 +2,10 @@
 
 Every export is checked by executing it the way its farm manager does: the OpenJD template
 through openjd-model (decode, create_job, the step's CHUNK[INT] parameter space, format-string
-resolution) and, when the `openjd` CLI is on PATH, `openjd check`/`openjd run`; the OpenCue
-script against a stand-in `outline` package with PyOutline's API, chunked the way Cuebot does;
-the Flamenco job type in node with stand-ins for Flamenco's `author` module and a port of its
+resolution) and, when the `openjd` CLI is on PATH, `openjd check`/`openjd run` (with path
+mapping, once with the real `toon-ofx render` on tiny models); the OpenCue script through the
+real PyOutline, whose job spec (the XML Cuebot receives) is chunked the way Cuebot does; the
+Flamenco job type in node with stand-ins for Flamenco's `author` module and a port of its
 `frameChunker`. Each resulting command line is parsed by the real `toon-ofx` parser and the
 chunks must cover the frame range exactly once.
 """
@@ -14,11 +15,13 @@ import json
 import os
 import py_compile
 import random
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 import textwrap
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +33,11 @@ from toon_ofx.core.options import params_from_args, parse_frame_range
 from toon_ofx.core.params import validate
 from toon_ofx.farm.assemble import find_sequence, sequence_frames
 from toon_ofx.farm.export import FORMATS, write_export
-from toon_ofx.farm.job import FarmJob, param_args
+from toon_ofx.farm.job import FarmJob, Resources, param_args
 from toon_ofx.farm.openjd import openjd_template
-from toon_ofx.farm.plan import chunk_warmup_first, effective_chunk_size, plan_chunks, snap_chunk
+from toon_ofx.farm.plan import (chunk_warmup_first, effective_chunk_size, plan_chunks, snap_chunk,
+                                 temporal_plan)
+from engine.temporal import TemporalPlan
 
 from conftest import FIXTURES, REPO  # noqa: E402
 
@@ -45,12 +50,15 @@ def _covers(ranges, first, last):
     return frames == list(range(first, last + 1))
 
 
-def test_plan_chunks_cut_on_the_keyframe_grid():
-    chunks = plan_chunks(10, 250, 100, 3, keyframe_interval=48)
-    assert [c.frames for c in chunks] == [(10, 95), (96, 191), (192, 250)]
-    # the first chunk pre-rolls back to the keyframe before it; later ones only the overlap
-    assert [c.warmup_first for c in chunks] == [0, 93, 189]
-    assert chunks[1].warmup == 3 and str(chunks[1]) == "96-191" and chunks[1].count == 96
+def test_plan_chunks_cut_on_the_segment_grid():
+    plan = TemporalPlan.create(48, 8, smoothing=0.5)  # the defaults: history 14 frames
+    chunks = plan_chunks(10, 250, 100, 3, plan=plan)
+    assert [c.frames for c in chunks] == [(10, 103), (104, 199), (200, 250)]
+    # a chunk on the grid (keyframe + overlap) projects from its keyframe (the cross-fade frames the
+    # chunk before it writes) and tracks from `history` frames before that
+    assert [c.warmup_first for c in chunks] == [0, 96 - 14, 192 - 14]
+    assert chunks[1].warmup == 8 + 14 and str(chunks[1]) == "104-199" and chunks[1].count == 96
+    assert temporal_plan({}) == plan and temporal_plan({"keyframe_overlap": 0}).overlap == 0
 
 
 @pytest.mark.parametrize("size,k,expected", [(30, 48, 30), (48, 48, 48), (70, 48, 48), (73, 48, 96),
@@ -66,18 +74,20 @@ def test_plan_chunks_partition_any_range():
         first = rng.randrange(0, 300)
         last = first + rng.randrange(0, 400)
         size = rng.randrange(1, 120)
-        overlap = rng.randrange(0, 10)
-        chunks = plan_chunks(first, last, size, overlap, keyframe_interval=k)
+        warmup = rng.randrange(0, 10)
+        plan = TemporalPlan.create(k, rng.randrange(0, 12), rng.choice([0.0, 0.5, 1.0]))
+        chunks = plan_chunks(first, last, size, warmup, plan=plan)
         assert _covers([c.frames for c in chunks], first, last)
         eff = effective_chunk_size(size, k)
         for c in chunks:
-            assert c.count <= eff
-            assert c.warmup_first == chunk_warmup_first(c.first, overlap, k) <= c.first
+            assert c.count <= eff + plan.overlap
+            assert c.warmup_first == chunk_warmup_first(c.first, warmup, plan) <= c.first
+            assert c.warmup_first <= max(0, plan.projection_start(c.first) - plan.history)
             if c.first != first:
-                assert c.first % eff == 0
+                assert (c.first - plan.overlap) % eff == 0
                 if k and eff % k == 0:
-                    assert c.first % k == 0          # starts on a keyframe: no projected warm-up
-                    assert c.warmup == min(overlap, c.first)
+                    assert plan.segment_start(c.first) == c.first  # re-projects only the cross-fade
+                    assert c.warmup == min(max(warmup, plan.overlap + plan.history), c.first)
 
 
 def test_plan_chunks_bad_input():
@@ -100,10 +110,11 @@ def _openjd_chunks(first, last, count):
     return [parse_frame_range(c) for c in divide_int_interval_into_chunks(count, first, last)]
 
 
-def test_snap_chunk_keeps_a_partition_and_lands_on_keyframes():
+def test_snap_chunk_keeps_a_partition_and_lands_on_the_segment_grid():
     rng = random.Random(2)
     for _ in range(400):
         k = rng.choice([1, 4, 7, 48])
+        plan = TemporalPlan.create(k, rng.randrange(0, 12), 0.5)
         first = rng.randrange(0, 200)
         last = first + rng.randrange(0, 500)
         if rng.random() < 0.5:
@@ -112,21 +123,25 @@ def test_snap_chunk_keeps_a_partition_and_lands_on_keyframes():
             cuts = sorted(rng.sample(range(first + 1, last + 2), min(rng.randrange(0, 8), last - first + 1)))
             bounds = [first] + [c for c in cuts if c <= last] + [last + 1]
             chunks = [(a, b - 1) for a, b in zip(bounds, bounds[1:]) if b > a]
-        snapped = [snap_chunk(c, (first, last), k) for c in chunks]
+        snapped = [snap_chunk(c, (first, last), plan) for c in chunks]
         assert _covers([s for s in snapped if s], first, last)
         for s in snapped:
             if s:
-                assert s[0] == first or s[0] % k == 0
+                assert s[0] == first or plan.segment_start(s[0]) == s[0]
 
 
 def test_snap_chunk_examples():
-    assert snap_chunk((34, 66), (0, 99), 48) == (0, 47)
-    assert snap_chunk((0, 33), (0, 99), 48) is None
-    assert snap_chunk((67, 99), (0, 99), 48) == (48, 99)
-    assert snap_chunk((5, 9), (5, 9), 4) == (5, 9)
-    assert snap_chunk((3, 8), (3, 20), 0) == (3, 8)
+    hard = TemporalPlan.create(48, 0, 0.5)  # no cross-fade: the keyframes themselves
+    assert snap_chunk((34, 66), (0, 99), hard) == (0, 47)
+    assert snap_chunk((0, 33), (0, 99), hard) is None
+    assert snap_chunk((67, 99), (0, 99), hard) == (48, 99)
+    fading = TemporalPlan.create(48, 8, 0.5)  # grid 0, 56, 104, ...
+    assert snap_chunk((34, 66), (0, 99), fading) == (0, 55)
+    assert snap_chunk((67, 99), (0, 99), fading) == (56, 99)
+    assert snap_chunk((5, 9), (5, 9), TemporalPlan.create(4, 0, 0.5)) == (5, 9)
+    assert snap_chunk((3, 8), (3, 20), TemporalPlan.create(0, 8, 0.5)) == (3, 8)
     with pytest.raises(UserError):
-        snap_chunk((2, 30), (3, 20), 4)
+        snap_chunk((2, 30), (3, 20), hard)
 
 
 @pytest.mark.parametrize("text,expected", [("10-120", (10, 120)), ("7", (7, 7)), ("3,4", (3, 4)),
@@ -156,8 +171,9 @@ def test_param_args_round_trip_through_the_cli():
     args = _parse_cli(job.render_args("3-8"))
     assert args.command == "render" and args.frames == (3, 8) and args.warmup == 0
     assert params_from_args(args) == validate(PARAMS)
-    # keyframe_interval is always explicit (the chunk grid depends on it), defaults are not repeated
-    assert "--keyframe-interval" in param_args({})
+    # keyframe_interval and keyframe_overlap are always explicit (the chunk grid depends on them),
+    # defaults are not repeated
+    assert "--keyframe-interval" in param_args({}) and "--keyframe-overlap" in param_args({})
     assert "--swap-res" not in param_args({})
     a = _parse_cli(job.assemble_args())
     assert a.command == "assemble" and a.frames == (3, 20) and str(a.source) == "/clips/a b.mp4"
@@ -181,7 +197,7 @@ def _check_render_commands(job, argvs, expect_chunk_of=None):
         assert params_from_args(args) == validate(job.params)
         frames = args.frames
         if getattr(args, "chunk_of", None):
-            frames = snap_chunk(frames, args.chunk_of, validate(job.params)["keyframe_interval"])
+            frames = snap_chunk(frames, args.chunk_of, temporal_plan(job.params))
         if frames:
             ranges.append(frames)
     ranges.sort()
@@ -256,6 +272,42 @@ def test_openjd_template_validates_and_runs_as_chunks(tmp_path):
     _check_render_commands(job2, [argv[1:] for argv in steps2["Render"][1]])
 
 
+def test_openjd_asks_for_hardware_and_maps_every_path(tmp_path):
+    """hostRequirements from the job's resources; checkpoint files and the model folder are PATH
+    parameters (path-mapped like the clip), used by the task's command line."""
+    job = _job(tmp_path, resources=Resources(gpus=1, gpu_memory_gib=12, memory_gib=6, cpus=4),
+               models_dir="/farm/models", params=dict(PARAMS, base_model="/farm/models/base.pkl"))
+    files = write_export("openjd", job, tmp_path / "bundle")
+    template = json.loads((tmp_path / "bundle" / "template.json").read_text())
+    values = json.loads((tmp_path / "bundle" / "job_params.json").read_text())
+    assert values["ToonModel"] == "/models/my toon.pt" and values["BaseModel"] == "/farm/models/base.pkl"
+    assert values["ModelsDir"] == "/farm/models"
+    kinds = {p["name"]: (p["type"], p.get("objectType"), p.get("dataFlow")) for p in template["parameterDefinitions"]}
+    assert kinds["ToonModel"] == kinds["BaseModel"] == ("PATH", "FILE", "IN")
+    assert kinds["ModelsDir"] == ("PATH", "DIRECTORY", "IN")
+    assert "/models/my toon.pt" not in json.dumps(template["steps"])   # not baked into the command line
+    created, steps = _openjd_run(template, values, tmp_path / "bundle")
+    render_step, argvs = steps["Render"]
+    amounts = {a.name: float(a.min) for a in render_step.hostRequirements.amounts}
+    assert amounts == {"amount.worker.vcpu": 4, "amount.worker.memory": 6 * 1024, "amount.worker.gpu": 1,
+                       "amount.worker.gpu.memory": 12 * 1024}
+    assert created.steps[1].hostRequirements is None               # assembling needs no GPU
+    args = _parse_cli(argvs[0][1:])
+    assert (args.model, args.base_model) == ("/models/my toon.pt", "/farm/models/base.pkl")
+    assert str(args.models_dir) == "/farm/models" and args.openjd
+    _check_render_commands(job, [argv[1:] for argv in argvs])
+    # CPU workers: no GPU amounts at all
+    cpu = openjd_template(_job(tmp_path, resources=Resources(gpus=0)))
+    names = [a["name"] for a in cpu["steps"][0]["hostRequirements"]["amounts"]]
+    assert names == ["amount.worker.vcpu", "amount.worker.memory"]
+
+
+def test_a_refused_job_leaves_no_folder_behind(tmp_path):
+    with pytest.raises(UserError, match="OpenJD"):
+        write_export("openjd", _job(tmp_path, source="/clips/{{x}}.mp4"), tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()
+
+
 def test_openjd_without_movie_has_no_assemble_step(tmp_path):
     template = openjd_template(_job(tmp_path, movie=None))
     assert [s["name"] for s in template["steps"]] == ["Render"]
@@ -276,7 +328,8 @@ def _fake_toon_ofx(tmp_path) -> Path:
         import json, sys
         sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
         from toon_ofx.cli import build_parser
-        from toon_ofx.farm.plan import snap_chunk
+        from toon_ofx.core.options import params_from_args
+        from toon_ofx.farm.plan import snap_chunk, temporal_plan
         argv = sys.argv[1:]
         with open({str(log)!r}, "a") as f:
             f.write(json.dumps(argv) + "\\n")
@@ -284,7 +337,7 @@ def _fake_toon_ofx(tmp_path) -> Path:
         if args.command == "render":
             frames = args.frames
             if getattr(args, "chunk_of", None):
-                frames = snap_chunk(frames, args.chunk_of, int(args.keyframe_interval))
+                frames = snap_chunk(frames, args.chunk_of, temporal_plan(params_from_args(args)))
             if frames:
                 for i in range(frames[0], frames[1] + 1):
                     path = str(args.output) % i
@@ -320,67 +373,69 @@ def test_openjd_cli_checks_and_runs_the_bundle(tmp_path):
     assert written == list(range(3, 21))
 
 
+@pytest.mark.skipif(not _openjd_cli(), reason="the openjd CLI (pip install openjd-cli) is not on PATH")
+def test_openjd_run_maps_paths_and_reports_progress_of_a_real_render(tmp_path, tiny_models_dir, tiny_params):
+    """The bundle written for farm paths (/farm/...) runs here through OpenJD path mapping: the real
+    toon-ofx renders with tiny models it finds only through the mapped PATH parameters, and its
+    `openjd_progress:`/`openjd_status:` lines reach the session."""
+    farm = tmp_path / "farm"
+    (farm / "clips").mkdir(parents=True)
+    shutil.copyfile(CLIP, farm / "clips" / "a.mp4")
+    shutil.copytree(tiny_models_dir, farm / "models")
+    params = dict(tiny_params, model="/farm/models/tiny-toon.pt", base_model="/farm/models/tiny-base.pt",
+                  steps=2, warm_steps=1)
+    toon_ofx = str(Path(sys.executable).with_name("toon-ofx"))
+    job = FarmJob("/farm/clips/a.mp4", "/farm/out/frames/a_toon.%06d.png", "/farm/out/a_toon.mp4", (0, 3), 4,
+                  params, executable=toon_ofx, models_dir="/farm/models", resources=Resources(gpus=0))
+    bundle = tmp_path / "bundle"
+    write_export("openjd", job, bundle)
+    rules = {"version": "pathmapping-1.0", "path_mapping_rules": [
+        {"source_path_format": "POSIX", "source_path": "/farm", "destination_path": str(farm)}]}
+    env = {k: v for k, v in os.environ.items() if k != "TOON_OFX_MODELS"}   # only the mapped folder
+    run = subprocess.run([_openjd_cli(), "run", str(bundle / "template.json"), "-p",
+                          f"file://{bundle / 'job_params.json'}", "--run-dependencies", "--step", "Assemble",
+                          "--path-mapping-rules", json.dumps(rules)],
+                         capture_output=True, text=True, timeout=600, env=env)
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-4000:]
+    progress = [float(x) for x in re.findall(r"openjd_progress: ([\d.]+)", log)]
+    assert progress[0] == 0.0 and progress[-1] == 100.0 and 25.0 in progress
+    assert progress == sorted(progress)
+    statuses = re.findall(r"openjd_status: (.*)", log)
+    assert "loading tiny-base.pt (model 1 of 4)" in statuses and "loading dlib (model 4 of 4)" in statuses
+    assert any(s.startswith("projecting faces: step ") for s in statuses)
+    assert sorted(p.name for p in (farm / "out" / "frames").iterdir()) == [f"a_toon.{i:06d}.png" for i in range(4)]
+    assert (farm / "out" / "a_toon.mp4").stat().st_size > 0
+
+
 # -- OpenCue -------------------------------------------------------------------------------------------------
-_OUTLINE_STUB = {
-    "outline/__init__.py": '''
-        """Stand-in for PyOutline's package: the API the generated script uses, with its signatures."""
-        import json, os
+def _has_pyoutline() -> bool:
+    import importlib.util
 
-        class Outline(object):
-            def __init__(self, name=None, frame_range=None, path=None, serialize=True, name_unique=False,
-                         current=False, shot=None, show=None, user=None, facility=None, maxcores=None,
-                         maxgpus=None):
-                self.name, self.frame_range, self.show, self.shot = name, frame_range, show, shot
-                self.layers = []
-
-            def add_layer(self, layer):
-                if layer in self.layers:
-                    raise ValueError("layer added twice")
-                self.layers.append(layer)
-
-            def get_layers(self):
-                return list(self.layers)
-        ''',
-    "outline/modules/__init__.py": "",
-    "outline/modules/shell.py": '''
-        class Shell(object):
-            def __init__(self, name, **args):
-                if not isinstance(args.get("command"), list):
-                    raise TypeError("Shell needs command=[...]")
-                self.name, self.args, self.depends = name, dict(args), []
-
-            def depend_all(self, on_layer, propigate=False, any_frame=False):
-                self.depends.append(on_layer.name)
-        ''',
-    "outline/cuerun.py": '''
-        import json, os
-
-        def launch(ol, use_pycuerun=True, **args):
-            layers = [{"name": l.name, "cmd": " ".join(l.args["command"]), "range": l.args.get("range"),
-                       "chunk": int(l.args.get("chunk", 1)), "depends": l.depends} for l in ol.get_layers()]
-            with open(os.environ["OUTLINE_STUB_OUT"], "w") as f:
-                json.dump({"name": ol.name, "use_pycuerun": use_pycuerun, "launch": args, "layers": layers}, f)
-            return []
-        ''',
-}
+    return importlib.util.find_spec("outline") is not None
 
 
 def _cue_tasks(layer):
-    """Cuebot's chunking of a layer: frames in order, `chunk` at a time; RQD fills the tokens."""
-    a, b = parse_frame_range(layer["range"])
+    """Cuebot's chunking of a spec layer: frames in order, `chunk` at a time; RQD fills the tokens."""
+    a, b = parse_frame_range(layer.findtext("range"))
+    chunk = int(layer.findtext("chunk"))
     frames = list(range(a, b + 1))
     out = []
-    for i in range(0, len(frames), layer["chunk"]):
-        part = frames[i:i + layer["chunk"]]
-        cmd = layer["cmd"].replace("#FRAME_START#", str(part[0])).replace("#FRAME_END#", str(part[-1]))
-        cmd = cmd.replace("#IFRAME#", str(part[0]))
-        out.append(shlex.split(cmd))   # RQD runs the command through a shell
+    for i in range(0, len(frames), chunk):
+        part = frames[i:i + chunk]
+        cmd = layer.findtext("cmd").replace("#FRAME_START#", str(part[0])).replace("#FRAME_END#", str(part[-1]))
+        out.append(shlex.split(cmd.replace("#IFRAME#", str(part[0]))))   # RQD runs the command through a shell
     return out
 
 
+@pytest.mark.skipif(not _has_pyoutline(), reason="PyOutline (pip install opencue-pyoutline) is not installed")
 @pytest.mark.parametrize("frames", [(3, 20), (8, 23), (0, 5)])
-def test_opencue_script_builds_layers_cuebot_can_chunk(tmp_path, frames):
-    job = _job(tmp_path, frames=frames)
+def test_opencue_script_builds_the_job_spec_cuebot_chunks(tmp_path, frames):
+    """The script, run with the real PyOutline, prints the job spec Cuebot would receive: render layers
+    whose chunks cover the range once on the segment grid, with the job's cores, memory, GPUs,
+    service and host tag, and an assemble layer that depends on all of them."""
+    job = _job(tmp_path, frames=frames, resources=Resources(gpus=1, gpu_memory_gib=12, memory_gib=6.5, cpus=3,
+                                                            worker_tag="gpu", service="toon"))
     (script,) = write_export("opencue", job, tmp_path / "cue")
     py_compile.compile(str(script), doraise=True)
     assert os.access(script, os.X_OK)
@@ -389,24 +444,26 @@ def test_opencue_script_builds_layers_cuebot_can_chunk(tmp_path, frames):
     assert dry.returncode == 0, dry.stderr
     assert "layer render" in dry.stdout and "layer assemble" in dry.stdout
 
-    stub = tmp_path / "stub"
-    for name, text in _OUTLINE_STUB.items():
-        (stub / name).parent.mkdir(parents=True, exist_ok=True)
-        (stub / name).write_text(textwrap.dedent(text))
-    out = tmp_path / "launched.json"
-    env = dict(os.environ, PYTHONPATH=str(stub), OUTLINE_STUB_OUT=str(out))
-    run = subprocess.run([sys.executable, str(script), "--pause"], capture_output=True, text=True, env=env)
+    run = subprocess.run([sys.executable, str(script), "--print-spec", "--pause"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    launched = json.loads(out.read_text())
-    assert launched["use_pycuerun"] is False and launched["launch"] == {"pause": True}
-    renders = [layer for layer in launched["layers"] if layer["name"] != "assemble"]
-    (assemble,) = [layer for layer in launched["layers"] if layer["name"] == "assemble"]
-    assert sorted(assemble["depends"]) == sorted(layer["name"] for layer in renders)
+    spec = ET.fromstring(run.stdout)
+    assert spec.findtext("job/paused") == "True"
+    layers = {layer.get("name"): layer for layer in spec.iter("layer")}
+    renders = [layer for name, layer in layers.items() if name != "assemble"]
+    assemble = layers["assemble"]
+    for layer in renders:
+        assert (layer.findtext("cores"), layer.findtext("memory")) == ("3.0", "6656m")
+        assert (layer.findtext("gpus"), layer.findtext("gpu_memory")) == ("1", "12g")
+        assert layer.findtext("tags") == "gpu" and layer.findtext("services/service") == "toon"
+    assert (assemble.findtext("cores"), assemble.findtext("memory"), assemble.find("gpus")) == ("1.0", "2g", None)
+    depends = {d.findtext("onlayer") for d in spec.iter("depend") if d.findtext("deplayer") == "assemble"}
+    assert depends == {layer.get("name") for layer in renders}
     argvs = [argv for layer in renders for argv in _cue_tasks(layer)]
     assert all(argv[0] == "toon-ofx" for argv in argvs)
     ranges = _check_render_commands(job, [argv[1:] for argv in argvs])
-    # Cuebot's chunks start on the chunk grid (multiples of the keyframe interval)
-    assert all(a == frames[0] or a % 8 == 0 for a, _ in ranges)
+    # Cuebot's chunks start on the chunk grid (multiples of the keyframe interval, shifted by the cross-fade)
+    overlap = job.temporal_plan.overlap
+    assert overlap == 2 and all(a == frames[0] or (a - overlap) % 8 == 0 for a, _ in ranges)
     (assemble_argv,) = _cue_tasks(assemble)
     assert assemble_argv[1:] == job.assemble_args()
 
@@ -498,12 +555,60 @@ def test_flamenco_compile_job_makes_chunk_tasks_and_assemble(tmp_path, frames, c
         assert command["name"] == "exec" and command["parameters"]["exe"] == "toon-ofx"
         argvs.append(command["parameters"]["args"])
     ranges = _check_render_commands(job, argvs)
-    size = effective_chunk_size(chunk, 4)
-    assert all(a == frames[0] or a % size == 0 for a, _ in ranges)
+    size, grid = effective_chunk_size(chunk, 4), job.temporal_plan
+    assert all(a == frames[0] or (a - grid.overlap) % size == 0 for a, _ in ranges)
     assert assemble["commands"][0]["parameters"]["args"] == job.assemble_args()
 
 
+def test_flamenco_job_goes_to_tagged_workers_and_passes_the_model_folder(tmp_path):
+    if not NODE:
+        pytest.skip("node is not installed")
+    tag = "5bd0ff7f-4c36-4d18-9b4e-4fd2ba79a57d"
+    job = _job(tmp_path, resources=Resources(worker_tag=tag), models_dir="/farm/models")
+    js, job_json = write_export("flamenco", job, tmp_path / "fl")
+    submitted = json.loads(job_json.read_text())
+    assert submitted["worker_tag"] == tag and submitted["settings"]["models_dir"] == "/farm/models"
+    assert "worker_tag" not in json.loads(write_export("flamenco", _job(tmp_path), tmp_path / "f2")[1].read_text())
+    harness = tmp_path / "harness.js"
+    harness.write_text(_FLAMENCO_HARNESS)
+    run = subprocess.run([NODE, str(harness), str(js), str(job_json)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    renders = [t for t in json.loads(run.stdout)["tasks"] if t["name"] != "assemble"]
+    for task in renders:
+        args = _parse_cli(task["commands"][0]["parameters"]["args"])
+        assert str(args.models_dir) == "/farm/models" and args.json
+
+
 # -- the command line ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cli_says_when_the_chunk_size_moves(tmp_path, fmt, capsys):
+    """--chunk-size 10 with keyframes every 4 frames becomes 12: said on the console and in the job."""
+    out = tmp_path / fmt
+    code = main(["farm", "export", str(CLIP), "--format", fmt, "-o", str(out), "--keyframe-interval", "4",
+                 "--chunk-size", "10"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "chunk size 10 became 12" in err and "keyframe interval (4)" in err and "of up to 12 frames" in err
+    text = {"openjd": lambda: json.loads((out / "template.json").read_text())["description"],
+            "opencue": lambda: (out / "toon_ofx_job.py").read_text(),
+            "flamenco": lambda: json.loads((out / "job.json").read_text())["metadata"]["note"]}[fmt]()
+    assert "chunk size 10 became 12" in text
+    assert main(["farm", "export", str(CLIP), "--format", fmt, "-o", str(tmp_path / "b"), "--keyframe-interval",
+                 "4", "--chunk-size", "24"]) == 0
+    assert "became" not in capsys.readouterr().err
+
+
+def test_cli_resources_follow_the_device(tmp_path):
+    main(["farm", "export", str(CLIP), "--format", "openjd", "-o", str(tmp_path / "cpu"), "--device", "cpu",
+          "--memory", "3", "--cpus", "6"])
+    amounts = json.loads((tmp_path / "cpu" / "template.json").read_text())["steps"][0]["hostRequirements"]["amounts"]
+    assert {a["name"]: a["min"] for a in amounts} == {"amount.worker.vcpu": 6, "amount.worker.memory": 3072}
+    main(["farm", "export", str(CLIP), "--format", "openjd", "-o", str(tmp_path / "gpu"), "--gpus", "2"])
+    amounts = json.loads((tmp_path / "gpu" / "template.json").read_text())["steps"][0]["hostRequirements"]["amounts"]
+    assert {a["name"]: a["min"] for a in amounts}["amount.worker.gpu"] == 2
+
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_cli_farm_export_probes_the_clip(tmp_path, fmt, capsys):
     out = tmp_path / fmt
@@ -519,9 +624,11 @@ def test_cli_farm_export_probes_the_clip(tmp_path, fmt, capsys):
     elif fmt == "flamenco":
         settings = json.loads((out / "job.json").read_text())["settings"]
         assert settings["sequence"] == str(tmp_path / "seq" / "single_face_toon.%06d.png")
-        assert json.loads(settings["params"]) == {"keyframe_interval": 12, "swap_res": 32}
+        assert json.loads(settings["params"]) == {"keyframe_interval": 12, "keyframe_overlap": 8, "swap_res": 32}
     else:
-        assert "RENDER_LAYERS = [('render', '0-71', 24)]" in (out / "toon_ofx_job.py").read_text()
+        # a head up to the segment grid (keyframes + the 6-frame cross-fade: 30, 54), then 24-frame chunks
+        assert "RENDER_LAYERS = [('render_head', '0-29', 30), ('render', '30-71', 24)]" in \
+            (out / "toon_ofx_job.py").read_text()
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -530,6 +637,8 @@ def test_cli_farm_export_probes_the_clip(tmp_path, fmt, capsys):
     (["--movie", "out.gif"], "must end in"),
     (["--output-kind", "overlay", "--movie", "o.mp4"], ".mov"),
     (["--swap-res", "33"], "swap_res"),
+    (["--gpus", "-1"], "gpus must be 0 or more"),
+    (["--cpus", "0"], "at least 1 CPU"),
 ])
 def test_cli_farm_export_bad_input(tmp_path, capsys, argv, message):
     code = main(["farm", "export", str(CLIP), "--format", "openjd", "-o", str(tmp_path / "x")] + argv)
@@ -625,18 +734,7 @@ def _frames(pattern, first, last):
     return [media.read_image(pattern % i) for i in range(first, last + 1)]
 
 
-def _tracker_has_bounded_memory() -> bool:
-    from engine.faces.tracking import FaceTracker
-
-    return hasattr(FaceTracker(), "memory")
-
-
-@pytest.mark.parametrize("smoothing", [
-    0.0,
-    pytest.param(0.5, marks=pytest.mark.skipif(
-        not _tracker_has_bounded_memory(),
-        reason="engine.faces.tracking smooths with an unbounded (IIR) filter: no FaceTracker.memory yet")),
-])
+@pytest.mark.parametrize("smoothing", [0.0, 0.5])
 def test_chunked_render_equals_whole_render(tmp_path, engine_params, smoothing):
     """Frames 2-9 rendered in one piece, in keyframe-aligned chunks (in reverse order) and in
     chunks that cut through keyframe intervals (as OpenJD divides a range) are the same pixels."""
@@ -655,7 +753,8 @@ def test_chunked_render_equals_whole_render(tmp_path, engine_params, smoothing):
         return pattern
 
     whole = render("whole", [(first, last)])
-    aligned = render("aligned", [c.frames for c in reversed(plan_chunks(first, last, 4, 0, keyframe_interval=4))])
+    aligned = render("aligned", [c.frames for c in reversed(plan_chunks(first, last, 4, 0,
+                                                                         plan=temporal_plan(params)))])
     ragged = render("ragged", [(2, 6), (7, 9)], warmup=1)   # cuts through a keyframe interval
     reference = _frames(whole, first, last)
     for pattern in (aligned, ragged):

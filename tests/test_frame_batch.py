@@ -12,7 +12,7 @@ from toon_ofx.core import media
 from toon_ofx.core.params import ParamError, validate
 from toon_ofx.core.render import RenderRequest, render
 
-FAST = {"steps": 4, "warm_steps": 2, "keyframe_interval": 3}
+FAST = {"steps": 4, "warm_steps": 2, "keyframe_interval": 3, "keyframe_overlap": 0}
 
 
 def spy_projection(monkeypatch):
@@ -82,6 +82,16 @@ def test_resume_with_frame_batch_writes_only_missing_frames(tmp_path, monkeypatc
     # Missing 3, 5, 6, 8, 9: segments 3-5 and 6-8 (each from its keyframe) in lockstep, then 9
     # (batch_size 1: one call per face); frames 0-2 are not projected again.
     assert [seed // 1009 for c in calls for seed in c[3]] == [3, 6, 4, 7, 5, 8, 9]
+
+
+def test_frame_batch_with_cross_fades_gives_the_frames_of_a_single_pass(tmp_path, astronaut_clip, tiny_params):
+    """With a cross-fade (chains 0 and 3 both shown at frame 4 ...) segments start on the grid 0, 4, 7:
+    each re-projects the one frame of its chain that the segment before it writes."""
+    params = dict(tiny_params, **dict(FAST, keyframe_overlap=1, keyframe_interval=3))
+    single = render(RenderRequest(astronaut_clip, tmp_path / "single", params))
+    batched = render(RenderRequest(astronaut_clip, tmp_path / "batched", dict(params, frame_batch=3, batch_size=8)))
+    assert batched.written == 10
+    assert_same_frames(frames_of(batched.pattern), frames_of(single.pattern))
 
 
 def test_frame_batch_needs_keyframes():

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from toon_ofx.core import model_store as ms
+from toon_ofx.core import model_commands, model_store as ms
 from toon_ofx.core.errors import UserError
 
 PAYLOAD = b"toon-ofx test weights\n" * 500
@@ -325,7 +325,7 @@ def test_pull_falls_back_to_cache_when_models_folder_read_only(store, monkeypatc
 def test_cli(store, capsys):
     parser = argparse.ArgumentParser(prog="toon-ofx")
     sub = parser.add_subparsers(dest="command", required=True)
-    ms.add_models_parser(sub)
+    model_commands.add_models_parser(sub)
 
     def run(*argv):
         args = parser.parse_args(list(argv))
@@ -380,3 +380,74 @@ def test_toonify_tf_pickle_is_the_model_file(tmp_path, monkeypatch):
     legacy = folder / "FFHQ-Cartoons.pt"
     legacy.write_bytes(b"converted earlier")
     assert ms.resolve("toon-cartoon", m) == legacy
+
+
+def test_manifest_encoders():
+    """Issue 12: the public face encoders, listable by kind, each for the base model or a one-pass toon."""
+    m = ms.load_manifest()
+    enc = {n: e for n, e in m["models"].items() if e["kind"] == "encoder"}
+    assert {e["file"] for e in enc.values()} == {"psp_ffhq_encode.pt", "psp_ffhq_toonify.pt", "e4e_ffhq_encode.pt",
+                                                 "restyle_psp_ffhq_encode.pt", "restyle_e4e_ffhq_encode.pt"}
+    for name, e in enc.items():
+        assert e["format"] == "psp-pt" and e["resolution"] == 1024 and e["urls"], name
+        assert "MIT" in e["licence"] and "non-commercial" in e["licence"], name
+        assert (e.get("encodes_into") in m["models"]) != bool(e.get("one_pass_toon")), name
+    assert enc["psp-toonify"]["one_pass_toon"] is True
+    assert set(m["groups"]["encoders"]) == set(enc)
+
+
+# ----------------------------------------------------------------------------- first run: everything at once
+
+def test_require_downloads_what_it_can_and_names_every_missing_file_at_once(store):
+    paths = ms.require({"base": "good", "toon": "local"}, progress=False)   # both downloaded
+    assert paths == {"base": store / "models" / "good.pt", "toon": store / "models" / "local.pt"}
+    with pytest.raises(UserError) as err:
+        ms.require({"base": "good", "toon": "manual", "vgg16": "offline", "lpips": "conv"}, progress=False)
+    msg = err.value.message
+    lines = msg.splitlines()
+    assert lines[0].startswith("3 model files are missing (this machine looks offline)")
+    # one line per missing file: file, model, size, licence, where from; then the folder and the command
+    assert any(line.startswith("  - manual.pt (model manual, size not published, licence: test) from "
+                               "https://example.invalid/manual") for line in lines)
+    assert any("offline.pt (model offline" in line and "http://127.0.0.1:9/offline.pt" in line for line in lines)
+    assert any("conv.pt (model conv" in line for line in lines) and "convert it once: unzip conv.zip" in msg
+    assert str(store / "models") in lines[-1] and "toon-ofx models pull offline conv" in lines[-1]
+    assert err.value.field == "model"                       # the toon model is among the missing
+
+
+def test_require_stops_downloading_once_offline(store, monkeypatch):
+    tried = []
+    real = ms._download
+
+    def download(url, target, e, progress):
+        tried.append(e["name"])
+        return real(url, target, e, progress)
+
+    monkeypatch.setattr(ms, "_download", download)
+    with pytest.raises(UserError) as err:
+        ms.require({"a": "offline", "b": "fallback", "c": "prefix"}, progress=False)
+    assert tried == ["offline"]                             # the others would wait for the same timeout
+    assert err.value.message.startswith("3 model files are missing") and err.value.field is None
+    assert ms.require({"a": "prefix"}, download=True, progress=False)["a"].exists()   # online again: fine
+
+
+def test_require_reports_bad_names_and_paths_as_the_parameter_at_fault(store, tmp_path):
+    with pytest.raises(UserError, match="unknown model 'nope'") as err:
+        ms.require({"base": "good", "toon": "nope"}, download=False)
+    assert err.value.field == "model"
+    with pytest.raises(UserError, match="does not exist") as err:
+        ms.require({"base": str(tmp_path / "none.pt")}, download=False)
+    assert err.value.field == "base_model"
+    with pytest.raises(UserError, match="1 model file is missing") as err:
+        ms.require({"base": "good"}, download=False)     # download=False: named, not fetched
+    assert err.value.field == "base_model"
+    assert f"good.pt (model good, {len(PAYLOAD) / 1024:.1f} KiB, licence: test)" in err.value.message
+
+
+def test_required_models_follow_the_parameters():
+    from toon_ofx.core.params import validate
+
+    assert ms.required(validate({})) == {"base": "ffhq-1024", "toon": "toonify", "vgg16": "vgg16",
+                                         "lpips": "lpips-vgg"}
+    assert set(ms.required(validate({"landmarker": "face-alignment"}))) == {"base", "toon", "vgg16", "lpips",
+                                                                              "fan", "s3fd"}

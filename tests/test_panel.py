@@ -61,7 +61,7 @@ class FakeBackend:
 
     def __init__(self, step=2, preview_delay=0.05):
         self.step, self.preview_delay = step, preview_delay
-        self.jobs, self.previews, self.cancelled = {}, [], []
+        self.table, self.previews, self.cancelled, self.retried = {}, [], [], []
         self.lock = threading.Lock()
         self.threads = set()
 
@@ -76,17 +76,17 @@ class FakeBackend:
     def submit(self, source, frames, params, output_folder, output_kind="sequence", name=None):
         first, last = frames or (0, 9)
         with self.lock:
-            job = {"id": f"j{len(self.jobs) + 1}", "state": "queued", "source": source, "frames": [first, last],
+            job = {"id": f"j{len(self.table) + 1}", "state": "queued", "source": source, "frames": [first, last],
                    "params": schema.validate(params), "output": {"folder": output_folder, "kind": output_kind},
                    "progress": {"frames_done": 0, "frames_total": last - first + 1, "stage": "queued",
                                 "eta_seconds": None, "faces": 0}, "error": None, "result": None}
-            self.jobs[job["id"]] = job
+            self.table[job["id"]] = job
             return json.loads(json.dumps(job))
 
     def job(self, job_id):
         self.threads.add(threading.current_thread().name)
         with self.lock:
-            job = self.jobs[job_id]
+            job = self.table[job_id]
             if job["state"] in ("queued", "running"):
                 pr = job["progress"]
                 pr["frames_done"] = min(pr["frames_total"], pr["frames_done"] + self.step)
@@ -102,9 +102,22 @@ class FakeBackend:
     def cancel(self, job_id):
         with self.lock:
             self.cancelled.append(job_id)
-            if self.jobs[job_id]["state"] not in ("done", "failed"):
-                self.jobs[job_id]["state"] = "cancelled"
-            return json.loads(json.dumps(self.jobs[job_id]))
+            if self.table[job_id]["state"] not in ("done", "failed"):
+                self.table[job_id]["state"] = "cancelled"
+            return json.loads(json.dumps(self.table[job_id]))
+
+    def jobs(self):
+        with self.lock:
+            return json.loads(json.dumps(list(self.table.values())))
+
+    def retry(self, job_id):
+        """Like the engine: a cancelled or failed job is queued again, its frames done are kept."""
+        with self.lock:
+            self.retried.append(job_id)
+            job = self.table[job_id]
+            if job["state"] in ("cancelled", "failed"):
+                job.update(state="queued", error=None)
+            return json.loads(json.dumps(job))
 
 
 def clips_doc(tmp_path):
@@ -215,6 +228,38 @@ def test_inversion_encoder_and_one_pass_toon_styles(app):
         assert "one-pass toon" in w.form.swap_combo.toolTip() and "do not apply" in inversion.toolTip()
         w.set_params({"model": "toonify"})
         assert inversion.isEnabled() and not w.form.swap_combo.isEnabled()
+    finally:
+        w.close()
+
+
+def test_a_pre_blended_model_says_its_swap_resolution_is_baked_in(app):
+    models = [{"name": "toonify", "label": "Toonify", "size": 1024, "kind": "blended", "swap_res": 64},
+              {"name": "cartoon", "label": "Cartoon", "size": 1024, "kind": "toon"}]
+    w = ToonPanel(FakeBackend(), models=models)
+    w.show()
+    try:
+        w.set_params({"model": "cartoon", "swap_res": 32})
+        assert w.form.swap_combo.isEnabled() and not w.form.swap_note.isVisible()
+        w.form.model_combo.setCurrentIndex(w.form.model_combo.findData("toonify"))
+        assert not w.form.swap_combo.isEnabled() and w.form.swap_note.isVisible()   # said in the window
+        assert "baked in" in w.form.swap_note.text() and "64 × 64" in w.form.swap_note.text()
+        assert w.form.swap_combo.currentData() == 64 and w.params()["swap_res"] == 64
+        w.form.model_combo.setCurrentIndex(w.form.model_combo.findData("cartoon"))
+        assert w.form.swap_combo.isEnabled() and not w.form.swap_note.isVisible()
+        assert w.params()["swap_res"] == 32                                      # the user's choice is back
+    finally:
+        w.close()
+
+
+def test_swap_choices_stop_at_a_checkpoint_files_resolution(app, tiny_model_paths):
+    """A browsed 32 px checkpoint offers swap resolutions up to 32 (read from the file off the UI thread)."""
+    w = ToonPanel(FakeBackend(), models=[{"name": "toonify", "size": 1024, "kind": "blended", "swap_res": 64}])
+    try:
+        offered = lambda: [w.form.swap_combo.itemData(i) for i in range(w.form.swap_combo.count())]  # noqa: E731
+        assert offered()[-1] == 1024
+        w.set_params({"model": str(tiny_model_paths["toon"]), "swap_res": 16})
+        assert wait_until(app, lambda: offered() == [4, 8, 16, 32])
+        assert w.params()["swap_res"] == 16 and w.form.swap_combo.isEnabled()
     finally:
         w.close()
 
@@ -340,6 +385,131 @@ def test_render_needs_a_source_and_reports_failures(app, tmp_path, movie):
         w.close()
 
 
+def test_render_again_after_cancel_resumes_the_same_jobs(app, tmp_path):
+    """Cancel, then Render with the same settings: the stopped jobs are retried (same job, same output,
+    finished frames kept), not submitted anew (a `clip_toon_2` from frame 0)."""
+    backend = FakeBackend(step=1)
+    doc = clips_doc(tmp_path)
+    w = ToonPanel(backend, clips_doc=doc, models=[], poll_ms=20)
+    w.show()
+    try:
+        w.render()
+        assert wait_until(app, lambda: w.render_bar.progress.value() > 0)
+        w.cancel()
+        assert wait_until(app, lambda: not w.busy() and w.render_bar.render_button.isEnabled())
+        done_before = {e["job"]["id"]: e["job"]["progress"]["frames_done"] for e in w.render_bar.entries}
+        assert w.render_bar.retry_button.isEnabled() and "Retry" in w.status.text()
+        backend.step = 50
+        w.render()
+        assert wait_until(app, lambda: not w.busy() and w.render_bar.entries and
+                          all(e["job"]["state"] == "done" for e in w.render_bar.entries))
+        assert sorted(backend.retried) == ["j1", "j2"] and sorted(backend.table) == ["j1", "j2"]
+        assert all(backend.table[j]["progress"]["frames_done"] >= done_before[j] for j in done_before)
+        assert not w.render_bar.retry_button.isEnabled()
+        # other settings are another render: a new job
+        w.form.steps_slider.setValue(90)
+        w.render()
+        assert wait_until(app, lambda: sorted(backend.table) == ["j1", "j2", "j3", "j4"])
+    finally:
+        w.close()
+
+
+def test_a_new_session_resumes_a_cancelled_job_the_engine_still_lists(app, tmp_path, movie):
+    backend = FakeBackend(step=1)
+    first = ToonPanel(backend, source=str(movie), models=[], poll_ms=20)
+    first.source_box.output_edit.setText(str(tmp_path / "out"))
+    first.render()
+    assert wait_until(app, lambda: first.render_bar.progress.value() > 0)
+    first.close()                                  # closing mid-render cancels the job
+    assert backend.table["j1"]["state"] == "cancelled" and backend.table["j1"]["frames"] == [0, 19]
+    second = ToonPanel(backend, source=str(movie), models=[], poll_ms=20)
+    try:
+        second.source_box.output_edit.setText(str(tmp_path / "out"))
+        second.render()
+        assert wait_until(app, lambda: backend.retried == ["j1"])
+        assert list(backend.table) == ["j1"]
+    finally:
+        second.close()
+
+
+def test_retry_button_runs_failed_jobs_again(app, tmp_path, movie):
+    class FailsOnce(FakeBackend):
+        def job(self, job_id):
+            job = super().job(job_id)
+            if not self.retried:
+                with self.lock:
+                    self.table[job_id].update(state="failed", error="CUDA out of memory")
+                job.update(state="failed", error="CUDA out of memory")
+            return job
+
+    backend = FailsOnce(step=5)
+    w = ToonPanel(backend, source=str(movie), models=[], poll_ms=20)
+    try:
+        w.source_box.output_edit.setText(str(tmp_path / "out"))
+        w.render()
+        assert wait_until(app, lambda: w.status.text().startswith("Failed"))
+        assert "CUDA out of memory" in w.status.text() and w.render_bar.retry_button.isEnabled()
+        w.render_bar.retry_button.click()
+        assert wait_until(app, lambda: w.status.text().startswith("Done"))
+        assert backend.retried == ["j1"] and list(backend.table) == ["j1"]
+    finally:
+        w.close()
+
+
+def test_progress_says_which_model_loads_and_which_projection_step_runs(app, tmp_path, movie):
+    class Slow(FakeBackend):
+        def job(self, job_id):
+            job = super().job(job_id)
+            job["state"] = "running"
+            job["progress"].update(stage="projecting", frames_done=0, step=120, steps=500, eta_seconds=None)
+            return job
+
+    w = ToonPanel(Slow(), source=str(movie), models=[], poll_ms=20)
+    try:
+        w.render()
+        assert wait_until(app, lambda: "projecting faces: step 120 of 500" in w.status.text())
+        assert "0/20 frames" in w.status.text()
+    finally:
+        w.cancel()
+        w.close()
+
+
+def test_long_errors_wrap_whole_and_selectable(app, tmp_path, movie):
+    """A first run's missing-models message (long lines, long URLs) is shown whole: wrapped, no line cut
+    off, the box as tall as the text, and selectable for copying."""
+    message = ("4 model files are missing (this machine looks offline):\n" + "\n".join(
+        f"  - file{i}.pkl (model m{i}, size not published, licence: Nvidia Source Code License-NC) from "
+        f"https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan2/versions/1/files/stylegan2-{i}.pkl"
+        for i in range(4)) + f"\nPut them in {tmp_path / ('deep' * 20)} (or a folder named by TOON_OFX_MODELS).")
+
+    class Refuses(FakeBackend):
+        def submit(self, *args, **kwargs):
+            raise UserError(message)
+
+    w = ToonPanel(Refuses(), source=str(movie), models=[], poll_ms=20)
+    w.resize(1100, 720)
+    w.show()
+    try:
+        w.render()
+        assert wait_until(app, lambda: "model files are missing" in w.status.text())
+        app.processEvents()
+        status = w.status
+        assert status.text() == f"Could not start the render: {message}"
+        assert status.textInteractionFlags() & Qt.TextSelectableByMouse
+        doc = status.document()
+        assert doc.idealWidth() <= status.viewport().width() + 1                   # wrapped, nothing to the right
+        assert doc.size().height() <= status.viewport().height() + 1               # every line in view
+        assert doc.size().height() > 6 * status.fontMetrics().lineSpacing()        # it grew with the message
+        assert status.geometry().bottom() <= w.centralWidget().geometry().bottom()
+        # a message longer than the box can grow scrolls instead of pushing the window apart
+        w.set_status("\n".join(f"line {i}" for i in range(60)), error=True)
+        app.processEvents()
+        assert status.height() < 20 * status.fontMetrics().lineSpacing()
+        assert status.verticalScrollBar().maximum() > 0 and status.text().endswith("line 59")
+    finally:
+        w.close()
+
+
 # -------------------------------------------------------------------- live
 def test_webcam_live_preview_with_injected_frames(app, movie):
     backend = FakeBackend(preview_delay=0.02)
@@ -358,6 +528,21 @@ def test_webcam_live_preview_with_injected_frames(app, movie):
         assert wait_until(app, lambda: not w.viewer.live.running)
     finally:
         w.close()
+
+
+def test_live_frame_folder_exists_only_while_it_is_needed(app, movie):
+    import tempfile
+
+    before = {p.name for p in Path(tempfile.gettempdir()).glob("toon_ofx_live_*")}
+    w = ToonPanel(FakeBackend(), source=str(movie), models=[], frame_source=lambda: IterSource(
+        [face_image(shift=i) for i in range(50)]))
+    assert w.viewer.live.folder is None                      # a window that never goes live makes none
+    assert {p.name for p in Path(tempfile.gettempdir()).glob("toon_ofx_live_*")} == before
+    w.start_live()
+    folder = w.viewer.live.folder
+    assert folder and os.path.isdir(folder)
+    w.close()
+    assert not os.path.exists(folder) and w.viewer.live.folder is None
 
 
 def test_no_camera_is_a_clear_message(app, movie):
@@ -469,6 +654,51 @@ def test_engine_backend_previews_through_the_engine_process(app, tmp_path, movie
             w.close()
 
 
+def test_render_after_cancel_resumes_the_same_engine_job(app, tmp_path, movie):
+    """Through the real engine process: Cancel, then Render again continues the same job into the same
+    output (the engine's retry), where a new submission would have started `clip_toon_2` from frame 0."""
+    from toon_ofx.client import EngineClient
+    from toon_ofx.service.server import Server
+
+    if not hasattr(EngineClient, "retry"):
+        pytest.skip("this engine client has no retry yet")
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_jobs import fake_render
+
+    written = []
+
+    def render(request, progress=None, cancel=None):
+        def counting(event):
+            written.append(event.frames_done)
+            if progress is not None:
+                progress(event)
+        return fake_render(request, counting, cancel, delay=0.05)
+
+    server = Server(config_dir=tmp_path / "config", data_dir=tmp_path / "data", render_fn=render,
+                    preview_fn=lambda *a: None, model_check=None)
+    with server:
+        backend = EngineBackend(EngineClient(server.url, server.token))
+        w = ToonPanel(backend, source=str(movie), models=[], poll_ms=20)
+        try:
+            w.source_box.output_edit.setText(str(tmp_path / "out"))
+            w.render()
+            assert wait_until(app, lambda: w.render_bar.progress.value() >= 20, timeout=30)
+            w.cancel()
+            assert wait_until(app, lambda: not w.busy() and w.render_bar.render_button.isEnabled(), timeout=30)
+            (stopped,) = [e["job"] for e in w.render_bar.entries]
+            assert stopped["state"] == "cancelled"
+            kept = stopped["progress"]["frames_done"]
+            assert 0 < kept < 20
+            w.render()
+            assert wait_until(app, lambda: w.status.text().startswith("Done"), timeout=60), w.status.text()
+            (job,) = backend.jobs()
+            assert job["id"] == stopped["id"] and job["state"] == "done"
+            assert job["result"]["pattern"] == stopped["output"].get("pattern", job["result"]["pattern"])
+            assert "clip_toon_2" not in json.dumps(job)
+        finally:
+            w.close()
+
+
 def test_in_process_backend_runs_render_in_a_thread_and_cancels(tmp_path):
     from types import SimpleNamespace
 
@@ -501,6 +731,10 @@ def test_in_process_backend_runs_render_in_a_thread_and_cancels(tmp_path):
     backend.cancel(job["id"])
     assert wait_for(lambda: backend.job(job["id"])["state"] == "cancelled")
     release.set()
+    resumed = backend.retry(job["id"])                     # the cancelled job runs again into its output
+    assert resumed["id"] == job["id"] and resumed["state"] in ("queued", "running", "done")
+    assert wait_for(lambda: backend.job(job["id"])["state"] == "done")
+    assert [j["id"] for j in backend.jobs()] == [job["id"]]
     job = backend.submit("/m/a.mp4", [2, 5], {}, str(tmp_path), "sequence")
     assert wait_for(lambda: backend.job(job["id"])["state"] == "done")
     result = backend.job(job["id"])["result"]

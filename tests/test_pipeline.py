@@ -34,13 +34,32 @@ def spy_projection(monkeypatch):
 
 def test_warm_starts_between_keyframes(monkeypatch, parts, astronaut):
     calls = spy_projection(monkeypatch)
-    pipe = ToonPipeline(*parts, PipelineConfig(steps=3, warm_steps=1, keyframe_interval=3))
+    pipe = ToonPipeline(*parts, PipelineConfig(steps=3, warm_steps=1, keyframe_interval=3, keyframe_overlap=0))
     for index, frame in enumerate(panning_frames(astronaut, 5)):
         result = pipe.process(frame, index)
         assert result.faces == 1 and result.image.shape == frame.shape and result.image.dtype == np.uint8
-        assert set(result.timings) >= {"detect", "align", "project", "generate", "paste"}
+        assert set(result.timings) >= {"detect", "track", "align", "project", "generate", "paste"}
     # frame 0 cold, 1-2 warm, 3 (a keyframe) cold again, 4 warm
     assert [(steps, warm) for _, steps, warm in calls] == [(3, False), (1, True), (1, True), (3, False), (1, True)]
+
+
+def test_old_chain_runs_into_the_next_keyframe_interval(monkeypatch, parts, astronaut):
+    """keyframe_overlap: the chain of keyframe 0 keeps projecting frames 4 and 5 beside the new chain."""
+    calls = spy_projection(monkeypatch)
+    weights = []
+    real_crossfade = pipeline_module.crossfade
+    monkeypatch.setattr(pipeline_module, "crossfade",
+                        lambda old, new, weight: weights.append(weight) or real_crossfade(old, new, weight))
+    config = PipelineConfig(steps=3, warm_steps=1, keyframe_interval=4, keyframe_overlap=2)
+    results = dict(ToonPipeline(*parts, config).run(enumerate(panning_frames(astronaut, 7))))
+    assert weights == [1 / 3, 2 / 3]  # frames 4 and 5 show (1 - a) * old + a * new
+    assert sorted(results) == list(range(7)) and all(r.faces == 1 for r in results.values())
+    # per frame: old chain first (warm), then the new chain: 4 -> cold start of the new chain
+    assert [(steps, warm) for _, steps, warm in calls] == [
+        (3, False), (1, True), (1, True), (1, True),  # frames 0-3, chain 0
+        (1, True), (3, False),                        # frame 4: chain 0 warm, chain 4 cold
+        (1, True), (1, True),                         # frame 5: both warm, never batched together
+        (1, True)]                                    # frame 6: chain 4 alone
 
 
 def test_a_jump_in_time_restarts_cold(monkeypatch, parts, astronaut):
@@ -52,12 +71,13 @@ def test_a_jump_in_time_restarts_cold(monkeypatch, parts, astronaut):
     assert [warm for *_, warm in calls] == [False, False]
 
 
-def test_warmup_start_covers_keyframe_and_tracker_memory(parts):
-    pipe = ToonPipeline(*parts, PipelineConfig(keyframe_interval=48))
-    memory = pipe.tracker.memory
-    assert pipe.warmup_start(100) == min(96, 100 - memory)
+def test_warmup_start_covers_the_chains_and_the_tracking_history(parts):
+    pipe = ToonPipeline(*parts, PipelineConfig(keyframe_interval=48, keyframe_overlap=8))
+    history = pipe.plan.history
+    assert history > 0 and pipe.look_ahead > 0
+    assert pipe.warmup_start(110) == 96 - history  # the fix: the tracker warms up before the keyframe
+    assert pipe.warmup_start(100) == 48 - history  # inside the cross-fade: the old chain from its keyframe
     assert pipe.warmup_start(5) == 0
-    assert pipe.needs_projection(96, 100) and not pipe.needs_projection(95, 100)
     assert ToonPipeline(*parts, PipelineConfig(keyframe_interval=0)).warmup_start(100) == 0
 
 
@@ -89,27 +109,27 @@ def test_rejects_mismatched_generators(parts):
 
 
 def test_faces_of_two_pipelines_projected_together_match_separate_runs(monkeypatch, parts, astronaut):
-    """The stages of process(): two independent chains, their faces in one project() call."""
+    """The stages of run(): two independent chains, their faces in one project() call."""
     frames = list(panning_frames(astronaut, 4))
-    config = PipelineConfig(steps=2, warm_steps=1, keyframe_interval=2, batch_size=4)
-    alone = ToonPipeline(*parts, config)
-    expected = [alone.process(frame, index).image for index, frame in enumerate(frames)]
+    config = PipelineConfig(steps=2, warm_steps=1, keyframe_interval=2, keyframe_overlap=0, batch_size=4)
+    expected = dict(ToonPipeline(*parts, config).run(enumerate(frames)))
     calls = spy_projection(monkeypatch)
     first, second = ToonPipeline(*parts, config), ToonPipeline(*parts, config)
-    for index in range(2):  # the second chain's tracker warm-up (warmup_start(2) == 0)
-        second.process(frames[index], index, stylise=False)
+    # each chain decodes from its warm-up start (0 here) and tracks with its look-ahead
+    streams = [first.track(enumerate(frames), 0, 1), second.track(enumerate(frames), 2, 3)]
     got = {}
     for step in range(2):  # chains 0-1 and 2-3 in lockstep
-        prepared = [first.prepare(frames[step], step), second.prepare(frames[2 + step], 2 + step)]
+        prepared = [first.prepare(next(streams[0])), second.prepare(next(streams[1]))]
+        assert [p.index for p in prepared] == [step, 2 + step]
         first.project_faces(prepared)
         got[step], got[2 + step] = first.finish(prepared[0]).image, second.finish(prepared[1]).image
     assert calls == [(2, 2, False), (2, 1, True)]
-    for index, image in enumerate(expected):
+    for index, result in expected.items():
         # batched convolutions may round differently: at most one grey level, on a few pixels
-        diff = np.abs(got[index].astype(int) - image.astype(int))
+        diff = np.abs(got[index].astype(int) - result.image.astype(int))
         assert diff.max() <= 1 and diff.mean() < 0.01, (index, diff.max(), diff.mean())
     with pytest.raises(ValueError, match="pipeline that prepared"):
-        second.finish(first.prepare(frames[0], 0))
+        second.finish(first.prepare(next(first.track(enumerate(frames)))))
 
 
 def test_on_step_sees_every_projection_step_and_can_stop_inside_one(parts, astronaut):

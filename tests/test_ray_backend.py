@@ -112,13 +112,14 @@ def test_two_persistent_workers_render_every_chunk_once(cluster, tmp_path):
     for i, image in expected.items():
         assert np.array_equal(media.read_image(str(out) % i), image), i
     assert not Path(str(out) % 1).exists() and not Path(str(out) % 26).exists()
-    # models loaded once per worker, not once per chunk: 2 workers, 7 chunks on the 4-frame grid
+    # models loaded once per worker, not once per chunk: 2 workers, 6 chunks on the 4-frame grid shifted
+    # by the keyframe cross-fade (2 frames at keyframe interval 4: the segment grid 6, 10, 14, ...)
     loads = (tmp_path / "loads.txt").read_text().split()
     chunks = [line.split() for line in (tmp_path / "chunks.txt").read_text().splitlines()]
     assert len(loads) == 2 and len(set(loads)) == 2
-    assert sorted(c for _, c in chunks) == sorted(["2-3", "4-7", "8-11", "12-15", "16-19", "20-23", "24-25"])
+    assert sorted(c for _, c in chunks) == sorted(["2-5", "6-9", "10-13", "14-17", "18-21", "22-25"])
     assert {pid for pid, _ in chunks} <= set(loads)
-    assert result.timings["workers"] == 2 and result.timings["chunks"] == 7
+    assert result.timings["workers"] == 2 and result.timings["chunks"] == 6
     # progress: loading first, frames never go backwards, done at the end with every frame
     assert events[0].stage == "loading" and events[-1].stage == "done"
     assert events[-1].frames_done == events[-1].frames_total == 24
@@ -128,12 +129,12 @@ def test_two_persistent_workers_render_every_chunk_once(cluster, tmp_path):
 
 
 def test_failed_chunks_are_retried_and_a_lost_worker_is_replaced(cluster, tmp_path):
-    (tmp_path / "fail-4").touch()
-    (tmp_path / "die-8").touch()
+    (tmp_path / "fail-6").touch()   # chunks 0-5, 6-9, 10-13, 14-15
+    (tmp_path / "die-10").touch()
     out = tmp_path / "seq" / "clip.%06d.png"
     result = render_with_ray(_request(out, (0, 15)), chunk_size=4, renderer_factory=_factory(tmp_path))
     assert result.written == 16 and result.timings["retries"] == 2
-    assert not (tmp_path / "fail-4").exists() and not (tmp_path / "die-8").exists()
+    assert not (tmp_path / "fail-6").exists() and not (tmp_path / "die-10").exists()
     for i, image in _expected(0, 15).items():
         assert np.array_equal(media.read_image(str(out) % i), image), i
     assert len((tmp_path / "loads.txt").read_text().split()) == 3   # 2 workers + 1 replacement
@@ -142,12 +143,12 @@ def test_failed_chunks_are_retried_and_a_lost_worker_is_replaced(cluster, tmp_pa
 def test_a_chunk_failing_every_time_stops_with_a_clear_error(cluster, tmp_path):
     class Always(FakeRenderer):
         def render(self, request, progress=None, cancel=None):
-            if request.frames[0] == 4:
+            if request.frames[0] == 6:
                 raise RuntimeError("GPU fell off the bus")
             return super().render(request, progress, cancel)
 
     out = tmp_path / "seq" / "clip.%06d.png"
-    with pytest.raises(UserError, match=r"frames 4-7 failed 3 times.*GPU fell off the bus"):
+    with pytest.raises(UserError, match=r"frames 6-9 failed 3 times.*GPU fell off the bus"):
         render_with_ray(_request(out, (0, 11)), chunk_size=4, max_retries=2,
                         renderer_factory=functools.partial(Always, log_dir=str(tmp_path), load_seconds=0))
 
@@ -165,15 +166,15 @@ def test_bad_input_in_a_worker_is_a_user_error_not_retried(cluster, tmp_path):
 def test_resume_skips_finished_chunks_and_encodes_a_movie(cluster, tmp_path):
     work = tmp_path / "work"
     pattern = str(work / f"{CLIP.stem}.%06d.png")
-    for i, image in _expected(0, 7).items():           # chunks 0-3 and 4-7 were done by an earlier run
+    for i, image in _expected(0, 9).items():           # chunks 0-5 and 6-9 were done by an earlier run
         media.write_frame(Path(pattern % i), image)
     req = RenderRequest(source=CLIP, output=tmp_path / "out.mp4", params={"keyframe_interval": 4},
                         frames=(0, 19), work_dir=work)
     result = render_with_ray(req, chunk_size=4, renderer_factory=_factory(tmp_path))
     assert result.kind == "movie" and result.output == tmp_path / "out.mp4"
-    assert result.written == 12 and result.skipped == 8
+    assert result.written == 10 and result.skipped == 10
     chunks = sorted(line.split()[1] for line in (tmp_path / "chunks.txt").read_text().splitlines())
-    assert chunks == ["12-15", "16-19", "8-11"]
+    assert chunks == ["10-13", "14-17", "18-19"]
     info = media.probe(tmp_path / "out.mp4")
     assert info.frame_count == 20 and info.has_audio
     assert not work.exists()                           # frames removed after encoding (keep_frames=False)
@@ -221,7 +222,31 @@ def test_ray_matches_single_process_render(cluster, engine_params, tmp_path):
     result = render_with_ray(RenderRequest(source=CLIP, output=out, params=engine_params, frames=(first, last)),
                              chunk_size=4, workers=2, progress=events.append)
     assert result.written == last - first + 1 and result.timings["workers"] == 2
-    assert result.timings["chunks"] == 4                    # 2-3, 4-7, 8-11, 12-13
+    assert result.timings["chunks"] == 3                    # 2-5, 6-9, 10-13 (the segment grid)
     for i in range(first, last + 1):
         assert np.array_equal(media.read_image(str(single) % i), media.read_image(str(out) % i)), i
     assert events[-1].stage == "done" and events[-1].frames_done == 12
+
+
+def test_progress_never_goes_back_while_results_are_on_their_way():
+    """A worker resets its status when a chunk ends, before the driver has collected the chunk's
+    result (on a loaded machine that gap spans several polls); its frames must not vanish meanwhile."""
+    from toon_ofx.farm.plan import plan_chunks
+    from toon_ofx.farm.ray_backend import ChunkOutcome, RayProgress
+
+    chunks = plan_chunks(0, 11, 4)                               # 0-3, 4-7, 8-11
+    events = []
+    report = RayProgress(events.append, chunks, present={8, 9})   # two frames of 8-11 were on disk
+    assert report.frames_done == 2
+    for status in ({"chunk": (0, 3), "done": 3, "faces": 1},      # worker A, three frames in
+                   {"chunk": (8, 11), "done": 3, "faces": 1},     # worker B, counting the frames on disk
+                   {"chunk": None, "done": 0, "faces": 0},        # A finished 0-3; its result is not in yet
+                   {"chunk": (4, 7), "done": 1, "faces": 0},      # A already on its next chunk
+                   {"chunk": (0, 3), "done": 2, "faces": 1}):     # a status that arrives late
+        report.live(status)
+        report.emit("rendering")
+    report.finished(ChunkOutcome(chunks[0], 4, 0, 1, 0.1, 0.0, "A"))
+    report.emit("rendering")
+    done = [e.frames_done for e in events]
+    assert done == [5, 6, 7, 8]        # +3 from 0-3, +1 from 8-11, +1 from 4-7, 0-3 complete
+    assert done == sorted(done) and all(e.frames_total == 12 for e in events)

@@ -168,8 +168,8 @@ def test_cancel_stops_inside_a_projection_and_writes_nothing(tmp_path, monkeypat
     cancel, steps_seen = threading.Event(), []
     real_pipeline = Renderer.pipeline
 
-    def pipeline_that_cancels_at_step_2(self, params, cancel_event=None, inversion=None):
-        pipe = real_pipeline(self, params, cancel_event, inversion)
+    def pipeline_that_cancels_at_step_2(self, params, cancel_event=None, on_step=None, inversion=None):
+        pipe = real_pipeline(self, params, cancel_event, on_step, inversion)
         stop_if_cancelled = pipe.on_step
 
         def on_step(step, steps):
@@ -186,3 +186,63 @@ def test_cancel_stops_inside_a_projection_and_writes_nothing(tmp_path, monkeypat
         render(RenderRequest(astronaut_clip, out, dict(tiny_params, steps=400)), cancel=cancel)
     assert steps_seen == [1, 2]
     assert not list(out.glob("*.png"))
+
+
+def test_first_run_offline_names_every_missing_model_at_once(tmp_path, monkeypatch, astronaut_clip, capsys):
+    """No models installed, no network: one message lists the four files a default render needs, each
+    with size, licence and URL, and the folder to put them in (one download attempt, not four reruns)."""
+    import urllib.error
+    import urllib.request
+
+    from toon_ofx.cli import main
+
+    for var in ("TOON_OFX_MODELS", "TOON_OFX_CACHE_DIR", "TORCH_HOME"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    attempts = []
+
+    def offline(request, timeout=None):
+        attempts.append(request.full_url)
+        raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    code = main(["render", str(astronaut_clip), "-o", str(tmp_path / "out.mp4"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert len(attempts) == 1
+    assert err.startswith("toon-ofx: error: 4 model files are missing (this machine looks offline):")
+    files = {"stylegan2-ffhq-1024x1024.pkl": "ffhq-1024", "ffhq-cartoon-blended-64.pkl": "toonify",
+             "vgg16-397923af.pth": "vgg16", "lpips-vgg-v0.1.pth": "lpips-vgg"}
+    listed = [line for line in err.splitlines() if line.startswith("  - ")]
+    assert len(listed) == 4
+    for line, (file, name) in zip(listed, files.items()):
+        assert line.startswith(f"  - {file} (model {name}, ") and "licence: " in line and " from https://" in line
+    assert "vgg16-397923af.pth (model vgg16, 527.8 MiB, licence: " in err
+    assert f"Put them in {tmp_path / 'toon_ofx_models'}" in err
+    assert "toon-ofx models pull ffhq-1024 toonify vgg16 lpips-vgg" in err
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_progress_names_each_model_loaded_and_each_projection_step(tmp_path, astronaut_clip, tiny_params):
+    from toon_ofx.core import render as render_module
+
+    render_module._CACHE.clear()           # load the models in this render
+    events = []
+    params = dict(tiny_params, steps=5, warm_steps=2)
+    render(RenderRequest(astronaut_clip, tmp_path / "seq", params, frames=(0, 2)), progress=events.append)
+    loading = [e for e in events if e.stage == "loading" and e.model]
+    assert [(e.model, e.step, e.steps) for e in loading] == [
+        ("tiny-base.pt", 1, 4), ("tiny-toon.pt", 2, 4), ("lpips", 3, 4), ("dlib", 4, 4)]
+    assert events[0].stage == "loading" and not events[0].model   # the render's first word, before any model
+    # every projection reports its first and last step, between the frames it belongs to
+    stages = [e.stage for e in events]
+    first_render = stages.index("rendering")
+    projecting = [e for e in events if e.stage == "projecting"]
+    assert {(e.step, e.steps) for e in projecting} >= {(1, 5), (5, 5), (1, 2), (2, 2)}
+    for e in projecting:
+        assert 1 <= e.step <= e.steps and e.frames_total == 3
+    assert stages.index("projecting") > first_render
+    assert [e.frames_done for e in events if e.stage in ("rendering", "projecting")] == sorted(
+        e.frames_done for e in events if e.stage in ("rendering", "projecting"))
+    json.dumps(projecting[0].to_dict())     # the JSON form carries the new fields
+    assert set(projecting[0].to_dict()) == {"stage", "frames_done", "frames_total", "faces", "eta_seconds",
+                                            "model", "step", "steps"}

@@ -24,15 +24,15 @@ from toon_ofx.hosts.resolve import api
 from toon_ofx.hosts.resolve.api import BridgeError, ResolveUnavailable, get_resolve
 from toon_ofx.hosts.resolve.engine import (CONFIG_NAME, ENV_OUTPUT, ENV_PYTHON, child_env, find_engine_python,
                                            params_hash, run_engine_direct, write_json_atomic)
-from toon_ofx.hosts.resolve.frames import source_range
-from toon_ofx.hosts.resolve.install import SCRIPT_NAME, install, render_script, scripts_dir
+from toon_ofx.hosts.resolve.frames import source_range, timecode_frames
+from toon_ofx.hosts.resolve.install import SCRIPT_NAME, install, render_script, scripts_dir, uninstall
 from toon_ofx.hosts.resolve.placement import place_results
 from toon_ofx.hosts.resolve.script import ENV_ARGS, Options, run, script_main
 from toon_ofx.hosts.resolve.timeline import collect_clips, engine_source
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "resolve_scripts" / "Toon Faces.py"
-FIXTURES = REPO.parent / "shared" / "fixtures"
+from conftest import FIXTURES  # noqa: E402  ($TOON_OFX_FIXTURES or ../shared/fixtures)
 
 
 # ------------------------------------------------------------------ helpers
@@ -76,6 +76,12 @@ class FakeEngine:
         self.jobs[job_id]["state"] = "cancelled"
         return dict(self.jobs[job_id])
 
+    def retry(self, job_id):
+        job = self.jobs[job_id]
+        assert job["state"] in ("failed", "cancelled"), job["state"]
+        job.update(state="queued", error=None)
+        return dict(job)
+
     def _run(self, job):
         if job["state"] != "queued":
             return
@@ -108,16 +114,28 @@ class FakeEngine:
         return dict(job)
 
 
+@pytest.fixture(params=["zero", "numbered"])
+def sequence_frames(request) -> str:
+    """Both ways Resolve may count clipInfo frames of an image sequence (from 0, from its first number)."""
+    return request.param
+
+
 @pytest.fixture
-def edit(tmp_path):
+def edit(tmp_path, sequence_frames):
     """A 24 fps timeline starting at 86400 with two clips on V1: one at 24 fps, one at 30 fps."""
     a = make_movie(tmp_path / "a.mp4", 48, 24)
     b = make_movie(tmp_path / "b.mp4", 60, 30)
     resolve, project, timeline = fr.make_edit([
         {"path": a, "start": 10, "end": 22, "record": 0},       # 12 frames of a, from a's frame 10
         {"path": b, "start": 15, "end": 45, "record": 40},      # 30 frames of b (1 s) = 24 timeline frames
-    ])
+    ], sequence_frames=sequence_frames)
     return resolve, project, timeline, a, b
+
+
+@pytest.fixture(autouse=True)
+def private_config(tmp_path, monkeypatch):
+    """The bridge's config folder (engine Python, renders to retry) in the test's own folder."""
+    monkeypatch.setenv("TOON_OFX_CONFIG_DIR", str(tmp_path / "config"))
 
 
 # -------------------------------------------------------- the fake itself
@@ -240,6 +258,105 @@ def test_source_range_and_sequences():
     assert engine_source("/m/a [1].mov") == ("/m/a [1].mov", "movie")
 
 
+def test_timecodes_to_frames():
+    assert timecode_frames("01:00:00:00", 24) == 86400
+    assert timecode_frames("01:00:01:05", 25) == 90030
+    assert timecode_frames("00:01:00;02", 29.97) == 1800          # drop frame: ;00 and ;01 do not exist
+    assert timecode_frames("00:10:00;00", 29.97) == 17982         # every tenth minute keeps them
+    assert timecode_frames("00:01:00;04", 59.94) == 3600
+    with pytest.raises(ValueError):
+        timecode_frames("garbage", 24)
+
+
+def test_source_track_is_the_topmost_with_footage_under_the_playhead(tmp_path):
+    """A title and an adjustment clip above the footage are "current" for Resolve; the script looks below."""
+    a = make_movie(tmp_path / "a.mp4", 48, 24)
+    resolve, project, timeline = fr.make_edit([
+        {"path": a, "start": 0, "end": 40, "record": 0},
+        {"path": a, "start": 0, "end": 10, "record": 0, "track": 2},   # V2 footage only over frames 0-9
+    ])
+    pool = project.GetMediaPool()
+    timeline._add_item("Text+", 3, 0, 48)                              # a title over everything
+    timeline._add_item("Adjustment Clip", 4, 0, 48)
+    compound = pool._new_item("Compound Clip 1", {"Type": "Compound", "File Path": "", "FPS": "24", "Frames": "48",
+                                                  "Start": "0", "End": "47"})
+    timeline._add_item("Compound Clip 1", 5, 0, 48, compound)
+    timeline.SetCurrentTimecode("01:00:00:05")
+    assert timeline.GetCurrentVideoItem().GetName() == "Compound Clip 1"    # what Resolve calls current
+    clips, skipped, track = collect_clips(timeline, project=project)
+    assert track == 2 and [c.first for c in clips] == [0]
+    timeline.SetCurrentTimecode("01:00:00:20")                          # past V2's clip: V1
+    assert collect_clips(timeline, project=project)[2] == 1
+    timeline.SetCurrentTimecode("01:00:00:05")
+    timeline.SetTrackEnable("video", 2, False)                          # a disabled track shows nothing
+    assert collect_clips(timeline, project=project)[2] == 1
+    timeline.SetTrackEnable("video", 2, True)
+    timeline.GetItemListInTrack("video", 2)[0].SetClipEnabled(False)   # nor does a disabled clip
+    assert collect_clips(timeline, project=project)[2] == 1
+    _, skipped, _ = collect_clips(timeline, track=5, project=project)
+    assert "compound" in skipped[0].reason
+    _, skipped, _ = collect_clips(timeline, track=3, project=project)
+    assert "title" in skipped[0].reason
+
+
+def test_retimed_items_are_refused_with_the_reason(tmp_path):
+    a = make_movie(tmp_path / "a.mp4", 96, 24)
+    b = make_movie(tmp_path / "b.mp4", 60, 30)
+    resolve, project, timeline = fr.make_edit([
+        {"path": a, "start": 10, "end": 30, "record": 0},
+        {"path": a, "start": 40, "end": 60, "record": 100},
+        {"path": b, "start": 0, "end": 30, "record": 200},       # 30 fps in 24: real time, not a retime
+        {"path": a, "start": 0, "end": 24, "record": 300},
+    ])
+    slow, fast, conformed, normal = timeline.GetItemListInTrack("video", 1)
+    slow._set_speed(50)
+    fast._set_speed(200)
+    assert (slow.GetDuration(), fast.GetDuration()) == (40, 10)   # a speed change moves the out point
+    clips, skipped, _ = collect_clips(timeline, track=1, project=project)
+    assert [c.record_start for c in clips] == [86600, 86700]
+    assert [s.name for s in skipped] == ["a.mp4", "a.mp4"]
+    assert "about 50% speed" in skipped[0].reason and "source frames 10-30" in skipped[0].reason
+    assert "about 200% speed" in skipped[1].reason and "Render in Place" in skipped[1].reason
+
+    # the whole script: the retimed items are reported, the others placed
+    lines = []
+    code = script_main({"resolve": resolve}, argv=["--direct", "--track", "1", "--no-report"], log=lines.append,
+                       client=FakeEngine())
+    assert code == 0
+    text = "\n".join(lines)
+    assert "Placed 2 toon clip(s) on V2" in text and "Skipped 2 timeline item(s)" in text
+    assert [it.GetStart() for it in timeline.GetItemListInTrack("video", 2)] == [86600, 86700]
+
+
+def test_image_sequence_source_counted_from_the_first_file_on_disk(tmp_path, sequence_frames):
+    """Resolve's item starts at shot.0020 while the folder starts at shot.0011: the engine counts from 0011 (its
+    first_number), and its results carry the source's file numbers (shot_toon.0022 for shot.0022)."""
+    for n in range(11, 50):
+        cv2.imwrite(str(tmp_path / f"shot.{n:04d}.png"), np.full((8, 8, 3), n, np.uint8))
+    seq = {"FilePath": str(tmp_path / "shot.%04d.png"), "StartIndex": 20, "EndIndex": 49}
+    resolve, project, timeline = fr.make_edit([{"path": seq, "start": 2, "end": 12, "record": 24}],
+                                              sequence_frames=sequence_frames)
+    ((clip,), _, _) = collect_clips(timeline, track=1, project=project)
+    assert clip.kind == "sequence" and clip.source == str(tmp_path / "shot.%04d.png")
+    assert (clip.first, clip.last) == (11, 20)                      # shot.0022 .. shot.0031 in engine frames
+    out = tmp_path / "out"
+    out.mkdir()
+    for n in range(22, 32):                                          # what the engine writes
+        cv2.imwrite(str(out / f"shot_toon.{n:04d}.png"), np.full((8, 8, 3), 255 - n, np.uint8))
+    result = {"kind": "sequence", "pattern": str(out / "shot_toon.%04d.png"), "first_frame": clip.first,
+              "last_frame": clip.last, "first_number": 11}
+    report = place_results(resolve, project, timeline, [fr_placement(clip, result)], source_track=1)
+    assert report.ok, report.text()
+    (item,) = timeline.GetItemListInTrack("video", 2)
+    assert (item.GetStart(), item.GetDuration()) == (86424, 10)
+    assert item.GetMediaPoolItem().GetClipProperty("File Path") == str(out / "shot_toon.[0022-0031].png")
+
+
+def fr_placement(clip, result, overlay=False):
+    from toon_ofx.hosts.resolve.placement import Placement
+    return Placement(clip, result=result, status="done", overlay=overlay)
+
+
 # ------------------------------------------------------------------ placing
 def _render(clips, engine=None):
     engine = engine or FakeEngine()
@@ -262,6 +379,44 @@ def test_place_results_on_a_new_track_at_the_same_record_frames(edit):
     assert placed[1].GetMediaPoolItem().GetClipProperty("FPS") == "30"
 
 
+LOOK = {"ZoomGang": False, "ZoomX": 1.5, "ZoomY": 1.2, "Pan": 40.0, "Tilt": -20.0, "RotationAngle": 12.0,
+        "CropLeft": 30.0, "CropSoftness": 5.0, "FlipX": True, "Distortion": 0.25, "Scaling": 2,
+        "CompositeMode": 5, "Opacity": 60.0}
+
+
+@pytest.mark.parametrize("overlay", [False, True])
+def test_results_get_the_source_items_look(edit, monkeypatch, overlay):
+    """Transform, crop and compositing come across with the documented SetProperty keys, read back; what the
+    API cannot copy is said. An overlay composites Normal at full opacity over its (unchanged) source."""
+    resolve, project, timeline, a, b = edit
+    styled, plain = timeline.GetItemListInTrack("video", 1)
+    assert styled.SetProperty(LOOK)
+    clips, _, track = collect_clips(timeline, track=1)
+    placements = _render(clips)
+    for p in placements:
+        p.overlay = overlay
+    ignored = fr.TimelineItem.SetProperty
+
+    def deaf_to_distortion(self, *args):                # a setter that answers True and changes nothing
+        return True if args[:1] == ("Distortion",) else ignored(self, *args)
+
+    monkeypatch.setattr(fr.TimelineItem, "SetProperty", deaf_to_distortion)
+    report = place_results(resolve, project, timeline, placements, source_track=track)
+    assert report.ok and len(report.placed) == 2
+    toon_styled, toon_plain = timeline.GetItemListInTrack("video", 2)
+    for key, value in LOOK.items():
+        if key == "Distortion":
+            assert toon_styled.GetProperty(key) == 0.0
+        elif key in ("CompositeMode", "Opacity") and overlay:
+            assert toon_styled.GetProperty(key) == {"CompositeMode": 0, "Opacity": 100.0}[key]
+        else:
+            assert toon_styled.GetProperty(key) == pytest.approx(value), key
+    assert styled.GetProperty("CompositeMode") == 5 and styled.GetProperty("Opacity") == 60.0   # source untouched
+    assert toon_plain.GetProperty() == plain.GetProperty()
+    assert "Resolve would not take Distortion" in report.placed[0].note and not report.placed[1].note
+    assert "not copied (no scripting call for them): grades" in report.text()
+
+
 def test_place_results_reports_clips_it_could_not_place(edit):
     resolve, project, timeline, a, b = edit
     pool = project.GetMediaPool()
@@ -275,6 +430,32 @@ def test_place_results_reports_clips_it_could_not_place(edit):
     assert [p.clip.name for p in report.failed] == ["b.mp4"]
     assert "overlap" in report.failed[0].reason and "86450" in report.failed[0].reason
     assert "Could not place 1 clip(s)" in report.text()
+
+
+def test_a_resolve_that_clamps_the_frames_it_does_not_count_that_way(edit, monkeypatch, sequence_frames):
+    """If Resolve placed the part of a request that falls inside the item instead of nothing, the short clip
+    is taken out again and the other counting tried."""
+    resolve, project, timeline, a, b = edit
+    pool = project.GetMediaPool()
+    original = fr.MediaPool.AppendToTimeline
+
+    def clamping(self, entries):
+        out = []
+        for info in entries:
+            mpi, start = info["mediaPoolItem"], info["startFrame"]
+            base = mpi._first_number() if sequence_frames == "numbered" else 0
+            lo, hi = base, base + mpi._frames()
+            clamped = dict(info, startFrame=min(max(start, lo), hi), endFrame=min(max(info["endFrame"], lo), hi))
+            out += original(self, [clamped])
+        return out
+
+    monkeypatch.setattr(fr.MediaPool, "AppendToTimeline", clamping)
+    clips, _, track = collect_clips(timeline, track=1)
+    report = place_results(resolve, project, timeline, _render(clips), source_track=track)
+    assert report.ok, report.text()
+    placed = timeline.GetItemListInTrack("video", 2)
+    assert [(it.GetStart(), it.GetEnd()) for it in placed] == [(86400, 86412), (86440, 86464)]
+    assert pool.GetCurrentFolder() is pool.GetRootFolder()
 
 
 def test_place_results_with_resolve_18_inclusive_end_frame(tmp_path):
@@ -321,6 +502,32 @@ def test_script_direct_mode_end_to_end_with_a_fake_engine(edit, tmp_path):
     assert any("Placed 2 toon clip(s) on V2" in line for line in lines)
     folders = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert len(folders) == 2 and all(f.endswith(params_hash(schema.validate({"steps": 20}))) for f in folders)
+
+
+def test_failed_and_cancelled_renders_are_resumed_with_retry(edit, tmp_path):
+    """A failed render is kept; `--retry` resumes its engine job and places it on the track the first run used."""
+    resolve, project, timeline, a, b = edit
+    engine = FakeEngine(fail_sources={str(b)})
+    lines = []
+    args = ["--direct", "--track", "1", "--output-dir", str(tmp_path / "out"), "--no-report"]
+    assert script_main({"resolve": resolve}, argv=args, log=lines.append, client=engine) == 3
+    assert "1 render(s) failed or were cancelled; run Toon Faces with --retry" in "\n".join(lines)
+    assert [it.GetName() for it in timeline.GetItemListInTrack("video", 2)] == ["a_toon.[000010-000021].png"]
+
+    other = project.GetMediaPool().CreateEmptyTimeline("Other")
+    project.SetCurrentTimeline(other)
+    assert script_main({"resolve": resolve}, argv=["--retry"], log=lines.append, client=engine) == 2
+    assert "belong to timeline 'Edit 1'" in lines[-1]
+    project.SetCurrentTimeline(timeline)
+
+    engine.fail_sources.clear()                                  # whatever broke is fixed
+    lines.clear()
+    assert script_main({"resolve": resolve}, argv=["--retry", "--no-report"], log=lines.append, client=engine) == 0
+    assert "resumed b.mp4" in "\n".join(lines)
+    assert [it.GetStart() for it in timeline.GetItemListInTrack("video", 2)] == [86400, 86440]   # same track
+    assert timeline.GetTrackCount("video") == 2
+    assert script_main({"resolve": resolve}, argv=["--retry"], log=lines.append, client=engine) == 2
+    assert "nothing to retry" in lines[-1]
 
 
 def test_script_panel_mode_places_what_the_panel_rendered(edit, tmp_path):
@@ -432,10 +639,11 @@ def test_installer_copies_script_and_client_and_the_installed_script_runs(tmp_pa
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     installed = dest / SCRIPT_NAME
-    assert installed.exists() and (lib / "toon_ofx" / "hosts" / "resolve" / "script.py").exists()
+    (copy,) = lib.iterdir()                                     # one copy, named by its content
+    assert copy.name.startswith("toon_ofx-") and (copy / "toon_ofx" / "hosts" / "resolve" / "script.py").exists()
     assert list(dest.iterdir()) == [installed]                  # nothing else shows up in Resolve's menu
     text = installed.read_text()
-    assert repr(str(lib)) in text and repr(sys.executable) in text
+    assert repr(str(copy)) in text and repr(sys.executable) in text
     # run it as Resolve would: `resolve` in its globals, options from TOON_OFX_RESOLVE_ARGS
     resolve = edit[0]
     monkeypatch.setenv(ENV_ARGS, "--direct --track 7")
@@ -447,13 +655,84 @@ def test_installer_copies_script_and_client_and_the_installed_script_runs(tmp_pa
                                          capture_output=True, text=True).stdout
 
 
+def test_reinstall_swaps_the_copy_and_removes_only_its_own_files(tmp_path, monkeypatch):
+    """A reinstall writes a fresh copy, points the script at it, and deletes the copies earlier installs left
+    (also the first layout's `toon_ofx/` with the pre-split hosts/resolve.py), never anything else."""
+    from toon_ofx.hosts.resolve import install as install_module
+    from toon_ofx.hosts.resolve import libdir
+
+    dest, lib = tmp_path / "Utility", tmp_path / "lib"
+    names = install_module.vendored_names()
+    legacy = lib / "toon_ofx"                                  # what installs before the package split left
+    for name in names + ["hosts/resolve.py"]:
+        (legacy / name).parent.mkdir(parents=True, exist_ok=True)
+        (legacy / name).write_text("# old copy\n")
+    (legacy / "hosts" / "__pycache__").mkdir()
+    (legacy / "hosts" / "__pycache__" / "resolve.cpython-311.pyc").write_bytes(b"x")
+    (lib / "notes.txt").write_text("mine")                    # the user's own files stay
+    foreign = lib / "toon_ofx-mine"
+    foreign.mkdir()
+    (foreign / "x.py").write_text("")
+    lines = []
+    install(str(dest), python=PY, lib_dir=str(lib), log=lines.append)
+    copies = sorted(p.name for p in lib.iterdir() if p.name.startswith("toon_ofx-") and p != foreign)
+    assert len(copies) == 1 and not legacy.exists()
+    assert (lib / "notes.txt").read_text() == "mine" and (foreign / "x.py").exists()
+    first = lib / copies[0]
+    assert repr(str(first)) in (dest / SCRIPT_NAME).read_text()
+    assert any("removed the old copy" in line and str(legacy) in line for line in lines)
+
+    # the same sources again: the same copy, untouched
+    stamp = (first / libdir.MANIFEST).stat().st_mtime_ns
+    install(str(dest), python=PY, lib_dir=str(lib), log=lambda m: None)
+    assert (first / libdir.MANIFEST).stat().st_mtime_ns == stamp
+
+    # changed sources: a new copy, the old one removed, the script pointing at the new one
+    changed = tmp_path / "pkg"
+    import shutil
+    shutil.copytree(REPO / "toon_ofx", changed, ignore=shutil.ignore_patterns("__pycache__"))
+    (changed / "client.py").write_text((changed / "client.py").read_text() + "\n# changed\n")
+    monkeypatch.setattr(install_module, "package_dir", lambda: str(changed))
+    install(str(dest), python=PY, lib_dir=str(lib), log=lambda m: None)
+    (second,) = [p for p in lib.iterdir() if p.name.startswith("toon_ofx-") and p != foreign]
+    assert second != first and not first.exists()
+    assert (second / "toon_ofx" / "client.py").read_text().endswith("# changed\n")
+    assert repr(str(second)) in (dest / SCRIPT_NAME).read_text()
+
+    # a copy holding a file toon-ofx did not write is not ours: left alone; a foreign folder in the way fails
+    (second / "toon_ofx" / "extra.py").write_text("")
+    monkeypatch.setattr(install_module, "package_dir", lambda: str(REPO / "toon_ofx"))
+    install(str(dest), python=PY, lib_dir=str(lib), log=lambda m: None)
+    assert (second / "toon_ofx" / "extra.py").exists()
+    stamped = lib / (libdir.PREFIX + libdir.content_stamp(str(REPO / "toon_ofx"), names))
+    shutil.rmtree(stamped)
+    stamped.mkdir()
+    (stamped / "x").write_text("")
+    with pytest.raises(libdir.LibError, match="not written by toon-ofx"):
+        install(str(dest), python=PY, lib_dir=str(lib), log=lambda m: None)
+    assert not [p for p in lib.iterdir() if p.name.startswith(libdir.STAGING)]   # no half copy left behind
+
+    # uninstall: the script and its own copies go, the rest stays
+    stamped.joinpath("x").unlink()
+    stamped.rmdir()
+    (second / "toon_ofx" / "extra.py").unlink()
+    install(str(dest), python=PY, lib_dir=str(lib), log=lambda m: None)
+    uninstall(str(dest), lib_dir=str(lib), log=lambda m: None)
+    assert not (dest / SCRIPT_NAME).exists()
+    assert sorted(p.name for p in lib.iterdir()) == ["notes.txt", "toon_ofx-mine"]
+
+
 def test_engine_python_discovery(monkeypatch, tmp_path):
     monkeypatch.setenv("TOON_OFX_CONFIG_DIR", str(tmp_path))
     monkeypatch.setenv(ENV_PYTHON, sys.executable)
     assert find_engine_python() == sys.executable
     monkeypatch.setenv(ENV_PYTHON, str(tmp_path / "nope" / "python"))
-    with pytest.raises(BridgeError, match="does not exist"):
+    with pytest.raises(BridgeError, match=r"\(from \$TOON_OFX_PYTHON\) does not exist"):
         find_engine_python()
+    with pytest.raises(BridgeError, match=r"\(from --python\)"):
+        find_engine_python(str(tmp_path / "nope" / "python"))
+    with pytest.raises(BridgeError, match=r"\(from the installed script\)"):
+        find_engine_python(str(tmp_path / "nope" / "python"), "the installed script")
     monkeypatch.delenv(ENV_PYTHON)
     (tmp_path / CONFIG_NAME).write_text(json.dumps({"python": sys.executable}))
     assert find_engine_python() == sys.executable
@@ -547,6 +826,36 @@ def test_installed_script_against_an_engine_process(tmp_path, monkeypatch):
         stop_engine(proc)
 
 
+def test_direct_mode_lets_an_idle_engine_stop(tmp_path, monkeypatch):
+    """The script holds an engine session while it renders and says goodbye when done: an engine with an idle
+    timeout then stops (the test's own session kept it up until the script ran; had the script kept its
+    session, the engine would stay up for the session's lease)."""
+    import time
+
+    from toon_ofx.client import EngineClient
+
+    _engine_env(tmp_path, monkeypatch)
+    proc = start_engine(tmp_path, "--render-fn", "test_jobs:fake_render", "--idle-timeout", "1")
+    try:
+        holder = EngineClient()
+        holder.hello(lease=120, name="test")
+        resolve, project, timeline, clip = face_edit(tmp_path, first=0, end=3, record=0)
+        lines = []
+        code = script_main({"resolve": resolve}, argv=["--direct", "--track", "1", "--set", "device=cpu",
+                                                       "--output-dir", str(tmp_path / "out"), "--no-report"],
+                           log=lines.append)
+        assert code == 0, lines
+        holder.goodbye()
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is not None, "the engine still runs: the script kept its session"
+        log = (tmp_path / "engine.log").read_text()
+        assert "opened by DaVinci Resolve" in log
+    finally:
+        stop_engine(proc)
+
+
 def test_panel_mode_through_the_real_panel_and_engine(tmp_path, monkeypatch):
     """Script -> PySide6 panel subprocess (offscreen, Render pressed) -> engine process -> import and place."""
     pytest.importorskip("PySide6")
@@ -612,4 +921,5 @@ def test_installed_script_runs_on_a_bare_python_with_the_vendored_client(tmp_pat
     out = subprocess.run([PY, "-I", "-S", str(runner)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "Toon Faces: no project is open in Resolve." in out.stdout
-    assert f"LIB {lib / 'toon_ofx' / 'hosts' / 'resolve' / '__init__.py'} HEAVY []" in out.stdout
+    (copy,) = lib.iterdir()
+    assert f"LIB {copy / 'toon_ofx' / 'hosts' / 'resolve' / '__init__.py'} HEAVY []" in out.stdout

@@ -327,6 +327,52 @@ def test_models_must_be_installed(tmp_path, clip, tiny_model_paths):
         assert status == 201, job
 
 
+def test_missing_models_are_all_named_in_one_422(tmp_path, clip, tiny_model_paths, monkeypatch):
+    """Base and style given as files, the LPIPS weights not installed: one 422 lists both missing files."""
+    for var in ("TOON_OFX_MODELS", "TOON_OFX_CACHE_DIR", "TORCH_HOME"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+    server = Server(config_dir=tmp_path / "config", data_dir=tmp_path / "data", render_fn=fake_render,
+                    preview_fn=_fake_preview)
+    params = {"model": str(tiny_model_paths["toon"]), "base_model": str(tiny_model_paths["base"])}
+    with server:
+        status, answer = call(server.url, "/v1/jobs", "POST", _body(tmp_path, clip, params=params),
+                              token=server.token)
+    assert status == 422 and answer["field"] is None          # no parameter is at fault
+    lines = answer["error"].splitlines()
+    assert lines[0] == "2 model files are missing:"
+    assert lines[1].startswith("  - vgg16-397923af.pth (model vgg16, 527.8 MiB, licence: ")
+    assert lines[2].startswith("  - lpips-vgg-v0.1.pth (model lpips-vgg, 7.1 KiB, licence: ")
+    assert str(tmp_path / "toon_ofx_models") in lines[-1]
+
+
+def test_job_progress_names_the_model_loading_and_the_projection_step(tmp_path, clip):
+    """What the renderer reports while loading and projecting reaches the job's JSON (hosts show it)."""
+    from toon_ofx.core.progress import ProgressEvent
+
+    release = threading.Event()
+
+    def render(request, progress=None, cancel=None):
+        for event in (ProgressEvent("loading", 0, 15, 0, None, model="toonify", step=2, steps=4),
+                      ProgressEvent("projecting", 0, 15, 1, None, step=37, steps=500)):
+            progress(event)
+            release.wait(10)
+            release.clear()
+        return fake_render(request, progress, cancel, delay=0)
+
+    server = Server(config_dir=tmp_path / "config", data_dir=tmp_path / "data", render_fn=render,
+                    preview_fn=_fake_preview, model_check=None)
+    with server:
+        status, job = call(server.url, "/v1/jobs", "POST", _body(tmp_path, clip, frames=[5, 19]), token=server.token)
+        for stage, extra in (("loading", {"model": "toonify", "step": 2, "steps": 4}),
+                             ("projecting", {"step": 37, "steps": 500})):
+            running = wait_job(server.url, server.token, job["id"], until=lambda j: j["progress"]["stage"] == stage)
+            assert {k: running["progress"].get(k) for k in ("model", "step", "steps")} == dict(
+                {"model": None}, **extra)
+            release.set()
+        done = wait_job(server.url, server.token, job["id"])
+    assert done["state"] == "done" and not {"model", "step", "steps"} & set(done["progress"])
+
+
 # --------------------------------------------------------------------------- jobs
 
 def test_job_lifecycle_and_result(engine, tmp_path, clip):
@@ -341,7 +387,7 @@ def test_job_lifecycle_and_result(engine, tmp_path, clip):
     assert done["state"] == "done" and done["error"] is None
     assert done["result"] == {"kind": "sequence", "path": str(tmp_path / "renders"),
                               "pattern": str(tmp_path / "renders" / "clip_toon.%06d.png"),
-                              "first_frame": 5, "last_frame": 19, "fps": 30.0}
+                              "first_frame": 5, "last_frame": 19, "fps": 30.0, "first_number": 0}
     assert sorted(p.name for p in (tmp_path / "renders").iterdir()) == [f"clip_toon.{i:06d}.png" for i in range(5, 20)]
     assert done["progress"] == {"frames_done": 15, "frames_total": 15, "stage": "done", "eta_seconds": 0.0,
                                 "faces": 15}

@@ -1,4 +1,4 @@
-"""Face identities across frames and one-euro smoothing of the alignment quad."""
+"""FaceTracker: face identities across frames and causal one-euro smoothing of the alignment quad."""
 
 from __future__ import annotations
 
@@ -213,29 +213,3 @@ def test_real_video_one_track_and_steadier_crop():
     assert j_sm[0] < 0.8 * j_raw[0]
     # and stays on the face: smoothed centre within a few px of the raw one
     assert np.abs(sm[:, 0] - raw[:, 0]).max() < 0.05 * np.hypot(*raw[0, 1])
-
-
-@pytest.mark.parametrize("smoothing", [0.0, 0.5, 0.9])
-def test_finite_memory_makes_late_starts_reproduce_exactly(smoothing):
-    """A render-farm chunk starts the tracker `memory` frames early: from then on its
-    quads must equal a whole-clip run's bit for bit."""
-    rng = np.random.default_rng(3)
-    frames = []
-    for t in range(260):
-        faces = [make_face([300.0 + 2 * t, 220.0], noise=1.0, rng=rng)]
-        if not 100 <= t < 104:  # a second face with a short detector drop-out
-            faces.append(make_face([900.0 - t, 300.0 + 0.5 * t], 0.1, noise=1.0, rng=rng))
-        frames.append(faces)
-    whole = run(FaceTracker(smoothing=smoothing), frames)
-    mem = FaceTracker(smoothing=smoothing).memory
-    assert mem >= FaceTracker(smoothing=smoothing).window + 10
-    for start in (5, 97):
-        late = run(FaceTracker(smoothing=smoothing), frames[start:])
-        for t in range(start + mem, len(frames)):
-            a = sorted((tuple(x.face.box), x.quad.tobytes()) for x in whole[t])
-            b = sorted((tuple(x.face.box), x.quad.tobytes()) for x in late[t - start])
-            assert a == b, (start, t)
-    # while the history differs the output may differ (it really is smoothed)
-    if smoothing:
-        late = run(FaceTracker(smoothing=smoothing), frames[97:])
-        assert not np.array_equal(late[2][0].quad, whole[99][0].quad)

@@ -7,32 +7,38 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional
 
 from . import __version__
 from .core.errors import Cancelled, UserError
-from .core.options import add_param_options, frame_range, params_from_args
+from .core.options import add_codec_option, add_param_options, frame_range, params_from_args
 
 
 # -- render ---------------------------------------------------------------
 def add_render_parser(sub) -> None:
     p = sub.add_parser("render", help="toonify the faces of a clip",
                        description="Toonify every face in a clip; everything else is left untouched.")
-    p.add_argument("source", type=Path, help="movie file or image sequence")
+    p.add_argument("source", type=Path, help="movie file, image sequence (pattern or folder) or still image")
     p.add_argument("-o", "--output", type=Path, required=True,
-                   help="movie (.mp4/.mov/.mkv), folder, or pattern like out/shot.%%06d.png")
-    p.add_argument("--frames", type=frame_range, metavar="A-B", help="inclusive source frame range (0-based)")
+                   help="movie (.mp4/.mov/.mkv), folder, pattern like out/shot.%%06d.png, or an image file "
+                        "for a still")
+    p.add_argument("--frames", type=frame_range, metavar="A-B",
+                   help="inclusive frame range, 0-based (for an image sequence too: 0 is its first file)")
     p.add_argument("--warmup", type=int, default=0, metavar="N",
                    help="process N extra frames before A without writing them")
     p.add_argument("--chunk-of", type=frame_range, metavar="F-L",
                    help="farm tasks: the whole job's range; --frames is moved onto the keyframe grid "
                         "so no two tasks project the same frames")
+    p.add_argument("--models-dir", type=Path, help="folder of model files (sets TOON_OFX_MODELS for this render)")
     p.add_argument("--work-dir", type=Path, help="where frames of a movie output are kept until encoded")
     p.add_argument("--keep-frames", action="store_true", help="keep the frame folder of a movie output")
-    p.add_argument("--16bit", dest="bits", action="store_const", const=16, default=8,
-                   help="write 16-bit PNG frames")
+    p.add_argument("--16bit", dest="bits", action="store_const", const=16, default=None,
+                   help="decode, stylise and write frames at 16 bits per channel even for an 8-bit source "
+                        "(deeper sources always are)")
+    add_codec_option(p)
     p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
                    help="run frame chunks on a Ray cluster (default: start a local one)")
     p.add_argument("--chunk-size", type=int, default=None, help="frames per Ray chunk")
@@ -40,12 +46,18 @@ def add_render_parser(sub) -> None:
     out = p.add_mutually_exclusive_group()
     out.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     out.add_argument("--json", action="store_true", help="progress as JSON lines on stdout")
+    out.add_argument("--openjd", action="store_true",
+                     help="progress as Open Job Description openjd_progress:/openjd_status: lines (farm tasks)")
     add_param_options(p)
     p.set_defaults(run=run_render)
 
 
 def progress_printer(args) -> Optional[Callable]:
-    """A progress callback for the CLI: tqdm bar, JSON lines, or (quiet) only the render's notices on stderr."""
+    """A progress callback for the CLI: a tqdm bar (models being loaded and projection steps in its
+    text), JSON lines (`--json`, every field of the event), OpenJD lines (`--openjd`), or (quiet) only
+    the render's one-line notices on stderr. Notices always reach stderr."""
+    from .core.progress import describe
+
     if args.quiet:
         def notices_only(event):
             if getattr(event, "notice", None):
@@ -53,13 +65,18 @@ def progress_printer(args) -> Optional[Callable]:
         return notices_only
     if args.json:
         def emit(event):
-            line = {"stage": event.stage, "frames_done": event.frames_done, "frames_total": event.frames_total,
-                    "faces": event.faces, "eta_seconds": event.eta_seconds}
-            if getattr(event, "notice", None):
-                line["notice"] = event.notice
+            if event.notice:
                 print(f"toon-ofx: {event.notice}", file=sys.stderr, flush=True)
-            print(json.dumps(line), flush=True)
+            print(json.dumps(event.to_dict()), flush=True)
         return emit
+    if args.openjd:
+        def openjd(event):
+            if event.notice:
+                print(f"toon-ofx: {event.notice}", file=sys.stderr, flush=True)
+            if event.stage != "projecting" and event.frames_total:
+                print(f"openjd_progress: {100.0 * event.frames_done / event.frames_total:.1f}", flush=True)
+            print(f"openjd_status: {describe(event.to_dict())}", flush=True)
+        return openjd
     from tqdm import tqdm
 
     bar = {"bar": None}
@@ -68,14 +85,15 @@ def progress_printer(args) -> Optional[Callable]:
         if getattr(event, "notice", None):
             (bar["bar"].write if bar["bar"] is not None else print)(f"toon-ofx: {event.notice}", file=sys.stderr)
         if event.stage == "loading":
+            if event.model:
+                print(f"toon-ofx: {describe(event.to_dict())}", file=sys.stderr, flush=True)
             return
         if bar["bar"] is None:
             bar["bar"] = tqdm(total=event.frames_total, initial=event.frames_done, unit="frame",
                               dynamic_ncols=True, file=sys.stderr)
         b = bar["bar"]
-        if b is None:
-            return
-        b.set_postfix_str(f"{event.stage}, faces {event.faces}")
+        b.set_postfix_str(f"{describe(event.to_dict()) if event.stage == 'projecting' else event.stage}, "
+                          f"faces {event.faces}")
         b.update(event.frames_done - b.n)
         if event.stage == "done":
             b.close()
@@ -88,19 +106,23 @@ def run_render(args) -> int:
     params = params_from_args(args)
     frames = args.frames
     if args.chunk_of:
-        from .farm.plan import snap_chunk
+        from .farm.plan import snap_chunk, temporal_plan
 
         if frames is None:
             raise UserError("--chunk-of needs --frames (this task's chunk)", field="frames")
-        frames = snap_chunk(frames, args.chunk_of, params["keyframe_interval"])
+        frames = snap_chunk(frames, args.chunk_of, temporal_plan(params))
         if frames is None:
             if not args.quiet:
-                print("toon-ofx: this chunk lies inside another task's keyframe interval; nothing to do",
+                print("toon-ofx: this chunk lies inside another task's segment of the keyframe grid; nothing to do",
                       file=sys.stderr)
             return 0
+    if args.models_dir:
+        if not args.models_dir.is_dir():
+            raise UserError(f"--models-dir {args.models_dir} is not a folder", field="models_dir")
+        os.environ["TOON_OFX_MODELS"] = str(args.models_dir)
     request = RenderRequest(source=args.source, output=args.output, params=params, frames=frames,
                             warmup=args.warmup, work_dir=args.work_dir, keep_frames=args.keep_frames,
-                            bits=args.bits)
+                            bits=args.bits, codec=args.codec)
     progress = progress_printer(args)
     if args.ray:
         from .farm.ray_backend import render_with_ray
@@ -110,8 +132,11 @@ def run_render(args) -> int:
     else:
         result = render(request, progress=progress)
     if not args.quiet and not args.json:
+        codec = f", {result.codec}" if result.codec else ""
         print(f"toon-ofx: wrote {result.output} (frames {result.first_frame}-{result.last_frame}, "
-              f"{result.written} rendered, {result.skipped} already done)", file=sys.stderr)
+              f"{result.written} rendered, {result.skipped} already done{codec})", file=sys.stderr)
+    for note in result.notes:
+        print(f"toon-ofx: note: {note}", file=sys.stderr)
     return 0
 
 
@@ -205,7 +230,7 @@ def run_jobs(args) -> int:
 # one whose optional dependency is missing (PySide6, Ray) still gets its command, which
 # then says what to install.
 SUBCOMMANDS = (
-    ("models", "core.model_store", "add_models_parser", "run_models"),
+    ("models", "core.model_commands", "add_models_parser", "run_models"),
     ("serve", "service.server", "add_serve_parser", "run_serve"),
     ("farm", "farm.commands", "add_farm_parser", "run_farm"),
     ("assemble", "farm.commands", "add_assemble_parser", "run_assemble"),

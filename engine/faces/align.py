@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from ..pixels import check_rgb
+
 __all__ = [
     "ffhq_quad",
     "quad_from_params",
@@ -224,8 +226,8 @@ def _decimate(img: np.ndarray, k: int, border: int, lobes: int = 3, cutoff: floa
     f = img.astype(np.float32)
     f = cv2.filter2D(f, -1, kern[None, :], anchor=(anchor, 0), borderType=bmode)[:, ::k]
     f = cv2.filter2D(np.ascontiguousarray(f), -1, kern[:, None], anchor=(0, anchor), borderType=bmode)[::k]
-    if img.dtype == np.uint8:
-        return np.clip(np.rint(f), 0, 255).astype(np.uint8)
+    if img.dtype in (np.uint8, np.uint16):  # Lanczos overshoots: clip before the cast
+        return np.clip(np.rint(f), 0, np.iinfo(img.dtype).max).astype(img.dtype)
     return f.astype(img.dtype, copy=False)
 
 
@@ -302,7 +304,9 @@ def warp_affine(
 
 def align_face(image: np.ndarray, quad, size: int, *, interpolation: str = "lanczos",
                border: str = "reflect") -> tuple[np.ndarray, AlignTransform]:
-    """Aligned square crop (uint8 size x size x 3) of ``quad`` and its frame -> crop transform.
+    """Aligned square crop (size x size x 3, the image's dtype) of ``quad`` and its frame -> crop transform.
+
+    ``image`` is H x W x 3 RGB, uint8 or uint16 (a deep source keeps its precision).
 
     One affine warp with reflected borders (the recipe's padding, without its blur).
     When the crop is smaller than the quad, the warp is supersampled and reduced with a
@@ -311,9 +315,7 @@ def align_face(image: np.ndarray, quad, size: int, *, interpolation: str = "lanc
     ``"lanczos"`` is sharper when the face is upsampled (small faces in video), so the
     paste-back round trip keeps detail.
     """
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"image must be H x W x 3 uint8, got {image.dtype} {image.shape}")
+    image = check_rgb(image, "image")
     size = int(size)
     if size < 1:
         raise ValueError("size must be positive")

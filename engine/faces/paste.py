@@ -5,6 +5,10 @@ blended into the frame with a feathered elliptical mask (optionally after matchi
 colours to the original face). Output is the full frame, or an RGBA overlay (straight,
 not premultiplied, alpha) holding only the faces, for an editor to stack above the
 original clip. Pixels the mask does not reach are returned bit-identical.
+
+Frames are uint8 or uint16 (a deep source, see engine.pixels): blending runs in float and
+the result, overlay alpha included, keeps the frame's depth; a crop of the other depth
+is rescaled to the frame's first.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from ..pixels import check_rgb, peak, to_dtype
 from .align import AlignTransform, warp_affine
 
 __all__ = ["face_mask", "paste_faces", "match_colors", "FACE_ELLIPSE_CENTER", "FACE_ELLIPSE_AXES"]
@@ -81,14 +86,15 @@ def _weighted_stats(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 def match_colors(styled: np.ndarray, reference: np.ndarray, weights: np.ndarray,
                  space: str = "lab", max_gain: float = 2.0) -> np.ndarray:
-    """Shift ``styled`` (uint8 RGB) so its weighted mean/std per channel (in Lab or RGB)
-    match ``reference``'s; the std gain is limited to [1/max_gain, max_gain]."""
+    """Shift ``styled`` (uint8 or uint16 RGB, as ``reference``) so its weighted mean/std per channel
+    (in Lab or RGB) match ``reference``'s; the std gain is limited to [1/max_gain, max_gain]."""
     w = np.asarray(weights, dtype=np.float64)
     if w.sum() <= 1e-6:
         return styled
+    white = float(peak(styled.dtype))
     if space == "lab":
-        s = cv2.cvtColor(styled.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab).astype(np.float64)
-        r = cv2.cvtColor(reference.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab).astype(np.float64)
+        s = cv2.cvtColor(styled.astype(np.float32) / white, cv2.COLOR_RGB2Lab).astype(np.float64)
+        r = cv2.cvtColor(reference.astype(np.float32) / white, cv2.COLOR_RGB2Lab).astype(np.float64)
     elif space == "rgb":
         s, r = styled.astype(np.float64), reference.astype(np.float64)
     else:
@@ -98,15 +104,8 @@ def match_colors(styled: np.ndarray, reference: np.ndarray, weights: np.ndarray,
     gain = np.clip(sd_r / sd_s, 1.0 / max_gain, max_gain)
     out = (s - mu_s) * gain + mu_r
     if space == "lab":
-        out = cv2.cvtColor(out.astype(np.float32), cv2.COLOR_Lab2RGB) * 255.0
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-def _check_frame(frame: np.ndarray) -> np.ndarray:
-    frame = np.asarray(frame)
-    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
-        raise ValueError(f"frame must be H x W x 3 uint8, got {frame.dtype} {frame.shape}")
-    return frame
+        out = cv2.cvtColor(out.astype(np.float32), cv2.COLOR_Lab2RGB) * white
+    return np.clip(np.rint(out), 0, white).astype(styled.dtype)
 
 
 def paste_faces(
@@ -116,17 +115,19 @@ def paste_faces(
     color_match: bool | str = False,
     overlay: bool = False,
 ) -> np.ndarray:
-    """Blend stylised crops back into ``frame`` (uint8 H x W x 3 RGB).
+    """Blend stylised crops back into ``frame`` (uint8 or uint16 H x W x 3 RGB).
 
-    ``faces`` holds ``(crop uint8 S x S x 3, AlignTransform)`` pairs; a crop whose size
+    ``faces`` holds ``(crop S x S x 3, AlignTransform)`` pairs; a crop whose size
     differs from its transform's (e.g. a 256 px generator on a 1024 px alignment) is
     placed over the same quad. ``color_match`` (True/"lab" or "rgb") matches each
     crop's colour statistics under the mask to the original face first. Returns the
     full frame (H x W x 3), or with ``overlay=True`` an RGBA layer (H x W x 4: the
     faces' colours with alpha = the warped masks, fully transparent black elsewhere)
-    that, composited "over" the original, gives the full-frame result.
+    that, composited "over" the original, gives the full-frame result. The result has
+    the frame's dtype.
     """
-    frame = _check_frame(frame)
+    frame = check_rgb(frame)
+    white = peak(frame.dtype)
     h, w = frame.shape[:2]
     if color_match is True:
         color_match = "lab"
@@ -139,9 +140,9 @@ def paste_faces(
             m3 = m[:, :, None]
             blended = region.astype(np.float32) * (1 - m3) + face * m3
             inside = m > 0
-            region[inside] = np.clip(np.rint(blended[inside]), 0, 255).astype(np.uint8)
+            region[inside] = np.clip(np.rint(blended[inside]), 0, white).astype(frame.dtype)
         return result
-    result = np.zeros((h, w, 4), np.uint8)
+    result = np.zeros((h, w, 4), frame.dtype)
     if not layers:
         return result
     # accumulate premultiplied colour and alpha ("over") on the union of the face regions
@@ -155,21 +156,22 @@ def paste_faces(
         sl = (slice(y0 - uy0, y0 - uy0 + m.shape[0]), slice(x0 - ux0, x0 - ux0 + m.shape[1]))
         prem[sl] = prem[sl] * (1 - m[:, :, None]) + face * m[:, :, None]
         alpha[sl] = alpha[sl] * (1 - m) + m
-    a8 = np.clip(np.rint(alpha * 255.0), 0, 255).astype(np.uint8)
-    keep = a8 > 0
+    a = np.clip(np.rint(alpha * float(white)), 0, white).astype(frame.dtype)
+    keep = a > 0
     out = result[uy0:uy1, ux0:ux1]
     rgb = prem[keep] / alpha[keep][:, None]
-    out[keep, :3] = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-    out[keep, 3] = a8[keep]
+    out[keep, :3] = np.clip(np.rint(rgb), 0, white).astype(frame.dtype)
+    out[keep, 3] = a[keep]
     return result
 
 
 def _warp_face(frame, crop, transform: AlignTransform, feather: float, color_match):
     """Warp one crop and its mask into the frame: (x0, y0, face float32, mask float32) or None."""
     h, w = frame.shape[:2]
-    crop = np.asarray(crop)
-    if crop.dtype != np.uint8 or crop.ndim != 3 or crop.shape[2] != 3 or crop.shape[0] != crop.shape[1]:
-        raise ValueError(f"crop must be S x S x 3 uint8, got {crop.dtype} {crop.shape}")
+    crop = check_rgb(crop, "crop")
+    if crop.shape[0] != crop.shape[1]:
+        raise ValueError(f"crop must be square, got {crop.shape}")
+    crop = to_dtype(crop, frame.dtype)
     if not isinstance(transform, AlignTransform):
         raise TypeError(f"expected an AlignTransform, got {type(transform).__name__}")
     size = crop.shape[0]

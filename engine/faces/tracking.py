@@ -1,17 +1,21 @@
-"""Face identities across frames and temporal smoothing of the alignment quad.
+"""Face identities across frames and causal smoothing of the alignment quad.
 
-:class:`FaceTracker` gives each face a stable ``track_id`` (Hungarian assignment on
-box overlap and distance to a constant-velocity prediction) and smooths each track's
-FFHQ quad causally with a one-euro filter, so the aligned crop does not jitter while
-still following real motion with little lag. The quad is smoothed through its centre
-and half-side vector (position, and scale + rotation), in units of the face's size,
-so the behaviour does not depend on the resolution. Time is counted in frames.
+:class:`FaceTracker` is the online tracker: it gives each face a ``track_id``
+(Hungarian assignment on box overlap and distance to a constant-velocity prediction)
+and smooths each track's FFHQ quad causally with a one-euro filter, so the aligned
+crop does not jitter while still following real motion with little lag. The quad is
+smoothed through its centre and half-side vector (position, and scale + rotation),
+in units of the face's size, so the behaviour does not depend on the resolution.
+Time is counted in frames.
 
-Finite memory: the filter is run afresh over the track's observations of the last
-``window`` frames (about five filter time constants) at every frame, and the motion
-prediction uses the last two observations only. So frames older than
-:attr:`FaceTracker.memory` never change the output, and a render farm chunk that
-starts ``memory`` frames early reproduces a whole-clip render exactly.
+The smoothing has finite memory: the filter is run afresh over the track's
+observations of the last ``window`` frames (about five filter time constants) at
+every frame (:func:`one_euro_quad`). Identities do not: which track a detection
+joins depends on every earlier assignment, so a tracker started mid-clip can differ
+from one started at frame 0 (rarely, e.g. two faces crossing just after the start).
+Renders therefore do not carry a FaceTracker along a clip: the pipeline's tracking
+stage (:mod:`engine.faces.lookahead`) re-runs the association over a bounded window
+for every frame, which makes each frame's faces a function of that window alone.
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from ..temporal import one_euro_params, one_euro_window
 from .align import ffhq_quad, quad_from_params, quad_params
 from .landmarks import Face
 
-__all__ = ["OneEuroFilter", "TrackedFace", "FaceTracker", "smoothing_params", "box_iou"]
+__all__ = ["OneEuroFilter", "TrackedFace", "FaceTracker", "smoothing_params", "one_euro_quad", "box_iou"]
 
-MAX_WINDOW = 150  # frames: caps the smoothing window (and the farm warm-up) at the heaviest settings
+smoothing_params = one_euro_params  # (min_cutoff, beta) for a strength; defined with the other frame counts
 
 
 class OneEuroFilter:
@@ -68,18 +73,6 @@ class OneEuroFilter:
         a = self._alpha(self.min_cutoff + self.beta * speed, dt)
         self.x = self.x + a * (value - self.x)
         return self.x.copy()
-
-
-def smoothing_params(smoothing: float) -> tuple[float, float]:
-    """(min_cutoff in cycles/frame, beta) of the centre filter for a strength in (0, 1].
-
-    The half-side vector (scale and rotation: noisier, changing slower) uses the same
-    min_cutoff and a quarter of beta.
-    """
-    s = float(np.clip(smoothing, 0.0, 1.0))
-    min_cutoff = 0.08 * (1.0 - s) ** 2 + 0.005  # 0.085 (light) .. 0.005 (heavy); 0.5 -> 0.025
-    beta = 40.0 * (1.0 - s) ** 1.5 + 2.0  # 42 .. 2; 0.5 -> 16
-    return min_cutoff, beta
 
 
 def box_iou(a, b) -> float:
@@ -148,13 +141,20 @@ class _Track:
         min_cutoff, beta, window = self.params
         c, x = quad_params(raw_quad)
         self.history = [h for h in self.history if h[0] > frame - window] + [(frame, c, x)]
-        # the one-euro filter, run over the window only: bounded memory, same output
-        # whatever frame the tracker was started at
-        frames = [h[0] for h in self.history]
-        scales = [math.hypot(*h[2]) for h in self.history]
-        cs = _one_euro_run(frames, [h[1] for h in self.history], scales, min_cutoff, beta)
-        xs = _one_euro_run(frames, [h[2] for h in self.history], scales, min_cutoff, beta / 4.0)
-        self.quad = quad_from_params(cs, xs)
+        self.quad = one_euro_quad(self.history, min_cutoff, beta)
+
+
+def one_euro_quad(history, min_cutoff: float, beta: float) -> np.ndarray:
+    """The causal one-euro filter run over a track's recent observations; its last quad.
+
+    ``history``: (frame, centre, half-side vector) tuples in time order, e.g. those of
+    the last ``window`` frames: the result depends on nothing else (bounded memory).
+    """
+    frames = [h[0] for h in history]
+    scales = [math.hypot(*h[2]) for h in history]
+    cs = _one_euro_run(frames, [h[1] for h in history], scales, min_cutoff, beta)
+    xs = _one_euro_run(frames, [h[2] for h in history], scales, min_cutoff, beta / 4.0)
+    return quad_from_params(cs, xs)
 
 
 def _one_euro_run(frames, values, scales, min_cutoff, beta, d_cutoff=0.2) -> np.ndarray:
@@ -219,19 +219,12 @@ class FaceTracker:
             mc = mc if min_cutoff is None else float(min_cutoff)
             b = b if beta is None else float(beta)
             if window is None:  # ~5 time constants of the still-face filter
-                window = min(MAX_WINDOW, math.ceil(5.0 / (2.0 * math.pi * mc)))
+                window = one_euro_window(mc)
             self.window = max(1, int(window))
             self._params = (mc, b, self.window)
         self._tracks: list[_Track] = []
         self._next_id = 0
         self._frame = -1
-
-    @property
-    def memory(self) -> int:
-        """Frames of history that can affect the output: a tracker started this many
-        frames before frame N returns the same quads at N as one started at frame 0
-        (given the same detections). Render farms pre-roll chunks by this much."""
-        return self.window + self.max_missing + 2
 
     def reset(self) -> None:
         """Forget all tracks (e.g. at a cut); ids start again from 0."""

@@ -26,6 +26,7 @@ def identity_render(request, progress=None, cancel=None):
     info = media.probe(request.source)
     first, last = request.frames
     pattern = str(request.output)
+    number = getattr(info, "first_number", 0)   # an image sequence's results carry its own file numbers
     total = last - first + 1
     overlay = request.params.get("output_kind") == "overlay"
 
@@ -41,10 +42,10 @@ def identity_render(request, progress=None, cancel=None):
         if overlay:
             import numpy as np
             frame = np.dstack([frame, np.full(frame.shape[:2], 255, np.uint8)])
-        media.write_frame(Path(pattern % index), frame)
+        media.write_frame(Path(pattern % (number + index)), frame)
         done += 1
         emit("rendering", done)
         time.sleep(delay)
     emit("done", done)
     return SimpleNamespace(output=Path(pattern).parent, kind="sequence", pattern=pattern, first_frame=first,
-                           last_frame=last, written=done, skipped=0, fps=float(info.fps))
+                           last_frame=last, written=done, skipped=0, fps=float(info.fps), first_number=number)

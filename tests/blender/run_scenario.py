@@ -45,10 +45,10 @@ def set_prefs(args: dict) -> None:
     prefs.start_timeout = int(args.get("start_timeout", 60))
 
 
-def new_scene(fps: int = 24):
+def new_scene(fps: int = 24, fps_base: float = 1.0):
     scene = bpy.context.scene
     scene.render.fps = fps
-    scene.render.fps_base = 1.0
+    scene.render.fps_base = fps_base
     compat = addon_module("compat")
     sed = compat.sequence_editor(scene, create=True)
     for strip in list(compat.top_level(sed)):
@@ -102,6 +102,15 @@ def add_movie(scene, args: dict):
     return strip
 
 
+def selected_movie(args: dict):
+    """Preferences from `args`, a 24 fps scene with one movie strip (add_movie), selected: (scene, sed, strip)."""
+    set_prefs(args)
+    scene, sed = new_scene()
+    source = add_movie(scene, args)
+    select_only(scene, {source.name})
+    return scene, sed, source
+
+
 def _parameters(rna_function) -> set:
     return {p.identifier for p in rna_function.parameters}
 
@@ -148,7 +157,14 @@ def scenario_toonify(args: dict) -> dict:
     """Build a scene with a (trimmed) movie strip, Toonify it against a running/startable engine."""
     set_prefs(args)
     scene, sed = new_scene(int(args.get("fps", 24)))
-    if args.get("ui_add"):
+    if args.get("sequence"):
+        files = args["sequence"]
+        compat = addon_module("compat")
+        source = compat.new_image(compat.top_level(sed), "shot", files[0], int(args.get("channel", 2)),
+                                  int(args.get("frame_start", 10)))
+        for path in files[1:]:
+            source.elements.append(os.path.basename(path))
+    elif args.get("ui_add"):
         source = add_movie_like_the_ui(scene, args["clip"], int(args.get("channel", 2)),
                                        int(args.get("frame_start", 10)))
         source.frame_offset_start = int(args.get("frame_offset_start", 0))
@@ -222,10 +238,7 @@ def scenario_errors(args: dict) -> dict:
 
 def scenario_cancel(args: dict) -> dict:
     """The modal operator's plain path: Run on a worker thread, tick, cancel (what Esc does)."""
-    set_prefs(args)
-    scene, sed = new_scene()
-    source = add_movie(scene, args)
-    select_only(scene, {source.name})
+    scene, sed, source = selected_movie(args)
     names = ("planning", "toonify", "operators", "props", "compat")
     planning, toonify, operators, props, compat = (addon_module(n) for n in names)
     plans = planning.plan_strips(scene, compat.selected_strips(bpy.context, scene))
@@ -253,14 +266,18 @@ def scenario_cancel(args: dict) -> dict:
             "unchanged": all_strips(scene) == before}
 
 
-def _write_gray_frames(folder: str, name: str, first: int, last: int, size=(64, 36)) -> str:
-    """Result frames whose grey level codes their source frame number (3 * n), like the test clip."""
+def _write_gray_frames(folder: str, name: str, first: int, last: int, size=(64, 36), first_number: int = 0,
+                       digits: int = 6) -> str:
+    """Result frames whose grey level codes their source frame (3 * n), like the test clip.
+
+    Frame n is file `pattern % (first_number + n)`, as the engine names an image sequence's results.
+    """
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from png import png_bytes
     os.makedirs(folder, exist_ok=True)
-    pattern = os.path.join(folder, f"{name}.%06d.png")
+    pattern = os.path.join(folder, f"{name}.%0{digits}d.png")
     for f in range(first, last + 1):
-        with open(pattern % f, "wb") as fh:
+        with open(pattern % (first_number + f), "wb") as fh:
             fh.write(png_bytes(size[0], size[1], (3 * f % 256,) * 3))
     return pattern
 
@@ -289,14 +306,30 @@ def rendered_code(scene, frame: int, path: str) -> int:
     return int(round(value / 3.0))
 
 
-def add_movie_like_the_ui(scene, path: str, channel: int, frame_start: int):
-    """Add a movie the way the Add > Movie menu does, with "Adjust Playback Rate" on (Blender's default)."""
+def _sequencer_override(scene) -> dict:
     window = bpy.context.window
     area = window.screen.areas[0]
     area.type = "SEQUENCE_EDITOR"
     region = next(r for r in area.regions if r.type == "WINDOW")
     if hasattr(bpy.context.workspace, "sequencer_scene"):  # 5.0+
         bpy.context.workspace.sequencer_scene = scene
+    return dict(window=window, area=area, region=region, scene=scene)
+
+
+def make_meta(scene, names, name: str):
+    """Group the named strips into a meta strip the way Strip > Make Meta Strip does (sized to its contents)."""
+    select_only(scene, set(names))
+    with bpy.context.temp_override(**_sequencer_override(scene)):
+        result = bpy.ops.sequencer.meta_make()
+    assert result == {"FINISHED"}, result
+    meta = scene.sequence_editor.active_strip
+    meta.name = name
+    return meta
+
+
+def add_movie_like_the_ui(scene, path: str, channel: int, frame_start: int):
+    """Add a movie the way the Add > Movie menu does, with "Adjust Playback Rate" on (Blender's default)."""
+    override = _sequencer_override(scene)
     folder, name = os.path.split(path)
     compat = addon_module("compat")
     before = {s.name for s in compat.all_strips(scene.sequence_editor)}
@@ -305,7 +338,7 @@ def add_movie_like_the_ui(scene, path: str, channel: int, frame_start: int):
     operator = bpy.ops.sequencer.movie_strip_add
     if "move_strips" in {p.identifier for p in operator.get_rna_type().properties}:  # 5.0+
         options["move_strips"] = False   # keep the strip where asked, overlapping or not
-    with bpy.context.temp_override(window=window, area=area, region=region):
+    with bpy.context.temp_override(**override):
         result = operator(**options)
     assert result == {"FINISHED"}, result
     (strip,) = [s for s in compat.all_strips(scene.sequence_editor) if s.name not in before]
@@ -315,10 +348,7 @@ def add_movie_like_the_ui(scene, path: str, channel: int, frame_start: int):
 def scenario_engine_dies(args: dict) -> dict:
     """The engine process is killed mid-render: the run ends with one clear failure, nothing placed."""
     import signal
-    set_prefs(args)
-    scene, sed = new_scene()
-    source = add_movie(scene, args)
-    select_only(scene, {source.name})
+    scene, sed, source = selected_movie(args)
     names = ("planning", "toonify", "operators", "props", "compat")
     planning, toonify, operators, props, compat = (addon_module(n) for n in names)
     plans = planning.plan_strips(scene, compat.selected_strips(bpy.context, scene))
@@ -347,7 +377,9 @@ def scenario_placement(args: dict) -> dict:
     planning, placement, compat = (addon_module(n) for n in ("planning", "placement", "compat"))
     out = {}
     for case in args["cases"]:
-        scene, sed = new_scene(int(args.get("fps", 24)))
+        scene, sed = new_scene(int(case.get("fps", args.get("fps", 24))), float(case.get("fps_base", 1.0)))
+        sed.use_cache_raw = bool(case.get("cache_raw", True))
+        clip = case.get("clip", args.get("clip"))
         setup_render(scene)
         top = compat.top_level(sed)
         if case.get("image"):
@@ -359,9 +391,9 @@ def scenario_placement(args: dict) -> dict:
             for path in files[1:]:
                 source.elements.append(os.path.basename(path))
         elif case.get("ui_add"):
-            source = add_movie_like_the_ui(scene, args["clip"], case.get("channel", 2), case.get("frame_start", 10))
+            source = add_movie_like_the_ui(scene, clip, case.get("channel", 2), case.get("frame_start", 10))
         else:
-            source = compat.new_movie(top, "clip", args["clip"], case.get("channel", 2), case.get("frame_start", 10))
+            source = compat.new_movie(top, "clip", clip, case.get("channel", 2), case.get("frame_start", 10))
         for key, attr in (("animation_offset_start", "animation_offset_start"),
                           ("animation_offset_end", "animation_offset_end"),
                           ("frame_offset_start", "frame_offset_start"), ("frame_offset_end", "frame_offset_end"),
@@ -370,14 +402,21 @@ def scenario_placement(args: dict) -> dict:
                 setattr(source, attr, case[key])
         source.transform.offset_x = float(case.get("offset_x", 0.0))
         if case.get("meta"):
-            meta = top.new_meta(name="meta", channel=source.channel + 1, frame_start=source.frame_final_start)
-            source.move_to_meta(meta)
+            meta = make_meta(scene, [source.name], "meta")
+            meta.use_reverse_frames = bool(case.get("meta_reverse", False))
             source = compat.children(meta)[0]
         add_blockers(scene, case.get("blockers"))
-        plan = planning.plan_strip(scene, source)
+        try:
+            plan = planning.plan_strip(scene, source)
+        except planning.ToonifyError as exc:
+            out[case["label"]] = {"error": str(exc)}
+            continue
         source_before = describe(source)
-        pattern = _write_gray_frames(os.path.join(args["folder"], case["label"]), "res", plan.first, plan.last)
-        result = {"kind": "sequence", "pattern": pattern, "first_frame": plan.first, "last_frame": plan.last}
+        number = int(case.get("first_number", 0))
+        pattern = _write_gray_frames(os.path.join(args["folder"], case["label"]), "res", plan.first, plan.last,
+                                     first_number=number, digits=4 if number else 6)
+        result = {"kind": "sequence", "pattern": pattern, "first_frame": plan.first, "last_frame": plan.last,
+                  "first_number": number}
         strip = placement.place_result(scene, source, result, case.get("output_kind", "frame"))
         entry = {"plan": [plan.first, plan.last], "plan_source": plan.source, "rate": plan.mapping.rate,
                  "source_before": source_before, "source_after": describe(source), "new": describe(strip)}
@@ -392,6 +431,182 @@ def scenario_placement(args: dict) -> dict:
             strip.mute = False
             entry["rendered_result"] = [rendered_code(scene, t, os.path.join(folder, f"r{t}.png")) for t in frames]
         out[case["label"]] = entry
+    return out
+
+
+def scenario_meta(args: dict) -> dict:
+    """A selected meta strip: its movie and image strips are toonified and placed inside it.
+
+    The meta holds a trimmed movie (channel 1), a color strip above part of it (channel 2), an image
+    sequence later on (channel 2), and a muted movie (channel 4, skipped); the meta itself is trimmed.
+    Rendered with the new strips muted and unmuted (color strip muted), every frame decodes the same.
+    """
+    set_prefs(args)
+    compat = addon_module("compat")
+    scene, sed = new_scene(24)
+    top = compat.top_level(sed)
+    movie = compat.new_movie(top, "clip", args["clip"], 1, 1)
+    movie.frame_offset_start, movie.frame_offset_end = 3, 40
+    color = new_color_strip(top, "title", 2, 1, 10)
+    files = args["sequence"]
+    seq = compat.new_image(top, "seq", files[0], 2, 40)
+    for path in files[1:]:
+        seq.elements.append(os.path.basename(path))
+    hidden = compat.new_movie(top, "hidden", args["clip"], 4, 1)
+    hidden.mute = True
+    meta = make_meta(scene, ["clip", "title", "seq", "hidden"], "meta")
+    meta.frame_final_start = meta.frame_final_start + 2           # the meta hides its first frames
+    new_color_strip(top, "lonely", 8, 1, 5)
+    make_meta(scene, ["lonely"], "empty")
+    out = {}
+    select_only(scene, {"meta"})
+    before = all_strips(scene)
+    out["op"] = run_operator(timeout=120)
+    after = all_strips(scene)
+    out["new"] = {n: after[n] for n in after if n not in before}
+    out["unchanged"] = all(after[n] == before[n] for n in before if n not in ("meta",))
+    setup_render(scene)
+    meta = compat.find_strip(scene, "meta")
+    compat.find_strip(scene, "title").mute = True
+    compat.find_strip(scene, "empty").mute = True
+    new = [compat.find_strip(scene, n) for n in out["new"]]
+    frames = range(meta.frame_final_start, meta.frame_final_end)
+    folder = os.path.join(args["output_folder"], "_render")
+    for strip in new:
+        strip.mute = True
+    out["rendered_source"] = [rendered_code(scene, t, os.path.join(folder, f"s{t}.png")) for t in frames]
+    for strip in new:
+        strip.mute = False
+    out["rendered_result"] = [rendered_code(scene, t, os.path.join(folder, f"r{t}.png")) for t in frames]
+    select_only(scene, {"empty"})
+    out["empty"] = run_operator(timeout=30)
+    return out
+
+
+def _engine_alive() -> bool:
+    """The engine still runs (a stopping engine removes its server.json first)."""
+    try:
+        with open(os.path.join(os.environ["TOON_OFX_CONFIG_DIR"], "server.json")) as fh:
+            pid = json.load(fh)["pid"]
+        os.kill(pid, 0)
+    except (OSError, ValueError, KeyError):
+        return False
+    return True
+
+
+def _wait_engine_gone(limit: float) -> float:
+    """Seconds until the engine process is gone (or -1 after `limit`)."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        if not _engine_alive():
+            return time.monotonic() - start
+        time.sleep(0.2)
+    return -1.0
+
+
+def scenario_session(args: dict) -> dict:
+    """The add-on holds an engine session while enabled; disabling it (or Blender exiting) says goodbye.
+
+    The engine runs with a short idle timeout: it must outlive that timeout while the add-on holds it,
+    and stop soon after the add-on lets go.
+    """
+    import addon_utils
+    set_prefs(args)
+    out = {"check": sorted(bpy.ops.toon_ofx.check_engine())}
+    with open(args["connected"], "w") as fh:               # the test lets go of its own session now
+        fh.write("1")
+    time.sleep(float(args["idle_timeout"]) + 4)
+    out["alive_while_held"] = _engine_alive()
+    if args.get("disable"):
+        addon_utils.disable(MODULE, default_set=True, handle_error=None)
+        out["gone_after"] = _wait_engine_gone(15)
+    return out
+
+
+def scenario_retry(args: dict) -> dict:
+    """Retry: a cancelled render resumes and is placed; a render that fails again is reported again."""
+    scene, sed, source = selected_movie(args)
+    operators = addon_module("operators")
+    out = {"nothing": run_operator_named("retry", timeout=10)}
+    out["first"] = run_operator(timeout=1.5)                  # cancelled by the timeout: still rendering
+    out["retryable"] = [job.strip_name for job in operators.retryable()]
+    job_id = operators.retryable()[0].job_id if operators.retryable() else None
+    before = all_strips(scene)
+    out["retry"] = run_operator_named("retry", timeout=120)
+    after = all_strips(scene)
+    out["new"] = [describe(addon_module("compat").find_strip(scene, n)) for n in after if n not in before]
+    out["after_retry"] = [job.strip_name for job in operators.retryable()]
+    out["job_id"] = job_id
+    scene.toon_ofx.seed = 4242                                 # the stand-in renderer fails this one
+    out["failing"] = run_operator(timeout=60)
+    out["retry_failing"] = run_operator_named("retry", timeout=60)
+    out["still_retryable"] = [job.strip_name for job in operators.retryable()]
+    return out
+
+
+def run_operator_named(name: str, **kwargs) -> dict:
+    try:
+        result = getattr(bpy.ops.toon_ofx, name)(**kwargs)
+        return {"result": sorted(result), "error": None}
+    except RuntimeError as exc:
+        return {"result": ["ERROR"], "error": str(exc)}
+
+
+class _RecordingLayout:
+    """What a panel or menu draw() asks of its layout, recorded (headless Blender never draws)."""
+
+    def __init__(self, calls):
+        self.calls = calls
+
+    def __getattr__(self, name):
+        def call(*args, **kwargs):
+            entry = [name, [a if isinstance(a, (str, int, float, bool)) else type(a).__name__ for a in args],
+                     {k: v for k, v in kwargs.items() if isinstance(v, (str, int, float, bool))}]
+            self.calls.append(entry)
+            if name in ("operator",):
+                return _RecordedOperator(entry)
+            if name in ("row", "column", "box", "split"):
+                return self
+            return None
+        return call
+
+
+class _RecordedOperator:
+    def __init__(self, entry):
+        self.__dict__["entry"] = entry
+
+    def __setattr__(self, name, value):
+        self.entry[2][f"op.{name}"] = value
+
+
+def scenario_models(args: dict) -> dict:
+    """The Style and Base model pickers: the engine's model list, picking one, and a file from the browser."""
+    import types
+    set_prefs(args)
+    scene, sed = new_scene()
+    ui, models, props = (addon_module(n) for n in ("ui", "models", "props"))
+    out = {"before": [m["name"] for m in models.for_field("model")]}
+    menu_calls = []
+    ui.MODEL_MENUS["model"].draw(types.SimpleNamespace(layout=_RecordingLayout(menu_calls)), bpy.context)
+    out["empty_menu"] = menu_calls
+    out["check"] = sorted(bpy.ops.toon_ofx.check_engine())
+    out["styles"] = models.for_field("model")
+    out["bases"] = [m["name"] for m in models.for_field("base_model")]
+    menu_calls = []
+    ui.MODEL_MENUS["model"].draw(types.SimpleNamespace(layout=_RecordingLayout(menu_calls)), bpy.context)
+    out["menu"] = menu_calls
+    panel_calls = []
+    ui.TOONOFX_PT_toonify.draw(types.SimpleNamespace(layout=_RecordingLayout(panel_calls)), bpy.context)
+    out["panel"] = panel_calls
+    name = out["styles"][0]["name"]
+    pick = addon_module("operators").TOONOFX_OT_pick_model
+    out["description"] = pick.description(bpy.context, types.SimpleNamespace(name=name))
+    out["pick"] = sorted(bpy.ops.toon_ofx.pick_model(target="model", name=name))
+    out["picked"] = scene.toon_ofx.model
+    bpy.ops.wm.save_as_mainfile(filepath=args["blend"])
+    scene.toon_ofx.model = "//models/my_toon.pt"            # what the file browser writes for a file beside it
+    out["from_browser"] = props.values(scene.toon_ofx)["model"]
+    out["refresh"] = sorted(bpy.ops.toon_ofx.refresh_models())
     return out
 
 
@@ -437,15 +652,13 @@ def scenario_modal(args: dict) -> dict:
     (timer ticks, Esc). Everything else is real: the scene, the strips, the engine.
     """
     import types
-    set_prefs(args)
-    scene, sed = new_scene()
-    source = add_movie(scene, args)
-    select_only(scene, {source.name})
+    scene, sed, source = selected_movie(args)
     operators = addon_module("operators")
     cls = operators.TOONOFX_OT_toonify
 
     class Op:
-        invoke, modal, cancel, _show, _stop = cls.invoke, cls.modal, cls.cancel, cls._show, cls._stop
+        invoke, modal, cancel, _show, _stop, _make_run = cls.invoke, cls.modal, cls.cancel, cls._show, cls._stop, \
+            cls._make_run
 
         def __init__(self):
             self.reports = []

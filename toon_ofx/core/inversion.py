@@ -22,7 +22,7 @@ import functools
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from . import model_store
 from .errors import UserError
@@ -92,11 +92,13 @@ def _encoder_file(params: Dict[str, Any]) -> Optional[Path]:
         raise UserError(exc.message, field="encoder") from None
 
 
-def plan_inversion(params: Dict[str, Any]) -> Inversion:
-    """The inversion validated `params` run, with the files it needs; UserError for what cannot run."""
+def plan_inversion(params: Dict[str, Any], download: bool = True) -> Inversion:
+    """The inversion validated `params` run, with the files it needs; UserError for what cannot run.
+    `download`: a one-pass toon style missing here is downloaded (else: the UserError naming it)."""
     model = params["model"]
     if is_one_pass_toon(model):
-        return Inversion("encoder", model_store.ensure(model), one_pass_toon=True)
+        path = model_store.require({"toon": model}, download=download)["toon"]
+        return Inversion("encoder", path, one_pass_toon=True)
     asked = params["inversion"]
     if asked == "projection":
         return Inversion("projection")
@@ -110,6 +112,22 @@ def plan_inversion(params: Dict[str, Any]) -> Inversion:
     return Inversion("projection", notice=(
         f"no face encoder installed ({params['encoder']}): inverting faces by projection from the mean face, "
         f"{params['steps']} steps for each new face (much slower); {how}"))
+
+
+def required_models(params: Dict[str, Any], inversion: Optional[Inversion] = None) -> Dict[str, str]:
+    """`model_store.required` for what this inversion loads: a one-pass toon style needs neither the base
+    model nor the toon generator (its file has both); "encoder" needs no perceptual loss; an encoder is
+    named by its (installed) file, never downloaded on demand."""
+    inversion = inversion or plan_inversion(params)
+    need = model_store.required(params)
+    if inversion.one_pass_toon:
+        del need["base"]
+        need["toon"] = str(inversion.encoder)
+    elif inversion.encoder is not None:
+        need["encoder"] = str(inversion.encoder)
+    if inversion.mode == "encoder":
+        del need["vgg16"], need["lpips"]
+    return need
 
 
 def load_face_encoder(path: Path, base, device):
@@ -152,16 +170,20 @@ class InversionModels:
         self._lock = threading.Lock()
         self._perceptual = self._encoder = self._encoder_path = None
 
-    def get(self, inversion: Inversion):
-        """(perceptual loss or None, face encoder or None) for `inversion`."""
+    def get(self, inversion: Inversion, loading: Optional[Callable[[str], None]] = None):
+        """(perceptual loss or None, face encoder or None) for `inversion`; `loading(label)` is called
+        before a model is loaded ("lpips", or the encoder's file name)."""
         from engine.inversion.lpips import load_lpips
 
         with self._lock:
             perceptual = None
             if inversion.mode != "encoder":
                 if self._perceptual is None:
+                    if loading is not None:
+                        loading("lpips")
                     try:
-                        self._perceptual = load_lpips(model_store.ensure("vgg16"), model_store.ensure("lpips-vgg"),
+                        files = model_store.require({"vgg16": "vgg16", "lpips": "lpips-vgg"})
+                        self._perceptual = load_lpips(files["vgg16"], files["lpips"],
                                                       device=self.device).eval().requires_grad_(False)
                     except FileNotFoundError as exc:
                         raise UserError(str(exc)) from None
@@ -169,6 +191,8 @@ class InversionModels:
             if self.one_pass is not None or inversion.encoder is None:
                 return perceptual, self.one_pass
             if self._encoder_path != inversion.encoder:
+                if loading is not None:
+                    loading(Path(inversion.encoder).name)
                 self._encoder = load_face_encoder(inversion.encoder, self.base, self.device)
                 self._encoder_path = inversion.encoder
             return perceptual, self._encoder

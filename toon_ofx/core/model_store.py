@@ -9,11 +9,13 @@ lists every checkpoint the product knows. Files are looked up, in order, in
    face-alignment downloaded before), read only,
 4. a copy shipped inside an installed package (``package_file``).
 
-Nothing is downloaded implicitly: `resolve` answers with a path or with one
-clear `UserError` that names the file, the folder to put it in, the URL and
-the ``toon-ofx models pull NAME`` command. `pull` downloads with urllib to a
-temp file next to the target, shows a tqdm bar, checks the SHA-256 (or the
-hash prefix in the upstream file name) and renames the file into place.
+`resolve` answers with a path or with one clear `UserError` that names the file,
+the folder to put it in, the URL and the ``toon-ofx models pull NAME`` command;
+`require` does that for every model a render needs at once (downloading what it
+can first), so a first run names every missing file in one message, with its
+size, licence, URL and target folder. `pull` downloads with urllib to a temp
+file next to the target, shows a tqdm bar, checks the SHA-256 (or the hash
+prefix in the upstream file name) and renames the file into place.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from . import dirs
 from .errors import UserError
@@ -34,17 +36,14 @@ ENV_MODELS = "TOON_OFX_MODELS"
 ENV_MANIFEST = "TOON_OFX_MANIFEST"
 # nvidia-tf-pkl (NVIDIA's TensorFlow StyleGAN2 pickles, e.g. Toonify) loads directly like nvidia-pkl:
 # engine.generator.checkpoints reads both without the authors' code, so neither needs a conversion step.
-FORMATS = ("rosinality-pt", "nvidia-pkl", "nvidia-tf-pkl", "torchvision", "lpips", "face-alignment")
-KINDS = ("base", "toon", "blended", "perceptual", "landmarks")
+# psp-pt: pSp / e4e / ReStyle encoder checkpoints (engine.inversion.encoders), loaded as downloaded.
+FORMATS = ("rosinality-pt", "nvidia-pkl", "nvidia-tf-pkl", "torchvision", "lpips", "face-alignment", "psp-pt")
+KINDS = ("base", "toon", "blended", "perceptual", "landmarks", "encoder")
 REQUIRED = ("title", "kind", "file", "format", "urls", "sha256", "licence", "notes")
 _MODEL_SUFFIXES = (".pt", ".pth", ".pkl", ".tar", ".ckpt", ".bin", ".safetensors")
 _CHUNK = 1 << 20
 _TIMEOUT = 30
 
-__all__ = [
-    "ENV_MODELS", "ENV_MANIFEST", "load_manifest", "manifest_path", "models_dir", "search_dirs", "resolve",
-    "find", "pull", "list_models", "is_blended", "entry", "sha256_of", "add_models_parser", "run_models",
-]
 
 
 # ============================================================================ manifest
@@ -242,14 +241,84 @@ def resolve(name_or_path: os.PathLike | str, manifest: Optional[dict] = None) ->
                     f"({ENV_MODELS} names another folder).", field="model")
 
 
-def ensure(name_or_path: os.PathLike | str, progress: bool = True, manifest: Optional[dict] = None) -> Path:
-    """Like resolve(), but a known model that is missing and downloadable is pulled first."""
+def required(params: Mapping[str, Any]) -> Dict[str, str]:
+    """The models a render with these (validated) parameters loads: role -> manifest name or file path."""
+    need = {"base": str(params["base_model"]), "toon": str(params["model"]), "vgg16": "vgg16",
+            "lpips": "lpips-vgg"}
+    if params.get("landmarker") == "face-alignment":
+        need.update(fan="fan-2d", s3fd="s3fd")
+    return need
+
+
+ROLE_FIELDS = {"toon": "model", "base": "base_model", "encoder": "encoder"}   # the parameter to blame for a missing model
+
+
+def require(models: Mapping[str, str], download: bool = True, progress: bool = True,
+            manifest: Optional[dict] = None) -> Dict[str, Path]:
+    """Paths of `models` (role -> name or path, e.g. `required(params)`), or ONE UserError naming every file
+    that is missing, with its size, licence, URL and the folder to put it in.
+
+    With `download`, known models that are missing are downloaded first; once a download finds
+    the machine offline the others are not tried. Unknown names and missing paths are input
+    errors and fail at once, like `resolve`.
+    """
     m = manifest or load_manifest()
-    text = os.fspath(name_or_path)
-    e = m["models"].get(text)
-    if e is not None and e.get("urls") and find(text, m) is None:
-        pull(text, progress=progress, manifest=m)
-    return resolve(text, m)
+    paths: Dict[str, Path] = {}
+    missing: List[Tuple[str, dict]] = []
+    for role, name in models.items():
+        if name in m["models"] and find(name, m) is None:
+            missing.append((role, m["models"][name]))
+            continue
+        try:
+            paths[role] = resolve(name, m)
+        except UserError as exc:
+            raise UserError(exc.message, field=ROLE_FIELDS.get(role, exc.field)) from None
+    failure: Optional[DownloadError] = None
+    if download:
+        for role, e in list(missing):
+            if not e["urls"] or e.get("download_file") or (failure is not None and failure.offline):
+                continue
+            try:
+                pull(e["name"], progress=progress, manifest=m)
+            except DownloadError as exc:
+                failure = failure or exc
+                continue
+            paths[role] = resolve(e["name"], m)
+            missing.remove((role, e))
+    if missing:
+        raise UserError(_missing_message([e for _, e in missing], failure),
+                        field=next((ROLE_FIELDS[r] for r in ("toon", "base") if r in dict(missing)), None))
+    return paths
+
+
+def _size_text(e: dict) -> str:
+    size = int(e.get("size") or 0)
+    if not size:
+        return "size not published"
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} bytes"
+
+
+def _missing_message(entries: List[dict], failure: Optional["DownloadError"]) -> str:
+    """Every missing file on its own line: file, model, size, licence, where from; then where to put them."""
+    folder = models_dir()
+    count = f"{len(entries)} model file{'s are' if len(entries) > 1 else ' is'} missing"
+    if failure is not None:
+        count += " (this machine looks offline)" if failure.offline else f" (download failed: {failure.message})"
+    lines = [f"{count}:"]
+    for e in entries:
+        source = e["urls"][0] if e["urls"] else e.get("page", "")
+        licence = e.get("licence") or "see models/manifest.toml"
+        lines.append(f"  - {e['file']} (model {e['name']}, {_size_text(e)}, licence: {licence}) from {source}")
+        if e.get("download_file"):
+            lines.append(f"    downloads as {e['download_file']}; convert it once: {e.get('convert')}")
+    pullable = [e["name"] for e in entries if e["urls"]]
+    lines.append(f"Put them in {folder} (or a folder named by {ENV_MODELS})"
+                 + (f", or run `toon-ofx models pull {' '.join(pullable)}` on a machine with internet access "
+                    "and copy the files there." if pullable else "."))
+    return "\n".join(lines)
 
 
 # ============================================================================ download
@@ -275,7 +344,8 @@ def _expected(e: dict) -> str:
     return e.get("sha256") or (e.get("sha256_prefix", "") + "..." if e.get("sha256_prefix") else "")
 
 
-def _expand(names: Iterable[str], m: dict) -> List[str]:
+def expand(names: Iterable[str], m: dict) -> List[str]:
+    """Model names with groups replaced by their members (each once); UserError for an unknown name."""
     out: List[str] = []
     for n in names:
         if n in m["groups"]:
@@ -297,7 +367,7 @@ def pull(name: str, progress: bool = True, force: bool = False, manifest: Option
     Already-installed files that verify are not downloaded again.
     """
     m = manifest or load_manifest()
-    names = _expand([name], m)
+    names = expand([name], m)
     result = None
     for n in names:
         result = _pull_one(m["models"][n], progress, force, m, dest)
@@ -328,13 +398,21 @@ def _pull_one(e: dict, progress: bool, force: bool, m: dict, dest) -> Path:
         except _DownloadFailed as exc:
             errors.append(f"{url}: {exc}")
             if exc.final:
-                raise UserError(str(exc), field="model") from None
+                raise DownloadError(str(exc)) from None
     offline = all("unreachable" in x or "timed out" in x for x in errors)
     reason = "; ".join(errors)
     hint = ("It looks like this machine is offline. " if offline else "") + (
         f"Download {fname} from {e['urls'][0]} on a machine with internet access and copy it to {folder}"
         f" (or into a folder named by {ENV_MODELS}).")
-    raise UserError(f"could not download {fname} for model {e['name']!r} ({reason}). {hint}", field="model")
+    raise DownloadError(f"could not download {fname} for model {e['name']!r} ({reason}). {hint}", offline=offline)
+
+
+class DownloadError(UserError):
+    """A model could not be downloaded; `offline` when no URL could be reached at all."""
+
+    def __init__(self, message: str, offline: bool = False):
+        super().__init__(message, field="model")
+        self.offline = offline
 
 
 class _DownloadFailed(Exception):
@@ -417,62 +495,6 @@ def list_models(manifest: Optional[dict] = None) -> List[dict]:
             "name": name, "title": e.get("title", ""), "kind": e.get("kind", ""), "format": e.get("format", ""),
             "resolution": e.get("resolution"), "file": e["file"], "installed": path is not None,
             "path": str(path) if path else None, "licence": e.get("licence", ""),
-            "needs_conversion": bool(e.get("download_file")),
+            "needs_conversion": bool(e.get("download_file")), "swap_res": e.get("swap_res"),
         })
     return rows
-
-
-# ============================================================================ CLI glue
-
-def add_models_parser(subparsers) -> None:
-    """Register ``toon-ofx models list|pull NAME...|path NAME``."""
-    p = subparsers.add_parser("models", help="list, download and locate model checkpoints",
-                              description="Known checkpoints (models/manifest.toml) and where they are.")
-    sub = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
-    pl = sub.add_parser("list", help="show known models and whether they are installed")
-    pl.add_argument("--json", action="store_true", help="machine-readable output")
-    pp = sub.add_parser("pull", help="download models (a name or a group such as face-alignment)")
-    pp.add_argument("names", nargs="+", metavar="NAME")
-    pp.add_argument("--force", action="store_true", help="download again even if present")
-    pp.add_argument("--no-progress", action="store_true", help="no progress bar")
-    pa = sub.add_parser("path", help="print the file a model name resolves to")
-    pa.add_argument("name", metavar="NAME")
-    sub.add_parser("dir", help="print the folders searched for models")
-    p.set_defaults(run=run_models)
-
-
-def run_models(args) -> int:
-    """Run a ``toon-ofx models`` action; returns the exit code (UserError propagates)."""
-    action = args.models_command
-    if action == "list":
-        rows = list_models()
-        if getattr(args, "json", False):
-            import json
-
-            print(json.dumps(rows, indent=2))
-            return 0
-        width = max(len(r["name"]) for r in rows) if rows else 4
-        for r in rows:
-            state = "installed" if r["installed"] else ("missing (convert)" if r["needs_conversion"] else "missing")
-            res = f"{r['resolution']}px" if r["resolution"] else "-"
-            print(f"{r['name']:<{width}}  {state:<17}  {r['kind']:<10}  {res:>6}  {r['title']}")
-        print(f"\nmodels folder: {models_dir()}", file=sys.stderr)
-        return 0
-    if action == "pull":
-        m = load_manifest()
-        for name in _expand(args.names, m):
-            path = pull(name, progress=not args.no_progress, force=args.force, manifest=m)
-            e = m["models"][name]
-            print(path)
-            if e.get("download_file"):
-                print(f"toon-ofx: {name} needs one conversion: {e.get('convert')}; then put {e['file']} in "
-                      f"{models_dir()}", file=sys.stderr)
-        return 0
-    if action == "path":
-        print(resolve(args.name))
-        return 0
-    if action == "dir":
-        for d in search_dirs():
-            print(d)
-        return 0
-    raise UserError(f"unknown models action {action!r}")

@@ -38,6 +38,14 @@ def params_from_args(args: argparse.Namespace) -> Dict[str, Any]:
     return validate(given)
 
 
+def add_codec_option(parser: argparse.ArgumentParser) -> None:
+    """`--codec` for movie outputs (the names are media.formats.CODECS; checked where the movie is planned)."""
+    parser.add_argument("--codec", metavar="NAME", default=None,
+                        help="movie codec (default: follow the source): h264, h264-10bit, hevc, hevc-10bit, "
+                             "prores-proxy, prores-lt, prores-422, prores-422hq, prores-4444, prores-4444xq, "
+                             "dnxhr-lb, dnxhr-sq, dnxhr-hq, dnxhr-hqx, dnxhr-444 (ProRes and DNxHR in a .mov)")
+
+
 def frame_range(text: str) -> Tuple[int, int]:
     """argparse type for 'A-B' or 'A'; whether the range fits the clip is checked by the renderer."""
     try:

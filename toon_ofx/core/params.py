@@ -116,13 +116,23 @@ PARAMS: Tuple[Param, ...] = (
           "Every this many frames the projection starts cold instead of from the previous frame, "
           "which bounds drift and lets farm chunks reproduce a whole-clip render exactly (0 = never).",
           minimum=0, maximum=100000),
+    Param("keyframe_overlap", int, 8, "Keyframe overlap",
+          "Frames after each keyframe in which the previous chain's face is cross-faded into the new "
+          "one, so the face does not jump at keyframes (0 = hard switch; at most half the keyframe "
+          "interval). Costs this many extra warm-start projections per face and keyframe.",
+          minimum=0, maximum=1000),
     Param("feather", float, 0.08, "Feather",
           "Width of the soft edge of the face mask, as a fraction of the face crop.",
           minimum=0.0, maximum=0.5),
     Param("color_match", bool, True, "Colour match",
           "Match the stylised face's colour statistics to the original face."),
     Param("smoothing", float, 0.5, "Temporal smoothing",
-          "How strongly face landmarks are smoothed over time (0 = off).", minimum=0.0, maximum=1.0),
+          "How strongly face landmarks are smoothed over time (0 = off). In zero-phase mode the "
+          "strength times 4 is the Gaussian width in frames.", minimum=0.0, maximum=1.0),
+    Param("smoothing_mode", str, "zero-phase", "Smoothing mode",
+          "'zero-phase': centred on each frame, over past and future frames (no lag; a render reads "
+          "a few frames past its range); 'causal': past frames only (for live input; trails fast "
+          "motion slightly).", choices=("zero-phase", "causal")),
     Param("output_kind", str, "frame", "Output",
           "'frame': the full frame with toon faces; 'overlay': RGBA, faces only, alpha elsewhere.",
           choices=("frame", "overlay")),

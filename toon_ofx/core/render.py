@@ -1,10 +1,16 @@
-"""Render a clip: media in, engine per frame, media out.
+"""Render a clip: media in, engine per picture, media out.
 
 Every render writes an image sequence named by SOURCE frame numbers, one
-atomic file per frame; a movie output is encoded from that sequence at the
-end. So a crashed or cancelled render resumes by running the same request
-again (finished frames are skipped), a farm chunk is just a frame range, and
-the local engine process, the CLI and Ray all share this one path.
+atomic file per frame (`outputs`); a movie output is encoded from that
+sequence at the end, with the codec that follows the source (or `codec`).
+So a crashed or cancelled render resumes by running the same request again
+(finished frames are skipped), a farm chunk is just a frame range, and the
+local engine process, the CLI and Ray all share this one path.
+
+Precision follows the source: a deep source (10-bit ProRes, HEVC Main 10,
+16-bit PNG) is decoded, stylised and written at 16 bits per channel, and its
+movie encoded from those 16-bit frames. An interlaced source is stylised
+field by field (`pictures`). An HDR source is refused (the models are SDR).
 """
 from __future__ import annotations
 
@@ -20,13 +26,13 @@ import numpy as np
 
 from . import media, model_store
 from .errors import Cancelled, UserError
-from .inversion import Inversion, InversionModels, load_one_pass_toon, plan_inversion
+from .inversion import Inversion, InversionModels, load_one_pass_toon, plan_inversion, required_models
+from .outputs import OutputPlan, frame_bits, plan_output, resolve_range
 from .params import validate
+from .pictures import Pictures, Weaver
+from .progress import ProgressEvent
 
 log = logging.getLogger("toon_ofx")
-
-MOVIE_SUFFIXES = (".mp4", ".mov", ".mkv", ".m4v")
-IMAGE_SUFFIXES = (".png",)
 
 
 @dataclass
@@ -34,76 +40,28 @@ class RenderRequest:
     source: Path
     output: Path
     params: Dict[str, Any] = field(default_factory=dict)
-    frames: Optional[Tuple[int, int]] = None   # inclusive source frame range, 0-based
+    frames: Optional[Tuple[int, int]] = None   # inclusive frame range, 0-based (also for image sequences)
     warmup: int = 0                            # extra frames processed before frames[0], not written
     work_dir: Optional[Path] = None            # frame folder for movie outputs (resume)
     keep_frames: bool = False
-    bits: int = 8
-
-
-@dataclass
-class ProgressEvent:
-    stage: str            # "loading", "rendering", "encoding", "done"
-    frames_done: int
-    frames_total: int
-    faces: int
-    eta_seconds: Optional[float]
-    notice: Optional[str] = None   # a one-line notice for the user (e.g. a fallback), sent once
+    bits: Optional[int] = None                 # bits per channel of the frames: 8, 16 or None (the source's)
+    codec: Optional[str] = None                # movie codec (media.codec_names()); None follows the source
 
 
 @dataclass
 class RenderResult:
     output: Path
-    kind: str             # "movie" or "sequence"
-    pattern: str          # printf pattern of the frame files (source frame numbers)
-    first_frame: int
+    kind: str             # "movie", "sequence" or "image"
+    pattern: str          # printf pattern of the frame files (source frame numbers); an image: its path
+    first_frame: int      # 0-based frame range rendered
     last_frame: int
     written: int
     skipped: int
     fps: float
     timings: Dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class OutputPlan:
-    kind: str
-    movie: Optional[Path]
-    pattern: str
-
-
-def plan_output(source: Path, output: Path, overlay: bool, work_dir: Optional[Path] = None) -> OutputPlan:
-    """Decide what `output` means: a movie file, a printf pattern, or a folder for a sequence."""
-    source, output = Path(source), Path(output)
-    if output.resolve() == source.resolve():
-        raise UserError(f"output {output} is the source clip; the source is never written to", field="output")
-    text = str(output)
-    if "%" in output.name:
-        if output.suffix.lower() not in IMAGE_SUFFIXES:
-            raise UserError(f"image sequence pattern {output.name} must end in .png", field="output")
-        return OutputPlan("sequence", None, text)
-    if output.suffix.lower() in MOVIE_SUFFIXES:
-        if overlay and output.suffix.lower() != ".mov":
-            raise UserError("an RGBA overlay needs a .mov (ProRes 4444) or a PNG sequence output; "
-                            f"{output.suffix} cannot carry alpha", field="output")
-        frames = Path(work_dir) if work_dir else output.with_name(f".{output.name}.frames")
-        return OutputPlan("movie", output, str(frames / f"{source.stem}.%06d.png"))
-    if output.suffix:
-        raise UserError(f"unknown output type {output.suffix!r}: use .mp4/.mov/.mkv, a folder, "
-                        "or a pattern like out/shot.%06d.png", field="output")
-    return OutputPlan("sequence", None, str(output / f"{source.stem}_toon.%06d.png"))
-
-
-def resolve_range(frames: Optional[Tuple[int, int]], frame_count: int) -> Tuple[int, int]:
-    """Check an inclusive frame range against the clip; None means the whole clip."""
-    if frame_count <= 0:
-        raise UserError("the clip has no frames", field="source")
-    if frames is None:
-        return 0, frame_count - 1
-    first, last = frames
-    if first < 0 or last < first or last >= frame_count:
-        raise UserError(f"frame range {first}-{last} is outside the clip (frames 0-{frame_count - 1})",
-                        field="frames")
-    return first, last
+    first_number: int = 0             # the number frame 0 carries in `pattern` (a sequence's first file number)
+    codec: Optional[str] = None       # the movie's codec (a media.CODECS label)
+    notes: List[str] = field(default_factory=list)   # streams converted or left out, and why
 
 
 def pick_device(name: str):
@@ -122,52 +80,52 @@ def pick_device(name: str):
 
 @dataclass
 class Plan:
-    """A checked request: parameters, source facts, frame range and output layout."""
+    """A checked request: parameters, source facts, frame range, output layout and depth."""
 
     params: Dict[str, Any]
     info: "media.MediaInfo"
     first: int
     last: int
     output: OutputPlan
+    bits: int = 8
     inversion: Optional[Inversion] = None
 
     def pending(self) -> List[int]:
         """Frames of the range not yet on disk."""
-        return [i for i in range(self.first, self.last + 1) if not Path(self.output.pattern % i).exists()]
+        return [i for i in range(self.first, self.last + 1) if not self.output.frame_path(i).exists()]
 
 
 def check_request(request: RenderRequest) -> Plan:
     """Everything about a request that can be wrong, checked before any model is loaded."""
     params = validate(request.params)
     info = media.probe(request.source)
+    media.check_renderable(info)
     first, last = resolve_range(request.frames, info.frame_count)
     if request.warmup < 0:
         raise UserError("warmup must be 0 or more frames", field="warmup")
-    if request.bits not in (8, 16):
-        raise UserError("bits must be 8 or 16", field="bits")
-    output = plan_output(request.source, request.output, params["output_kind"] == "overlay", request.work_dir)
+    overlay = params["output_kind"] == "overlay"
+    output = plan_output(info, request.output, overlay, request.work_dir)
+    bits = frame_bits(output, info, request.bits)
+    if output.kind == "movie":
+        media.choose_codec(output.movie, request.codec, info, overlay)  # a codec that cannot hold it fails here
+    elif request.codec is not None:
+        raise UserError(f"a codec is for movie outputs; {request.output} is an image {output.kind}", field="codec")
     inversion = plan_inversion(params)
     model_files(params, inversion=inversion)  # unknown or missing models fail here, before anything is loaded
-    return Plan(params, info, first, last, output, inversion)
+    return Plan(params, info, first, last, output, bits, inversion)
 
 
 def model_files(params: Dict[str, Any], download: bool = True,
                 inversion: Optional[Inversion] = None) -> Dict[str, Path]:
-    """Paths of every file the parameters need; known models missing locally are downloaded (encoders never:
-    see core.inversion)."""
-    get = model_store.ensure if download else model_store.resolve
-    inversion = inversion or plan_inversion(params)
-    if inversion.one_pass_toon:
-        files = {"toon": inversion.encoder}
-    else:
-        files = {"base": get(params["base_model"]), "toon": get(params["model"])}
-        if inversion.encoder is not None:
-            files["encoder"] = inversion.encoder
-    if inversion.mode != "encoder":
-        files.update(vgg16=get("vgg16"), lpips=get("lpips-vgg"))
-    if params["landmarker"] == "face-alignment":
-        files.update(fan=get("fan-2d"), s3fd=get("s3fd"))
-    return files
+    """Paths of every file the parameters need (core.inversion.required_models); known models missing
+    locally are downloaded first (encoders never), and whatever is still missing is named in one error
+    (model_store.require)."""
+    return model_store.require(required_models(params, inversion), download=download)
+
+
+def _model_label(name: str) -> str:
+    """A model as progress names it: its manifest name, or the file name of a path."""
+    return str(name).replace("\\", "/").rsplit("/", 1)[-1]
 
 
 MODEL_PARAMS = ("model", "base_model", "swap_res", "blend_width", "mapping_from", "landmarker", "device")
@@ -181,7 +139,8 @@ class Renderer:
     a live encoder preview and an encoder+projection render share one renderer.
     """
 
-    def __init__(self, params: Dict[str, Any]):
+    def __init__(self, params: Dict[str, Any], on_load: Optional[Callable[[str, int, int], None]] = None):
+        """Load the models; `on_load(model, number, count)` is called before each of them is loaded."""
         from engine.generator.blend import blend_generators
         from engine.generator.checkpoints import CheckpointError, load_generator
         from engine.faces.landmarks import make_landmarker
@@ -192,14 +151,29 @@ class Renderer:
         t = time.perf_counter()
         inversion = plan_inversion(p)
         files = model_files(p, inversion=inversion)
+        order = ([_model_label(p["model"])] if inversion.one_pass_toon else
+                 [_model_label(p["base_model"]), _model_label(p["model"])])
+        if inversion.encoder is not None and not inversion.one_pass_toon:
+            order.append(_model_label(inversion.encoder))
+        if inversion.mode != "encoder":
+            order.append("lpips")
+        order.append(p["landmarker"])
+
+        def loading(label: str) -> None:
+            if on_load is not None:
+                on_load(label, order.index(label) + 1, len(order))
+
         one_pass = None
         try:
             if inversion.one_pass_toon:
                 # no base W+ here: the encoder targets the toon generator directly
+                loading(order[0])
                 one_pass, decoder = load_one_pass_toon(files["toon"], self.device)
                 self.base = self.blended = decoder
             else:
+                loading(order[0])
                 self.base = load_generator(files["base"], device=self.device)
+                loading(order[1])
                 toon = load_generator(files["toon"], device=self.device, expect_size=self.base.size)
                 if p["swap_res"] > self.base.size:
                     raise UserError(f"swap_res {p['swap_res']} is above the model's resolution {self.base.size}",
@@ -210,7 +184,9 @@ class Renderer:
                     self.blended = blend_generators(self.base, toon, p["swap_res"], width=p["blend_width"],
                                                     mapping_from=p["mapping_from"])
             self.inversion_models = InversionModels(self.base, self.device, one_pass)
-            self.inversion_models.get(inversion)  # what these parameters need now; others on first use
+            # what these parameters need now (others on first use)
+            self.inversion_models.get(inversion, loading=loading if on_load is not None else None)
+            loading(p["landmarker"])
             if p["landmarker"] == "face-alignment":
                 self.landmarker = make_landmarker("face-alignment", device=str(self.device),
                                                   fan_path=files["fan"], s3fd_path=files["s3fd"])
@@ -230,26 +206,43 @@ class Renderer:
         params = validate(params)
         return all(params[k] == self.params[k] for k in MODEL_PARAMS)
 
-    def pipeline(self, params: Dict[str, Any], cancel: Optional[threading.Event] = None,
-                 inversion: Optional[Inversion] = None):
-        """A pipeline for `params`; with `cancel`, setting the event stops it within one projection step."""
-        from engine.pipeline import PipelineConfig, ToonPipeline
+    def config(self, params: Dict[str, Any], inversion: Optional[Inversion] = None):
+        """The engine's PipelineConfig for a parameter set (and the inversion it runs)."""
+        from engine.pipeline import PipelineConfig
 
         p = validate(params)
-        inversion = inversion or plan_inversion(p)
+        mode = (inversion or plan_inversion(p)).mode
+        return PipelineConfig(steps=p["steps"], warm_steps=p["warm_steps"], latent_space=p["latent_space"],
+                              pixel_weight=p["pixel_weight"], feather=p["feather"],
+                              color_match=p["color_match"], overlay=p["output_kind"] == "overlay",
+                              smoothing=p["smoothing"], smoothing_mode=p["smoothing_mode"],
+                              keyframe_interval=p["keyframe_interval"], keyframe_overlap=p["keyframe_overlap"],
+                              batch_size=self.batch_size(p, mode), seed=p["seed"],
+                              inversion=mode, refine_steps=p["refine_steps"])
+
+    def batch_size(self, params: Dict[str, Any], mode: str) -> int:
+        """Faces per batch: the parameter, or (0) what is fastest for this device and inversion mode."""
+        from engine.pipeline import default_batch_size
+
+        return params["batch_size"] or default_batch_size(self.device, mode)
+
+    def pipeline(self, params: Dict[str, Any], cancel: Optional[threading.Event] = None,
+                 on_step: Optional[Callable[[int, int], None]] = None, inversion: Optional[Inversion] = None):
+        """A pipeline for `params`; with `cancel`, setting the event stops it within one projection step;
+        `on_step(step, steps)` hears of every projection step."""
+        from engine.pipeline import ToonPipeline
+
+        inversion = inversion or plan_inversion(validate(params))
         perceptual, encoder = self.inversion_models.get(inversion)
-        config = PipelineConfig(steps=p["steps"], warm_steps=p["warm_steps"], latent_space=p["latent_space"],
-                                pixel_weight=p["pixel_weight"], feather=p["feather"],
-                                color_match=p["color_match"], overlay=p["output_kind"] == "overlay",
-                                smoothing=p["smoothing"], keyframe_interval=p["keyframe_interval"],
-                                batch_size=self.batch_size(p, inversion.mode), seed=p["seed"],
-                                inversion=inversion.mode, refine_steps=p["refine_steps"])
-        pipeline = ToonPipeline(self.landmarker, self.base, self.blended, perceptual, config, encoder=encoder)
-        if cancel is not None:
-            def stop_if_cancelled(step: int, steps: int) -> None:
-                if cancel.is_set():
+        pipeline = ToonPipeline(self.landmarker, self.base, self.blended, perceptual,
+                                self.config(params, inversion), encoder=encoder)
+        if cancel is not None or on_step is not None:
+            def after_step(step: int, steps: int) -> None:
+                if cancel is not None and cancel.is_set():
                     raise Cancelled(f"cancelled during a projection (step {step} of {steps})")
-            pipeline.on_step = stop_if_cancelled
+                if on_step is not None:
+                    on_step(step, steps)
+            pipeline.on_step = after_step
         return pipeline
 
     def batch_size(self, params: Dict[str, Any], mode: str) -> int:
@@ -264,7 +257,7 @@ class Renderer:
         plan = plan or check_request(request)
         params, info, out = plan.params, plan.info, plan.output
         first, last = plan.first, plan.last
-        Path(out.pattern).parent.mkdir(parents=True, exist_ok=True)
+        out.folder.mkdir(parents=True, exist_ok=True)
         todo = plan.pending()
         total = last - first + 1
         skipped = total - len(todo)
@@ -273,151 +266,138 @@ class Renderer:
             log.warning("toon-ofx: %s", inversion.notice)
         report = _Reporter(progress, total, skipped, notice=inversion.notice)  # sent once, first event
         timings: Dict[str, float] = {}
+        pictures = Pictures(info, plan.bits)
+        writer = _FrameWriter(plan, pictures, report, timings)
+        wanted = pictures.of_frames(todo)  # the engine works on pictures: frames, or fields when interlaced
+        warmup = request.warmup * pictures.per_frame
 
-        if todo and params["frame_batch"] > 1:
-            self._render_segments(request, plan, todo, report, timings, cancel)
-        elif todo:
-            pipeline = self.pipeline(params, cancel, inversion)
-            start = max(0, min(pipeline.warmup_start(todo[0]), todo[0] - request.warmup))
-            pending = set(todo)
-            # Encoder-only faces do not depend on the previous frame's: frames are inverted in groups
-            # (their faces in one batch); otherwise one frame at a time, each warm-starting the next.
-            group_size = self.batch_size(params, inversion.mode) if inversion.mode == "encoder" else 1
-            group: List[Any] = []
+        if wanted and params["frame_batch"] > 1:
+            self._render_segments(plan, pictures, wanted, warmup, writer, cancel)
+        elif wanted:
+            pipeline = self.pipeline(params, cancel, report.projecting, inversion)
+            first_picture, last_picture = wanted[0], wanted[-1]
+            start = max(0, min(pipeline.warmup_start(first_picture), first_picture - warmup))
+            end = pipeline.plan.decode_end(last_picture, info.frame_count * pictures.per_frame)
+            pending = set(wanted)
+            decoded = _decoded(pictures.read(start, end), timings, cancel, report)
+            for index, result in pipeline.run(decoded, first_picture, last_picture):
+                for stage, seconds in result.timings.items():
+                    _add(timings, stage, seconds)
+                if index in pending:
+                    writer.put(index, result)
 
-            def flush() -> None:
-                pipeline.project_faces(group)
-                for prepared in group:
-                    result = pipeline.finish(prepared)
-                    for stage, seconds in result.timings.items():
-                        _add(timings, stage, seconds)
-                    if prepared.index in pending:
-                        t = time.perf_counter()
-                        media.write_frame(Path(out.pattern % prepared.index), result.image, bits=request.bits)
-                        _add(timings, "write", time.perf_counter() - t)
-                        report.frame(result.faces)
-                group.clear()
-
-            t_read = time.perf_counter()
-            for index, frame in media.read_frames(info, start, todo[-1]):
-                _add(timings, "decode", time.perf_counter() - t_read)
-                if cancel is not None and cancel.is_set():
-                    raise Cancelled(f"cancelled after {report.done} of {total} frames")
-                group.append(pipeline.prepare(frame, index, stylise=pipeline.needs_projection(index, todo[0])))
-                if len(group) >= group_size:
-                    flush()
-                t_read = time.perf_counter()
-            if group:
-                flush()
-
+        encoded = None
         if out.kind == "movie":
             report.stage("encoding")
             t = time.perf_counter()
-            media.encode_movie(out.pattern, out.movie, info, first_frame=first, last_frame=last,
-                               audio_from=request.source, alpha=params["output_kind"] == "overlay")
+            encoded = media.encode_frames(out.pattern, out.movie, info, first_frame=first, last_frame=last,
+                                          first_number=out.first_number, audio_from=info, codec=request.codec,
+                                          alpha=params["output_kind"] == "overlay")
             timings["encode"] = time.perf_counter() - t
             if not request.keep_frames:
-                shutil.rmtree(Path(out.pattern).parent, ignore_errors=True)
+                shutil.rmtree(out.folder, ignore_errors=True)
         report.stage("done")
-        return RenderResult(output=out.movie or Path(out.pattern).parent, kind=out.kind, pattern=out.pattern,
-                            first_frame=first, last_frame=last, written=len(todo), skipped=skipped,
-                            fps=float(info.fps), timings=timings)
+        return RenderResult(output=out.movie or (Path(out.pattern) if out.kind == "image" else out.folder),
+                            kind=out.kind, pattern=out.pattern, first_frame=first, last_frame=last,
+                            written=len(todo), skipped=skipped, fps=float(info.fps), timings=timings,
+                            first_number=out.first_number, codec=encoded.codec.label if encoded else None,
+                            notes=encoded.notes if encoded else [])
 
-    def _render_segments(self, request: RenderRequest, plan: "Plan", todo: List[int], report: "_Reporter",
-                         timings: Dict[str, float], cancel: Optional[threading.Event]) -> None:
+    def _render_segments(self, plan: "Plan", pictures: Pictures, todo: List[int], warmup: int,
+                         writer: "_FrameWriter", cancel: Optional[threading.Event]) -> None:
         """frame_batch > 1: keyframe segments in lockstep, their faces projected together.
 
-        The warm-start chain restarts at every keyframe, so each segment of pending
-        frames is an independent chain: it gets its own pipeline (tracker, face
-        states; shared models), its own decoder stream and its own warm-up, exactly
-        as a farm chunk would. Up to `frame_batch` segments advance one projected
-        frame per step (tracker-only warm-up frames are run through in between);
-        when one ends the next starts, so at most `frame_batch` frames are in
-        flight. Frames are written as they finish (not in order).
+        Each segment of pending pictures (on the grid of TemporalPlan.segment_start: keyframes
+        plus the cross-fade overlap) is rendered like a farm chunk: its own pipeline
+        (tracker, chains; shared models), its own decoder stream, warm-up and look-ahead.
+        Up to `frame_batch` segments advance one projected picture per step; when one ends
+        the next starts, so at most `frame_batch` pictures are in flight. Frames are written
+        as they finish (not in order).
         """
-        params, info, out = plan.params, plan.info, plan.output
-        k = params["keyframe_interval"]
-        segments: Dict[int, List[int]] = {}
-        for index in todo:
-            segments.setdefault(index // k, []).append(index)
-        queue = list(segments.values())
+        params, timings, report = plan.params, writer.timings, writer.report
+        n_pictures = plan.info.frame_count * pictures.per_frame
+        queue = self.config(params, plan.inversion).plan().segments(todo)
         active: List[_Segment] = []
         try:
             while queue or active:
                 while queue and len(active) < params["frame_batch"]:
                     frames = queue.pop(0)
-                    pipeline = self.pipeline(params, cancel, plan.inversion)
+                    pipeline = self.pipeline(params, cancel, report.projecting, plan.inversion)
                     start = pipeline.warmup_start(frames[0])
                     if frames[0] == todo[0]:
-                        start = max(0, min(start, todo[0] - request.warmup))
-                    active.append(_Segment(pipeline, media.read_frames(info, start, frames[-1]), frames))
+                        start = max(0, min(start, todo[0] - warmup))
+                    end = pipeline.plan.decode_end(frames[-1], n_pictures)
+                    decoded = _decoded(pictures.read(start, end), timings, cancel, report)
+                    active.append(_Segment(pipeline, pipeline.track(decoded, frames[0], frames[-1]), frames))
                 if cancel is not None and cancel.is_set():
                     raise Cancelled(f"cancelled after {report.done} of {report.total} frames")
                 step = []
                 for segment in list(active):
-                    prepared = self._next_projected(segment, timings)
-                    if prepared is None:  # the stream ended early (as the single-pass loop allows)
-                        segment.frames.close()
+                    tracked = next(segment.tracked, None)
+                    if tracked is None:  # the stream ended early (as the single-pass loop allows)
+                        segment.close()
                         active.remove(segment)
                     else:
-                        step.append((segment, prepared))
-                if step:  # one projection pass for the faces of every segment's current frame
+                        step.append((segment, segment.pipeline.prepare(tracked)))
+                if step:  # one projection pass for the faces of every segment's current picture
                     step[0][0].pipeline.project_faces([prepared for _, prepared in step])
                 for segment, prepared in step:
                     result = segment.pipeline.finish(prepared)
                     for stage, seconds in result.timings.items():
                         _add(timings, stage, seconds)
                     if prepared.index in segment.pending:
-                        t = time.perf_counter()
-                        media.write_frame(Path(out.pattern % prepared.index), result.image, bits=request.bits)
-                        _add(timings, "write", time.perf_counter() - t)
-                        report.frame(result.faces)
+                        writer.put(prepared.index, result)
                     if prepared.index == segment.last:
-                        segment.frames.close()
+                        segment.close()
                         active.remove(segment)
         finally:
             for segment in active:
-                segment.frames.close()
-
-    @staticmethod
-    def _next_projected(segment: "_Segment", timings: Dict[str, float]):
-        """The segment's next frame that needs projection, prepared; frames before its keyframe only
-        feed the tracker and are run through at once, so the segments' keyframes line up in one step."""
-        pipe = segment.pipeline
-        while True:
-            t = time.perf_counter()
-            item = next(segment.frames, None)
-            _add(timings, "decode", time.perf_counter() - t)
-            if item is None:
-                return None
-            index, frame = item
-            stylise = pipe.needs_projection(index, segment.first)
-            prepared = pipe.prepare(frame, index, stylise=stylise)
-            if stylise:
-                return prepared
-            for stage, seconds in pipe.finish(prepared).timings.items():
-                _add(timings, stage, seconds)
+                segment.close()
 
     def preview(self, source: Path, frame: int, params: Dict[str, Any],
                 cancel: Optional[threading.Event] = None) -> Tuple[np.ndarray, np.ndarray, int]:
-        """One frame, cold-started: (original RGB, stylised RGB or RGBA, faces found).
+        """One frame (its first field when interlaced), 8-bit, cold-started: (original RGB, stylised RGB or
+        RGBA, faces found).
 
         Setting `cancel` stops it within one projection step (Cancelled)."""
         info = media.probe(source)
+        media.check_renderable(info)
         index, _ = resolve_range((frame, frame), info.frame_count)
-        original = next(iter(media.read_frames(info, index, index)))[1]
+        pictures = Pictures(info, 8)
+        picture = pictures.of_frames([index])[0]
+        original = next(iter(pictures.read(picture, picture)))[1]
         if cancel is not None and cancel.is_set():
             raise Cancelled("preview cancelled")
-        result = self.pipeline(params, cancel).process(original, index)
+        result = self.pipeline(params, cancel).process(original, picture)
         return original, result.image, result.faces
 
 
-class _Segment:
-    """One keyframe segment of a frame-batched render: its pipeline, decoder stream and frames to write."""
+class _FrameWriter:
+    """Writes stylised pictures as frame files (fields woven back into frames), timing and reporting them."""
 
-    def __init__(self, pipeline, frames, pending: List[int]):
-        self.pipeline, self.frames, self.pending = pipeline, frames, set(pending)
+    def __init__(self, plan: "Plan", pictures: Pictures, report: "_Reporter", timings: Dict[str, float]):
+        self.plan, self.weaver, self.report, self.timings = plan, Weaver(pictures), report, timings
+
+    def put(self, picture: int, result) -> None:
+        done = self.weaver.add(picture, result.image, result.faces)
+        if done is None:
+            return
+        frame, image, faces = done
+        t = time.perf_counter()
+        media.write_frame(self.plan.output.frame_path(frame), image, bits=self.plan.bits)
+        _add(self.timings, "write", time.perf_counter() - t)
+        self.report.frame(faces)
+
+
+class _Segment:
+    """One segment of a frame-batched render: its pipeline, tracked-picture stream and pictures to write."""
+
+    def __init__(self, pipeline, tracked, pending: List[int]):
+        self.pipeline, self.tracked, self.pending = pipeline, tracked, set(pending)
         self.first, self.last = pending[0], pending[-1]
+
+    def close(self) -> None:
+        self.tracked.close()  # closes the decoder it reads from
 
 
 class _Serialised:
@@ -431,55 +411,94 @@ class _Serialised:
             return self._landmarker.detect(image, *args, **kwargs)
 
 
+def _decoded(pictures, timings: Dict[str, float], cancel: Optional[threading.Event], report: "_Reporter"):
+    """Decoded (index, picture) pairs, timing the decoder and honouring `cancel` between pictures."""
+    try:
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"cancelled after {report.done} of {report.total} frames")
+            t = time.perf_counter()
+            item = next(pictures, None)
+            _add(timings, "decode", time.perf_counter() - t)
+            if item is None:
+                return
+            yield item
+    finally:
+        pictures.close()
+
+
 def _add(timings: Dict[str, float], stage: str, seconds: float) -> None:
     timings[stage] = timings.get(stage, 0.0) + seconds
 
 
 class _Reporter:
-    """Turns frame completions into ProgressEvents with an ETA."""
+    """Turns frame completions and projection steps into ProgressEvents with an ETA.
+
+    Projection steps are reported at most every PROJECTING_INTERVAL seconds (and always the
+    first and the last step): a slow projection shows every step, a fast one does not flood.
+    """
+
+    PROJECTING_INTERVAL = 0.2
 
     def __init__(self, callback, total: int, skipped: int, notice: Optional[str] = None):
         self.callback, self.total, self.done, self.faces = callback, total, skipped, 0
-        self._start, self._fresh = time.monotonic(), 0
-        self._emit("rendering", None, notice)
+        self._start, self._fresh, self._eta, self._step_time = time.monotonic(), 0, None, 0.0
+        self._emit("rendering", None, notice=notice)
 
     def frame(self, faces: int) -> None:
         self.done += 1
         self._fresh += 1
         self.faces += faces
         rate = self._fresh / max(time.monotonic() - self._start, 1e-9)
-        self._emit("rendering", (self.total - self.done) / rate)
+        self._eta = (self.total - self.done) / rate
+        self._emit("rendering", self._eta)
+
+    def projecting(self, step: int, steps: int) -> None:
+        now = time.monotonic()
+        if step in (1, steps) or now - self._step_time >= self.PROJECTING_INTERVAL:
+            self._step_time = now
+            self._emit("projecting", self._eta, step=step, steps=steps)
 
     def stage(self, name: str) -> None:
         self._emit(name, 0.0 if name == "done" else None)
 
-    def _emit(self, stage: str, eta: Optional[float], notice: Optional[str] = None) -> None:
+    def _emit(self, stage: str, eta: Optional[float], **extra) -> None:
         if self.callback is not None:
-            self.callback(ProgressEvent(stage, self.done, self.total, self.faces, eta, notice))
+            self.callback(ProgressEvent(stage, self.done, self.total, self.faces, eta, **extra))
 
 
 _CACHE: Dict[str, Renderer] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def get_renderer(params: Dict[str, Any]) -> Renderer:
-    """The process-wide Renderer for these parameters (one loaded model set is kept)."""
+def get_renderer(params: Dict[str, Any], on_load: Optional[Callable[[str, int, int], None]] = None) -> Renderer:
+    """The process-wide Renderer for these parameters (one loaded model set is kept); `on_load` hears of
+    each model loaded (see Renderer)."""
     with _CACHE_LOCK:
         current = _CACHE.get("current")
         if current is None or not current.matches(params):
             _CACHE.clear()
-            _CACHE["current"] = Renderer(params)
+            _CACHE["current"] = Renderer(params, on_load)
         return _CACHE["current"]
 
 
 def render(request: RenderRequest, progress: Optional[Callable[[ProgressEvent], None]] = None,
            cancel: Optional[threading.Event] = None) -> RenderResult:
-    """Render `request` with the process-wide renderer (models loaded once per process)."""
+    """Render `request` with the process-wide renderer (models loaded once per process).
+
+    Progress: "loading" first, then one "loading" event per model when the models are loaded,
+    then "rendering"/"projecting" events (see toon_ofx.core.progress).
+    """
     plan = check_request(request)
+    on_load = None
     if progress is not None:
         total = plan.last - plan.first + 1
-        progress(ProgressEvent("loading", total - len(plan.pending()), total, 0, None))
-    return get_renderer(plan.params).render(request, progress, cancel, plan)
+        done = total - len(plan.pending())
+        progress(ProgressEvent("loading", done, total, 0, None))
+
+        def on_load(model: str, number: int, count: int) -> None:
+            progress(ProgressEvent("loading", done, total, 0, None, model=model, step=number, steps=count))
+    return get_renderer(plan.params, on_load).render(request, progress, cancel, plan)
 
 
 def preview(source: Path, frame: int, params: Dict[str, Any], cancel: Optional[threading.Event] = None):

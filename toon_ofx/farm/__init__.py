@@ -10,7 +10,7 @@ into ONE image sequence named by source frame numbers, then a final task runs
 
 to encode the movie with the source's audio. Modules, in data-path order:
 
-    plan.py         chunks on the keyframe grid, chunk sizes, warm-up (why chunks equal a whole render)
+    plan.py         chunks on the segment grid, chunk sizes, warm-up (why chunks equal a whole render)
     job.py          FarmJob and the command lines its tasks run
     openjd.py       AWS Deadline Cloud / OpenJD job bundle (CHUNK[INT] task chunking)
     opencue.py      OpenCue PyOutline script (Shell layers with range=/chunk=)
@@ -20,6 +20,7 @@ to encode the movie with the source's audio. Modules, in data-path order:
     commands.py     `toon-ofx farm export` and `toon-ofx assemble`
     ray_backend.py  `toon-ofx render --ray`: the same chunks on a Ray cluster, no farm manager
 
-Exports import neither torch, the engine nor Ray (only ray_backend does): they run on a
-submit host.
+Exports import neither torch nor Ray (only ray_backend does), and of the engine only
+the standard-library engine.temporal (the frame arithmetic the renderer uses): they run
+on a submit host.
 """

@@ -86,11 +86,13 @@ def _ranges(numbers: Sequence[int]) -> str:
 
 
 def assemble(sequence: Path, source: Path, output: Path, frames: Optional[Tuple[int, int]] = None,
-             *, info=None) -> Path:
-    """Encode frames of a finished image sequence into `output` with the source's timing and audio.
+             *, info=None, codec: Optional[str] = None):
+    """Encode frames of a finished image sequence into `output` with the source's timing, look and streams.
 
-    Every frame of the range must be there (farm chunks that failed are named); the movie is
-    written by media.encode_movie (atomically) and may be re-run: it replaces its own output.
+    `frames` is a 0-based range of the source; the files carry the source's frame numbers (an image
+    sequence source's own). Every frame of the range must be there (farm chunks that failed are
+    named); the movie is written by media.encode_frames (atomically, in `codec` or the codec that follows
+    the source) and may be re-run: it replaces its own output. Returns media.Encoded.
     """
     from ..core import media
 
@@ -102,26 +104,27 @@ def assemble(sequence: Path, source: Path, output: Path, frames: Optional[Tuple[
         raise UserError(f"source clip {source} does not exist", field="source")
     if output.resolve() == source.resolve():
         raise UserError(f"output {output} is the source clip; the source is never written to", field="output")
-    present = sequence_frames(pattern)
+    if info is None:
+        info = media.probe(source)
+    present = [n - info.first_number for n in sequence_frames(pattern)]
     if frames is None:
         if not present:
             raise UserError(f"no frames match {pattern}", field="sequence")
         frames = (present[0], present[-1])
     first, last = frames
-    if info is None:
-        info = media.probe(source)
     if first < 0 or last < first or last >= info.frame_count:
         raise UserError(f"frame range {first}-{last} is outside the clip (frames 0-{info.frame_count - 1})",
                         field="frames")
     have = set(present)
     missing = [i for i in range(first, last + 1) if i not in have]
     if missing:
-        raise UserError(f"{len(missing)} frame(s) of {first}-{last} are missing from {pattern}: "
-                        f"{_ranges(missing[:200])}{' ...' if len(missing) > 200 else ''}; "
+        numbers = [info.frame_number(i) for i in missing[:200]]
+        raise UserError(f"{len(missing)} frame(s) of {first}-{last} are missing from {pattern} (file numbers "
+                        f"{_ranges(numbers)}{' ...' if len(missing) > 200 else ''}); "
                         "re-run the chunks that render them", field="sequence")
-    alpha = png_has_alpha(Path(pattern % first))
+    alpha = png_has_alpha(Path(pattern % info.frame_number(first)))
     if alpha and output.suffix.lower() != ".mov":
         raise UserError("the frames carry alpha (an overlay): assemble them into a .mov", field="output")
     output.parent.mkdir(parents=True, exist_ok=True)
-    media.encode_movie(pattern, output, info, first_frame=first, last_frame=last, audio_from=source, alpha=alpha)
-    return output
+    return media.encode_frames(pattern, output, info, first_frame=first, last_frame=last, audio_from=info, alpha=alpha,
+                        codec=codec)

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from ..core.errors import UserError
-from ..core.options import add_param_options, checked_frame_range, params_from_args
+from ..core.options import add_codec_option, add_param_options, checked_frame_range, params_from_args
 from .assemble import MOVIE_SUFFIXES, assemble
 from .export import FORMATS, write_export
-from .job import FarmJob, split_pattern
-from .plan import default_chunk_size, effective_chunk_size
+from .job import FarmJob, Resources, model_files, split_pattern
+from .plan import default_chunk_size
 
 
 # -- farm export ------------------------------------------------------------------------------------------
@@ -23,11 +23,31 @@ def _abs(path: str) -> str:
     return str(Path.cwd() / path)
 
 
-def _default_outputs(source: str, overlay: bool) -> Tuple[str, str]:
+def _default_outputs(source: str, overlay: bool, info=None) -> Tuple[str, str]:
+    """Default frame pattern and movie, beside the source: the source's frame numbering and a container
+    for the codec that follows the source (.mp4, .mov for an overlay, when it cannot be read here)."""
     src = Path(source)
-    stem = f"{src.stem}_toon"
-    movie = src.with_name(stem + (".mov" if overlay else ".mp4"))
-    return str(src.with_name(stem + "_frames") / f"{stem}.%06d.png"), str(movie)
+    if info is not None:
+        from ..core import media
+
+        stem, numbers, suffix = info.stem, info.number_format, media.movie_suffix(info, overlay)
+    else:
+        stem = re.split(r"[%#]", src.name)[0].rstrip("._-") if re.search(r"[%#]", src.name) else src.stem
+        numbers = "%06d"
+        suffix = ".mov" if overlay else ".mp4"
+    stem = f"{stem or 'clip'}_toon"
+    return str(src.with_name(stem + "_frames") / f"{stem}.{numbers}.png"), str(src.with_name(stem + suffix))
+
+
+def _probe_local(path: Path):
+    """The source's MediaInfo when it is readable here (None when it is not, or media is unavailable)."""
+    if not path.exists():
+        return None
+    try:
+        from ..core import media
+    except ImportError:
+        return None
+    return media.probe(path)
 
 
 def job_from_args(args: argparse.Namespace) -> FarmJob:
@@ -40,10 +60,11 @@ def job_from_args(args: argparse.Namespace) -> FarmJob:
                         field="keyframe_interval")
     source = _abs(str(args.source))
     overlay = params["output_kind"] == "overlay"
-    seq_default, movie_default = _default_outputs(source, overlay)
+    info = _probe_local(Path(args.source))
+    seq_default, movie_default = _default_outputs(source, overlay, info)
     sequence = _abs(str(args.sequence)) if args.sequence else seq_default
     if "%" not in split_pattern(sequence)[1]:
-        sequence = sequence.rstrip("/\\") + "/" + f"{Path(source).stem}_toon.%06d.png"
+        sequence = sequence.rstrip("/\\") + "/" + split_pattern(seq_default)[1]
     if not re.search(r"%0?\d*d", split_pattern(sequence)[1]) or not sequence.lower().endswith(".png"):
         raise UserError(f"frame pattern {sequence!r} must look like folder/name.%06d.png", field="sequence")
     movie: Optional[str] = None
@@ -56,28 +77,40 @@ def job_from_args(args: argparse.Namespace) -> FarmJob:
         if movie == source:
             raise UserError(f"output movie {movie} is the source clip; the source is never written to",
                             field="movie")
-    frames = args.frames
-    local = Path(args.source)
-    if local.exists():
-        try:
+        if info is not None:
             from ..core import media
-        except ImportError:
-            media = None  # type: ignore[assignment]
-        if media is not None:
-            count = media.probe(local).frame_count
-            if frames is None:
-                frames = (0, count - 1)
-            elif frames[1] >= count:
-                raise UserError(f"frame range {frames[0]}-{frames[1]} is outside the clip (frames 0-{count - 1})",
-                                field="frames")
+
+            media.check_renderable(info)
+            media.choose_codec(Path(movie), args.codec, info, overlay)  # fails here, not on the farm
+    frames = args.frames
+    if info is not None:
+        count = info.frame_count
+        if frames is None:
+            frames = (0, count - 1)
+        elif frames[1] >= count:
+            raise UserError(f"frame range {frames[0]}-{frames[1]} is outside the clip (frames 0-{count - 1})",
+                            field="frames")
     if frames is None:
         raise UserError(f"cannot read {args.source} here to count its frames; give --frames A-B", field="frames")
     chunk_size = args.chunk_size if args.chunk_size is not None else default_chunk_size(k)
     if args.warmup < 0:
         raise UserError("--warmup must be 0 or more", field="warmup")
     name = args.name or f"toon-ofx {Path(source).stem} {frames[0]}-{frames[1]}"
+    params = dict(params, **{p: _abs(path) for p, path in model_files(params).items()})
     return FarmJob(source=source, sequence=sequence, movie=movie, frames=tuple(frames), chunk_size=chunk_size,
-                   params=params, warmup=args.warmup, executable=args.toon_ofx, name=name)
+                   params=params, warmup=args.warmup, executable=args.toon_ofx, name=name,
+                   resources=resources_from_args(args, params),
+                   models_dir=_abs(str(args.models_dir)) if args.models_dir else None, codec=args.codec)
+
+
+def resources_from_args(args: argparse.Namespace, params) -> Resources:
+    """What each render task asks for; without --gpus, one GPU unless the device is the CPU (or Apple's)."""
+    gpus = args.gpus if args.gpus is not None else (0 if params["device"] in ("cpu", "mps") else 1)
+    defaults = Resources()
+    return Resources(gpus=gpus, cpus=args.cpus if args.cpus is not None else defaults.cpus,
+                     memory_gib=args.memory if args.memory is not None else defaults.memory_gib,
+                     gpu_memory_gib=args.gpu_memory if args.gpu_memory is not None else defaults.gpu_memory_gib,
+                     worker_tag=args.worker_tag, service=args.service)
 
 
 def add_farm_parser(sub) -> None:
@@ -103,8 +136,21 @@ def add_farm_parser(sub) -> None:
     p.add_argument("--sequence", help="frame pattern or folder (default: <clip>_toon_frames/<clip>_toon.%%06d.png)")
     p.add_argument("--movie", help="movie assembled at the end (default: <clip>_toon.mp4, .mov for overlays)")
     p.add_argument("--no-movie", action="store_true", help="no assemble step: the frames are the result")
+    add_codec_option(p)
     p.add_argument("--name", help="job name")
     p.add_argument("--toon-ofx", default="toon-ofx", metavar="COMMAND", help="the toon-ofx command on the workers")
+    p.add_argument("--models-dir", help="the workers' model folder (default: each worker's own model store)")
+    need = p.add_argument_group("what each render task asks for (OpenJD hostRequirements, OpenCue layers, "
+                                "Flamenco worker tag)")
+    defaults = Resources()
+    need.add_argument("--gpus", type=int, metavar="N", help="GPUs (default 1, or 0 with --device cpu)")
+    need.add_argument("--gpu-memory", type=float, metavar="GIB",
+                      help=f"GPU memory in GiB (default {defaults.gpu_memory_gib:g})")
+    need.add_argument("--memory", type=float, metavar="GIB", help=f"host memory in GiB (default {defaults.memory_gib:g})")
+    need.add_argument("--cpus", type=int, metavar="N", help=f"CPU cores (default {defaults.cpus})")
+    need.add_argument("--worker-tag", metavar="TAG", help="OpenCue: host tag of the render layers (e.g. gpu); "
+                      "Flamenco: the ID of the worker tag whose Workers run the job")
+    need.add_argument("--service", help="OpenCue: the service of the render layers")
     add_param_options(p)
 
 
@@ -115,8 +161,9 @@ def run_farm(args) -> int:
     written = write_export(args.format, job, args.output)
     chunks = job.chunks()
     print(f"toon-ofx: wrote {', '.join(str(p) for p in written)}: frames {job.frames[0]}-{job.frames[1]} in "
-          f"{len(chunks)} chunk(s) of up to {effective_chunk_size(job.chunk_size, job.keyframe_interval)} frames",
-          file=sys.stderr)
+          f"{len(chunks)} chunk(s) of up to {job.task_chunk_size} frames", file=sys.stderr)
+    if job.chunk_note():
+        print(f"toon-ofx: note: {job.chunk_note()}", file=sys.stderr)
     return 0
 
 
@@ -129,10 +176,13 @@ def add_assemble_parser(sub) -> None:
     p.add_argument("--source", type=Path, required=True, help="the source clip (timing and audio)")
     p.add_argument("-o", "--output", type=Path, required=True, help="movie to write (.mp4/.mov/.mkv)")
     p.add_argument("--frames", type=checked_frame_range, metavar="A-B",
-                   help="source frames to assemble (default: the frames found); all must be present")
+                   help="0-based frames of the source to assemble (default: the frames found); all must be present")
+    add_codec_option(p)
 
 
 def run_assemble(args) -> int:
-    out = assemble(args.sequence, args.source, args.output, args.frames)
-    print(f"toon-ofx: wrote {out}", file=sys.stderr)
+    encoded = assemble(args.sequence, args.source, args.output, args.frames, codec=args.codec)
+    print(f"toon-ofx: wrote {encoded.path} ({encoded.codec.label})", file=sys.stderr)
+    for note in encoded.notes:
+        print(f"toon-ofx: note: {note}", file=sys.stderr)
     return 0

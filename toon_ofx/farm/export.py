@@ -24,15 +24,22 @@ FORMATS = tuple(EXPORTERS)
 
 
 def write_export(fmt: str, job: FarmJob, out: Path) -> List[Path]:
-    """Write the job description for `fmt` into directory `out`; return the files written."""
+    """Write the job description for `fmt` into directory `out`; return the files written.
+
+    Every file is generated before anything is written: a job the format refuses leaves no folder behind.
+    """
     if fmt not in FORMATS:
         raise UserError(f"unknown farm format {fmt!r}; choose one of {', '.join(FORMATS)}", field="format")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file; give a folder for the job files", field="output")
-    out.mkdir(parents=True, exist_ok=True)
+    files = EXPORTERS[fmt](job, out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {out}: {exc.strerror or exc}", field="output") from None
     written: List[Path] = []
-    for name, text, mode in EXPORTERS[fmt](job, out):
+    for name, text, mode in files:
         path = out / name
         tmp = path.with_name(f".{name}.tmp")
         tmp.write_text(text, encoding="utf-8")

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from .job import FarmJob, explicit_params
-from .plan import effective_chunk_size
 
 JOB_TYPE_NAME = "toon-ofx"     # Flamenco names a job type after its file: toon_ofx.js
 
@@ -23,6 +22,9 @@ JOB_TYPE_SCRIPT = r"""// Flamenco 3 job type "toon-ofx": toonify the faces of a 
 // (the file name makes the job type name: toon_ofx.js -> "toon-ofx") and restart the Manager.
 // Submit:  POST the job.json written beside it to the Manager's API, e.g.
 //          curl -X POST -H 'Content-Type: application/json' -d @job.json http://MANAGER:8080/api/v3/jobs
+//
+// Workers: the job runs only on Workers with the job's worker tag when job.json names one
+// (`worker_tag`: the tag's ID, e.g. of a tag given to the Workers with a suitable GPU).
 //
 // Tasks: one "exec" task per frame chunk running `toon-ofx render --frames A-B`, all writing into
 // one image sequence, then an "assemble" task that depends on all of them and encodes the movie
@@ -49,6 +51,8 @@ const JOB_TYPE = {
           description: "Extra frames each task processes before its chunk, not written" },
         { key: "params", type: "string", default: "{}",
           description: "Effect parameters as a JSON object, e.g. {\"swap_res\": 32}" },
+        { key: "models_dir", type: "string", subtype: "dir_path", default: "",
+          description: "Folder the Workers read model checkpoints from (empty: their own model store)" },
     ]
 };
 
@@ -60,17 +64,22 @@ function compileJob(job) {
     const paramArgs = effectArgs(params);
     const keyframes = Number(params.keyframe_interval || 0);
     const size = chunkSize(Number(settings.chunk_size), keyframes);
+    // the segment grid is shifted by the keyframe cross-fade (at most half an interval)
+    const offset = Math.min(Number(params.keyframe_overlap || 0), Math.floor(keyframes / 2));
+    const modelsArgs = settings.models_dir ? ["--models-dir", settings.models_dir] : [];
 
     const renderTasks = [];
-    for (const part of gridParts(range.first, range.last, size)) {
-        for (const chunk of frameChunker(`${part.first}-${part.last}`, size)) {
+    const parts = gridParts(range.first, range.last, size, offset);
+    for (const [i, part] of parts.entries()) {
+        const step = i < parts.length - 1 ? part.last - part.first + 1 : size;  // the head: one task
+        for (const chunk of frameChunker(`${part.first}-${part.last}`, step)) {
             const bounds = frameBounds(chunk);
             const frames = `${bounds.first}-${bounds.last}`;
             const task = author.Task(`render-${frames}`, "misc");
             task.addCommand(author.Command("exec", {
                 exe: exe,
                 args: ["render", settings.source, "-o", settings.sequence, "--frames", frames,
-                       "--warmup", String(settings.warmup || 0), "--json"].concat(paramArgs),
+                       "--warmup", String(settings.warmup || 0)].concat(modelsArgs, ["--json"], paramArgs),
             }));
             job.addTask(task);
             renderTasks.push(task);
@@ -115,11 +124,14 @@ function chunkSize(size, keyframes) {
     return Math.max(keyframes, Math.floor((size + Math.floor(keyframes / 2)) / keyframes) * keyframes);
 }
 
-// Split first..last at the first multiple of `size` so that frameChunker's chunks of the second
-// part start on multiples of `size`.
-function gridParts(first, last, size) {
-    const boundary = Math.ceil(first / size) * size;
-    if (boundary === first || boundary > last) {
+// Split first..last at the first grid point j * size + offset (j >= 1) so that frameChunker's chunks
+// of the second part start on grid points (toon_ofx.farm.plan.grid_ranges).
+function gridParts(first, last, size, offset) {
+    if (first >= offset && (first - offset) % size === 0) {
+        return [{ first: first, last: last }];
+    }
+    const boundary = Math.max(first + (((offset - first) % size) + size) % size, size + offset);
+    if (boundary > last) {
         return [{ first: first, last: last }];
     }
     return [{ first: first, last: boundary - 1 }, { first: boundary, last: last }];
@@ -145,9 +157,17 @@ function effectArgs(params) {
 
 
 def flamenco_job(job: FarmJob) -> Dict[str, Any]:
-    """The body to POST to a Flamenco Manager's /api/v3/jobs for this clip."""
+    """The body to POST to a Flamenco Manager's /api/v3/jobs for this clip.
+
+    Flamenco has no per-task resource requests: the job's worker tag (an ID from the Manager's
+    worker tags) sends it to the Workers that have the GPU it needs. The chunk-size note, if
+    any, is in the job's metadata.
+    """
     platform = {"win32": "windows", "darwin": "darwin"}.get(sys.platform, "linux")
-    return {
+    metadata = {"generator": "toon-ofx farm export"}
+    if job.chunk_note():
+        metadata["note"] = job.chunk_note()
+    body = {
         "name": job.name,
         "type": JOB_TYPE_NAME,
         "priority": 50,
@@ -158,12 +178,16 @@ def flamenco_job(job: FarmJob) -> Dict[str, Any]:
             "frames": job.frame_range,
             "sequence": job.sequence,
             "movie": job.movie or "",
-            "chunk_size": effective_chunk_size(job.chunk_size, job.keyframe_interval),
+            "chunk_size": job.task_chunk_size,
             "warmup": job.warmup,
             "params": json.dumps(explicit_params(job.params), sort_keys=True),
+            "models_dir": job.models_dir or "",
         },
-        "metadata": {"generator": "toon-ofx farm export"},
+        "metadata": metadata,
     }
+    if job.resources.worker_tag:
+        body["worker_tag"] = job.resources.worker_tag
+    return body
 
 
 def job_files(job: FarmJob, folder: Path) -> List[Tuple[str, str, Optional[int]]]:

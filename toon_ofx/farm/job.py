@@ -1,40 +1,49 @@
-"""A farm job (what renders, where, in which chunks) and the command lines its tasks run.
+"""A farm job (what renders, where, in which chunks, on what hardware) and the command lines its tasks run.
 
 Render tasks run `toon-ofx render SRC -o SEQ.%06d.png --frames A-B --warmup N
-[--chunk-of F-L] --json [effect parameters]`; the assemble task runs
-`toon-ofx assemble SEQ.%06d.png --source SRC -o OUT.mp4 --frames F-L`. Every
-export builds its tasks from `render_command`/`assemble_command`, with the
-farm's own placeholders where a value is filled in per task or at submission.
+[--chunk-of F-L] [--models-dir DIR] --json|--openjd [effect parameters]`; the assemble
+task runs `toon-ofx assemble SEQ.%06d.png --source SRC -o OUT.mp4 --frames F-L`. Every
+export builds its tasks from `render_command`/`assemble_command`, with the farm's own
+placeholders where a value is filled in per task or at submission.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..core.errors import UserError
 from ..core.options import option_flag
 from ..core.params import PARAMS, validate
-from .plan import Chunk, plan_chunks
+from .plan import Chunk, effective_chunk_size, plan_chunks, temporal_plan
+
+MODEL_PARAMS = ("model", "base_model")   # parameters that may name a checkpoint file
+GRID_PARAMS = ("keyframe_interval", "keyframe_overlap")   # the chunk grid depends on them
 
 
 def explicit_params(params: Dict[str, Any]) -> Dict[str, Any]:
     """The validated parameters a task command spells out: those that differ from their default.
 
-    `keyframe_interval` is always included: the chunk grid depends on it.
+    `keyframe_interval` and `keyframe_overlap` are always included: the chunk grid depends on them.
     """
     values = validate(params)
     return {p.name: values[p.name] for p in PARAMS
-            if values[p.name] != p.default or p.name == "keyframe_interval"}
+            if values[p.name] != p.default or p.name in GRID_PARAMS}
 
 
-def param_args(params: Dict[str, Any]) -> List[str]:
-    """Command-line flags for every effect parameter that differs from its default (and keyframe_interval)."""
+def param_args(params: Dict[str, Any], placeholders: Optional[Dict[str, str]] = None) -> List[str]:
+    """Command-line flags for every effect parameter that differs from its default (and the grid's).
+
+    `placeholders` replaces a parameter's value by a farm placeholder (e.g. an OpenJD PATH parameter).
+    """
     out: List[str] = []
     explicit = explicit_params(params)
     for p in PARAMS:
         if p.name not in explicit:
             continue
         value, flag = explicit[p.name], option_flag(p.name)
-        if p.type is bool:
+        if placeholders and p.name in placeholders:
+            out.extend([flag, placeholders[p.name]])
+        elif p.type is bool:
             out.append(flag if value else "--no-" + flag[2:])
         else:
             out.extend([flag, repr(value) if isinstance(value, float) else str(value)])
@@ -42,17 +51,24 @@ def param_args(params: Dict[str, Any]) -> List[str]:
 
 
 def render_command(source: str, sequence: str, frames: str, warmup: str, chunk_of: Optional[str],
-                   params: Dict[str, Any]) -> List[str]:
-    """`toon-ofx render` arguments (without the executable) for one chunk; chunk_of: the job's range."""
+                   params: Dict[str, Any], *, models_dir: Optional[str] = None, progress: str = "--json",
+                   placeholders: Optional[Dict[str, str]] = None) -> List[str]:
+    """`toon-ofx render` arguments (without the executable) for one chunk; chunk_of: the job's range.
+
+    progress: "--json" (JSON lines) or "--openjd" (openjd_progress:/openjd_status: lines).
+    """
     args = ["render", source, "-o", sequence, "--frames", frames, "--warmup", warmup]
     if chunk_of is not None:
         args += ["--chunk-of", chunk_of]
-    return args + ["--json"] + param_args(params)
+    if models_dir is not None:
+        args += ["--models-dir", models_dir]
+    return args + [progress] + param_args(params, placeholders)
 
 
-def assemble_command(sequence: str, source: str, movie: str, frames: str) -> List[str]:
+def assemble_command(sequence: str, source: str, movie: str, frames: str, codec: Optional[str] = None) -> List[str]:
     """`toon-ofx assemble` arguments (without the executable)."""
-    return ["assemble", sequence, "--source", source, "-o", movie, "--frames", frames]
+    return ["assemble", sequence, "--source", source, "-o", movie, "--frames", frames] + (
+        ["--codec", codec] if codec else [])
 
 
 def split_pattern(pattern: str) -> Tuple[str, str]:
@@ -63,6 +79,47 @@ def split_pattern(pattern: str) -> Tuple[str, str]:
     return pattern[:cut] or "/", pattern[cut + 1:]
 
 
+def model_files(params: Dict[str, Any]) -> Dict[str, str]:
+    """The model parameters whose value is a checkpoint file rather than a model-store name.
+
+    Files are paths on the farm (an export maps them like any other path); names are resolved
+    by each worker's model store.
+    """
+    try:
+        from ..core.model_store import load_manifest
+        names = set(load_manifest()["models"])
+    except Exception:  # noqa: BLE001 - no manifest here: anything that looks like a path is a file
+        names = set()
+    values = validate(params)
+    return {name: values[name] for name in MODEL_PARAMS
+            if values[name] not in names and any(c in values[name] for c in "/\\.")}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one render task asks of its worker (the assemble task needs no GPU).
+
+    The defaults suit 1024-px models at batch size 1 with room to spare: the engine holds two
+    generators and VGG16 in memory and projects one face at a time. gpus=0 asks for CPU workers.
+    `worker_tag` selects workers by tag: OpenCue host tags (e.g. "gpu"), Flamenco a worker tag's ID.
+    `service` is the OpenCue service of the render layers (its defaults apply to what is not set).
+    """
+
+    gpus: int = 1
+    gpu_memory_gib: float = 8.0
+    memory_gib: float = 8.0
+    cpus: int = 2
+    worker_tag: Optional[str] = None
+    service: Optional[str] = None
+
+    def __post_init__(self):
+        for name in ("gpus", "gpu_memory_gib", "memory_gib", "cpus"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be 0 or more, got {getattr(self, name)}", field=name)
+        if self.cpus < 1:
+            raise UserError("a render task needs at least 1 CPU", field="cpus")
+
+
 @dataclass
 class FarmJob:
     """What a farm job renders, with paths as the farm's workers see them."""
@@ -70,13 +127,16 @@ class FarmJob:
     source: str
     sequence: str                       # printf pattern of the frames, source frame numbers
     movie: Optional[str]                # movie assembled at the end (None: the sequence is the result)
-    frames: Tuple[int, int]             # inclusive source frame range
+    frames: Tuple[int, int]             # inclusive frame range, 0-based (also for image sequences)
     chunk_size: int
     params: Dict[str, Any] = field(default_factory=dict)
     warmup: int = 0
     executable: str = "toon-ofx"
     name: str = "toon-ofx"
-    chunk_of: bool = True               # pass --chunk-of: each task snaps its chunk onto keyframes
+    chunk_of: bool = True               # pass --chunk-of: each task snaps its chunk onto the segment grid
+    resources: Resources = field(default_factory=Resources)
+    models_dir: Optional[str] = None    # the workers' model folder (--models-dir), None: their default
+    codec: Optional[str] = None         # movie codec for the assemble step (None: follow the source)
 
     @property
     def keyframe_interval(self) -> int:
@@ -87,15 +147,33 @@ class FarmJob:
         """The job's frames as 'F-L'."""
         return f"{self.frames[0]}-{self.frames[1]}"
 
-    def chunks(self) -> List[Chunk]:
-        return plan_chunks(self.frames[0], self.frames[1], self.chunk_size, self.warmup,
-                           keyframe_interval=self.keyframe_interval)
+    @property
+    def temporal_plan(self):
+        """The renderer's keyframes, cross-fade and tracking reach for this job's parameters."""
+        return temporal_plan(self.params)
 
-    def render_args(self, frames: str) -> List[str]:
+    @property
+    def task_chunk_size(self) -> int:
+        """Frames per task: the asked chunk size moved onto the keyframe grid."""
+        return effective_chunk_size(self.chunk_size, self.keyframe_interval)
+
+    def chunk_note(self) -> Optional[str]:
+        """Why the tasks' chunk size differs from the one asked for (None when it does not)."""
+        size, k = self.task_chunk_size, self.keyframe_interval
+        if size == self.chunk_size:
+            return None
+        return (f"chunk size {self.chunk_size} became {size}, the nearest multiple of the keyframe interval "
+                f"({k}): a chunk that starts between keyframes would re-project frames another task writes")
+
+    def chunks(self) -> List[Chunk]:
+        return plan_chunks(self.frames[0], self.frames[1], self.chunk_size, self.warmup, plan=self.temporal_plan)
+
+    def render_args(self, frames: str, progress: str = "--json") -> List[str]:
         """`toon-ofx render` arguments (without the executable) for one chunk."""
         return render_command(self.source, self.sequence, frames, str(self.warmup),
-                              self.frame_range if self.chunk_of else None, self.params)
+                              self.frame_range if self.chunk_of else None, self.params,
+                              models_dir=self.models_dir, progress=progress)
 
     def assemble_args(self) -> List[str]:
         assert self.movie is not None
-        return assemble_command(self.sequence, self.source, self.movie, self.frame_range)
+        return assemble_command(self.sequence, self.source, self.movie, self.frame_range, self.codec)

@@ -1,17 +1,18 @@
 """OpenCue: a PyOutline script whose Shell render layers carry range=/chunk=.
 
-The script submits itself (`python3 toon_ofx_job.py [--pause|--dry-run]`): render
-layers over the job's frames, chunked by Cuebot on the chunk grid, and an
-assemble layer that waits for all of them.
+The script submits itself (`python3 toon_ofx_job.py [--pause|--dry-run|--print-spec]`):
+render layers over the job's frames, chunked by Cuebot on the chunk grid, asking for the
+FarmJob's cores, memory and GPUs (and its service and host tags), and an assemble layer
+that waits for all of them.
 """
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from .job import FarmJob
-from .plan import effective_chunk_size, grid_ranges
+from .job import FarmJob, Resources
+from .plan import grid_ranges
 
 SCRIPT_NAME = "toon_ofx_job.py"
 
@@ -25,11 +26,13 @@ and a Cuebot (CUEBOT_HOSTS or outline's config):
     python3 {filename}              submit
     python3 {filename} --pause      submit paused
     python3 {filename} --dry-run    print the layers and commands, submit nothing
+    python3 {filename} --print-spec print the job spec Cuebot would get, submit nothing
 
 Render layers are Shell layers over a frame range with a chunk size; RQD replaces
 #FRAME_START#/#FRAME_END# with each chunk's first and last frame. Chunks start on the
 multiples of the chunk size, a multiple of the keyframe interval, so no task
 re-projects frames another task writes. The assemble layer waits for every render layer.
+Each render frame asks for: {resources}.{note}
 """
 import argparse
 import shlex
@@ -40,6 +43,9 @@ ASSEMBLE = {assemble!r}
 # (layer name, frame range, chunk size)
 RENDER_LAYERS = {layers!r}
 ASSEMBLE_FRAME = {assemble_frame!r}
+# what each render frame asks of its host (PyOutline layer arguments)
+RENDER_RESOURCES = {render_resources!r}
+ASSEMBLE_RESOURCES = {assemble_resources!r}
 
 
 def shell_command(args):
@@ -54,11 +60,12 @@ def build(show=None, shot=None):
     ol = Outline(JOB_NAME, show=show, shot=shot)
     renders = []
     for name, frame_range, chunk in RENDER_LAYERS:
-        layer = Shell(name, command=shell_command(RENDER), range=frame_range, chunk=chunk)
+        layer = Shell(name, command=shell_command(RENDER), range=frame_range, chunk=chunk, **RENDER_RESOURCES)
         ol.add_layer(layer)
         renders.append(layer)
     if ASSEMBLE:
-        assemble = Shell("assemble", command=shell_command(ASSEMBLE), range=ASSEMBLE_FRAME, chunk=1)
+        assemble = Shell("assemble", command=shell_command(ASSEMBLE), range=ASSEMBLE_FRAME, chunk=1,
+                         **ASSEMBLE_RESOURCES)
         ol.add_layer(assemble)
         for layer in renders:
             assemble.depend_all(layer)
@@ -68,18 +75,23 @@ def build(show=None, shot=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="print the layers, submit nothing")
+    parser.add_argument("--print-spec", action="store_true", help="print the job spec (XML), submit nothing")
     parser.add_argument("--pause", action="store_true", help="submit the job paused")
     parser.add_argument("--show", help="OpenCue show (default: outline's)")
     parser.add_argument("--shot", help="OpenCue shot (default: outline's)")
     args = parser.parse_args(argv)
     if args.dry_run:
         for name, frame_range, chunk in RENDER_LAYERS:
-            print(f"layer {{name}}: frames {{frame_range}}, chunk {{chunk}}: {{' '.join(shell_command(RENDER))}}")
+            print(f"layer {{name}}: frames {{frame_range}}, chunk {{chunk}}, {{RENDER_RESOURCES}}: "
+                  f"{{' '.join(shell_command(RENDER))}}")
         if ASSEMBLE:
             print(f"layer assemble (after all render layers): {{' '.join(shell_command(ASSEMBLE))}}")
         return 0
     from outline import cuerun
 
+    if args.print_spec:
+        print(cuerun.OutlineLauncher(build(args.show, args.shot), pause=args.pause).serialize(use_pycuerun=False))
+        return 0
     cuerun.launch(build(args.show, args.shot), use_pycuerun=False, pause=args.pause)
     return 0
 
@@ -92,16 +104,50 @@ if __name__ == "__main__":
 def opencue_script(job: FarmJob, filename: str = SCRIPT_NAME) -> str:
     """A PyOutline script: Shell render layer(s) with range=/chunk=, an assemble layer after them."""
     first, last = job.frames
-    size = effective_chunk_size(job.chunk_size, job.keyframe_interval)
-    parts = grid_ranges(first, last, size)
+    size = job.task_chunk_size
+    parts = grid_ranges(first, last, size, job.temporal_plan.overlap)
     layers = [("render_head", f"{a}-{b}", b - a + 1) for a, b in parts[:-1]]
     layers.append(("render", f"{parts[-1][0]}-{parts[-1][1]}", size))
     render = [job.executable] + job.render_args("#FRAME_START#-#FRAME_END#")
     assemble = [job.executable] + job.assemble_args() if job.movie else None
+    note = job.chunk_note()
     return SCRIPT_TEMPLATE.format(
         description=f"toonify the faces of {Path(job.source).name}, frames {first}-{last}.",
         filename=filename, name=_opencue_name(job.name), render=render, assemble=assemble,
-        layers=layers, assemble_frame=f"{first}-{first}")
+        layers=layers, assemble_frame=f"{first}-{first}", resources=_resources_text(job.resources),
+        note=f"\nNote: {note}." if note else "", render_resources=layer_resources(job),
+        assemble_resources=layer_resources(job, assemble=True))
+
+
+def layer_resources(job: FarmJob, assemble: bool = False) -> Dict[str, Any]:
+    """PyOutline layer arguments of a render layer (cores, memory, GPUs, service, host tags) or of the
+    assemble layer (ffmpeg: one core, 2 GiB, any host). Memory is written the way Cuebot reads it ("8g")."""
+    if assemble:
+        return {"cores": 1, "memory": "2g"}
+    r = job.resources
+    out: Dict[str, Any] = {"cores": r.cpus, "memory": _gigabytes(r.memory_gib)}
+    if r.gpus:
+        out.update(gpus=r.gpus, gpu_memory=_gigabytes(r.gpu_memory_gib))
+    if r.service:
+        out["service"] = r.service
+    if r.worker_tag:
+        out["tags"] = [r.worker_tag]
+    return out
+
+
+def _gigabytes(gib: float) -> str:
+    return f"{gib:g}g" if float(gib).is_integer() else f"{round(gib * 1024)}m"
+
+
+def _resources_text(r: Resources) -> str:
+    text = f"{r.cpus} core(s), {r.memory_gib:g} GiB of memory"
+    if r.gpus:
+        text += f", {r.gpus} GPU(s) with {r.gpu_memory_gib:g} GiB of GPU memory"
+    if r.service:
+        text += f", service {r.service}"
+    if r.worker_tag:
+        text += f", host tag {r.worker_tag}"
+    return text
 
 
 def _opencue_name(name: str) -> str:

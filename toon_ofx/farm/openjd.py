@@ -2,6 +2,10 @@
 
 `bundle_files` lists the bundle: template.json (an OpenJD 2023-09 job template),
 parameter_values.json (Deadline Cloud), job_params.json (`openjd run`) and a README.
+Every path (clip, frames folder, movie, checkpoint files, model folder) is a PATH job
+parameter, so Deadline's path mapping translates it for each worker's platform; the
+render step asks for the FarmJob's resources in `hostRequirements` and reports its
+progress with `openjd_progress:` lines (`toon-ofx render --openjd`).
 """
 from __future__ import annotations
 
@@ -10,8 +14,40 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..core.errors import UserError
-from .job import FarmJob, assemble_command, render_command, split_pattern
-from .plan import effective_chunk_size
+from .job import FarmJob, Resources, assemble_command, model_files, render_command, split_pattern
+
+GROUP = "toon-ofx"
+MODEL_PATH_PARAMS = {"model": ("ToonModel", "Toon model file"), "base_model": ("BaseModel", "Base model file")}
+MIB_PER_GIB = 1024
+
+
+def _path_param(name: str, kind: str, flow: str, label: str, description: str) -> Dict[str, Any]:
+    control = {("FILE", "IN"): "CHOOSE_INPUT_FILE", ("FILE", "OUT"): "CHOOSE_OUTPUT_FILE"}.get(
+        (kind, flow), "CHOOSE_DIRECTORY")
+    return {"name": name, "type": "PATH", "objectType": kind, "dataFlow": flow, "description": description,
+            "userInterface": {"control": control, "label": label, "groupLabel": GROUP}}
+
+
+def host_requirements(resources: Resources) -> Dict[str, Any]:
+    """The render step's OpenJD hostRequirements: vCPUs, memory and, unless gpus is 0, GPUs and GPU memory."""
+    amounts = [{"name": "amount.worker.vcpu", "min": resources.cpus},
+               {"name": "amount.worker.memory", "min": round(resources.memory_gib * MIB_PER_GIB)}]
+    if resources.gpus > 0:
+        amounts += [{"name": "amount.worker.gpu", "min": resources.gpus},
+                    {"name": "amount.worker.gpu.memory", "min": round(resources.gpu_memory_gib * MIB_PER_GIB)}]
+    return {"amounts": amounts}
+
+
+def openjd_parameter_values(job: FarmJob) -> Dict[str, str]:
+    """This export's values for the template's PATH parameters."""
+    values = {"SourceFile": job.source, "FramesDir": split_pattern(job.sequence)[0]}
+    if job.movie:
+        values["OutputMovie"] = job.movie
+    for param, path in model_files(job.params).items():
+        values[MODEL_PATH_PARAMS[param][0]] = path
+    if job.models_dir:
+        values["ModelsDir"] = job.models_dir
+    return values
 
 
 def openjd_template(job: FarmJob) -> Dict[str, Any]:
@@ -23,32 +59,34 @@ def openjd_template(job: FarmJob) -> Dict[str, Any]:
     the bundle's parameter_values.json (Deadline Cloud) and job_params.json (`openjd run`).
     """
     first, last = job.frames
-    for value in (job.source, job.sequence, job.movie or "", job.executable):
+    values = openjd_parameter_values(job)
+    for value in list(values.values()) + [job.sequence, job.executable]:
         if "{{" in value or "}}" in value:
             raise UserError(f"{value!r}: OpenJD templates cannot carry '{{{{' or '}}}}' in a value")
-    size = effective_chunk_size(job.chunk_size, job.keyframe_interval)
-    seq_name = split_pattern(job.sequence)[1]
     params: List[Dict[str, Any]] = [
-        {"name": "SourceFile", "type": "PATH", "objectType": "FILE", "dataFlow": "IN",
-         "description": "The clip whose faces are toonified.",
-         "userInterface": {"control": "CHOOSE_INPUT_FILE", "label": "Source clip", "groupLabel": "toon-ofx"}},
-        {"name": "FramesDir", "type": "PATH", "objectType": "DIRECTORY", "dataFlow": "OUT",
-         "description": "Folder of the rendered frames (one PNG per source frame).",
-         "userInterface": {"control": "CHOOSE_DIRECTORY", "label": "Frames folder", "groupLabel": "toon-ofx"}},
-        {"name": "FrameName", "type": "STRING", "default": seq_name, "minLength": 5,
+        _path_param("SourceFile", "FILE", "IN", "Source clip", "The clip whose faces are toonified."),
+        _path_param("FramesDir", "DIRECTORY", "OUT", "Frames folder",
+                    "Folder of the rendered frames (one PNG per source frame)."),
+        {"name": "FrameName", "type": "STRING", "default": split_pattern(job.sequence)[1], "minLength": 5,
          "description": "printf pattern of the frame files inside the frames folder.",
-         "userInterface": {"control": "LINE_EDIT", "label": "Frame file pattern", "groupLabel": "toon-ofx"}},
+         "userInterface": {"control": "LINE_EDIT", "label": "Frame file pattern", "groupLabel": GROUP}},
     ]
     if job.movie:
-        params.append(
-            {"name": "OutputMovie", "type": "PATH", "objectType": "FILE", "dataFlow": "OUT",
-             "description": "Movie encoded from the frames, with the source's audio.",
-             "userInterface": {"control": "CHOOSE_OUTPUT_FILE", "label": "Output movie", "groupLabel": "toon-ofx"}})
+        params.append(_path_param("OutputMovie", "FILE", "OUT", "Output movie",
+                                  "Movie encoded from the frames, with the source's audio."))
+    placeholders = {}
+    for param, (name, label) in MODEL_PATH_PARAMS.items():
+        if name in values:
+            params.append(_path_param(name, "FILE", "IN", label, f"The checkpoint of the `{param}` parameter."))
+            placeholders[param] = f"{{{{Param.{name}}}}}"
+    if job.models_dir:
+        params.append(_path_param("ModelsDir", "DIRECTORY", "IN", "Model folder",
+                                  "Folder the workers read model checkpoints from (TOON_OFX_MODELS)."))
     params += [
-        {"name": "Frames", "type": "STRING", "default": f"{first}-{last}", "minLength": 1,
+        {"name": "Frames", "type": "STRING", "default": job.frame_range, "minLength": 1,
          "description": "Inclusive source frame range (0-based), e.g. 0-239.",
          "userInterface": {"control": "LINE_EDIT", "label": "Frames", "groupLabel": "Chunking"}},
-        {"name": "ChunkSize", "type": "INT", "default": size, "minValue": 1,
+        {"name": "ChunkSize", "type": "INT", "default": job.task_chunk_size, "minValue": 1,
          "description": f"Frames per task; multiples of the keyframe interval ({job.keyframe_interval}) "
                         "waste no work.",
          "userInterface": {"control": "SPIN_BOX", "label": "Chunk size", "groupLabel": "Chunking"}},
@@ -61,7 +99,9 @@ def openjd_template(job: FarmJob) -> Dict[str, Any]:
     ]
     pattern = "{{Param.FramesDir}}/{{Param.FrameName}}"
     render_args = render_command("{{Param.SourceFile}}", pattern, "{{Task.Param.Frame}}", "{{Param.Warmup}}",
-                                 "{{Param.Frames}}" if job.chunk_of else None, job.params)
+                                 "{{Param.Frames}}" if job.chunk_of else None, job.params,
+                                 models_dir="{{Param.ModelsDir}}" if job.models_dir else None,
+                                 progress="--openjd", placeholders=placeholders)
     steps: List[Dict[str, Any]] = [{
         "name": "Render",
         "description": "Toonify the faces of one frame-range chunk into the frames folder.",
@@ -69,6 +109,7 @@ def openjd_template(job: FarmJob) -> Dict[str, Any]:
             "name": "Frame", "type": "CHUNK[INT]", "range": "{{Param.Frames}}",
             "chunks": {"defaultTaskCount": "{{Param.ChunkSize}}", "rangeConstraint": "CONTIGUOUS"},
         }]},
+        "hostRequirements": host_requirements(job.resources),
         "script": {"actions": {"onRun": {"command": "{{Param.ToonOfx}}", "args": render_args}}},
     }]
     if job.movie:
@@ -79,22 +120,17 @@ def openjd_template(job: FarmJob) -> Dict[str, Any]:
             "script": {"actions": {"onRun": {"command": "{{Param.ToonOfx}}", "args": assemble_command(
                 pattern, "{{Param.SourceFile}}", "{{Param.OutputMovie}}", "{{Param.Frames}}")}}},
         })
+    description = f"toon-ofx: toonify the faces of {Path(job.source).name}, frames {first}-{last}."
+    if job.chunk_note():
+        description += f" Note: {job.chunk_note()}."
     return {
         "specificationVersion": "jobtemplate-2023-09",
         "extensions": ["TASK_CHUNKING"],
         "name": job.name,
-        "description": f"toon-ofx: toonify the faces of {Path(job.source).name}, frames {first}-{last}.",
+        "description": description,
         "parameterDefinitions": params,
         "steps": steps,
     }
-
-
-def openjd_parameter_values(job: FarmJob) -> Dict[str, str]:
-    """This export's values for the template's PATH parameters."""
-    values = {"SourceFile": job.source, "FramesDir": split_pattern(job.sequence)[0]}
-    if job.movie:
-        values["OutputMovie"] = job.movie
-    return values
 
 
 README = """# {name}
@@ -107,7 +143,16 @@ An Open Job Description job bundle written by `toon-ofx farm export --format ope
 
 The Render step's `Frame` parameter is `CHUNK[INT]` (extension TASK_CHUNKING): each task renders
 one contiguous frame range into the frames folder; the Assemble step runs after all of them.
+Every path is a PATH parameter, so path mapping rules translate it for each worker. Render tasks
+ask for {resources} and report progress with `openjd_progress:` lines.
 """
+
+
+def _resources_text(resources: Resources) -> str:
+    text = f"{resources.cpus} vCPU(s) and {resources.memory_gib:g} GiB of memory"
+    if resources.gpus:
+        text += f", {resources.gpus} GPU(s) and {resources.gpu_memory_gib:g} GiB of GPU memory"
+    return text
 
 
 def bundle_files(job: FarmJob, folder: Path) -> List[Tuple[str, str, Optional[int]]]:
@@ -118,5 +163,5 @@ def bundle_files(job: FarmJob, folder: Path) -> List[Tuple[str, str, Optional[in
         ("parameter_values.json", json.dumps(
             {"parameterValues": [{"name": k, "value": v} for k, v in values.items()]}, indent=2) + "\n", None),
         ("job_params.json", json.dumps(values, indent=2) + "\n", None),
-        ("README.md", README.format(name=job.name, dir=folder), None),
+        ("README.md", README.format(name=job.name, dir=folder, resources=_resources_text(job.resources)), None),
     ]

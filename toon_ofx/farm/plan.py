@@ -1,15 +1,20 @@
 """Chunk planning: which frames each farm task writes, and which it processes first.
 
-Why chunks reproduce a single-pass render exactly: the engine restarts its
-warm-start chain (a cold projection) at every keyframe, i.e. every source frame
-whose number is a multiple of the `keyframe_interval` parameter, and the face
-tracker's smoothing only looks back a bounded number of frames. So the state in
-which a frame is rendered depends only on the frames since shortly before the
-preceding keyframe, never on where a render started: every chunk pre-rolls
-from there (frames processed, not written) and writes exactly the pixels a
-whole-clip render writes. Chunks whose first frame is a keyframe pre-roll only
-the tracker's few frames; `plan_chunks` therefore cuts on the keyframe grid,
-and every export keeps the farm's chunks on it (see `snap_chunk`).
+Why chunks reproduce a single-pass render exactly (engine.pipeline has the
+argument, engine.temporal the arithmetic, shared with the renderer): a frame's
+pixels depend only on the detections from shortly before the keyframe of the
+oldest warm-start chain it shows (the keyframe at or before it, or the one
+before that inside a keyframe cross-fade) to a few frames after it. Every task
+decodes that span (frames before its range processed, not written; the
+look-ahead after it only detected) and so writes exactly the pixels a
+whole-clip render writes, whatever its range.
+
+Where chunks start only decides the work repeated: a chunk starting on the
+segment grid 0, K + V, 2K + V, ... (K the keyframe interval, V the cross-fade
+overlap) re-projects just the V cross-fade frames of its first chain, which the
+chunk before it writes; anywhere else it re-projects more. `plan_chunks`
+therefore cuts on that grid, and every export keeps the farm's chunks on it
+(see `snap_chunk`).
 """
 from __future__ import annotations
 
@@ -17,7 +22,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
+from engine.temporal import TemporalPlan
+
 from ..core.errors import UserError
+from ..core.params import validate
 
 DEFAULT_CHUNK_KEYFRAMES = 2          # default chunk: this many keyframe intervals
 
@@ -79,86 +87,77 @@ def chunk_size_for_workers(n_frames: int, keyframes: int, workers: int) -> int:
 
 
 # -- warm-up ----------------------------------------------------------------------------------------
-def chunk_warmup_first(first: int, overlap: int, keyframe_interval: int) -> int:
-    """First frame a task writing from `first` has to process (mirrors the renderer).
-
-    With keyframes every K frames the projection chain restarts at the keyframe at or before
-    `first`, and the landmark tracker needs `overlap` frames of history before that. Without
-    keyframes (K = 0) the chain never restarts: only a render from frame 0 reproduces it.
-    """
-    if keyframe_interval <= 0:
-        return 0
-    keyframe = first - first % keyframe_interval
-    return max(0, min(keyframe, first - overlap))
+def temporal_plan(params: Dict[str, Any]) -> TemporalPlan:
+    """The renderer's temporal plan for these effect parameters (keyframes, cross-fade, tracking reach)."""
+    p = validate(params)
+    return TemporalPlan.create(p["keyframe_interval"], p["keyframe_overlap"], p["smoothing"], p["smoothing_mode"])
 
 
-def tracker_memory(params: Dict[str, Any]) -> int:
-    """Frames of history the landmark tracker keeps (0 when the engine is not importable)."""
-    try:
-        from engine.faces.tracking import FaceTracker
-    except Exception:
-        return 0
-    try:
-        return int(getattr(FaceTracker(smoothing=params.get("smoothing", 0.5)), "memory", 0))
-    except Exception:
-        return 0
+def chunk_warmup_first(first: int, warmup: int, plan: TemporalPlan) -> int:
+    """First frame a task writing from `first` processes (mirrors the renderer): the plan's warm-up
+    start, or `warmup` extra frames before `first` if that is earlier."""
+    return max(0, min(plan.warmup_start(first), first - warmup))
 
 
 # -- cutting a range --------------------------------------------------------------------------------
-def plan_chunks(first: int, last: int, chunk_size: int, overlap: int = 0, *,
-                keyframe_interval: int = 0) -> List[Chunk]:
+def plan_chunks(first: int, last: int, chunk_size: int, warmup: int = 0, *,
+                plan: TemporalPlan = TemporalPlan(keyframe_interval=0)) -> List[Chunk]:
     """Split source frames first..last (inclusive) into chunks on an absolute grid.
 
-    Chunk boundaries are the multiples of the (effective) chunk size, so with a chunk size that is
-    a multiple of `keyframe_interval` every chunk but possibly the first starts on a keyframe.
-    `overlap` is the pre-roll each chunk processes before its range (at least the landmark
-    tracker's memory); `warmup_first` adds what the keyframe chain needs on top.
+    Chunk boundaries are the multiples of the (effective) chunk size shifted by the plan's
+    cross-fade overlap, so with a chunk size that is a multiple of the keyframe interval every
+    chunk but possibly the first starts on the segment grid. `warmup`: extra frames each chunk
+    processes before its range, beyond what the plan needs (`warmup_first`).
     """
     if first < 0 or last < first:
         raise UserError(f"bad frame range {first}-{last}", field="frames")
-    if overlap < 0:
-        raise UserError(f"warm-up must be 0 or more frames, got {overlap}", field="warmup")
-    size = effective_chunk_size(chunk_size, keyframe_interval)
-    chunks = []
-    for j in range(first // size, last // size + 1):
-        a, b = max(first, j * size), min(last, (j + 1) * size - 1)
-        chunks.append(Chunk(a, b, chunk_warmup_first(a, overlap, keyframe_interval)))
-    return chunks
+    if warmup < 0:
+        raise UserError(f"warm-up must be 0 or more frames, got {warmup}", field="warmup")
+    size = effective_chunk_size(chunk_size, plan.keyframe_interval)
+    return [Chunk(a, b, chunk_warmup_first(a, warmup, plan)) for a, b in grid_chunks(first, last, size, plan.overlap)]
 
 
-def grid_ranges(first: int, last: int, size: int) -> List[Tuple[int, int]]:
-    """(first, last) ranges whose farm chunking of `size` lands on the absolute size grid.
+def grid_chunks(first: int, last: int, size: int, offset: int = 0) -> List[Tuple[int, int]]:
+    """first..last cut at the points ``j * size + offset`` (j >= 1)."""
+    cuts = range(max(1, (first - offset) // size + 1), (last - offset) // size + 1)
+    bounds = [first] + [j * size + offset for j in cuts if first < j * size + offset <= last] + [last + 1]
+    return [(a, b - 1) for a, b in zip(bounds, bounds[1:])]
 
-    A head range up to the first grid point (when `first` is not on it) and the rest, which a
-    farm chunking from its start in steps of `size` then cuts exactly on the grid.
+
+def grid_ranges(first: int, last: int, size: int, offset: int = 0) -> List[Tuple[int, int]]:
+    """(first, last) ranges whose farm chunking of `size` lands on the grid of `grid_chunks`.
+
+    A head range up to the first grid point (when chunking from `first` would miss the grid) and
+    the rest, which a farm chunking from its start in steps of `size` then cuts exactly on it.
     """
-    boundary = -(-first // size) * size
-    if boundary == first or boundary > last:
+    if first >= offset and (first - offset) % size == 0:
+        return [(first, last)]
+    boundary = max(first + (offset - first) % size, size + offset)
+    if boundary > last:
         return [(first, last)]
     return [(first, boundary - 1), (boundary, last)]
 
 
-def snap_chunk(frames: Tuple[int, int], job: Tuple[int, int], keyframe_interval: int) -> Optional[Tuple[int, int]]:
-    """Move a farm-chosen chunk's boundaries onto the keyframe grid of its job.
+def snap_chunk(frames: Tuple[int, int], job: Tuple[int, int], plan: TemporalPlan) -> Optional[Tuple[int, int]]:
+    """Move a farm-chosen chunk's boundaries onto the segment grid of its job.
 
     Farm managers cut a range into chunks their own way (OpenJD divides it evenly, adaptive
     chunking by run time). Each task can snap its own chunk: interior boundaries move down to
-    the keyframe at or before them, the job's own ends stay. Because the same monotone map is
-    applied to every boundary, the snapped chunks still cover the job range exactly once (a
-    chunk may become empty: None), and each starts on a keyframe, so no task re-projects frames
-    that another task writes.
+    the segment start at or before them (TemporalPlan.segment_start), the job's own ends stay.
+    Because the same monotone map is applied to every boundary, the snapped chunks still cover
+    the job range exactly once (a chunk may become empty: None), and each starts on the grid, so
+    tasks repeat as little projection as possible.
     """
     (a, b), (first, last) = frames, job
     if not (first <= a <= b <= last):
         raise UserError(f"chunk {a}-{b} is not inside the job's frames {first}-{last}", field="frames")
-    k = keyframe_interval
-    if k <= 0:
+    if plan.keyframe_interval <= 0:
         return a, b
 
     def snap(x: int) -> int:
         if x <= first or x > last:
             return x
-        return max(first, x - x % k)
+        return max(first, plan.segment_start(x))
 
     a2, b2 = snap(a), snap(b + 1) - 1
     return (a2, b2) if a2 <= b2 else None

@@ -2,7 +2,7 @@
 
 For teams without a farm manager. One persistent actor per GPU (or per CPU worker)
 loads the models once and renders chunk after chunk; chunks are the same
-keyframe-aligned frame ranges a farm manager would run (toon_ofx.farm.plan.plan_chunks),
+frame ranges on the segment grid a farm manager would run (toon_ofx.farm.plan.plan_chunks),
 all written into one image sequence, so the result is identical to a single-process
 render. A chunk that fails is retried (on a fresh actor when its actor died);
 progress of all workers is aggregated into the usual ProgressEvents; a movie output
@@ -16,21 +16,26 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import socket
 import sys
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from ..core.errors import Cancelled, UserError
 from .assemble import assemble, sequence_frames
-from .plan import Chunk, chunk_size_for_workers, plan_chunks, tracker_memory
+from .plan import Chunk, chunk_size_for_workers, plan_chunks, temporal_plan
 
 DEFAULT_MAX_RETRIES = 2
 POLL_SECONDS = 0.25
 LOCAL_OBJECT_STORE = 256 * 1024 ** 2   # chunks pass paths, not pixels: a small store is plenty
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass
@@ -51,7 +56,8 @@ class ChunkWorker:
 
     `factory(params)` builds the renderer (default toon_ofx.core.render.Renderer, which loads the
     models in its constructor); with persistent=False it is rebuilt for every chunk, which is
-    what a farm task that starts a new process pays (for benchmarks).
+    what a farm task that starts a new process pays (for benchmarks). `status()` tells the
+    chunk being rendered and how many of its frames are on disk (None between chunks).
     """
 
     def __init__(self, params: Dict[str, Any], factory: Optional[Callable] = None, threads: int = 0,
@@ -74,47 +80,40 @@ class ChunkWorker:
         renderer = factory(self.params)
         return renderer, time.perf_counter() - t
 
+    def _set_status(self, chunk: Optional[Chunk], done: int = 0, faces: int = 0) -> None:
+        with self._lock:
+            self._status = {"chunk": (chunk.first, chunk.last) if chunk else None, "done": done, "faces": faces}
+
     def load(self) -> Dict[str, Any]:
         """Load the models (once); returns where and how long."""
-        import os
-        import socket
-
         if self.renderer is None and self.persistent:
             self.renderer, self.load_seconds = self._build()
         torch = sys.modules.get("torch")   # loaded by the renderer when it needs it
         if torch is not None and self.threads > 0:
             torch.set_num_threads(self.threads)
-        return {"worker": f"{socket.gethostname()}:{os.getpid()}", "load_seconds": self.load_seconds}
+        return {"worker": _worker_name(), "load_seconds": self.load_seconds}
 
     def render_chunk(self, request, chunk: Chunk) -> ChunkOutcome:
-        import os
-        import socket
-
         self._cancel.clear()
         load_seconds = 0.0
         if self.renderer is None or not self.persistent:
             self.renderer, load_seconds = self._build()
-        with self._lock:
-            self._status = {"chunk": (chunk.first, chunk.last), "done": 0, "faces": 0}
-        baseline: List[int] = []
+        self._set_status(chunk)
 
         def progress(event) -> None:
-            # frames_done starts at the chunk's frames already on disk: report only new ones.
-            if event.stage != "rendering":
-                return
-            if not baseline:
-                baseline.append(event.frames_done)
-            with self._lock:
-                self._status = {"chunk": (chunk.first, chunk.last), "done": event.frames_done - baseline[0],
-                                "faces": event.faces}
+            # frames_done counts the chunk's frames on disk, including those skipped as already done
+            if event.stage == "rendering":
+                self._set_status(chunk, event.frames_done, event.faces)
 
         t = time.perf_counter()
-        result = self.renderer.render(replace(request, frames=(chunk.first, chunk.last)), progress, self._cancel)
-        with self._lock:
-            faces = self._status["faces"]
-            self._status = {"chunk": None, "done": 0, "faces": 0}
+        try:
+            result = self.renderer.render(replace(request, frames=(chunk.first, chunk.last)), progress,
+                                          self._cancel)
+            faces = self.status()["faces"]
+        finally:
+            self._set_status(None)
         return ChunkOutcome(chunk, result.written, result.skipped, faces, time.perf_counter() - t, load_seconds,
-                            f"{socket.gethostname()}:{os.getpid()}")
+                            _worker_name())
 
     def status(self) -> Dict[str, Any]:
         with self._lock:
@@ -122,6 +121,58 @@ class ChunkWorker:
 
     def cancel(self) -> None:
         self._cancel.set()
+
+
+class RayProgress:
+    """All workers' progress as one stream of ProgressEvents whose frame count never goes back.
+
+    Counts are kept per chunk: a worker's live status can only raise its chunk's count (a status
+    that arrives late, or a worker already between chunks while its result is still on the way,
+    changes nothing), and a finished chunk counts all its frames.
+    """
+
+    def __init__(self, callback: Optional[Callable], chunks: Iterable[Chunk], present: Set[int]):
+        from ..core.render import ProgressEvent
+
+        self.Event = ProgressEvent
+        self.callback = callback
+        self.chunks = {(c.first, c.last): c for c in chunks}
+        self.done = {c: sum(1 for i in range(c.first, c.last + 1) if i in present) for c in self.chunks.values()}
+        self.faces: Dict[Chunk, int] = {}
+        self.total = sum(c.count for c in self.chunks.values())
+        self.already = self.frames_done
+        self.start = time.monotonic()
+        self._last: Optional[tuple] = None
+
+    @property
+    def frames_done(self) -> int:
+        return sum(self.done.values())
+
+    def live(self, status: Dict[str, Any]) -> None:
+        """A worker's status: (chunk first, last), frames of it on disk, faces found so far."""
+        chunk = self.chunks.get(tuple(status["chunk"])) if status.get("chunk") else None
+        if chunk is not None:
+            self.done[chunk] = max(self.done[chunk], min(int(status["done"]), chunk.count))
+            self.faces[chunk] = max(self.faces.get(chunk, 0), int(status["faces"]))
+
+    def finished(self, outcome: ChunkOutcome) -> None:
+        self.done[outcome.chunk] = outcome.chunk.count
+        self.faces[outcome.chunk] = max(self.faces.get(outcome.chunk, 0), outcome.faces)
+
+    def emit(self, stage: str) -> None:
+        if self.callback is None:
+            return
+        done, faces = self.frames_done, sum(self.faces.values())
+        fresh = done - self.already
+        eta = None
+        if stage == "done":
+            eta = 0.0
+        elif fresh > 0:
+            eta = (self.total - done) * (time.monotonic() - self.start) / fresh
+        key = (stage, done, faces)
+        if key != self._last:
+            self._last = key
+            self.callback(self.Event(stage, done, self.total, faces, eta))
 
 
 def _ray():
@@ -164,33 +215,115 @@ def _placement(ray, params: Dict[str, Any], workers: Optional[int]) -> Dict[str,
             "threads": max(1, int(per))}
 
 
-class _Progress:
-    """Aggregates finished chunks and the live status of every worker into ProgressEvents."""
+class WorkerPool:
+    """The actors: spawned with this process's toon-ofx settings, models loaded, replaced when lost."""
 
-    def __init__(self, callback, total: int, already: int):
-        from ..core.render import ProgressEvent
+    def __init__(self, ray, place: Dict[str, Any], count: int, params: Dict[str, Any],
+                 factory: Optional[Callable], persistent: bool):
+        self.ray = ray
+        # The workers see this process's toon-ofx settings (model folder, ffmpeg, ...).
+        env = {k: v for k, v in os.environ.items() if k.startswith("TOON_OFX_")}
+        remote = ray.remote(ChunkWorker).options(max_concurrency=2, runtime_env={"env_vars": env} if env else None,
+                                                 **place["options"])
+        self._spawn = lambda: remote.remote(params, factory, place["threads"], persistent)
+        self.actors: List[Any] = [self._spawn() for _ in range(count)]
 
-        self.Event = ProgressEvent
-        self.callback, self.total = callback, total
-        self.finished, self.faces_finished, self.already = already, 0, already
-        self.start = time.monotonic()
-        self.last: Optional[tuple] = None
+    def load(self, indices: Optional[List[int]] = None) -> List[Dict[str, Any]]:
+        """Load the models on the given workers (all by default); a worker's failure is a UserError."""
+        actors = [self.actors[i] for i in (indices if indices is not None else range(len(self.actors)))]
+        try:
+            return self.ray.get([a.load.remote() for a in actors])
+        except self.ray.exceptions.RayTaskError as exc:
+            raise _user_error(exc, "loading the models on a Ray worker") from None
 
-    def emit(self, stage: str, live_done: int = 0, live_faces: int = 0) -> None:
-        if self.callback is None:
-            return
-        done = min(self.total, self.finished + live_done)
-        faces = self.faces_finished + live_faces
-        fresh = done - self.already
-        eta = None
-        if stage == "done":
-            eta = 0.0
-        elif fresh > 0:
-            eta = (self.total - done) * (time.monotonic() - self.start) / fresh
-        key = (stage, done, faces)
-        if key != self.last:
-            self.last = key
-            self.callback(self.Event(stage, done, self.total, faces, eta))
+    def replace(self, index: int) -> None:
+        """A fresh actor in place of a lost one, models loaded."""
+        self.actors[index] = self._spawn()
+        self.load([index])
+
+    def statuses(self, indices: Iterable[int]) -> List[Dict[str, Any]]:
+        """Live progress of busy workers; a worker that just died reports nothing (its chunk's
+        result tells the failure)."""
+        out = []
+        for ref in [self.actors[i].status.remote() for i in indices]:
+            try:
+                out.append(self.ray.get(ref, timeout=10))
+            except Exception:
+                out.append({"chunk": None})
+        return out
+
+    def cancel(self) -> None:
+        for actor in self.actors:
+            actor.cancel.remote()
+
+    def kill(self) -> None:
+        for actor in self.actors:
+            try:
+                self.ray.kill(actor)
+            except Exception:
+                pass
+
+
+class ChunkScheduler:
+    """Hands chunks to idle workers until every one is done; retries failures up to `max_retries`."""
+
+    def __init__(self, ray, pool: WorkerPool, request, report: RayProgress, cancel: Optional[threading.Event],
+                 max_retries: int):
+        self.ray, self.pool, self.request, self.report = ray, pool, request, report
+        self.cancel, self.max_retries = cancel, max_retries
+        self.attempts: Dict[Chunk, int] = {}
+        self.failures: List[str] = []
+        self.written = 0
+        self.chunk_load_seconds = 0.0
+
+    def run(self, todo: List[Chunk]) -> None:
+        pending = deque(todo)
+        inflight: Dict[Any, Tuple[int, Chunk]] = {}
+        idle = list(range(len(self.pool.actors)))
+        while pending or inflight:
+            if self.cancel is not None and self.cancel.is_set():
+                self.pool.cancel()
+                raise Cancelled(f"cancelled after {self.report.frames_done} of {self.report.total} frames")
+            while idle and pending:
+                w, chunk = idle.pop(), pending.popleft()
+                inflight[self.pool.actors[w].render_chunk.remote(self.request, chunk)] = (w, chunk)
+            ready, _ = self.ray.wait(list(inflight), num_returns=1, timeout=POLL_SECONDS)
+            for ref in ready:
+                w, chunk = inflight.pop(ref)
+                if not self._collect(ref, w, chunk):
+                    self._retry(chunk, pending)
+                idle.append(w)
+            for status in self.pool.statuses(w for w, _ in inflight.values()):
+                self.report.live(status)
+            self.report.emit("rendering")
+
+    def _collect(self, ref, w: int, chunk: Chunk) -> bool:
+        """Take a finished chunk's result; False when it failed and should be retried."""
+        exceptions = self.ray.exceptions
+        try:
+            outcome: ChunkOutcome = self.ray.get(ref)
+        except exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, Cancelled):
+                raise Cancelled(str(cause)) from None
+            if isinstance(cause, UserError):
+                raise UserError(f"frames {chunk}: {cause.message}", field=cause.field) from None
+            self.failures.append(f"frames {chunk}: {_first_line(cause or exc)}")
+            return False
+        except exceptions.RayActorError as exc:
+            self.failures.append(f"frames {chunk}: worker lost ({_first_line(exc)})")
+            self.pool.replace(w)
+            return False
+        self.written += outcome.written
+        self.chunk_load_seconds += outcome.load_seconds
+        self.report.finished(outcome)
+        return True
+
+    def _retry(self, chunk: Chunk, pending: deque) -> None:
+        self.attempts[chunk] = self.attempts.get(chunk, 0) + 1
+        if self.attempts[chunk] > self.max_retries:
+            raise UserError(f"frames {chunk} failed {self.attempts[chunk]} times; last error: {self.failures[-1]}")
+        pending.appendleft(chunk)
 
 
 def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional[int] = None,
@@ -202,12 +335,13 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
     address: a Ray cluster address ("auto", "ray://host:10001", "host:6379"); None starts a local
     cluster (or uses the one this process is already connected to). workers: how many actors
     (default: one per GPU, else one per CPU). chunk_size: frames per chunk (default two keyframe
-    intervals; moved onto the keyframe grid). max_retries: attempts after the first for a
+    intervals; cut on the segment grid). max_retries: attempts after the first for a
     failing chunk. renderer_factory/persistent: for tests and benchmarks.
     """
     from ..core import media
     from ..core.params import validate
-    from ..core.render import RenderResult, plan_output, resolve_range
+    from ..core.outputs import plan_output, resolve_range
+    from ..core.render import RenderResult
 
     ray = _ray()
     params = validate(request.params)
@@ -217,147 +351,71 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
                         "re-render the clip from frame 0)", field="keyframe_interval")
     source = Path(request.source)
     info = media.probe(source)
+    media.check_renderable(info)
     first, last = resolve_range(request.frames, info.frame_count)
-    overlay = params["output_kind"] == "overlay"
-    plan = plan_output(source, Path(request.output), overlay, request.work_dir)
+    plan = plan_output(info, Path(request.output), params["output_kind"] == "overlay", request.work_dir)
+    if plan.kind == "image":
+        raise UserError("a still image is one frame: render it without --ray", field="source")
     Path(plan.pattern).parent.mkdir(parents=True, exist_ok=True)
     total = last - first + 1
 
     started = _connect(ray, address, workers)
-    actors: List[Any] = []
+    pool: Optional[WorkerPool] = None
     try:
         place = _placement(ray, params, workers)
-        n_workers = place["workers"]
-        size = chunk_size if chunk_size is not None else chunk_size_for_workers(total, keyframes, n_workers)
-        overlap = max(request.warmup, tracker_memory(params))
-        chunks = plan_chunks(first, last, size, overlap, keyframe_interval=keyframes)
-        present = set(sequence_frames(plan.pattern))
-        todo = [c for c in chunks if any(i not in present for i in range(c.first, c.last + 1))]
-        already = sum(1 for i in range(first, last + 1) if i in present)
-        report = _Progress(progress, total, already)
+        size = chunk_size if chunk_size is not None else chunk_size_for_workers(total, keyframes, place["workers"])
+        chunks = plan_chunks(first, last, size, request.warmup, plan=temporal_plan(params))
+        report = RayProgress(progress, chunks, _present(plan))
         report.emit("loading")
+        todo = [c for c in chunks if report.done[c] < c.count]
         timings: Dict[str, float] = {}
         written = 0
-
+        encoded = None
         if todo:
-            n_workers = min(n_workers, len(todo))
-            Remote = ray.remote(ChunkWorker)
-
-            # The workers see this process's toon-ofx settings (model folder, ffmpeg, ...).
-            env = {k: v for k, v in os.environ.items() if k.startswith("TOON_OFX_")}
-
-            def spawn():
-                return Remote.options(max_concurrency=2, runtime_env={"env_vars": env} if env else None,
-                                      **place["options"]).remote(params, renderer_factory, place["threads"],
-                                                                 persistent)
-
-            def load(actor_list):
-                try:
-                    return ray.get([a.load.remote() for a in actor_list])
-                except ray.exceptions.RayTaskError as exc:
-                    raise _user_error(exc, "loading the models on a Ray worker") from None
-
-            t = time.perf_counter()
-            actors = [spawn() for _ in range(n_workers)]
-            loads = load(actors)
-            timings["load"] = max(x["load_seconds"] for x in loads)
-            timings["load_total"] = sum(x["load_seconds"] for x in loads)
-            timings["workers"] = float(n_workers)
+            pool = WorkerPool(ray, place, min(place["workers"], len(todo)), params, renderer_factory, persistent)
+            loads = pool.load()
+            timings.update(load=max(x["load_seconds"] for x in loads),
+                           load_total=sum(x["load_seconds"] for x in loads), workers=float(len(pool.actors)))
             # Each chunk writes its own frames: the sequence pattern, never the movie.
             chunk_request = replace(request, output=Path(plan.pattern), frames=None, params=params,
                                     keep_frames=True)
-            pending = deque(todo)
-            attempts: Dict[Chunk, int] = {}
-            inflight: Dict[Any, tuple] = {}
-            idle = list(range(n_workers))
-            failures: List[str] = []
+            scheduler = ChunkScheduler(ray, pool, chunk_request, report, cancel, max_retries)
             report.emit("rendering")
             t = time.perf_counter()
-            while pending or inflight:
-                if cancel is not None and cancel.is_set():
-                    for actor in actors:
-                        actor.cancel.remote()
-                    raise Cancelled(f"cancelled after {report.finished} of {total} frames")
-                while idle and pending:
-                    w, chunk = idle.pop(), pending.popleft()
-                    inflight[actors[w].render_chunk.remote(chunk_request, chunk)] = (w, chunk)
-                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=POLL_SECONDS)
-                for ref in ready:
-                    w, chunk = inflight.pop(ref)
-                    try:
-                        outcome: ChunkOutcome = ray.get(ref)
-                    except ray.exceptions.RayTaskError as exc:
-                        cause = getattr(exc, "cause", None)
-                        if isinstance(cause, Cancelled):
-                            raise Cancelled(str(cause)) from None
-                        if isinstance(cause, UserError):
-                            raise UserError(f"frames {chunk}: {cause.message}", field=cause.field) from None
-                        failures.append(f"frames {chunk}: {_first_line(cause or exc)}")
-                        _retry(chunk, attempts, max_retries, failures, pending)
-                        idle.append(w)
-                        continue
-                    except ray.exceptions.RayActorError as exc:
-                        failures.append(f"frames {chunk}: worker lost ({_first_line(exc)})")
-                        _retry(chunk, attempts, max_retries, failures, pending)
-                        actors[w] = spawn()
-                        load([actors[w]])
-                        idle.append(w)
-                        continue
-                    written += outcome.written
-                    report.finished += outcome.written
-                    report.faces_finished += outcome.faces
-                    timings["chunk_load_total"] = timings.get("chunk_load_total", 0.0) + outcome.load_seconds
-                    idle.append(w)
-                live = _statuses(ray, [actors[w] for w, _ in inflight.values()])
-                report.emit("rendering", sum(s["done"] for s in live), sum(s["faces"] for s in live))
-            timings["render"] = time.perf_counter() - t
-            timings["chunks"] = float(len(todo))
-            timings["retries"] = float(sum(attempts.values()))
+            scheduler.run(todo)
+            written = scheduler.written
+            timings.update(render=time.perf_counter() - t, chunks=float(len(todo)),
+                           retries=float(sum(scheduler.attempts.values())))
+            if scheduler.chunk_load_seconds:
+                timings["chunk_load_total"] = scheduler.chunk_load_seconds
 
-        missing = sorted(set(range(first, last + 1)) - set(sequence_frames(plan.pattern)))
+        missing = sorted(set(range(first, last + 1)) - _present(plan))
         if missing:
             raise UserError(f"{len(missing)} frame(s) did not arrive in {Path(plan.pattern).parent} (first: "
                             f"{missing[0]}); on a multi-machine Ray cluster the output folder must be shared "
                             "storage that every node sees at the same path", field="output")
         if plan.kind == "movie":
-            report.emit("encoding", 0, 0)
+            report.emit("encoding")
             t = time.perf_counter()
-            assemble(Path(plan.pattern), source, plan.movie, (first, last), info=info)
+            encoded = assemble(Path(plan.pattern), source, plan.movie, (first, last), info=info, codec=request.codec)
             timings["encode"] = time.perf_counter() - t
             if not request.keep_frames:
                 shutil.rmtree(Path(plan.pattern).parent, ignore_errors=True)
-        report.finished = total
         report.emit("done")
         return RenderResult(output=plan.movie or Path(plan.pattern).parent, kind=plan.kind, pattern=plan.pattern,
                             first_frame=first, last_frame=last, written=written, skipped=total - written,
-                            fps=float(info.fps), timings=timings)
+                            fps=float(info.fps), timings=timings, first_number=plan.first_number,
+                            codec=encoded.codec.label if encoded else None, notes=encoded.notes if encoded else [])
     finally:
-        for actor in actors:
-            try:
-                ray.kill(actor)
-            except Exception:
-                pass
+        if pool is not None:
+            pool.kill()
         if started:
             ray.shutdown()
 
 
-def _statuses(ray, actors) -> List[Dict[str, Any]]:
-    """Live progress of busy workers; a worker that just died counts as no progress (its chunk's
-    result reports the failure)."""
-    out = []
-    for ref in [a.status.remote() for a in actors]:
-        try:
-            out.append(ray.get(ref, timeout=10))
-        except Exception:
-            out.append({"done": 0, "faces": 0})
-    return out
-
-
-def _retry(chunk: Chunk, attempts: Dict[Chunk, int], max_retries: int, failures: List[str], pending) -> None:
-    attempts[chunk] = attempts.get(chunk, 0) + 1
-    if attempts[chunk] > max_retries:
-        raise UserError(f"frames {chunk} failed {attempts[chunk]} times; last error: {failures[-1]}")
-    pending.appendleft(chunk)
+def _present(plan) -> Set[int]:
+    """0-based frames whose files are there (file numbers follow the source's: pattern % (first_number + i))."""
+    return {n - plan.first_number for n in sequence_frames(plan.pattern)}
 
 
 def _first_line(exc: BaseException) -> str:

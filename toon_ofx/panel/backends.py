@@ -1,4 +1,5 @@
-"""The panel's engine: one small interface (`preview`, `submit`, `job`, `cancel`), two implementations.
+"""The panel's engine: one small interface (`preview`, `submit`, `job`, `jobs`, `cancel`, `retry`), two
+implementations.
 
 `EngineBackend` talks to the local engine process through the stdlib client; `InProcessBackend` runs
 `toon_ofx.core.render` in this process with job dicts shaped like the server's. Tests inject their own.
@@ -13,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from ..core import params as schema
 from ..core.errors import UserError
@@ -40,10 +41,18 @@ def _count_faces(faces: Any) -> int:
         return 0
 
 
+def _progress_dict(event: Any) -> Dict[str, Any]:
+    """A render's progress event as the engine process keeps it (model/step/steps only while they apply)."""
+    out = {k: getattr(event, k, None) for k in ("stage", "frames_done", "frames_total", "faces", "eta_seconds")}
+    out.update({k: getattr(event, k) for k in ("model", "step", "steps") if getattr(event, k, None)})
+    return out
+
+
 def error_text(exc: BaseException) -> str:
-    """One line for the user: the message of our own errors, else the exception's text."""
-    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return str(message).strip().splitlines()[0] if str(message).strip() else type(exc).__name__
+    """The message for the user, whole (the status line wraps it): our own errors' message, else the
+    exception's text, else its type."""
+    message = str(getattr(exc, "message", None) or exc).strip()
+    return message or type(exc).__name__
 
 
 class EngineBackend:
@@ -77,8 +86,15 @@ class EngineBackend:
     def job(self, job_id: str) -> Dict[str, Any]:
         return self.client.job(job_id)
 
+    def jobs(self) -> List[Dict[str, Any]]:
+        return self.client.jobs()
+
     def cancel(self, job_id: str) -> Dict[str, Any]:
         return self.client.cancel(job_id)
+
+    def retry(self, job_id: str) -> Dict[str, Any]:
+        """Queue a failed or cancelled job again: it resumes from its frames into the same output."""
+        return self.client.retry(job_id)
 
 
 class InProcessBackend:
@@ -89,6 +105,7 @@ class InProcessBackend:
     def __init__(self, render_module=None):
         self._render = render_module
         self._jobs: Dict[str, Dict[str, Any]] = {}
+        self._requests: Dict[str, Any] = {}
         self._cancel: Dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._count = 0
@@ -114,33 +131,38 @@ class InProcessBackend:
             self._count += 1
             job_id = f"local-{self._count}"
             first, last = (list(frames) if frames else [0, 0])
-            job = {"id": job_id, "state": "queued", "source": str(source), "frames": [first, last],
-                   "params": params, "output": {"folder": str(folder), "kind": output_kind, "name": name},
-                   "progress": {"frames_done": 0, "frames_total": last - first + 1, "stage": "queued",
-                                "eta_seconds": None, "faces": 0},
-                   "error": None, "result": None, "created": time.time(), "updated": time.time()}
-            self._jobs[job_id] = job
-            self._cancel[job_id] = threading.Event()
-        request = render.RenderRequest(source=Path(source), output=output, params=params,
-                                       frames=tuple(frames) if frames else None)
+            self._jobs[job_id] = {
+                "id": job_id, "state": "queued", "source": str(source), "frames": [first, last], "params": params,
+                "output": {"folder": str(folder), "kind": output_kind, "name": name},
+                "progress": {"frames_done": 0, "frames_total": last - first + 1, "stage": "queued",
+                             "eta_seconds": None, "faces": 0},
+                "error": None, "result": None, "created": time.time(), "updated": time.time()}
+            self._requests[job_id] = render.RenderRequest(source=Path(source), output=output, params=params,
+                                                          frames=tuple(frames) if frames else None)
+        self._start(job_id)
+        return self.job(job_id)
+
+    def _start(self, job_id: str) -> None:
+        """Render the job's request on its own thread; the render skips the frames already on disk."""
+        render, job, request = self._module(), self._jobs[job_id], self._requests[job_id]
+        cancel = self._cancel[job_id] = threading.Event()
 
         def progress(event) -> None:
             with self._lock:
                 job["state"] = "running"
                 notice = getattr(event, "notice", None) or job["progress"].get("notice")
-                job["progress"] = {"frames_done": event.frames_done, "frames_total": event.frames_total,
-                                   "stage": event.stage, "eta_seconds": event.eta_seconds, "faces": event.faces}
-                if notice:
+                job["progress"] = _progress_dict(event)
+                if notice:   # a render's one-line notice (e.g. a fallback) stays on its job
                     job["progress"]["notice"] = notice
                 job["updated"] = time.time()
 
         def work() -> None:
             try:
-                result = render.render(request, progress=progress, cancel=self._cancel[job_id])
+                result = render.render(request, progress=progress, cancel=cancel)
             except BaseException as exc:  # noqa: BLE001 - every failure becomes the job's state
                 from ..core.errors import Cancelled
                 with self._lock:
-                    if isinstance(exc, Cancelled) or self._cancel[job_id].is_set():
+                    if isinstance(exc, Cancelled) or cancel.is_set():
                         job["state"] = "cancelled"
                     else:
                         job["state"], job["error"] = "failed", error_text(exc)
@@ -153,17 +175,31 @@ class InProcessBackend:
                 job["progress"]["stage"] = "done"
 
         threading.Thread(target=work, name=f"toon-ofx {job_id}", daemon=True).start()
-        return self.job(job_id)
 
     def job(self, job_id: str) -> Dict[str, Any]:
         with self._lock:
             return json.loads(json.dumps(self._jobs[job_id], default=str))
+
+    def jobs(self) -> List[Dict[str, Any]]:
+        with self._lock:
+            return json.loads(json.dumps(list(self._jobs.values()), default=str))
 
     def cancel(self, job_id: str) -> Dict[str, Any]:
         self._cancel[job_id].set()
         with self._lock:
             if self._jobs[job_id]["state"] == "queued":
                 self._jobs[job_id]["state"] = "cancelled"
+        return self.job(job_id)
+
+    def retry(self, job_id: str) -> Dict[str, Any]:
+        """Run a failed or cancelled job again into the same output; its finished frames are kept."""
+        with self._lock:
+            job = self._jobs[job_id]
+            if job["state"] not in ("failed", "cancelled"):
+                return json.loads(json.dumps(job, default=str))
+            job.update(state="queued", error=None, result=None, updated=time.time())
+            job["progress"].update(stage="queued", eta_seconds=None)
+        self._start(job_id)
         return self.job(job_id)
 
 

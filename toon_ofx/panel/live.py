@@ -6,6 +6,7 @@ shows what the signals carry.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from typing import Any, Callable, Dict, Optional
 
@@ -34,7 +35,11 @@ class LivePreview(QtCore.QObject):
         self.backend, self.tasks, self.params, self.frame_source = backend, tasks, params, frame_source
         self._grabber: Optional[FrameGrabber] = None
         self._busy = False
-        self._dir = tempfile.mkdtemp(prefix="toon_ofx_live_")
+        self._dir: Optional[str] = None   # where camera frames go to the engine: made on start, removed by close
+
+    @property
+    def folder(self) -> Optional[str]:
+        return self._dir
 
     @property
     def running(self) -> bool:
@@ -43,6 +48,8 @@ class LivePreview(QtCore.QObject):
     def start(self) -> None:
         if self._grabber is not None:
             return
+        if self._dir is None:
+            self._dir = tempfile.mkdtemp(prefix="toon_ofx_live_")
         self._grabber = FrameGrabber(self.frame_source, parent=self)
         self._grabber.frame.connect(self._frame_arrived)
         self._grabber.failed.connect(self.stopped)
@@ -54,9 +61,16 @@ class LivePreview(QtCore.QObject):
             grabber.requestInterruption()
             grabber.wait(3000)
 
+    def close(self) -> None:
+        """Stop and remove the frame folder (once no preview of a frame in it is running)."""
+        self.stop()
+        folder, self._dir = self._dir, None
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
     def _frame_arrived(self, image) -> None:
         self.frame.emit(image)
-        if self._busy or self.backend is None:
+        if self._busy or self.backend is None or self._dir is None:   # busy, no engine, or closed
             return
         params = self.params()
         if params is None:

@@ -9,7 +9,7 @@ models and face encoders.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 from PySide6 import QtWidgets
 from PySide6.QtCore import Qt
@@ -26,7 +26,8 @@ ONE_PASS_TIP = ("This style is a one-pass toon (an encoder with its own toon gen
 
 
 def model_choices() -> List[Dict[str, Any]]:
-    """[{"name", "label", "tooltip", "size", "kind", "installed"}] from the model manifest (toon_ofx.core.model_store).
+    """[{"name", "label", "tooltip", "size", "kind", "installed", "swap_res"}] from the model manifest
+    (toon_ofx.core.model_store).
 
     Base models (kind "base") and face encoders (kind "encoder") are returned too: the panel offers them for
     `base_model` and `encoder`; an encoder that is a style of its own (pSp Toonify) has kind "one-pass toon"
@@ -53,16 +54,31 @@ def model_choices() -> List[Dict[str, Any]]:
         if row.get("licence"):
             tip += f"\nLicence: {row['licence']}"
         out.append({"name": row["name"], "label": label, "tooltip": tip, "size": row.get("resolution"),
-                    "kind": kind, "installed": installed})
+                    "kind": kind, "installed": installed, "swap_res": row.get("swap_res")})
     return out
 
 
-class ParamForm(QtWidgets.QWidget):
-    """The "Toonify" box and "More settings": `params()` reads every parameter, `set_params()` shows them."""
+def checkpoint_size(path: str) -> int:
+    """The output resolution of a generator checkpoint file (read without running its code)."""
+    from engine.generator.checkpoints import inspect_checkpoint
 
-    def __init__(self, models: List[Dict[str, Any]], parent=None):
+    return int(inspect_checkpoint(path).size)
+
+
+class ParamForm(QtWidgets.QWidget):
+    """The "Toonify" box and "More settings": `params()` reads every parameter, `set_params()` shows them.
+
+    The swap resolutions offered stop at the model's resolution: from the manifest for a named model,
+    read from the file (on `tasks`, the worker pool) for a checkpoint file. A published pre-blended
+    model shows its baked-in swap resolution, greyed, and says so under the box.
+    """
+
+    def __init__(self, models: List[Dict[str, Any]], tasks=None, parent=None):
         super().__init__(parent)
         self.models = models
+        self.tasks = tasks
+        self._file_sizes: Dict[str, Optional[int]] = {}   # checkpoint file -> resolution (None: unreadable)
+        self._swap_choice = schema.BY_NAME["swap_res"].default   # the user's choice, kept across blended models
         self.param_widgets: Dict[str, Dict[str, Any]] = {}
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -98,8 +114,14 @@ class ParamForm(QtWidgets.QWidget):
         self.swap_combo.setObjectName("swap_combo")
         self.swap_combo.setToolTip(p.help)
         form.addRow(p.label, self.swap_combo)
-        self._register("swap_res", self.swap_combo, self._combo_value(self.swap_combo),
-                       lambda v: self._set_combo(self.swap_combo, int(v)))
+        self.swap_note = QtWidgets.QLabel("")
+        self.swap_note.setObjectName("swap_note")
+        self.swap_note.setWordWrap(True)
+        self.swap_note.setStyleSheet("color: #8a8a8a;")
+        self.swap_note.setVisible(False)
+        form.addRow("", self.swap_note)
+        self.swap_combo.currentIndexChanged.connect(lambda _: self._remember_swap())
+        self._register("swap_res", self.swap_combo, self._combo_value(self.swap_combo), self._set_swap)
         self._update_swap_choices()
 
         p = schema.BY_NAME["steps"]
@@ -223,37 +245,77 @@ class ParamForm(QtWidgets.QWidget):
         else:
             self.model_combo.setCurrentIndex(self._model_index)
 
-    def model_size(self) -> int:
+    def model_entry(self) -> Dict[str, Any]:
+        """The manifest row of the chosen model ({} for a checkpoint file)."""
         name = self.model_combo.currentData()
-        for m in self.models:
-            if m["name"] == name and m.get("size"):
-                return int(m["size"])
-        return DEFAULT_MODEL_SIZE
+        return next((m for m in self.models if m["name"] == name), {})
+
+    def model_size(self) -> Optional[int]:
+        """The chosen model's resolution: from the manifest, or read from its file (None until known)."""
+        entry = self.model_entry()
+        if entry:
+            return int(entry["size"]) if entry.get("size") else DEFAULT_MODEL_SIZE
+        path = self.model_combo.currentData()
+        if not path:
+            return None
+        if path not in self._file_sizes and self.tasks is not None and os.path.isfile(path):
+            self._file_sizes[path] = None
+            self.tasks.run(checkpoint_size, path, done=lambda size, p=path: self._file_size_read(p, size),
+                           failed=lambda _message: None)   # unreadable: the render says why
+        return self._file_sizes.get(path)
+
+    def _file_size_read(self, path: str, size: Optional[int]) -> None:
+        self._file_sizes[path] = size
+        if self.model_combo.currentData() == path:
+            self._update_swap_choices()
 
     def model_kind(self) -> str:
-        name = self.model_combo.currentData()
-        return next((str(m.get("kind") or "") for m in self.models if m["name"] == name), "")
+        return str(self.model_entry().get("kind") or "")
+
+    def _remember_swap(self) -> None:
+        if self.swap_combo.isEnabled():
+            self._swap_choice = self.swap_combo.currentData()
+
+    def _set_swap(self, value: Any) -> None:
+        self._swap_choice = int(value)
+        self._update_swap_choices()
 
     def _update_swap_choices(self) -> None:
-        keep = self.swap_combo.currentData() or schema.BY_NAME["swap_res"].default
-        size = self.model_size()
+        """Offer the swap resolutions up to the model's size; a pre-blended model shows its own, greyed;
+        a one-pass toon style (pSp Toonify) has neither a swap resolution nor an inversion choice."""
+        size = self.model_size() or DEFAULT_MODEL_SIZE
+        entry = self.model_entry()
         kind = self.model_kind()
-        self.swap_combo.setEnabled(kind not in ("blended", ONE_PASS))
-        self.swap_combo.setToolTip(ONE_PASS_TIP if kind == ONE_PASS else
-                                   "This published model is already blended: its swap resolution is baked in."
-                                   if kind == "blended" else schema.BY_NAME["swap_res"].help)
-        inversion = self.param_widgets.get("inversion")
-        if inversion is not None:
-            inversion["widget"].setEnabled(kind != ONE_PASS)
-            inversion["widget"].setToolTip(ONE_PASS_TIP if kind == ONE_PASS else schema.BY_NAME["inversion"].help)
-        self.swap_combo.blockSignals(True)
+        baked = entry.get("swap_res") if kind == "blended" else None
+        self.swap_combo.blockSignals(True)   # the user's choice stays what it was
         self.swap_combo.clear()
         for r in schema.SWAP_RESOLUTIONS:
             if r <= size:
                 self.swap_combo.addItem(f"{r} × {r}", r)
-        self.swap_combo.blockSignals(False)
-        index = self.swap_combo.findData(keep)
+        want = int(baked) if baked else self._swap_choice
+        index = self.swap_combo.findData(want)
         self.swap_combo.setCurrentIndex(index if index >= 0 else self.swap_combo.count() - 1)
+        self.swap_combo.blockSignals(False)
+        blended, one_pass = kind == "blended", kind == ONE_PASS
+        self.swap_combo.setEnabled(not (blended or one_pass))
+        self.swap_combo.setToolTip(ONE_PASS_TIP if one_pass else
+                                   "This published model is already blended: its swap resolution is baked in."
+                                   if blended else schema.BY_NAME["swap_res"].help)
+        inversion = self.param_widgets.get("inversion")
+        if inversion is not None:
+            inversion["widget"].setEnabled(not one_pass)
+            inversion["widget"].setToolTip(ONE_PASS_TIP if one_pass else schema.BY_NAME["inversion"].help)
+        name = entry.get("name", "")
+        if one_pass:
+            note = ONE_PASS_TIP
+        elif blended:
+            note = (f"{name} is published already blended: its swap resolution"
+                    + (f" ({int(baked)} × {int(baked)})" if baked else "")
+                    + " is baked in. Pick an unblended toon model to choose your own.")
+        else:
+            note = ""
+        self.swap_note.setText(note)
+        self.swap_note.setVisible(bool(note))
 
     # ------------------------------------------------------------- params
     def params(self) -> Dict[str, Any]:

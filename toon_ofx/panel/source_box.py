@@ -43,7 +43,7 @@ class SourceBox(QtWidgets.QGroupBox):
         """"sequence" or "movie", as chosen."""
         return self.write_combo.currentData()
 
-    def show_source(self, path: str) -> None:
+    def show_source(self, path: str, frame_count: Optional[int] = None) -> None:
         """Show the path the window opened; a box of clips has no path to show."""
 
     def current_clip(self) -> Optional[Dict[str, Any]]:
@@ -63,6 +63,7 @@ class FileBox(SourceBox):
 
     def __init__(self, output_dir: Optional[str] = None, parent=None):
         super().__init__("Source", output_dir, parent)
+        self.frame_count: Optional[int] = None   # of the opened source (the window counts them)
         layout = QtWidgets.QVBoxLayout(self)
         row = QtWidgets.QHBoxLayout()
         self.source_edit = QtWidgets.QLineEdit()
@@ -85,10 +86,11 @@ class FileBox(SourceBox):
         layout.addLayout(out)
         self._add_write_combo(layout)
 
-    def show_source(self, path: str) -> None:
-        """Show the path the window opened."""
+    def show_source(self, path: str, frame_count: Optional[int] = None) -> None:
+        """Show the path the window opened (and remember its frame count)."""
         if self.source_edit.text() != path:
             self.source_edit.setText(path)
+        self.frame_count = frame_count
 
     def source(self) -> Optional[str]:
         return self.source_edit.text().strip() or None
@@ -97,7 +99,8 @@ class FileBox(SourceBox):
         source = self.source()
         if not source:
             return []
-        return [{"clip": source, "name": os.path.basename(source), "source": source, "frames": None,
+        frames = [0, self.frame_count - 1] if self.frame_count else None   # explicit: a resumed job matches
+        return [{"clip": source, "name": os.path.basename(source), "source": source, "frames": frames,
                  "clip_data": None}]
 
     def output_folder(self, item: Dict[str, Any], params: Dict[str, Any]) -> str:

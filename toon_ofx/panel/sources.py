@@ -56,7 +56,7 @@ def read_frame(source: str, index: int):
     except ImportError:
         media = None
     if media is not None:
-        for _, image in media.read_frames(source, index, index):
+        for _, image in media.read_frames(source, index, index, bits=8):
             return image
     import cv2
 

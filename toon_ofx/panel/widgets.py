@@ -1,6 +1,7 @@
 """Small display widgets: images from arrays or PNG bytes, and the status line."""
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 from PySide6 import QtCore, QtGui, QtWidgets
@@ -57,14 +58,42 @@ class ImageView(QtWidgets.QLabel):
         self._rescale()
 
 
-class StatusLine(QtWidgets.QLabel):
-    """The window's one status message, word-wrapped; errors in red."""
+class StatusLine(QtWidgets.QTextEdit):
+    """The window's one status message: wrapped (long paths and URLs too), selectable, never cut off.
+
+    The box grows with the message up to MAX_LINES lines, then scrolls; errors are red.
+    """
+
+    MAX_LINES = 16
 
     def __init__(self, parent=None):
-        super().__init__("", parent)
+        super().__init__(parent)
         self.setObjectName("status")
-        self.setWordWrap(True)
+        self.setReadOnly(True)
+        self.setTextInteractionFlags(Qt.TextSelectableByMouse | Qt.TextSelectableByKeyboard)
+        self.setFrameShape(QtWidgets.QFrame.NoFrame)
+        self.setWordWrapMode(QtGui.QTextOption.WrapAtWordBoundaryOrAnywhere)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.setSizePolicy(QtWidgets.QSizePolicy.Expanding, QtWidgets.QSizePolicy.Fixed)
+        self.set_message("")
+
+    def text(self) -> str:
+        return self.toPlainText()
 
     def set_message(self, text: str, error: bool = False) -> None:
-        self.setText(text)
-        self.setStyleSheet("color: #d04040;" if error else "")
+        self.setPlainText(text)
+        self.setStyleSheet("QTextEdit { background: transparent; %s}" % ("color: #d04040; " if error else ""))
+        self._fit()
+
+    def _fit(self) -> None:
+        """As tall as the wrapped message (at least one line, at most MAX_LINES)."""
+        doc = self.document()
+        doc.setTextWidth(self.viewport().width())
+        line, pad = self.fontMetrics().lineSpacing(), 2 * doc.documentMargin()
+        height = min(max(doc.size().height(), line + pad), self.MAX_LINES * line + pad)
+        frame = self.contentsMargins().top() + self.contentsMargins().bottom()
+        self.setFixedHeight(math.ceil(height) + frame)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        super().resizeEvent(event)
+        self._fit()

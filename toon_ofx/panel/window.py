@@ -56,7 +56,7 @@ class ToonPanel(QtWidgets.QMainWindow):
         else:
             self.source_box = FileBox(output_dir)
             self.source_box.source_chosen.connect(self.set_source)
-        self.form = ParamForm(models if models is not None else model_choices())
+        self.form = ParamForm(models if models is not None else model_choices(), tasks=self.tasks)
         self.viewer = PreviewPane(backend, self.tasks, source=self.source_box.source, params=self._checked_params,
                                   set_status=self.set_status, frame_source=frame_source or (lambda: CameraSource(0)))
         self.viewer.preview_ready.connect(self.preview_ready)
@@ -128,6 +128,7 @@ class ToonPanel(QtWidgets.QMainWindow):
         except Exception as exc:  # noqa: BLE001
             self.set_status(f"Cannot open {path}: {error_text(exc)}", error=True)
             return False
+        self.source_box.show_source(path, n)
         self.viewer.set_frame_range(0, n - 1, n // 2)
         self.set_status(f"{os.path.basename(path)}: {n} frames")
         return True
@@ -201,6 +202,7 @@ class ToonPanel(QtWidgets.QMainWindow):
             self.write_result("closed")
         self.render_bar.stop_polling()
         self.tasks.wait(5000)
+        self.viewer.live.close()   # after the pool: no preview still reads a camera frame from its folder
         super().closeEvent(event)
 
     def save_screenshot(self, path: str) -> str:

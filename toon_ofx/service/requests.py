@@ -5,15 +5,15 @@ parameters, output folder and name, device); `parse_preview` does the same for a
 error is a RequestError naming the first bad field. The media probe and the model store are
 imported lazily (standard library only at import time).
 
-Path rules, the same for every path field (source, output.folder, params.model and
-params.base_model when they name a file rather than a manifest model): a string without NUL,
+Path rules, the same for every path field (source, output.folder, params.model,
+params.base_model and params.encoder when they name a file rather than a manifest model): a string without NUL,
 absolute (the engine never expands `~` nor uses its own working folder), normalised. Sources and
 models are only ever read; the output folder rules are in toon_ofx.service.outputs.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
@@ -26,8 +26,7 @@ from .outputs import check_name, check_output_folder, check_path, default_stem, 
 
 OUTPUT_KINDS = ("sequence", "movie")
 REQUEST_FIELDS = ("source", "frames", "params", "output")
-OUTPUT_FIELDS = ("folder", "kind", "name")
-FRAME_DIGITS = 6
+OUTPUT_FIELDS = ("folder", "kind", "name", "codec")
 MODEL_FIELDS = ("model", "base_model", "encoder")
 
 
@@ -37,6 +36,10 @@ MODEL_FIELDS = ("model", "base_model", "encoder")
 class SourceInfo:
     frame_count: int
     fps: Optional[float]
+    number_format: str = "%06d"   # printf spec of its frame numbers (an image sequence's own)
+    first_number: int = 0         # the number its frame 0 carries
+    movie_suffix: str = ".mp4"    # container of a movie that follows its codec (media.movie_suffix)
+    info: Any = None              # the media.MediaInfo
 
 
 def probe_source(path: str, field_name: str = "source") -> SourceInfo:
@@ -45,12 +48,14 @@ def probe_source(path: str, field_name: str = "source") -> SourceInfo:
 
     try:
         info = media.probe(Path(path))
+        media.check_renderable(info)
     except UserError as exc:
         raise RequestError(exc.message, field=field_name) from None
     except (OSError, ValueError) as exc:
         raise RequestError(f"{path} is not a readable video or image sequence ({exc})", field=field_name) from None
     fps = getattr(info, "fps", None)
-    return SourceInfo(int(info.frame_count), float(fps) if fps else None)
+    return SourceInfo(int(info.frame_count), float(fps) if fps else None, info.number_format, info.first_number,
+                      media.movie_suffix(info), info)
 
 
 def check_source(source: Any, field_name: str = "source") -> Tuple[str, SourceInfo]:
@@ -81,20 +86,30 @@ class JobSpec:
     device: str
     fps: Optional[float] = None
     frame_count: int = 0
+    codec: Optional[str] = None
+    source_info: SourceInfo = field(default_factory=lambda: SourceInfo(0, None))
 
     @property
     def movie_suffix(self) -> str:
-        return ".mov" if self.params.get("output_kind") == "overlay" else ".mp4"
+        if self.params.get("output_kind") == "overlay":
+            return ".mov"
+        if self.codec is not None:
+            from ..core import media
+
+            return media.CODECS[self.codec].containers[0]
+        return self.source_info.movie_suffix
 
     def output_for(self, stem: str, work_root: Optional[Path], job_id: str) -> Dict[str, Any]:
-        folder = self.folder
+        """Where the job writes; frame files carry the source's numbers (file of frame i:
+        pattern % (first_number + i))."""
+        folder, first_number = self.folder, self.source_info.first_number
         if self.kind == "sequence":
-            pattern = os.path.join(folder, f"{stem}.%0{FRAME_DIGITS}d.png")
+            pattern = os.path.join(folder, f"{stem}.{self.source_info.number_format}.png")
             return {"folder": folder, "kind": "sequence", "name": stem, "path": folder, "pattern": pattern,
-                    "work_dir": None}
+                    "work_dir": None, "first_number": first_number}
         work = str(Path(work_root) / job_id) if work_root is not None else None
         return {"folder": folder, "kind": "movie", "name": stem, "path": os.path.join(folder, stem + self.movie_suffix),
-                "pattern": None, "work_dir": work}
+                "pattern": None, "work_dir": work, "codec": self.codec, "first_number": first_number}
 
 
 def _strict_object(value: Any, what: str, allowed: Tuple[str, ...], prefix: str = "") -> Dict[str, Any]:
@@ -144,26 +159,38 @@ def check_params(params: Any) -> Dict[str, Any]:
 
 
 def check_models(params: Mapping[str, Any]) -> None:
-    """422 now (not a failed job later) when `model` or `base_model` is neither a file nor an installed model,
-    or the inversion asked for cannot run (`encoder` without the encoder; see core.inversion)."""
+    """422 now (not a failed job later) when a model the render needs is neither a file nor installed (the
+    message names every missing file at once: size, licence, URL, folder), or the inversion asked for
+    cannot run (`encoder` without the encoder installed; see core.inversion)."""
     try:
         from ..core import model_store
-        from ..core.inversion import is_one_pass_toon, plan_inversion
+        from ..core.inversion import plan_inversion, required_models
     except ImportError:  # pragma: no cover - trimmed install: the renderer will say what is missing
         return
     try:
-        one_pass = is_one_pass_toon(params["model"])  # a one-pass toon style needs no base model
+        inversion = plan_inversion(dict(params), download=False)
+        model_store.require(required_models(params, inversion), download=False)
     except UserError as exc:
-        raise RequestError(exc.message, field=f"params.{exc.field or 'model'}", status=422) from None
-    for name in ("model",) if one_pass else ("base_model", "model"):  # the base first: what to install first
-        try:
-            model_store.resolve(params[name])
-        except UserError as exc:
-            raise RequestError(exc.message, field=f"params.{name}", status=422) from None
+        raise RequestError(exc.message, field=f"params.{exc.field}" if exc.field else None, status=422) from None
+
+
+def check_codec(codec: Any, kind: str, info: SourceInfo, params: Mapping[str, Any]) -> Optional[str]:
+    """`output.codec`: a movie codec name (media.codec_names()) or null for the codec that follows the source."""
+    if codec is None:
+        return None
+    if kind != "movie":
+        raise RequestError("output.codec is for movie outputs (output.kind \"movie\")", field="output.codec")
+    from ..core import media
+
+    if not isinstance(codec, str) or codec not in media.CODECS:
+        raise RequestError(f"output.codec must be one of {', '.join(media.codec_names())}; got {codec!r}",
+                           field="output.codec")
     try:
-        plan_inversion(dict(params))
+        media.choose_codec(Path("out" + media.CODECS[codec].containers[0]), codec, info.info,
+                           params.get("output_kind") == "overlay")
     except UserError as exc:
-        raise RequestError(exc.message, field=f"params.{exc.field or 'encoder'}", status=422) from None
+        raise RequestError(exc.message, field="output.codec", status=422) from None
+    return codec
 
 
 def parse_submission(body: Any, *, device_check: Callable[[str], str] = check_device,
@@ -190,9 +217,11 @@ def parse_submission(body: Any, *, device_check: Callable[[str], str] = check_de
     folder = check_output_folder(folder, source)
     explicit = output.get("name") is not None
     stem = check_name(output["name"]) if explicit else default_stem(source)
+    codec = check_codec(output.get("codec"), kind, info, params)
     device = device_check(params["device"])
     spec = JobSpec(source=source, frames=frames, params=params, kind=kind, folder=folder, stem=stem,
-                   explicit_name=explicit, device=device, fps=info.fps, frame_count=info.frame_count)
+                   explicit_name=explicit, device=device, fps=info.fps, frame_count=info.frame_count, codec=codec,
+                   source_info=info)
     target = spec.output_for(stem, None, "x")["path"]
     if kind == "movie" and norm_path(os.path.realpath(target)) == norm_path(os.path.realpath(source)):
         raise RequestError("the output movie would be the source file; the source is never written to",

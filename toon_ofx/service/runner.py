@@ -57,7 +57,8 @@ def _file_id(path: str) -> Optional[list]:
 def _event_dict(event: Any) -> Dict[str, Any]:
     if isinstance(event, Mapping):
         return dict(event)
-    return {k: getattr(event, k, None) for k in ("stage", "frames_done", "frames_total", "faces", "eta_seconds", "notice")}
+    return {k: getattr(event, k, None) for k in ("stage", "frames_done", "frames_total", "faces", "eta_seconds",
+                                                 "model", "step", "steps", "notice")}
 
 
 class JobRunner:
@@ -108,6 +109,12 @@ class JobRunner:
             for key in ("stage", "frames_done", "faces", "notice"):
                 if e.get(key) is not None:
                     p[key] = e[key]
+            for key in ("model", "step", "steps"):   # only while a model loads or a projection runs
+                if e.get(key):
+                    p[key] = e[key]
+                else:
+                    p.pop(key, None)
+                    progress.pop(key, None)
             if e.get("frames_total"):
                 p["frames_total"] = e["frames_total"]
             eta = e.get("eta_seconds")
@@ -120,9 +127,11 @@ class JobRunner:
             p["eta_seconds"] = None if eta is None else round(float(eta), 1)
             progress.update(p)
             now = time.monotonic()
-            if now - state["last"] >= self.progress_interval or p.get("stage") != "rendering" \
-                    or done >= p["frames_total"]:
-                state["last"] = now
+            # stored at most every progress_interval while frames and projection steps stream in; every
+            # other event, and the first of a new stage, at once
+            if now - state["last"] >= self.progress_interval or p.get("stage") not in ("rendering", "projecting") \
+                    or p.get("stage") != state.get("stage") or done >= p["frames_total"]:
+                state["last"], state["stage"] = now, p.get("stage")
                 try:
                     self.store.set_progress(job_id, progress)
                 except Exception as exc:  # a full disk: progress is not worth failing the job for
@@ -137,7 +146,7 @@ class JobRunner:
         # exists only for a finished movie; its frames are kept until then so a restart never re-renders
         target = partial if movie else output["pattern"]
         request = RenderRequest(source=Path(row["source"]), output=Path(target), params=params, frames=(first, last),
-                              warmup=0, work_dir=work_dir, keep_frames=movie)
+                              warmup=0, work_dir=work_dir, keep_frames=movie, codec=output.get("codec"))
         log.info("job %s: rendering %s frames %d-%d -> %s (attempt %d)", job_id, row["source"], first, last,
                  target, row["attempts"])
         try:
@@ -225,8 +234,10 @@ class JobRunner:
     @staticmethod
     def _result(output: Dict[str, Any], first: int, last: int, fps: Optional[float],
                 pattern: Optional[str] = None) -> Dict[str, Any]:
+        # frames are 0-based; the file of frame i is pattern % (first_number + i)
+        numbers = {"first_number": output.get("first_number", 0)}
         if output["kind"] == "sequence":
             return {"kind": "sequence", "path": output["folder"], "pattern": str(pattern or output["pattern"]),
-                    "first_frame": first, "last_frame": last, "fps": fps}
+                    "first_frame": first, "last_frame": last, "fps": fps, **numbers}
         return {"kind": "movie", "path": output["path"], "pattern": None,
-                "first_frame": first, "last_frame": last, "fps": fps}
+                "first_frame": first, "last_frame": last, "fps": fps, **numbers}

@@ -100,7 +100,7 @@ def job_dict(row: sqlite3.Row, unsaved: Mapping[str, Any]) -> Dict[str, Any]:
         "source": row["source"],
         "frames": [row["first_frame"], row["last_frame"]],
         "params": json.loads(row["params"]),
-        "output": {k: output.get(k) for k in ("folder", "kind", "name", "path", "pattern")},
+        "output": {k: output.get(k) for k in ("folder", "kind", "name", "path", "pattern", "codec")},
         "progress": json.loads(row["progress"]),
         "error": row["error"],
         "result": json.loads(row["result"]) if row["result"] else None,

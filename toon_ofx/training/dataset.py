@@ -165,7 +165,7 @@ def iter_source(path: Path, start: int, every: int) -> Iterator[Tuple[int, Path,
     info = media.probe(path)
     if start >= info.frame_count:
         return
-    for index, frame in media.read_frames(info, start, info.frame_count - 1):
+    for index, frame in media.read_frames(info, start, info.frame_count - 1, bits=8):
         if index % every == 0:
             yield index, path, frame
 

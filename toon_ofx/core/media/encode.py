@@ -1,8 +1,12 @@
-"""`encode_movie`: frame files -> a movie with the source's frame timing (VFR included) and audio.
+"""`encode_movie`: frame files -> a movie that conforms to its source.
 
 Each frame keeps its source time through an ffconcat list and
-``-fps_mode passthrough``; the movie is encoded to a temp name next to the
-output and renamed only when ffmpeg succeeded and the frame count checks out.
+``-fps_mode passthrough`` (VFR included); the picture is encoded with the
+codec that follows the source (`formats`) at the frames' full depth (16-bit
+PNGs feed a 10-bit encoder at 16 bits), in the source's colour and field
+order; the source's audio, subtitles, timecode and reel name come along
+(`streams`). The movie is written to a temp name next to the output, read
+back (`verify`) and renamed only when everything checks out.
 """
 from __future__ import annotations
 
@@ -10,17 +14,135 @@ import os
 import subprocess
 import tempfile
 import threading
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple, Union
 
 from ..errors import Cancelled, UserError
 from .files import same_file, temp_sibling
-from .formats import audio_args, codec_for, muxer_for, video_args
+from .formats import Codec, choose_codec, color_plan, muxer_for, pixel_format_for, video_args
+from .images import image_size
 from .info import MediaInfo, PathLike, check_range
 from .probe import probe
 from .sequences import pattern_regex, resolve_sequence
+from .streams import StreamPlan, carry_streams
 from .tools import ffmpeg_exe, file_url, last_lines
+from .verify import Expected, verify_movie
+
+
+@dataclass
+class Encoded:
+    """What `encode_movie` wrote: the path, the codec it chose and notes on converted or omitted streams."""
+
+    path: Path
+    codec: Codec
+    pix_fmt: str
+    notes: List[str]
+
+
+def encode_movie(sequence: PathLike, output: PathLike, info: MediaInfo, **options) -> Path:
+    """`encode_frames` returning just the movie's path."""
+    return encode_frames(sequence, output, info, **options).path
+
+
+def encode_frames(sequence: PathLike, output: PathLike, info: MediaInfo, *, first_frame: Optional[int] = None,
+           last_frame: Optional[int] = None, frame_range: Optional[Tuple[int, int]] = None,
+           first_number: Optional[int] = None, audio_from: Union[PathLike, MediaInfo, None] = None,
+           codec: Optional[str] = None, alpha: bool = False, crf: int = 16, preset: str = "medium",
+           progress: Optional[Callable[[int, int], None]] = None,
+           cancel: Optional[threading.Event] = None) -> Encoded:
+    """Encode frame files into a movie with the source's timing, look and streams.
+
+    `sequence` is a printf pattern (``frames/clip.%06d.png``) or a folder
+    with one numbered sequence; file number = frame index + `first_number`
+    (default: the source's own numbering, 0 for movies). Frames
+    ``first_frame..last_frame`` (or `frame_range`, inclusive; default the
+    whole clip) of `info` are encoded, each at its source time relative to
+    the first one. `audio_from` (a path or MediaInfo, usually the source)
+    gives the audio, subtitle and data streams, cut to the same span, and the
+    start timecode. `codec` is a ``--codec`` name (default: follow the
+    source, see `formats`); ``alpha=True`` writes ProRes 4444 with alpha.
+    Refuses to overwrite a source. Returns what was written (`Encoded`).
+    """
+    output = Path(output)
+    choose_codec(output, codec, info, alpha)  # a codec the output cannot take fails before anything is read
+    if frame_range is not None:
+        first_frame, last_frame = frame_range
+    first, last = check_range(info, 0 if first_frame is None else first_frame, last_frame)
+    streams_from = audio_from if isinstance(audio_from, MediaInfo) or audio_from is None else probe(audio_from)
+    files = _frame_files(resolve_sequence(sequence), output, info, streams_from, first, last,
+                         info.first_number if first_number is None else first_number)
+
+    t0, span = info.frame_time(first), info.frame_end(last) - info.frame_time(first)
+    frame_rate = _concat_rate(info)
+    width, height = image_size(files[0])
+    chosen = choose_codec(output, codec, info, alpha, width)
+    pix_fmt = pixel_format_for(chosen, width, height, info.chroma, alpha)
+    colour = color_plan(chosen, info)
+    streams = carry_streams(streams_from, 1, output, t0, span, first)
+    expected = Expected(len(files), width, height, chosen.probe_name, pix_fmt, colour.expected,
+                        info.field_order, streams.audio, streams.subtitles, streams.timecode)
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(output, ".partial" + output.suffix)
+    with tempfile.TemporaryDirectory(prefix="toon-ofx-enc-") as work:
+        list_path = Path(work) / "frames.ffconcat"
+        _write_ffconcat(list_path, files, [info.frame_time(k) - t0 for k in range(first, last + 1)], span,
+                        frame_rate)
+        cmd = _command(list_path, tmp, output, streams,
+                       video_args(chosen, pix_fmt, colour, info.field_order, crf=crf, preset=preset),
+                       _track_timescale(info, frame_rate))
+        try:
+            _run_ffmpeg(cmd, len(files), progress, cancel)
+            verify_movie(tmp, expected, output.name)
+            os.replace(tmp, output)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    return Encoded(output, chosen, pix_fmt, streams.notes)
+
+
+def _frame_files(pattern: str, output: Path, info: MediaInfo, streams_from: Optional[MediaInfo], first: int,
+                 last: int, first_number: int) -> List[Path]:
+    """The frame files of ``first..last``; UserError if one is missing or the output would overwrite a source."""
+    protected = [info.path] if not info.is_sequence or info.is_still else []
+    if streams_from is not None:
+        protected.append(streams_from.path)
+    for src in protected:
+        if same_file(output, Path(src)):
+            raise UserError(f"output {output} is the source {src}; the source is never written to", field="output")
+    if info.is_sequence and not info.is_still:
+        m = pattern_regex(Path(info.path).name)[0].match(output.name)
+        if m and output.parent.resolve() == Path(info.path).parent.resolve():
+            raise UserError(f"output {output} is a frame of the source sequence", field="output")
+    files = [Path(pattern % (k + first_number)) for k in range(first, last + 1)]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise UserError(f"cannot encode {output.name}: frame file {missing[0]}{more} missing", field="frames")
+    for f in files:
+        if same_file(output, f):
+            raise UserError(f"output {output} is one of the frame files", field="output")
+    return files
+
+
+def _command(list_path: Path, tmp: Path, output: Path, streams: StreamPlan, video: List[str],
+             timescale: int) -> List[str]:
+    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-y",
+           "-f", "concat", "-safe", "0", "-i", file_url(list_path), *streams.inputs,
+           "-map", "0:v:0", *video, "-fps_mode", "passthrough", "-enc_time_base", "-1", *streams.outputs]
+    muxer = muxer_for(output)
+    if muxer in ("mp4", "mov"):
+        cmd += ["-video_track_timescale", str(timescale), "-movflags", "+faststart"]
+    return cmd + ["-f", muxer, "-progress", "pipe:1", "-nostats", file_url(tmp)]
+
+
+def _concat_rate(info: MediaInfo) -> Fraction:
+    """The rate the ffconcat list declares: the clip's fps, or for VFR 1/time base (90 kHz if unknown)."""
+    if info.is_vfr and info.time_base is not None and info.time_base.numerator == 1:
+        return Fraction(info.time_base.denominator)
+    return Fraction(90000) if info.is_vfr else info.fps
 
 
 def _track_timescale(info: MediaInfo, frame_rate: Fraction) -> int:
@@ -50,109 +172,6 @@ def _write_ffconcat(list_path: Path, files: List[Path], times: List[float], end:
         lines.append(f"option framerate {rate}")
         lines.append("duration %d.%06d" % divmod(dur, 1_000_000))
     list_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def encode_movie(sequence: PathLike, output: PathLike, info: MediaInfo, *,
-                 first_frame: Optional[int] = None, last_frame: Optional[int] = None,
-                 frame_range: Optional[Tuple[int, int]] = None, first_number: int = 0,
-                 audio_from: Union[PathLike, MediaInfo, None] = None, codec: Optional[str] = None,
-                 alpha: bool = False, crf: int = 16, preset: str = "medium",
-                 progress: Optional[Callable[[int, int], None]] = None,
-                 cancel: Optional[threading.Event] = None) -> Path:
-    """Encode frame files into a movie with the source's timing and audio.
-
-    `sequence` is a printf pattern (``frames/clip.%06d.png``) or a folder
-    with one numbered sequence; file number = frame index + `first_number`.
-    Frames ``first_frame..last_frame`` (or `frame_range`, inclusive; default
-    the whole clip) of `info` are encoded; each keeps its source time
-    (VFR included), relative to the first one. Audio from `audio_from` (a
-    path or MediaInfo, usually the source) is cut to the same span. H.264
-    (yuv420p, CRF `crf`, odd sizes padded by one pixel right/bottom) or
-    ProRes 4444 (``alpha=True``, .mov). Written under a temp name next to
-    `output` and renamed when ffmpeg succeeded; refuses to overwrite a
-    source. Returns the output path.
-    """
-    output = Path(output)
-    codec = codec_for(output, codec, alpha)
-    if frame_range is not None:
-        first_frame, last_frame = frame_range
-    first, last = check_range(info, 0 if first_frame is None else first_frame, last_frame)
-    pattern = resolve_sequence(sequence)
-
-    # never write over a source
-    audio_info = None
-    if isinstance(audio_from, MediaInfo):
-        audio_info = audio_from
-    elif audio_from is not None:
-        audio_info = probe(audio_from)
-    protected = [info.path] if not info.is_sequence or info.is_still else []
-    if audio_info is not None:
-        protected.append(audio_info.path)
-    for src in protected:
-        if same_file(output, Path(src)):
-            raise UserError(f"output {output} is the source {src}; the source is never written to", field="output")
-    if info.is_sequence and not info.is_still:
-        m = pattern_regex(Path(info.path).name)[0].match(output.name)
-        if m and output.parent.resolve() == Path(info.path).parent.resolve():
-            raise UserError(f"output {output} is a frame of the source sequence", field="output")
-
-    files = [Path(pattern % (k + first_number)) for k in range(first, last + 1)]
-    missing = [f for f in files if not f.is_file()]
-    if missing:
-        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-        raise UserError(f"cannot encode {output.name}: frame file {missing[0]}{more} missing", field="frames")
-    for f in files:
-        if same_file(output, f):
-            raise UserError(f"output {output} is one of the frame files", field="output")
-
-    t0 = info.frame_time(first)
-    t_end = info.frame_end(last)
-    span = t_end - t0
-    if info.is_vfr and info.time_base is not None and info.time_base.numerator == 1:
-        frame_rate = Fraction(info.time_base.denominator)
-    elif info.is_vfr:
-        frame_rate = Fraction(90000)
-    else:
-        frame_rate = info.fps
-    times = [info.frame_time(k) - t0 for k in range(first, last + 1)]
-
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(output, ".partial" + output.suffix)
-    with tempfile.TemporaryDirectory(prefix="toon-ofx-enc-") as work:
-        list_path = Path(work) / "frames.ffconcat"
-        _write_ffconcat(list_path, files, times, span, frame_rate)
-        cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-y",
-               "-f", "concat", "-safe", "0", "-i", file_url(list_path)]
-        has_audio = audio_info is not None and audio_info.has_audio and not audio_info.is_sequence
-        if has_audio:
-            if t0 > 0:
-                cmd += ["-ss", "%.6f" % t0]
-            cmd += ["-t", "%.6f" % span, "-i", file_url(audio_info.path)]
-        cmd += ["-map", "0:v:0"]
-        if has_audio:
-            cmd += ["-map", "1:a:0?"]
-        cmd += video_args(codec, alpha=alpha, crf=crf, preset=preset, color_from=info)
-        cmd += ["-fps_mode", "passthrough", "-enc_time_base", "-1"]
-        if has_audio:
-            cmd += audio_args(output)
-        muxer = muxer_for(output)
-        if muxer in ("mp4", "mov"):
-            cmd += ["-video_track_timescale", str(_track_timescale(info, frame_rate)), "-movflags", "+faststart"]
-        cmd += ["-f", muxer, "-progress", "pipe:1", "-nostats", file_url(tmp)]
-        try:
-            _run_ffmpeg(cmd, len(files), progress, cancel)
-            got = probe(tmp)
-            if got.frame_count != len(files):
-                raise UserError(f"encoding {output.name} produced {got.frame_count} frames instead of "
-                                f"{len(files)}", field="output")
-            os.replace(tmp, output)
-        except BaseException:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
-            raise
-    return output
 
 
 def _run_ffmpeg(cmd: List[str], total: int, progress, cancel) -> None:

@@ -1,13 +1,33 @@
-"""Output files appear whole or not at all, and never over a source.
+"""Files: sources must be regular files; outputs appear whole or not at all, and never over a source.
 
-Outputs are written under a hidden temp name in the same folder and renamed
-into place (atomic on one file system), so readers never see a partial file.
+A source that is a pipe, device or socket is refused before anything opens
+it (opening a FIFO with no writer blocks forever). Outputs are written under
+a hidden temp name in the same folder and renamed into place (atomic on one
+file system), so readers never see a partial file.
 """
 from __future__ import annotations
 
 import os
 import secrets
+import stat
 from pathlib import Path
+
+from ..errors import UserError
+
+
+def check_regular(path: Path, field: str = "source") -> None:
+    """UserError unless `path` (through links) is a regular file; never opens it."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UserError(f"{path} does not exist", field=field) from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}", field=field) from None
+    if not stat.S_ISREG(mode):
+        kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+        raise UserError(f"{path} is {kind}, not a media file; give a movie or image file "
+                        "(reading a pipe could wait forever)", field=field)
 
 
 def temp_sibling(path: Path, suffix: str = ".tmp") -> Path:

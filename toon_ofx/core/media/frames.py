@@ -11,9 +11,7 @@ import numpy as np
 from ..errors import UserError
 from .files import atomic_write_bytes
 from .images import to_depth
-from .info import IMAGE_EXTS, PathLike
-
-FRAME_DIGITS = 6
+from .info import FRAME_DIGITS, IMAGE_EXTS, PathLike
 
 
 def sequence_path(folder: PathLike, stem: str, index: int, ext: str = "png", digits: int = FRAME_DIGITS) -> Path:

@@ -1,11 +1,14 @@
-"""One image file as pixels: decoding with OpenCV, RGB uint8 and 8/16-bit depth conversion."""
+"""One image file as pixels: decoding with OpenCV, RGB at 8 or 16 bits, depth conversion."""
 from __future__ import annotations
 
+import struct
 from pathlib import Path
+from typing import Tuple
 
 import numpy as np
 
 from ..errors import UserError
+from .files import check_regular
 from .info import PathLike
 
 
@@ -13,6 +16,7 @@ def decode_image(p: Path) -> np.ndarray:
     """cv2 decode with IMREAD_UNCHANGED (BGR/BGRA/gray, uint8/uint16); UserError if unreadable."""
     import cv2
 
+    check_regular(p)
     try:
         data = np.fromfile(str(p), dtype=np.uint8)  # works with non-ASCII paths on Windows
     except OSError as exc:
@@ -30,17 +34,26 @@ def decode_image(p: Path) -> np.ndarray:
     return image
 
 
-def read_image(path: PathLike) -> np.ndarray:
-    """One image file as HxWx3 uint8 RGB (alpha dropped, 16-bit rounded to 8)."""
-    return to_rgb8(decode_image(Path(path)))
+def image_size(p: Path) -> Tuple[int, int]:
+    """(width, height) of an image file: from a PNG's header, else by decoding it."""
+    with open(p, "rb") as fh:
+        head = fh.read(24)
+    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+        return struct.unpack(">II", head[16:24])
+    image = decode_image(p)
+    return image.shape[1], image.shape[0]
 
 
-def to_rgb8(image: np.ndarray) -> np.ndarray:
-    """A `decode_image` result (BGR/BGRA/gray, 8/16-bit) as HxWx3 uint8 RGB."""
+def read_image(path: PathLike, bits: int = 8) -> np.ndarray:
+    """One image file as HxWx3 RGB, uint8 (`bits` 8: 16-bit files rounded) or uint16 (`bits` 16); alpha dropped."""
+    return to_rgb(decode_image(Path(path)), bits)
+
+
+def to_rgb(image: np.ndarray, bits: int = 8) -> np.ndarray:
+    """A `decode_image` result (BGR/BGRA/gray, 8/16-bit) as HxWx3 RGB at `bits` (8: uint8, 16: uint16)."""
     import cv2
 
-    if image.dtype == np.uint16:
-        image = ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    image = to_depth(image, bits)
     if image.ndim == 2:
         return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
     if image.shape[2] == 4:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -14,6 +15,18 @@ PathLike = Union[str, os.PathLike]
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 MOVIE_EXTS = (".mp4", ".mov", ".mkv", ".m4v")
 DEFAULT_SEQUENCE_FPS = Fraction(24)
+FRAME_DIGITS = 6  # frame files of a movie source: clip.000123.png
+HDR_TRANSFERS = {"smpte2084": "PQ (SMPTE ST 2084)", "arib-std-b67": "HLG (ARIB STD-B67)"}
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A source stream other than the picture: audio, subtitle or data (ffprobe's index and names)."""
+
+    index: int
+    kind: str                 # "audio", "subtitle" or "data"
+    codec: str                # ffprobe codec_name ("aac", "pcm_s24le", "mov_text", "none"...)
+    tag: str = ""             # codec_tag_string ("tmcd" for a QuickTime timecode track)
 
 
 @dataclass(frozen=True)
@@ -53,6 +66,42 @@ class MediaInfo:
     color_primaries: Optional[str] = None
     color_transfer: Optional[str] = None
     seekable: bool = True
+    profile: Optional[str] = None       # ffprobe's profile name: "HQ", "DNXHR HQX", "Main 10"...
+    chroma: Optional[str] = None        # "420", "422", "444"; None for RGB pictures
+    field_order: str = "progressive"    # "progressive", "tff" or "bff" (interlaced, which field first)
+    timecode: Optional[str] = None      # start timecode "HH:MM:SS:FF" (";" before FF: drop-frame)
+    reel_name: Optional[str] = None
+    streams: Tuple[Stream, ...] = ()    # audio, subtitle and data streams, in file order
+
+    @property
+    def interlaced(self) -> bool:
+        return self.field_order != "progressive"
+
+    @property
+    def hdr(self) -> Optional[str]:
+        """The HDR transfer's name (PQ or HLG), None for SDR."""
+        return HDR_TRANSFERS.get(self.color_transfer or "")
+
+    @property
+    def number_format(self) -> str:
+        """printf spec of the frame numbers: a sequence's own (``%04d``), else ``%06d``."""
+        if self.is_sequence and not self.is_still:
+            m = re.search(r"%0?\d*d", self.path.name)
+            if m:
+                return m.group(0)
+        return f"%0{FRAME_DIGITS}d"
+
+    @property
+    def stem(self) -> str:
+        """The clip's name for output files: ``shot`` for ``shot.%04d.png``, ``clip`` for ``clip.mov``."""
+        if self.is_sequence and not self.is_still:
+            prefix = re.split(r"%0?\d*d", self.path.name)[0].rstrip("._- ")
+            return prefix or self.path.parent.name
+        return self.path.stem
+
+    def frame_number(self, index: int) -> int:
+        """The number a frame carries in file names: a sequence's own file number, else the index."""
+        return self.first_number + index
 
     def frame_time(self, index: int) -> float:
         """Presentation time of frame `index`, seconds from the file's start."""
@@ -85,7 +134,10 @@ class MediaInfo:
             "fps": f"{self.fps.numerator}/{self.fps.denominator}", "frame_count": self.frame_count,
             "duration": self.duration, "has_audio": self.has_audio, "codec": self.codec,
             "pix_fmt": self.pix_fmt, "is_vfr": self.is_vfr, "is_sequence": self.is_sequence,
-            "first_number": self.first_number, "is_still": self.is_still,
+            "first_number": self.first_number, "is_still": self.is_still, "bit_depth": self.bit_depth,
+            "profile": self.profile, "field_order": self.field_order, "timecode": self.timecode,
+            "color": {"space": self.color_space, "primaries": self.color_primaries,
+                      "transfer": self.color_transfer, "range": self.color_range},
         }
 
 
@@ -108,3 +160,11 @@ def check_range(info: MediaInfo, first: int, last: Optional[int]) -> Tuple[int, 
         raise UserError(f"frame range {first}-{last} is outside the clip {info.path.name} (frames 0-{n - 1})",
                         field="frames")
     return int(first), int(last)
+
+
+def check_renderable(info: MediaInfo) -> None:
+    """UserError for a source the effect cannot render faithfully (HDR: the face models are SDR)."""
+    if info.hdr:
+        raise UserError(f"{info.path.name} is HDR ({info.hdr}); the face models work on SDR pictures, and "
+                        "stylising HDR values as SDR would give wrong colours and brightness. Export an SDR "
+                        "(Rec.709) version of the clip from your editor and render that", field="source")

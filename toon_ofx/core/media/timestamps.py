@@ -27,13 +27,12 @@ N-th picture of the file, for ffprobe, OpenCV and editors alike.
 """
 from __future__ import annotations
 
-import subprocess
 from fractions import Fraction
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from ..errors import UserError
-from .tools import ffprobe_exe, file_url, last_lines
+from .tools import ffprobe_exe, file_url, last_lines, run
 
 
 def video_pts(p: Path, index: int, tb: Fraction, indexed: int = 0,
@@ -47,7 +46,7 @@ def video_pts(p: Path, index: int, tb: Fraction, indexed: int = 0,
     """
     cmd = [ffprobe_exe(), "-v", "error", "-select_streams", str(index),
            "-show_entries", "packet=pts,duration,flags,pos,size", "-of", "compact", file_url(p)]
-    out = subprocess.run(cmd, capture_output=True)
+    out = run(cmd, str(p))
     if out.returncode != 0:
         raise UserError(f"cannot read the frames of {p}: {last_lines(out.stderr.decode('utf-8', 'replace'))}",
                         field="source")
@@ -94,7 +93,7 @@ def _decoded_pts(p: Path, index: int) -> Tuple[List[int], Optional[int]]:
     """Fallback for streams without packet timestamps (raw elementary streams, some AVI): decode."""
     cmd = [ffprobe_exe(), "-v", "error", "-select_streams", str(index),
            "-show_entries", "frame=best_effort_timestamp,pkt_duration", "-of", "compact", file_url(p)]
-    out = subprocess.run(cmd, capture_output=True)
+    out = run(cmd, str(p))
     pts: List[int] = []
     dur = None
     for line in out.stdout.decode("utf-8", "replace").splitlines():

@@ -17,7 +17,7 @@ import os
 import shutil
 import subprocess
 from dataclasses import asdict
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .api import BridgeError, Log
 from .placement import Placement
@@ -63,9 +63,13 @@ def read_config() -> Dict[str, Any]:
         return {}
 
 
-def find_engine_python(explicit: Optional[str] = None) -> str:
-    """The Python that has toon-ofx with torch and PySide6: argument, $TOON_OFX_PYTHON, config, installer."""
-    for candidate, origin in ((explicit, "the installer"), (os.environ.get(ENV_PYTHON), f"${ENV_PYTHON}"),
+def find_engine_python(explicit: Optional[str] = None, origin: str = "--python") -> str:
+    """The Python that has toon-ofx with torch and PySide6.
+
+    In order: `explicit` (`origin` says where it came from: --python, or the installed script), $TOON_OFX_PYTHON,
+    "python" in the config file, the .venv of the checkout this package is in.
+    """
+    for candidate, origin in ((explicit, origin), (os.environ.get(ENV_PYTHON), f"${ENV_PYTHON}"),
                               (read_config().get("python"), config_path())):
         if not candidate:
             continue
@@ -112,8 +116,7 @@ def clips_document(clips: Sequence[Clip], *, project: str, timeline: str, source
             "params": params or {}}
 
 
-def launch_panel(python: str, clips_json: str, result_json: str, *, wait: bool = True,
-                 extra_args: Sequence[str] = ()) -> int:
+def launch_panel(python: str, clips_json: str, result_json: str, *, extra_args: Sequence[str] = ()) -> int:
     """Run the PySide6 panel with the engine's Python and wait for it to close."""
     cmd = [python, "-m", "toon_ofx.panel", "--clips", clips_json, "--result", result_json, *extra_args]
     try:
@@ -149,14 +152,32 @@ def run_engine_direct(client, clips: Sequence[Clip], params: Dict[str, Any], *, 
                       timeout: Optional[float] = None) -> List[Placement]:
     """Submit every clip to the engine process and wait; one Placement per clip."""
     log = log or (lambda message: None)
-    placements = []
+    started = []
     for clip in clips:
         job = client.submit(clip.source, frames=[clip.first, clip.last], params=params,
                             output_folder=output_folder_for(clip, params, output_root), output_kind=output_kind)
         log(f"  submitted {clip.name}: frames {clip.first}-{clip.last} (job {job['id']})")
-        placements.append((clip, job))
+        started.append((clip, job))
+    return wait_for(client, started, log=log, poll=poll, timeout=timeout)
+
+
+def resume_jobs(client, entries: Sequence[Tuple[Clip, str]], *, log: Optional[Log] = None, poll: float = 0.5,
+                timeout: Optional[float] = None) -> List[Placement]:
+    """Retry failed or cancelled engine jobs (the engine resumes each from its frames on disk) and wait."""
+    log = log or (lambda message: None)
+    started = []
+    for clip, job_id in entries:
+        job = client.retry(job_id)
+        log(f"  resumed {clip.name} (job {job_id})")
+        started.append((clip, job))
+    return wait_for(client, started, log=log, poll=poll, timeout=timeout)
+
+
+def wait_for(client, started: Sequence[Tuple[Clip, Dict[str, Any]]], *, log: Log, poll: float = 0.5,
+             timeout: Optional[float] = None) -> List[Placement]:
+    """Wait for each started job, logging its progress; one Placement per job."""
     out = []
-    for clip, job in placements:
+    for clip, job in started:
         def progress(j, name=clip.name):
             pr = j.get("progress") or {}
             log(f"  {name}: {pr.get('stage', j.get('state'))} {pr.get('frames_done', 0)}/{pr.get('frames_total', 0)}")
@@ -168,12 +189,14 @@ def run_engine_direct(client, clips: Sequence[Clip], params: Dict[str, Any], *, 
 def placement_from_job(clip: Clip, job: Optional[Dict[str, Any]]) -> Placement:
     if not job:
         return Placement(clip, status="failed", reason="not rendered")
-    state = job.get("state")
+    state, job_id = job.get("state"), job.get("id")
     if state == "done" and job.get("result"):
-        return Placement(clip, result=job["result"], status="done")
+        overlay = (job.get("params") or {}).get("output_kind") == "overlay"
+        return Placement(clip, result=job["result"], status="done", overlay=overlay, job_id=job_id)
     if state == "cancelled":
-        return Placement(clip, status="cancelled", reason="cancelled")
-    return Placement(clip, status="engine-failed", reason=job.get("error") or f"engine job ended {state}")
+        return Placement(clip, status="cancelled", reason="cancelled", job_id=job_id)
+    return Placement(clip, status="engine-failed", reason=job.get("error") or f"engine job ended {state}",
+                     job_id=job_id)
 
 
 def placements_from_result_doc(clips: Sequence[Clip], doc: Dict[str, Any]) -> List[Placement]:

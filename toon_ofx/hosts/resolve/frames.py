@@ -46,3 +46,18 @@ def source_range(left_offset: float, duration: float, clip_fps: float, timeline_
 def record_offset(source_frames: int, clip_fps: float, timeline_fps: float) -> int:
     """Timeline frames spanned by `source_frames` of a clip."""
     return int(round(source_frames * exact_fps(timeline_fps) / exact_fps(clip_fps)))
+
+
+def timecode_frames(timecode: str, fps: float) -> int:
+    """Absolute frame number of a Resolve timecode ("01:00:00:00"; "01:00:00;00" is drop-frame)."""
+    parts = [int(p) for p in re.split(r"[:;.]", timecode.strip())]
+    if len(parts) != 4:
+        raise ValueError(f"not a timecode: {timecode!r}")
+    hours, minutes, seconds, frames = parts
+    nominal = int(round(float(fps)))
+    total = ((hours * 60 + minutes) * 60 + seconds) * nominal + frames
+    if ";" in timecode and nominal in (30, 60):  # SMPTE drop frame: 2 (4 at 60) numbers skipped per minute but every 10th
+        dropped = nominal // 15
+        minutes_total = hours * 60 + minutes
+        total -= dropped * (minutes_total - minutes_total // 10)
+    return total

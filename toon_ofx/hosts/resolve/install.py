@@ -1,23 +1,24 @@
 """Installing the "Toon Faces" script into Resolve's Workspace > Scripts > Utility menu.
 
-`install()` writes the script (`render_script()`: the template, with the
-folder of the client files and the engine's Python filled in) into Resolve's
-Scripts/Utility folder for this OS (`scripts_dir()`), and copies the
-stdlib-only files it needs (`toon_ofx.vendor.closure(RESOLVE_ROOTS)`) to a
-folder outside it. `add_install_parser`/`add_install_options` and
-`run_install` are the command line (`toon-ofx install-resolve-script`,
-resolve_scripts/install.py).
+`install()` copies the stdlib-only files the script needs to a folder outside
+Resolve's Scripts folder (libdir.py: a fresh copy, swapped in whole), then
+writes the script (`render_script()`: the template, with that folder and the
+engine's Python filled in) into Resolve's Scripts/Utility folder for this OS
+(`scripts_dir()`) with one atomic replace, and removes the copies earlier
+installs left. `uninstall()` removes the script and those copies.
+`add_install_parser`/`add_install_options` and `run_install` are the command
+line (`toon-ofx install-resolve-script`, resolve_scripts/install.py).
 """
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from typing import Dict, List, Optional
 
 from .api import Log
 from .engine import package_dir
+from .libdir import build_lib, remove_old_libs
 
 SCRIPT_NAME = "Toon Faces.py"
 
@@ -87,55 +88,61 @@ def render_script(lib: Optional[str] = None, python: Optional[str] = None) -> st
     return SCRIPT_TEMPLATE.format(lib=lib, python=python)
 
 
+def default_lib_root() -> str:
+    """<user data dir>/resolve-lib: where the client files go unless --lib-dir says otherwise."""
+    try:
+        from ...core.dirs import user_data_dir
+        return os.path.join(user_data_dir(), "resolve-lib")
+    except Exception:
+        return os.path.join(os.path.expanduser("~"), ".toon-ofx", "resolve-lib")
+
+
+def vendored_names() -> List[str]:
+    """The bridge and what it imports (relative to the toon_ofx folder)."""
+    from ... import vendor
+
+    return vendor.closure(vendor.RESOLVE_ROOTS)
+
+
 def install(dest: Optional[str] = None, *, all_users: bool = False, python: Optional[str] = None,
             lib_dir: Optional[str] = None, link: bool = False, dry_run: bool = False,
             log: Optional[Log] = None) -> List[str]:
-    """Copy the script into Resolve's Scripts/Utility folder, with the client vendored beside nothing visible.
+    """Install the script into Resolve's Scripts/Utility folder; returns the paths written.
 
-    The client files go to `lib_dir` (default: <user data dir>/resolve-lib), outside Resolve's Scripts
-    folder (Resolve lists every .py there as a menu entry). With `link`, the script points at this
-    package's own folder instead (a development checkout).
+    The client files are copied under `lib_dir` (default: <user data dir>/resolve-lib), outside Resolve's
+    Scripts folder, where Resolve would list every .py as a menu entry. With `link`, the script uses this
+    package's own folder instead (a development checkout) and nothing is copied.
     """
     log = log or print
     dest = dest or scripts_dir(all_users=all_users)
     python = python or sys.executable
-    written: List[str] = []
+    script = os.path.join(dest, SCRIPT_NAME)
+    lib_root = lib_dir or default_lib_root()
+    names = [] if link else vendored_names()
     if link:
         lib = os.path.dirname(package_dir())
     else:
-        if lib_dir is None:
-            try:
-                from ...core.dirs import user_data_dir
-                lib_dir = os.path.join(user_data_dir(), "resolve-lib")
-            except Exception:
-                lib_dir = os.path.join(os.path.expanduser("~"), ".toon-ofx", "resolve-lib")
-        lib = lib_dir
-        target_pkg = os.path.join(lib, "toon_ofx")
-        from ... import vendor
-
-        for name in vendor.closure(vendor.RESOLVE_ROOTS):
-            src = os.path.join(package_dir(), *name.split("/"))
-            dst = os.path.join(target_pkg, *name.split("/"))
-            if not dry_run:
-                os.makedirs(os.path.dirname(dst), exist_ok=True)
-                shutil.copyfile(src, dst)
-            written.append(dst)
-    script = os.path.join(dest, SCRIPT_NAME)
-    if not dry_run:
+        lib = os.path.join(lib_root, "toon_ofx-<stamp>") if dry_run else build_lib(lib_root, package_dir(), names)
+    if dry_run:
+        log(f"would write {script}")
+    else:
         os.makedirs(dest, exist_ok=True)
         tmp = script + ".tmp"
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(render_script(lib, python))
-        os.replace(tmp, script)
-    written.append(script)
-    log(("would write " if dry_run else "wrote ") + script)
+        os.replace(tmp, script)  # Resolve sees the old script (and its copy) or the new one, never a mix
+        log(f"wrote {script}")
+        for old in remove_old_libs(lib_root, vendored_names(), keep=None if link else lib, log=log):
+            log(f"  removed the old copy {old}")
     log(f"  engine Python: {python}")
     log(f"  client files:  {lib}")
     log("Restart Resolve (it lists scripts at start-up), then: Workspace > Scripts > Utility > Toon Faces.")
-    return written
+    return [os.path.join(lib, "toon_ofx", *name.split("/")) for name in names] + [script]
 
 
-def uninstall(dest: Optional[str] = None, *, all_users: bool = False, log: Optional[Log] = None) -> List[str]:
+def uninstall(dest: Optional[str] = None, *, all_users: bool = False, lib_dir: Optional[str] = None,
+              log: Optional[Log] = None) -> List[str]:
+    """Remove the script and the client copies this installer wrote under `lib_dir`; returns what went."""
     log = log or print
     dest = dest or scripts_dir(all_users=all_users)
     script = os.path.join(dest, SCRIPT_NAME)
@@ -146,6 +153,9 @@ def uninstall(dest: Optional[str] = None, *, all_users: bool = False, log: Optio
         log(f"removed {script}")
     else:
         log(f"nothing to remove at {script}")
+    for old in remove_old_libs(lib_dir or default_lib_root(), vendored_names(), log=log):
+        removed.append(old)
+        log(f"removed {old}")
     return removed
 
 
@@ -163,17 +173,18 @@ def add_install_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lib-dir", help="where the client files are copied (default: <user data dir>/resolve-lib)")
     p.add_argument("--link", action="store_true", help="point at this checkout instead of copying the client")
     p.add_argument("--dry-run", action="store_true", help="say what would be written")
-    p.add_argument("--uninstall", action="store_true", help="remove the script")
+    p.add_argument("--uninstall", action="store_true", help="remove the script and the copied client files")
 
 
 def run_install(args: argparse.Namespace) -> int:
-    if args.uninstall:
-        uninstall(args.dest, all_users=args.all_users)
-        return 0
     try:
-        install(args.dest, all_users=args.all_users, python=args.python, lib_dir=args.lib_dir, link=args.link,
-                dry_run=args.dry_run)
+        if args.uninstall:
+            uninstall(args.dest, all_users=args.all_users, lib_dir=args.lib_dir)
+        else:
+            install(args.dest, all_users=args.all_users, python=args.python, lib_dir=args.lib_dir, link=args.link,
+                    dry_run=args.dry_run)
     except OSError as exc:
-        print(f"toon-ofx: error: could not install the Resolve script: {exc}", file=sys.stderr)
+        action = "uninstall" if args.uninstall else "install"
+        print(f"toon-ofx: error: could not {action} the Resolve script: {exc}", file=sys.stderr)
         return 2
     return 0

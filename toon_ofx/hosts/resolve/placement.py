@@ -3,15 +3,25 @@
 `import_result()` imports each result into a "Toon" Media Pool bin (the current
 folder is switched to it first: imports land in the current folder, and
 restored after); an image sequence is one clipInfo `{"FilePath": pattern,
-"StartIndex", "EndIndex"}` and comes back as one item. It takes the project
-frame rate, so its "FPS" clip property is set back to the clip's rate before
-it is cut in. `place_results()` appends each result with a clipInfo
-(`startFrame`/`endFrame` in the imported item's own frames, `trackIndex`,
-absolute `recordFrame` = the source item's `GetStart()`) on a new track above
-the source or a chosen one, then RE-READS the track with `GetItemListInTrack`
-to see what really landed (Resolve drops a clip that would overlap another
-without saying so) and reports every clip it could not place. `endFrame` is
-exclusive since Resolve 19 (inclusive before); `GetVersion()` decides.
+"StartIndex", "EndIndex"}` ("Each clipInfo gets imported as one MediaPoolItem",
+README.txt) holding exactly the rendered frames. It takes the project frame
+rate, so its "FPS" clip property is set back to the clip's rate before it is
+cut in.
+
+`place_results()` appends each whole imported item with a clipInfo (README.txt:
+"Appends list of clipInfos specified as dict of "mediaPoolItem", "startFrame"
+(int), "endFrame" (int), (optional) "mediaType" (int; 1 - Video only, 2 - Audio
+only), "trackIndex" (int) and "recordFrame" (int)"; `recordFrame` is absolute:
+where the source item shows the first rendered frame)
+on a new track above the source or a chosen one, then RE-READS the track with
+`GetItemListInTrack` to see what really landed (Resolve drops a clip that would
+overlap another without saying so) and reports every clip it could not place.
+`endFrame` is exclusive since Resolve 19 (inclusive before); `GetVersion()`
+decides. Whether `startFrame` counts an image sequence from 0 or from its first
+file's number is not documented: `append_whole()` asks from 0, then from the
+item's own "Start" clip property, and keeps the one that lands whole. The
+landed item then gets its source item's transform, crop and compositing
+(properties.py).
 """
 from __future__ import annotations
 
@@ -20,7 +30,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from .api import BridgeError, Log, as_list, end_frame_exclusive, same_object
 from .frames import exact_fps, fps_text, parse_fps, record_offset
-from .timeline import Clip, Skipped
+from .properties import NOT_COPIED, copy_look
+from .timeline import Clip, Skipped, timeline_fps
 
 BIN_NAME = "Toon"
 
@@ -44,8 +55,9 @@ def import_result(media_pool, result: Dict[str, Any], folder, clip_fps: Optional
         return None, f"could not open the {folder.GetName()!r} bin"
     try:
         if result.get("kind") != "movie":
-            info = {"FilePath": result["pattern"], "StartIndex": int(result["first_frame"]),
-                    "EndIndex": int(result["last_frame"])}
+            number = int(result.get("first_number") or 0)  # frame i is file pattern % (first_number + i)
+            info = {"FilePath": result["pattern"], "StartIndex": number + int(result["first_frame"]),
+                    "EndIndex": number + int(result["last_frame"])}
             items = media_pool.ImportMedia([info])
         else:
             items = media_pool.ImportMedia([result["path"]])
@@ -80,11 +92,13 @@ class Placement:
     record_frame: Optional[int] = None
     note: str = ""
     media_pool_item: Any = None
+    overlay: bool = False        # an RGBA face overlay (composited Normal over the source)
+    job_id: Optional[str] = None  # the engine job that rendered it (what --retry resumes)
 
     def to_json(self) -> Dict[str, Any]:
         return {"clip": self.clip.name, "id": self.clip.id, "status": self.status, "reason": self.reason,
                 "track": self.track, "record_frame": self.record_frame, "note": self.note,
-                "result": self.result}
+                "result": self.result, "job": self.job_id}
 
 
 @dataclass
@@ -110,6 +124,8 @@ class Report:
         if self.skipped:
             lines.append(f"Skipped {len(self.skipped)} timeline item(s):")
             lines += [f"  {s.name}: {s.reason}" for s in self.skipped]
+        if self.placed:
+            lines.append(f"Each result has its source's transform, crop, composite mode and opacity; {NOT_COPIED}.")
         if not lines:
             lines.append("Nothing to do.")
         return "\n".join(lines)
@@ -120,27 +136,66 @@ class Report:
                 "text": self.text()}
 
 
+def _add_video_track(timeline) -> int:
+    """Add a video track on top (`AddTrack("video")`); returns the new track count, re-read."""
+    count = timeline.GetTrackCount("video") or 0
+    if not timeline.AddTrack("video"):
+        raise BridgeError("Resolve would not add a video track.")
+    new_count = timeline.GetTrackCount("video") or 0
+    if new_count <= count:
+        raise BridgeError("Resolve did not add a video track.")
+    return new_count
+
+
 def choose_track(timeline, source_track: int, target: Any = "new") -> int:
     """The video track to place on: a new one on top ("new"), or the given index (tracks added as needed)."""
-    count = timeline.GetTrackCount("video") or 0
     if target in (None, "new", "auto"):
-        if not timeline.AddTrack("video"):
-            raise BridgeError("Resolve would not add a video track.")
-        new_count = timeline.GetTrackCount("video") or 0
-        if new_count <= count:
-            raise BridgeError("Resolve did not add a video track.")
-        return new_count
+        return _add_video_track(timeline)
     index = int(target)
     if index <= source_track:
         raise BridgeError(f"V{index} is not above the source track V{source_track}; choose a higher track.")
+    count = timeline.GetTrackCount("video") or 0
     while count < index:
-        if not timeline.AddTrack("video"):
-            raise BridgeError("Resolve would not add a video track.")
-        new_count = timeline.GetTrackCount("video") or 0
-        if new_count <= count:
-            raise BridgeError("Resolve did not add a video track.")
-        count = new_count
+        count = _add_video_track(timeline)
     return index
+
+
+def find_item(timeline, clip: Clip):
+    """The source item of `clip` on its track (by unique id, else by record start), or None."""
+    for item in as_list(timeline.GetItemListInTrack("video", clip.track)):
+        try:
+            uid = item.GetUniqueId()
+        except Exception:
+            uid = None
+        if (uid and str(uid) == clip.id) or (not uid and int(item.GetStart()) == clip.record_start):
+            return item
+    return None
+
+
+def append_whole(media_pool, timeline, mpi, *, track: int, record: int, frames: int, exclusive: bool):
+    """Cut all `frames` frames of `mpi` in at `record` on V`track`; the landed item, or None.
+
+    README.txt does not say whether clipInfo frames count an image sequence from 0 or from its first
+    file's number; each way is asked in turn (a request outside the item's frames places nothing, or
+    a part of it, which is removed again) and the track re-read each time.
+    """
+    want = frames * exact_fps(timeline_fps(timeline)) / exact_fps(parse_fps(mpi.GetClipProperty("FPS")) or 1)
+    starts = [0]
+    start_prop = str(mpi.GetClipProperty("Start") or "0")
+    if start_prop.isdigit() and int(start_prop) != 0:
+        starts.append(int(start_prop))
+    for first in starts:
+        info = {"mediaPoolItem": mpi, "startFrame": first, "endFrame": first + (frames if exclusive else frames - 1),
+                "mediaType": 1, "trackIndex": track, "recordFrame": record}
+        media_pool.AppendToTimeline([info])  # its answer is not trusted: the track is re-read
+        landed = [it for it in as_list(timeline.GetItemListInTrack("video", track))
+                  if int(it.GetStart()) == record and same_object(it.GetMediaPoolItem(), mpi)]
+        if not landed:
+            continue
+        if abs(int(landed[0].GetDuration()) - want) <= 1:
+            return landed[0]
+        timeline.DeleteClips(landed, False)  # a part of the item: Resolve counts the other way
+    return None
 
 
 def _why_not_placed(timeline, track: int, start: int, end: int) -> str:
@@ -195,21 +250,25 @@ def place_results(resolve, project, timeline, placements: Sequence[Placement], *
         frames = last - first + 1
         record = clip.record_start + record_offset(first - clip.first, clip.clip_fps, clip.timeline_fps)
         expected = record_offset(frames, clip.clip_fps, clip.timeline_fps)
-        info = {"mediaPoolItem": mpi, "startFrame": 0, "endFrame": frames if exclusive else frames - 1,
-                "mediaType": 1, "trackIndex": track, "recordFrame": record}
-        media_pool.AppendToTimeline([info])  # its answer is not trusted: the track is re-read below
-        landed = [it for it in as_list(timeline.GetItemListInTrack("video", track))
-                  if int(it.GetStart()) == record and same_object(it.GetMediaPoolItem(), mpi)]
         p.track, p.record_frame = track, record
-        if not landed:
+        landed = append_whole(media_pool, timeline, mpi, track=track, record=record, frames=frames,
+                              exclusive=exclusive)
+        if landed is None:
             p.status, p.reason = "failed", _why_not_placed(timeline, track, record, record + expected)
             report.failed.append(p)
             log(f"  could not place {clip.name}: {p.reason}")
             continue
-        got = int(landed[0].GetDuration())
+        got = int(landed.GetDuration())
+        notes = [p.note] if p.note else []
         if abs(got - expected) > (0 if exact_fps(clip.clip_fps) == exact_fps(clip.timeline_fps) else 1):
-            extra = f"placed {got} frames where the source item has {expected}"
-            p.note = f"{p.note}; {extra}" if p.note else extra
+            notes.append(f"placed {got} frames where the source item has {expected}")
+        source = find_item(timeline, clip)
+        failed_keys = copy_look(source, landed, overlay=p.overlay) if source is not None else []
+        if source is None:
+            notes.append("its source item is gone, so its transform was not copied")
+        elif failed_keys:
+            notes.append(f"Resolve would not take {', '.join(failed_keys)}")
+        p.note = "; ".join(notes)
         p.status = "placed"
         report.placed.append(p)
         log(f"  placed {clip.name} on V{track} at frame {record}")
