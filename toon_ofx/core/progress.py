@@ -10,6 +10,7 @@ Stages, in order: "loading" (models, one event per model: `model`, `step` of `st
 """
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from typing import Any, Dict, Mapping, Optional
 
@@ -44,3 +45,39 @@ def describe(progress: Mapping[str, Any]) -> str:
     if stage in ("rendering", "encoding", "done") and total:
         return f"{stage} {int(progress.get('frames_done') or 0)}/{total}"
     return stage
+
+
+class Reporter:
+    """A render's progress: turns frame completions and projection steps into ProgressEvents with an ETA.
+
+    Projection steps are reported at most every PROJECTING_INTERVAL seconds (and always the
+    first and the last step): a slow projection shows every step, a fast one does not flood.
+    """
+
+    PROJECTING_INTERVAL = 0.2
+
+    def __init__(self, callback, total: int, skipped: int, notice: Optional[str] = None):
+        self.callback, self.total, self.done, self.faces = callback, total, skipped, 0
+        self._start, self._fresh, self._eta, self._step_time = time.monotonic(), 0, None, 0.0
+        self._emit("rendering", None, notice=notice)
+
+    def frame(self, faces: int) -> None:
+        self.done += 1
+        self._fresh += 1
+        self.faces += faces
+        rate = self._fresh / max(time.monotonic() - self._start, 1e-9)
+        self._eta = (self.total - self.done) / rate
+        self._emit("rendering", self._eta)
+
+    def projecting(self, step: int, steps: int) -> None:
+        now = time.monotonic()
+        if step in (1, steps) or now - self._step_time >= self.PROJECTING_INTERVAL:
+            self._step_time = now
+            self._emit("projecting", self._eta, step=step, steps=steps)
+
+    def stage(self, name: str) -> None:
+        self._emit(name, 0.0 if name == "done" else None)
+
+    def _emit(self, stage: str, eta: Optional[float], **extra) -> None:
+        if self.callback is not None:
+            self.callback(ProgressEvent(stage, self.done, self.total, self.faces, eta, **extra))

@@ -30,7 +30,7 @@ from .inversion import Inversion, InversionModels, load_one_pass_toon, plan_inve
 from .outputs import OutputPlan, frame_bits, plan_output, resolve_range
 from .params import validate
 from .pictures import Pictures, Weaver
-from .progress import ProgressEvent
+from .progress import ProgressEvent, Reporter
 
 log = logging.getLogger("toon_ofx")
 
@@ -264,7 +264,7 @@ class Renderer:
         inversion = plan.inversion or plan_inversion(params)
         if inversion.notice:
             log.warning("toon-ofx: %s", inversion.notice)
-        report = _Reporter(progress, total, skipped, notice=inversion.notice)  # sent once, first event
+        report = Reporter(progress, total, skipped, notice=inversion.notice)  # sent once, first event
         timings: Dict[str, float] = {}
         pictures = Pictures(info, plan.bits)
         writer = _FrameWriter(plan, pictures, report, timings)
@@ -375,7 +375,7 @@ class Renderer:
 class _FrameWriter:
     """Writes stylised pictures as frame files (fields woven back into frames), timing and reporting them."""
 
-    def __init__(self, plan: "Plan", pictures: Pictures, report: "_Reporter", timings: Dict[str, float]):
+    def __init__(self, plan: "Plan", pictures: Pictures, report: Reporter, timings: Dict[str, float]):
         self.plan, self.weaver, self.report, self.timings = plan, Weaver(pictures), report, timings
 
     def put(self, picture: int, result) -> None:
@@ -411,7 +411,7 @@ class _Serialised:
             return self._landmarker.detect(image, *args, **kwargs)
 
 
-def _decoded(pictures, timings: Dict[str, float], cancel: Optional[threading.Event], report: "_Reporter"):
+def _decoded(pictures, timings: Dict[str, float], cancel: Optional[threading.Event], report: Reporter):
     """Decoded (index, picture) pairs, timing the decoder and honouring `cancel` between pictures."""
     try:
         while True:
@@ -429,42 +429,6 @@ def _decoded(pictures, timings: Dict[str, float], cancel: Optional[threading.Eve
 
 def _add(timings: Dict[str, float], stage: str, seconds: float) -> None:
     timings[stage] = timings.get(stage, 0.0) + seconds
-
-
-class _Reporter:
-    """Turns frame completions and projection steps into ProgressEvents with an ETA.
-
-    Projection steps are reported at most every PROJECTING_INTERVAL seconds (and always the
-    first and the last step): a slow projection shows every step, a fast one does not flood.
-    """
-
-    PROJECTING_INTERVAL = 0.2
-
-    def __init__(self, callback, total: int, skipped: int, notice: Optional[str] = None):
-        self.callback, self.total, self.done, self.faces = callback, total, skipped, 0
-        self._start, self._fresh, self._eta, self._step_time = time.monotonic(), 0, None, 0.0
-        self._emit("rendering", None, notice=notice)
-
-    def frame(self, faces: int) -> None:
-        self.done += 1
-        self._fresh += 1
-        self.faces += faces
-        rate = self._fresh / max(time.monotonic() - self._start, 1e-9)
-        self._eta = (self.total - self.done) / rate
-        self._emit("rendering", self._eta)
-
-    def projecting(self, step: int, steps: int) -> None:
-        now = time.monotonic()
-        if step in (1, steps) or now - self._step_time >= self.PROJECTING_INTERVAL:
-            self._step_time = now
-            self._emit("projecting", self._eta, step=step, steps=steps)
-
-    def stage(self, name: str) -> None:
-        self._emit(name, 0.0 if name == "done" else None)
-
-    def _emit(self, stage: str, eta: Optional[float], **extra) -> None:
-        if self.callback is not None:
-            self.callback(ProgressEvent(stage, self.done, self.total, self.faces, eta, **extra))
 
 
 _CACHE: Dict[str, Renderer] = {}
