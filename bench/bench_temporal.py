@@ -1,7 +1,8 @@
 """Temporal quality on the real fixture clips: face-track jitter and lag, latent continuity at keyframes.
 
     python bench/bench_temporal.py tracks      [--clips ...]   # quads: raw vs causal vs zero-phase
-    python bench/bench_temporal.py continuity  [--clips ...]   # ||w(t+1) - w(t)|| at keyframes vs elsewhere
+    python bench/bench_temporal.py continuity  [--clips ...] [--inversion encoder+projection]
+                                               # ||w(t+1) - w(t)|| at keyframes vs elsewhere
 
 **tracks**: dlib's quads on every detected frame, smoothed by the tracking stage
 (engine.faces.lookahead) in causal mode (one-euro) and zero-phase mode at several
@@ -27,6 +28,9 @@ which each overlap V (0 = hard switch) is evaluated. Reported: mean step
 ``|w(t+1) - w(t)|`` (W+, flattened) over steps that touch a switch (t + 1 in
 [K, K + V]) vs over all other steps of the same face, their ratio (goal <= 1.5),
 the largest switch step / mean elsewhere, and the extra projections (V / K).
+``--inversion encoder+projection`` starts each chain (keyframes, new faces) from
+a random-weight e4e of the public architecture plus ``--refine-steps``, as the
+product's default does, instead of from the mean face.
 
 Detections are cached in bench/results/ (dlib needs ~0.3-1 s a frame here).
 """
@@ -210,6 +214,26 @@ def small_generator(size: int, channels: int, seed: int):
     return g.eval()
 
 
+def random_encoder(base):
+    """A random-weight e4e (the public architecture) for `base`, through the checkpoint loader."""
+    import tempfile
+
+    import torch
+
+    from engine.inversion.encoders import load_encoder
+    from engine.inversion.encoders.architectures import GradualStyleEncoder
+    from engine.inversion.encoders.backbones import Layout
+
+    torch.manual_seed(1)
+    encoder = GradualStyleEncoder(Layout(n_styles=base.n_latent), progressive=True)
+    path = Path(tempfile.mkdtemp()) / "random_e4e.pt"
+    torch.save({"state_dict": {f"encoder.{k}": v for k, v in encoder.state_dict().items()},
+                "latent_avg": base.latent_avg.detach().repeat(base.n_latent, 1),
+                "opts": {"encoder_type": "Encoder4Editing", "input_nc": 3, "stylegan_size": base.size,
+                         "start_from_latent_avg": True, "dataset_type": "ffhq_encode"}}, path)
+    return load_encoder(path, expect_size=base.size)
+
+
 def bench_continuity(args) -> None:
     import torch
 
@@ -233,14 +257,20 @@ def bench_continuity(args) -> None:
                                            None if fading is None else fading.state.latent.flatten().clone())
             return super().finish(prepared)
 
+    encoder = None
+    if args.inversion != "projection":
+        encoder = random_encoder(base)
     for name in args.clips:
         frames = clip_frames(name)
         landmarker, _ = detections(name, frames)
         config = PipelineConfig(steps=args.steps, warm_steps=args.warm_steps, keyframe_interval=k,
-                                keyframe_overlap=vmax, seed=0)
-        for _ in Recorder(landmarker, base, blended, perceptual, config).run(iter(frames)):
+                                keyframe_overlap=vmax, seed=0, inversion=args.inversion,
+                                refine_steps=args.refine_steps)
+        for _ in Recorder(landmarker, base, blended, perceptual, config, encoder=encoder).run(iter(frames)):
             pass
-    print(f"model: random {args.size} px generator, steps {args.steps} cold / {args.warm_steps} warm, "
+    start = (f"from the mean, {args.steps} steps" if args.inversion == "projection" else
+             f"from a random e4e, {args.refine_steps} refinement steps")
+    print(f"model: random {args.size} px generator; chains start {start}, {args.warm_steps} warm steps a frame; "
           f"keyframes every {k}; {len(records)} face-frames")
     print("| overlap V | switch steps | mean at switches | mean elsewhere | ratio | max switch / mean elsewhere "
           "| extra projections |")
@@ -278,6 +308,8 @@ def main(argv=None) -> int:
     ap.add_argument("--channels", type=int, default=64)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--warm-steps", type=int, default=20)
+    ap.add_argument("--inversion", choices=("projection", "encoder+projection"), default="projection")
+    ap.add_argument("--refine-steps", type=int, default=50)
     args = ap.parse_args(argv)
     (bench_tracks if args.what == "tracks" else bench_continuity)(args)
     return 0
