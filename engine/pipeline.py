@@ -90,7 +90,7 @@ class PipelineConfig:
     smoothing: float = 0.5
     smoothing_mode: str = "zero-phase"
     keyframe_interval: int = 48
-    keyframe_overlap: int = 8
+    keyframe_overlap: int = 12
     max_gap: int = MAX_GAP
     batch_size: int = 1
     seed: int = 0

@@ -51,14 +51,15 @@ def _covers(ranges, first, last):
 
 
 def test_plan_chunks_cut_on_the_segment_grid():
-    plan = TemporalPlan.create(48, 8, smoothing=0.5)  # the defaults: history 14 frames
+    plan = TemporalPlan.create(48, 8, smoothing=0.5)  # the default interval and smoothing: history 14 frames
     chunks = plan_chunks(10, 250, 100, 3, plan=plan)
     assert [c.frames for c in chunks] == [(10, 103), (104, 199), (200, 250)]
     # a chunk on the grid (keyframe + overlap) projects from its keyframe (the cross-fade frames the
     # chunk before it writes) and tracks from `history` frames before that
     assert [c.warmup_first for c in chunks] == [0, 96 - 14, 192 - 14]
     assert chunks[1].warmup == 8 + 14 and str(chunks[1]) == "104-199" and chunks[1].count == 96
-    assert temporal_plan({}) == plan and temporal_plan({"keyframe_overlap": 0}).overlap == 0
+    assert temporal_plan({"keyframe_overlap": 8}) == plan and temporal_plan({"keyframe_overlap": 0}).overlap == 0
+    assert temporal_plan({}).overlap == 12   # the default cross-fade
 
 
 @pytest.mark.parametrize("size,k,expected", [(30, 48, 30), (48, 48, 48), (70, 48, 48), (73, 48, 96),
@@ -624,7 +625,7 @@ def test_cli_farm_export_probes_the_clip(tmp_path, fmt, capsys):
     elif fmt == "flamenco":
         settings = json.loads((out / "job.json").read_text())["settings"]
         assert settings["sequence"] == str(tmp_path / "seq" / "single_face_toon.%06d.png")
-        assert json.loads(settings["params"]) == {"keyframe_interval": 12, "keyframe_overlap": 8, "swap_res": 32}
+        assert json.loads(settings["params"]) == {"keyframe_interval": 12, "keyframe_overlap": 12, "swap_res": 32}
     else:
         # a head up to the segment grid (keyframes + the 6-frame cross-fade: 30, 54), then 24-frame chunks
         assert "RENDER_LAYERS = [('render_head', '0-29', 30), ('render', '30-71', 24)]" in \

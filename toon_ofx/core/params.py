@@ -116,10 +116,11 @@ PARAMS: Tuple[Param, ...] = (
           "Every this many frames the projection starts cold instead of from the previous frame, "
           "which bounds drift and lets farm chunks reproduce a whole-clip render exactly (0 = never).",
           minimum=0, maximum=100000),
-    Param("keyframe_overlap", int, 8, "Keyframe overlap",
+    Param("keyframe_overlap", int, 12, "Keyframe overlap",
           "Frames after each keyframe in which the previous chain's face is cross-faded into the new "
           "one, so the face does not jump at keyframes (0 = hard switch; at most half the keyframe "
-          "interval). Costs this many extra warm-start projections per face and keyframe.",
+          "interval). Costs this many extra warm-start projections per face and keyframe; the default is the "
+          "smallest that kept the step at keyframes within 1.5x of other frames (bench/bench_temporal.py).",
           minimum=0, maximum=1000),
     Param("feather", float, 0.08, "Feather",
           "Width of the soft edge of the face mask, as a fraction of the face crop.",
