@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
 import sys
 import tempfile
@@ -22,7 +21,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from slow_clients import trickling_headers  # noqa: E402
 from toon_ofx.client import EngineClient  # noqa: E402
 from toon_ofx.service.server import Server  # noqa: E402
 
@@ -71,30 +72,8 @@ def slow_clients(server: Server, slow: int, rounds: int) -> dict:
         return statistics.median(times)
 
     quiet = median_latency()
-    socks = []
-    for _ in range(slow):
-        sock = socket.create_connection(("127.0.0.1", server.port), timeout=30)
-        sock.sendall(f"GET /v1/health HTTP/1.0\r\nHost: 127.0.0.1:{server.port}\r\n".encode())
-        socks.append(sock)
-    stop = threading.Event()
-
-    def trickle():
-        while not stop.wait(0.05):
-            for sock in socks:
-                try:
-                    sock.send(b"X")
-                except OSError:
-                    pass
-
-    feeder = threading.Thread(target=trickle)
-    feeder.start()
-    try:
+    with trickling_headers(server.port, slow, interval=0.05, timeout=30):
         loaded = median_latency()
-    finally:
-        stop.set()
-        feeder.join()
-        for sock in socks:
-            sock.close()
     return {"slow_sockets": slow, "median_quiet_ms": round(quiet * 1e3, 2),
             "median_with_slow_ms": round(loaded * 1e3, 2), "ratio": round(loaded / quiet, 2)}
 

@@ -17,6 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_jobs import CLIP, needs_clip  # noqa: E402
+from slow_clients import trickling_headers  # noqa: E402
 from test_server import call, start_subprocess_server  # noqa: E402
 
 from toon_ofx.client import EngineClient, proof  # noqa: E402
@@ -141,24 +142,7 @@ def test_slow_headers_are_cut_off_without_tying_up_threads(engine):
     """60 slowloris sockets trickle a header byte at a time: each gets a JSON 408 after the head deadline,
     while other clients are answered and no thread is spent per connection."""
     threads_before = threading.active_count()
-    slow = []
-    for _ in range(60):
-        sock = socket.create_connection(("127.0.0.1", engine.port), timeout=15)
-        sock.sendall(f"GET /v1/health HTTP/1.0\r\nHost: 127.0.0.1:{engine.port}\r\n".encode())
-        slow.append(sock)
-    stop = threading.Event()
-
-    def trickle():
-        while not stop.wait(0.1):
-            for sock in slow:
-                try:
-                    sock.send(b"X")
-                except OSError:
-                    pass
-
-    feeder = threading.Thread(target=trickle)
-    feeder.start()
-    try:
+    with trickling_headers(engine.port, 60, interval=0.1, timeout=15) as slow:
         client = EngineClient(engine.url, engine.token)
         for _ in range(10):
             assert client.health()["service"] == "toon-ofx"
@@ -172,11 +156,6 @@ def test_slow_headers_are_cut_off_without_tying_up_threads(engine):
                 answer += chunk
             assert answer.startswith(b"HTTP/1.0 408"), answer[:100]
             assert b"did not arrive within 1 s" in answer
-    finally:
-        stop.set()
-        feeder.join()
-        for sock in slow:
-            sock.close()
 
 
 def test_too_many_connections_get_a_503(tmp_path):
