@@ -224,10 +224,6 @@ class ToonPipeline:
         """Frames past the last one wanted that must be decoded (the tracking stage's look-ahead)."""
         return self.plan.look_ahead
 
-    def is_keyframe(self, index: int) -> bool:
-        k = self.config.keyframe_interval
-        return k > 0 and index % k == 0
-
     def warmup_start(self, first: int) -> int:
         """First frame to decode so that frame `first` comes out as in a whole-clip render."""
         return self.plan.warmup_start(first)

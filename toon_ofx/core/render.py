@@ -245,12 +245,6 @@ class Renderer:
             pipeline.on_step = after_step
         return pipeline
 
-    def batch_size(self, params: Dict[str, Any], mode: str) -> int:
-        """Faces per batch: the parameter, or (0) what is fastest for this device and inversion mode."""
-        from engine.pipeline import default_batch_size
-
-        return params["batch_size"] or default_batch_size(self.device, mode)
-
     def render(self, request: RenderRequest, progress: Optional[Callable[[ProgressEvent], None]] = None,
                cancel: Optional[threading.Event] = None, plan: Optional["Plan"] = None) -> RenderResult:
         """Render `request`; frames already on disk are kept and skipped."""
