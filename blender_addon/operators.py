@@ -269,13 +269,13 @@ class TOONOFX_OT_check_engine(bpy.types.Operator):
             client = connector(context)()
             health = client.health()
         except Exception as exc:
-            self.report({"ERROR"}, f"toon-ofx engine: {getattr(exc, 'message', None) or exc}")
+            self.report({"ERROR"}, f"toon-ofx engine: {jobs.error_text(exc)}")
             return {"CANCELLED"}
         self.report({"INFO"}, f"toon-ofx engine {health.get('version', '?')} is running (pid {health.get('pid')})")
         try:
             models.refresh(client)
         except Exception as exc:  # an older engine without GET /v1/models: the pickers stay empty
-            self.report({"WARNING"}, f"toon-ofx engine: no model list ({getattr(exc, 'message', None) or exc})")
+            self.report({"WARNING"}, f"toon-ofx engine: no model list ({jobs.error_text(exc)})")
         return {"FINISHED"}
 
 
@@ -289,7 +289,7 @@ class TOONOFX_OT_refresh_models(bpy.types.Operator):
         try:
             listed = models.refresh(connector(context)())
         except Exception as exc:
-            self.report({"ERROR"}, f"toon-ofx models: {getattr(exc, 'message', None) or exc}")
+            self.report({"ERROR"}, f"toon-ofx models: {jobs.error_text(exc)}")
             return {"CANCELLED"}
         installed = sum(1 for m in listed if m.get("installed", True))
         self.report({"INFO"}, f"toon-ofx: {len(listed)} models listed, {installed} installed")

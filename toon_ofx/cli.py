@@ -58,21 +58,20 @@ def progress_printer(args) -> Optional[Callable]:
     the render's one-line notices on stderr. Notices always reach stderr."""
     from .core.progress import describe
 
+    def say_notice(event):
+        if event.notice:
+            print(f"toon-ofx: {event.notice}", file=sys.stderr, flush=True)
+
     if args.quiet:
-        def notices_only(event):
-            if getattr(event, "notice", None):
-                print(f"toon-ofx: {event.notice}", file=sys.stderr, flush=True)
-        return notices_only
+        return say_notice
     if args.json:
         def emit(event):
-            if event.notice:
-                print(f"toon-ofx: {event.notice}", file=sys.stderr, flush=True)
+            say_notice(event)
             print(json.dumps(event.to_dict()), flush=True)
         return emit
     if args.openjd:
         def openjd(event):
-            if event.notice:
-                print(f"toon-ofx: {event.notice}", file=sys.stderr, flush=True)
+            say_notice(event)
             if event.stage != "projecting" and event.frames_total:
                 print(f"openjd_progress: {100.0 * event.frames_done / event.frames_total:.1f}", flush=True)
             print(f"openjd_status: {describe(event.to_dict())}", flush=True)
@@ -82,7 +81,7 @@ def progress_printer(args) -> Optional[Callable]:
     bar = {"bar": None}
 
     def show(event):
-        if getattr(event, "notice", None):
+        if event.notice:  # above the bar once it is drawn
             (bar["bar"].write if bar["bar"] is not None else print)(f"toon-ofx: {event.notice}", file=sys.stderr)
         if event.stage == "loading":
             if event.model:
