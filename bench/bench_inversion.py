@@ -41,18 +41,6 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _generator(size: int):
-    import torch
-
-    from engine.generator.stylegan2 import Generator
-
-    torch.manual_seed(0)
-    g = Generator(size).eval().requires_grad_(False)
-    with torch.no_grad():
-        g.latent_avg.copy_(g.mapping(torch.randn(1000, 512)).mean(0))
-    return g
-
-
 def write_encoder(path: Path, encoder_type: str, size: int) -> Path:
     """A random encoder of the public architecture, in the public checkpoint layout."""
     import math
@@ -83,7 +71,9 @@ def _child(job: str, args: dict, out) -> None:
     from engine.inversion.projection import latent_stats, project
 
     torch.set_num_threads(args["threads"])
-    g = _generator(args["size"])
+    from bench_projection import random_generator
+
+    g = random_generator(args["size"])
     target = torch.rand(1, 3, args["size"], args["size"]) * 2 - 1
     result = {}
     enc = load_encoder(args["encoder"], expect_size=g.size) if job != "projection" else None

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import math
 import json
 import os
 import platform
@@ -61,10 +62,17 @@ FIXTURES = Path(os.environ.get("TOON_OFX_FIXTURES", REPO.parent / "shared" / "fi
 LIN_WEIGHTS = REPO / ".lpips-reference" / "lpips" / "weights" / "v0.1" / "vgg.pth"
 
 
-def random_generator(size: int, seed: int = 0) -> Generator:
+def random_generator(size: int, seed: int = 0, channels: int | None = None) -> Generator:
+    """A random-weight config-f generator of `size` px (or one with `channels` channels at every
+    resolution), with trained-like noise strengths and its own latent average. Time and memory do not
+    depend on the weights; the other benches build theirs here too."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        g = Generator(size)
+        if channels:
+            g = Generator(size, channel_multiplier=1,
+                          channels={2 ** i: channels for i in range(2, int(math.log2(size)) + 1)})
+        else:
+            g = Generator(size)
         with torch.no_grad():
             for name, p in g.named_parameters():
                 if name.endswith("noise.weight"):

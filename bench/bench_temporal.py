@@ -194,26 +194,6 @@ def bench_tracks(args) -> None:
 
 
 # -- latent continuity ----------------------------------------------------------------------------
-def small_generator(size: int, channels: int, seed: int):
-    """A random-weight StyleGAN2 of `size` px with `channels` channels at every resolution."""
-    import math
-
-    import torch
-
-    from engine.generator.stylegan2 import Generator
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        g = Generator(size, channel_multiplier=1,
-                      channels={2 ** i: channels for i in range(2, int(math.log2(size)) + 1)})
-        with torch.no_grad():
-            for name, p in g.named_parameters():
-                if name.endswith("noise.weight"):
-                    p.fill_(0.05)  # trained networks have non-zero noise strengths
-            g.latent_avg.copy_(g.mapping(torch.randn(4096, 512)).mean(0))
-    return g.eval()
-
-
 def random_encoder(base):
     """A random-weight e4e (the public architecture) for `base`, through the checkpoint loader."""
     import tempfile
@@ -237,13 +217,14 @@ def random_encoder(base):
 def bench_continuity(args) -> None:
     import torch
 
+    from bench_projection import random_generator
     from engine.generator.blend import blend_generators
     from engine.inversion.lpips import LPIPS
     from engine.pipeline import PipelineConfig, ToonPipeline
 
     torch.manual_seed(0)
-    base = small_generator(args.size, args.channels, seed=0)
-    toon = small_generator(args.size, args.channels, seed=1)
+    base = random_generator(args.size, seed=0, channels=args.channels)
+    toon = random_generator(args.size, seed=1, channels=args.channels)
     blended = blend_generators(base, toon, args.size // 4)
     perceptual = LPIPS().eval()
     k, vmax = args.keyframe_interval, max(args.overlaps)
