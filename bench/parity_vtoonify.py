@@ -244,6 +244,7 @@ def transfer_case(ref, tmp: Path, backbone: str, parser_path: Path, encoder_path
             b = reference_transfer(r_net, r_parser, r_encoder, aligned, crops, None, 0.5, False)
             out["stylize"] = diff(a, b)
     out["shape"] = tuple(a.shape)
+    out["|out|"] = float(b.abs().max())
     path.unlink()
     return out
 
