@@ -339,32 +339,39 @@ class EngineClient:
                 cancel: Any = None, poll: float = 0.25) -> Dict[str, Any]:
         """One stylised frame: {"frame", "faces", "original_png": bytes, "stylised_png": bytes}.
 
-        The engine computes it while this polls: `progress(progress_dict)` after every poll ("loading" with
-        "model", "projecting" with "step", "steps" and "eta_seconds"); setting `cancel` (a threading.Event)
-        stops it within one projection step (EngineError 409). A newer preview (from any client) replaces
-        this one, which then raises EngineError 409."""
-        state = self._request("POST", "/v1/previews", {"source": _absolute(source), "frame": frame,
-                                                        "params": _absolute_models(params)},
-                              timeout=max(self.timeout, 120))
+        With `progress` or `cancel` the engine computes it while this polls every `poll` s:
+        `progress(progress_dict)` after every poll ("loading" with "model", "projecting" with "step", "steps"
+        and "eta_seconds"); setting `cancel` (a threading.Event) stops it within one projection step
+        (EngineError 409). Without them it is one request (the quickest, e.g. live frames). Either way a
+        newer preview (from any client) replaces this one, which then raises EngineError 409."""
+        body = {"source": _absolute(source), "frame": frame, "params": _absolute_models(params)}
+        if progress is None and cancel is None:
+            answer = self._request("POST", "/v1/preview", body, timeout=timeout)
+        else:
+            answer = self._polled_preview(body, timeout, progress, cancel, poll)
+        for key in ("original_png", "stylised_png"):
+            answer[key] = base64.b64decode(answer[key])
+        return answer
+
+    def _polled_preview(self, body: Dict[str, Any], timeout: float, progress, cancel, poll: float) -> Dict[str, Any]:
+        state = self._request("POST", "/v1/previews", body, timeout=max(self.timeout, 120))
+        where = f"/v1/previews/{_quote(state['id'])}"
         deadline = time.monotonic() + timeout
         while state["state"] == "running":
             if progress is not None:
                 progress(state["progress"])
             if cancel is not None and cancel.is_set():
-                state = self._request("POST", f"/v1/previews/{_quote(state['id'])}/cancel", {})
+                state = self._request("POST", where + "/cancel", {})
             elif time.monotonic() > deadline:
-                self._request("POST", f"/v1/previews/{_quote(state['id'])}/cancel", {})
+                self._request("POST", where + "/cancel", {})
                 raise EngineError(f"the preview did not finish within {timeout:g} s; it was stopped")
             else:
                 time.sleep(poll)
-                state = self._request("GET", f"/v1/previews/{_quote(state['id'])}")
+                state = self._request("GET", where)
         if state["state"] != "done":
             raise EngineError(state.get("error") or f"the preview {state['state']}", status=state.get("error_status"),
                               field=state.get("field"))
-        answer = dict(state["result"])
-        for key in ("original_png", "stylised_png"):
-            answer[key] = base64.b64decode(answer[key])
-        return answer
+        return dict(state["result"])
 
     def hello(self, lease: float = 120, name: str = "") -> str:
         """Open a session: an engine started on demand stays up while one is open. Returns its id.
