@@ -231,15 +231,9 @@ class EngineClient:
         if body is not None:
             data = json.dumps(body).encode("utf-8")
             headers["Content-Type"] = "application/json"
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        while True:
-            status, retry_after, payload, _ = _exchange(self.url, self._address, method, path, data, headers,
-                                                        max(0.1, deadline - time.monotonic()))
-            left = deadline - time.monotonic()
-            if status in (429, 503) and retry_after is not None and left > 0:
-                time.sleep(min(left, retry_after * random.uniform(1.0, 1.5)))   # spread a crowd's retries
-                continue
-            return _answer(self.url, status, payload, busy=status in (429, 503) and retry_after is not None)
+        status, busy, payload, _ = _exchange_patiently(self.url, self._address, method, path, data, headers,
+                                                       self.timeout if timeout is None else timeout)
+        return _answer(self.url, status, payload, busy)
 
     def verify(self) -> None:
         """Before the first request: the server proves it holds our token (an HMAC of a nonce and the address
@@ -249,10 +243,10 @@ class EngineClient:
         nonce = secrets.token_hex(16)
         body = json.dumps({"nonce": nonce}).encode("utf-8")
         headers = {"Accept": "application/json", "Content-Type": "application/json"}
-        status, retry_after, payload, peer = _exchange(self.url, None, "POST", "/v1/challenge", body, headers,
-                                                       self.timeout)
+        status, busy, payload, peer = _exchange_patiently(self.url, None, "POST", "/v1/challenge", body, headers,
+                                                          self.timeout)
         try:
-            answer = _answer(self.url, status, payload, busy=retry_after is not None)
+            answer = _answer(self.url, status, payload, busy)
         except EngineError as exc:
             if isinstance(exc, EngineBusy) or status >= 500:   # an engine, in no state to answer now
                 raise
@@ -485,6 +479,21 @@ def _exchange(url: str, address: Optional[tuple], method: str, path: str, data: 
         connection.close()
 
 
+def _exchange_patiently(url: str, address: Optional[tuple], method: str, path: str, data: Optional[bytes],
+                        headers: Dict[str, str], timeout: float):
+    """`_exchange`, asked again while the engine answers 503/429 with Retry-After and `timeout` s are not over:
+    (status, whether the engine was still busy, body, peer address)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, retry_after, payload, peer = _exchange(url, address, method, path, data, headers,
+                                                       max(0.1, deadline - time.monotonic()))
+        busy = status in (429, 503) and retry_after is not None
+        left = deadline - time.monotonic()
+        if not busy or left <= 0:
+            return status, busy, payload, peer
+        time.sleep(min(left, retry_after * random.uniform(1.0, 1.5)))   # spread a crowd's retries
+
+
 def _answer(url: str, status: int, payload: bytes, busy: bool = False) -> Any:
     """The JSON of an answer; EngineError (EngineBusy when `busy`) for an error status."""
     try:
@@ -549,9 +558,9 @@ def _absolute(path: str) -> str:
 
 
 def _absolute_models(params: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
-    """`params` with model/base_model made absolute when they are file paths (not manifest names)."""
+    """`params` with model/base_model/encoder made absolute when they are file paths (not manifest names)."""
     out = dict(params or {})
-    for key in ("model", "base_model"):
+    for key in ("model", "base_model", "encoder"):
         value = out.get(key)
         if isinstance(value, (str, os.PathLike)) and looks_like_model_path(os.fspath(value)):
             out[key] = _absolute(value)
