@@ -236,7 +236,8 @@ def main(argv=None) -> int:
         results = {}
         with server:
             if args.only in (None, "front"):
-                results.update(burst=burst(server, args.clients), slow_clients=slow_clients(server, args.slow, args.rounds),
+                results.update(burst=burst(server, args.clients),
+                               slow_clients=slow_clients(server, args.slow, args.rounds),
                                proof=proof_cost(server, args.rounds))
             if args.only in (None, "flood"):
                 server.queue.stop(timeout=1.0)   # the flood measures submissions, not renders

@@ -492,7 +492,8 @@ def test_a_polled_preview_reports_progress_and_stops_on_cancel_or_when_nobody_po
         assert len(fake.stopped_at) == 1 and not fake.finished
 
         server.previews.lease = 0.3
-        status, started = call(server.url, "/v1/previews", "POST", {"source": str(CLIP), "frame": 2}, token=server.token)
+        status, started = call(server.url, "/v1/previews", "POST", {"source": str(CLIP), "frame": 2},
+                               token=server.token)
         assert status == 202 and started["state"] == "running" and started["result"] is None
         _wait_for(lambda: len(fake.stopped_at) == 2, 30, "the unpolled preview's stop")
         _wait_for(lambda: call(server.url, f"/v1/previews/{started['id']}", token=server.token)[1]["state"]

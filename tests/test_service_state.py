@@ -403,8 +403,8 @@ def test_output_folders_inside_the_users_secret_folders_are_refused(tmp_path, mo
     try:
         (tmp_path / "innocent").symlink_to(home / ".ssh")
         for folder in [home / name / "renders" for name in SECRET_FOLDERS] + [tmp_path / "innocent" / "r"]:
-            status, answer = call(server.url, "/v1/jobs", "POST", {"source": str(CLIP), "output": {"folder": str(folder)}},
-                                  token=server.token)
+            status, answer = call(server.url, "/v1/jobs", "POST",
+                                  {"source": str(CLIP), "output": {"folder": str(folder)}}, token=server.token)
             assert (status, answer["field"]) == (422, "output.folder") and "private" in answer["error"], answer
         assert sorted(p.name for p in home.iterdir()) == []
         status, answer = call(server.url, "/v1/jobs", "POST",

@@ -48,8 +48,8 @@ try:  # inside the toon_ofx package
 except ImportError:  # vendored as a single file: see _fallback_dir below
     _dirs = None
 
-__all__ = ["EngineClient", "EngineError", "EngineUnavailable", "EngineBusy", "config_dir", "data_dir", "TERMINAL_STATES", "proof",
-           "is_loopback_url", "looks_like_model_path"]
+__all__ = ["EngineClient", "EngineError", "EngineUnavailable", "EngineBusy", "config_dir", "data_dir", "TERMINAL_STATES",
+           "proof", "is_loopback_url", "looks_like_model_path"]
 
 APPNAME = "toon-ofx"
 TOKEN_FILE = "token"
