@@ -70,6 +70,18 @@ def _remaps_time(meta) -> bool:
         or compat.is_retimed(meta)
 
 
+def speed_effects_on(scene, strip) -> List[str]:
+    """Names of the unmuted Speed Control strips that play `strip`, or a meta strip holding it.
+
+    Such a strip shows its input at other frames than the input's own (Blender renders the input at
+    ``start + frame_index * factor``, fractional frames included, cross-fades two of them with Frame
+    Interpolation, and integrates an animated factor), which a placed result cannot follow exactly.
+    """
+    inputs = {strip.name} | {meta.name for meta in compat.enclosing_metas(strip)}
+    return [s.name for s in compat.all_strips(compat.sequence_editor(scene))
+            if s.type == "SPEED" and not s.mute and getattr(getattr(s, "input_1", None), "name", None) in inputs]
+
+
 def scene_fps(scene) -> float:
     return scene.render.fps / (scene.render.fps_base or 1.0)
 
@@ -157,6 +169,11 @@ def plan_strip(scene, strip) -> StripPlan:
     if compat.is_retimed(strip):
         raise ToonifyError(f"strip {strip.name!r} has retiming (speed) keys, which toonify cannot follow; "
                            "reset its retiming first (Strip > Retiming > Reset)")
+    speeds = speed_effects_on(scene, strip)
+    if speeds:
+        raise ToonifyError(f"strip {strip.name!r} plays through speed control strip {speeds[0]!r}, whose retiming "
+                           "toonify cannot follow; mute or remove the speed strip to toonify the clip itself, or "
+                           "render the speed change into a new clip and toonify that")
     first_file = _first_file(strip) if strip.type == "IMAGE" else source
     if not os.path.isfile(first_file):
         raise ToonifyError(f"strip {strip.name!r}: source file not found: {first_file}")

@@ -27,7 +27,8 @@ scene's first frame, or where an enclosing meta strip starts showing it):
 what the final render and normal playback do. With the raw cache off, or in
 4.2, every frame shows ``round(i)``.
 
-Strips with retiming keys (speed changes) are not modelled.
+Strips with retiming keys (speed changes) and strips a Speed Control strip plays are not modelled
+(planning refuses them by name).
 
 The toonified result is an image sequence named by source frame numbers; it
 lines up when a new image strip lists, for each visible timeline frame, the

@@ -802,6 +802,22 @@ def test_errors_are_reports_not_tracebacks(bpy_venv, addon_zip, tmp_path, clip, 
 
 
 @pytest.mark.blender
+def test_a_strip_played_through_a_speed_effect_is_refused_by_name(bpy_venv, addon_zip, tmp_path, clip):
+    """Issue 22 item 6: a Speed Control strip retimes its input (Blender renders the input at fractional
+    frames, cross-fades two of them with Frame Interpolation, integrates an animated factor); toonify cannot
+    place a result that follows it, so it refuses the strip by name, as it refuses retiming keys, instead of
+    placing a result that plays 1:1. A muted speed strip changes nothing and is not in the way."""
+    args = {"zip": str(addon_zip), "clip": str(clip), "output_folder": str(tmp_path / "r")}
+    data = run_blender(bpy_venv, "speed", args, tmp_path, tmp_path / "no_engine")
+    for label, speed in (("direct", "slow motion"), ("meta", "meta speed")):
+        case = data[label]
+        assert case["op"]["result"] == ["ERROR"] and case["unchanged"], (label, case)
+        assert f"speed control strip {speed!r}" in case["op"]["error"] and "'clip'" in case["op"]["error"], case
+    assert data["muted"] == [0, 71]
+    assert "Traceback" not in data["_stdout"]
+
+
+@pytest.mark.blender
 def test_cancel_while_rendering(bpy_venv_full, addon_zip, tmp_path, clip, slow_engine):
     args = {"zip": str(addon_zip), "clip": str(clip), "output_folder": str(tmp_path / "r")}
     data = run_blender(bpy_venv_full, "cancel", args, tmp_path, slow_engine)

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_jobs import CLIP, REPO, make_fake_render, needs_clip  # noqa: E402
 
-from toon_ofx.client import EngineClient, EngineError, EngineUnavailable  # noqa: E402
+from toon_ofx.client import EngineBusy, EngineClient, EngineError, EngineUnavailable  # noqa: E402
 from toon_ofx.service.server import Server  # noqa: E402
 
 CLIENT = REPO / "toon_ofx" / "client.py"
@@ -338,8 +338,9 @@ def test_connect_reports_an_engine_that_cannot_start(dirs_env, tmp_path):
 class _Impostor:
     """An HTTP server on a loopback port that records every request; `relay_to` forwards challenges there."""
 
-    def __init__(self, relay_to=None):
+    def __init__(self, relay_to=None, host="127.0.0.1", port=0):
         import http.server
+        import socket
 
         self.requests = []
         outer = self
@@ -368,8 +369,10 @@ class _Impostor:
 
             do_GET = do_POST = _answer
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        server_class = type("ImpostorServer", (http.server.ThreadingHTTPServer,), {"address_family": family})
+        self.server = server_class((host, port), Handler)
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def close(self):
@@ -452,3 +455,87 @@ def test_models_lists_the_installed_models(engine, tmp_path, monkeypatch):
     assert (toonify["kind"], toonify["resolution"]) == ("blended", 1024) and "Nvidia" in toonify["licence"]
     assert not models["toon-cartoon"]["installed"] and models["toon-cartoon"]["path"] is None
     assert {m["kind"] for m in models.values()} >= {"base", "toon", "blended", "perceptual", "landmarks"}
+
+
+def _has_ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("host", ["127.0.0.2", pytest.param("::1", marks=pytest.mark.skipif(
+    not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback"))])
+def test_a_proof_relayed_from_another_address_on_the_engines_port_is_refused(engine, dirs_env, host):
+    """An impostor on 127.0.0.2:P or [::1]:P (P: the engine's own port) forwards the nonce to the real engine:
+    the proof names the address the engine was reached at, not the one the client connected to, so the client
+    never sends the token."""
+    impostor = _Impostor(relay_to=engine.url, host=host, port=engine.port)
+    try:
+        with pytest.raises(EngineError) as err:
+            EngineClient(impostor.url, engine.token).health()
+        assert err.value.status == 401 and "could not prove" in str(err.value)
+        assert [path for _, path, _ in impostor.requests] == ["/v1/challenge"]   # relayed, then nothing more
+        assert not any(engine.token in json.dumps(headers) for _, _, headers in impostor.requests)
+        assert EngineClient(engine.url, engine.token).health()["service"] == "toon-ofx"
+        assert EngineClient(engine.url.replace("127.0.0.1", "localhost"), engine.token).health()["pid"] == os.getpid()
+    finally:
+        impostor.close()
+
+
+class _Silent:
+    """A loopback port that accepts connections and never answers (an engine too busy to reply)."""
+
+    def __init__(self):
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.sock.settimeout(0.1)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.held, self.stop = [], threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while not self.stop.is_set():
+            try:
+                self.held.append(self.sock.accept()[0])
+            except OSError:
+                pass
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+        for conn in self.held:
+            conn.close()
+        self.sock.close()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="uses a shell script as the engine's Python")
+def test_a_slow_engine_is_never_taken_for_no_engine(dirs_env, tmp_path):
+    """server.json names a live engine whose port takes connections but answers nothing in time: the client
+    says the engine is busy; it never calls it "not a toon-ofx engine", and connect() starts no second one."""
+    (dirs_env / "config").mkdir(mode=0o700)
+    (dirs_env / "config" / "token").write_text("s" * 43)
+    silent = _Silent()
+    started = tmp_path / "second-engine-started"
+    python = tmp_path / "python"
+    python.write_text(f"#!/bin/sh\ntouch {started}\nexit 1\n")
+    python.chmod(0o755)
+    try:
+        (dirs_env / "config" / "server.json").write_text(json.dumps({"url": silent.url, "pid": os.getpid()}))
+        for attempt in (lambda: EngineClient(timeout=0.5).health(),
+                        lambda: EngineClient.connect(python=str(python), wait=1.5, timeout=0.5)):
+            with pytest.raises(EngineBusy) as err:
+                attempt()
+            assert "busy" in str(err.value) and "not a toon-ofx engine" not in str(err.value)
+            assert not isinstance(err.value, EngineUnavailable)
+        assert not started.exists()
+    finally:
+        silent.close()

@@ -227,3 +227,37 @@ def test_one_renderer_serves_live_encoder_previews_and_refined_renders(enc_param
     assert live.pipeline(enc_params).perceptual is None  # encoder-only needs no LPIPS
     pipe = live.pipeline(refined)
     assert pipe.perceptual is not None and pipe.encoder is live.pipeline(enc_params).encoder
+
+
+class _Payload:
+    """Pickles as a call to os.system: a loader that ran code from the file would create `marker`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("damage", ["carries code", "truncated"])
+def test_a_refused_model_file_is_reported_with_its_reason(tmp_path, astronaut_clip, tiny_params, damage):
+    """`--model hostile.pt --inversion encoder`: the model file's own problem is the message (issue 22 item 8),
+    never "the face encoder ... is not installed"."""
+    from toon_ofx.cli import main
+
+    marker, model = tmp_path / "ran", tmp_path / "hostile.pt"
+    if damage == "carries code":
+        torch.save({"g_ema": {"w": torch.zeros(2)}, "hook": _Payload(marker)}, model)
+        words = "could run code"
+    else:
+        torch.save({"g_ema": {"w": torch.zeros(4096)}}, model)
+        model.write_bytes(model.read_bytes()[:-700])
+        words = "truncated or corrupt"
+    err = io.StringIO()
+    with redirect_stderr(err):
+        code = main(["render", str(astronaut_clip), "-o", str(tmp_path / "out"), "--frames", "0-0", "--quiet",
+                     "--model", str(model), "--base-model", tiny_params["base_model"], "--inversion", "encoder",
+                     "--device", "cpu"])
+    assert code == 2 and words in err.getvalue() and "hostile.pt" in err.getvalue(), err.getvalue()
+    assert "not installed" not in err.getvalue() and not marker.exists()

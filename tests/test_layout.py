@@ -28,6 +28,7 @@ ALLOWED = {
 LARGE = {
     "engine/generator/stylegan2.py": "Deliberately one file",
     "toon_ofx/core/model_store.py": "One module over the usual size",
+    "toon_ofx/client.py": "One file on purpose",
 }
 SIZE_LIMIT = 500
 

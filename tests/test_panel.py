@@ -19,6 +19,7 @@ QtWidgets = pytest.importorskip("PySide6.QtWidgets")
 from PySide6.QtCore import Qt  # noqa: E402
 
 from toon_ofx.core import params as schema  # noqa: E402
+from toon_ofx.client import EngineError  # noqa: E402
 from toon_ofx.core.errors import UserError  # noqa: E402
 from toon_ofx.panel.backends import EngineBackend, InProcessBackend, Preview  # noqa: E402
 from toon_ofx.panel.param_form import model_choices  # noqa: E402
@@ -65,7 +66,7 @@ class FakeBackend:
         self.lock = threading.Lock()
         self.threads = set()
 
-    def preview(self, source, frame, params):
+    def preview(self, source, frame, params, progress=None, cancel=None):
         self.threads.add(threading.current_thread().name)
         schema.validate(params)
         time.sleep(self.preview_delay)
@@ -264,6 +265,33 @@ def test_swap_choices_stop_at_a_checkpoint_files_resolution(app, tiny_model_path
         w.close()
 
 
+def test_swap_choices_wait_for_the_models_resolution_and_a_pick_that_does_not_fit_is_said(app, tiny_model_paths,
+                                                                                       monkeypatch):
+    """Issue 22 item 7: while a browsed checkpoint's resolution is being read, the swap list holds only the
+    user's pick, disabled, and says so; once known, a pick above the model's size shows the largest that fits
+    and the form says it was changed; the pick itself is kept for a model it fits."""
+    from toon_ofx.panel import param_form
+
+    release, real = threading.Event(), param_form.checkpoint_size
+    monkeypatch.setattr(param_form, "checkpoint_size", lambda path: (release.wait(30), real(path))[1])
+    w = ToonPanel(FakeBackend(), models=[{"name": "toonify", "size": 1024, "kind": "toon"}])
+    form = w.form
+    offered = lambda: [form.swap_combo.itemData(i) for i in range(form.swap_combo.count())]  # noqa: E731
+    try:
+        w.set_params({"model": str(tiny_model_paths["toon"]), "swap_res": 64})
+        app.processEvents()
+        assert offered() == [64] and not form.swap_combo.isEnabled()
+        assert form.swap_note.isVisibleTo(w) and "reading" in form.swap_note.text().lower()
+        release.set()
+        assert wait_until(app, lambda: offered() == [4, 8, 16, 32])
+        assert form.swap_combo.isEnabled() and w.params()["swap_res"] == 32
+        assert "64 × 64" in form.swap_note.text() and "32" in form.swap_note.text() and form.swap_note.isVisibleTo(w)
+        form.model_combo.setCurrentIndex(form.model_combo.findData("toonify"))
+        assert w.params()["swap_res"] == 64 and not form.swap_note.isVisibleTo(w)
+    finally:
+        w.close()
+
+
 # ----------------------------------------------------------------- preview
 def test_preview_shows_original_and_stylised_side_by_side(app, movie):
     backend = FakeBackend()
@@ -294,7 +322,7 @@ def test_preview_accepts_png_bytes_from_the_engine_and_reports_errors(app, movie
     ok, png = cv2.imencode(".png", face_image())
 
     class PngBackend(FakeBackend):
-        def preview(self, source, frame, params):
+        def preview(self, source, frame, params, progress=None, cancel=None):
             if frame == 3:
                 raise UserError("frame 3 is outside the clip")
             return Preview(png.tobytes(), png.tobytes(), [{"box": [0, 0, 1, 1]}] and 2, frame)
@@ -309,6 +337,76 @@ def test_preview_accepts_png_bytes_from_the_engine_and_reports_errors(app, movie
         w.preview()
         assert wait_until(app, lambda: "Preview failed" in w.status.text())
         assert "outside the clip" in w.status.text()
+    finally:
+        w.close()
+
+
+class SteppedBackend(FakeBackend):
+    """A preview of `steps` projection steps that reports each one (with an ETA) and stops at the first step
+    after its cancel event is set, as the engine's does."""
+
+    def __init__(self, steps=3000):
+        super().__init__()
+        self.steps, self.stopped_at = steps, None
+
+    def preview(self, source, frame, params, progress=None, cancel=None):
+        for step in range(1, self.steps + 1):
+            if cancel is not None and cancel.is_set():
+                self.stopped_at = step
+                raise EngineError("the preview was cancelled", status=409)
+            time.sleep(0.005)
+            if progress is not None:
+                progress({"stage": "projecting", "step": step, "steps": self.steps,
+                          "eta_seconds": (self.steps - step) * 0.005})
+        return super().preview(source, frame, params)
+
+
+def test_preview_shows_progress_and_an_eta_and_cancel_stops_it(app, movie):
+    """Issue 22 item 7: a preview shows its projection step and ETA, and Cancel stops it (the backend stops at
+    the next projection step); the toon view then shows no stale image."""
+    backend = SteppedBackend()
+    w = ToonPanel(backend, source=str(movie), models=[])
+    w.show()
+    try:
+        pane = w.viewer
+        assert not pane.preview_cancel.isEnabled() and not pane.preview_progress.isVisible()
+        pane.preview_button.click()
+        assert wait_until(app, lambda: pane.preview_progress.value() > 10 and "ETA" in pane.preview_progress.format())
+        assert pane.preview_progress.isVisible() and pane.preview_progress.maximum() == backend.steps
+        assert pane.preview_cancel.isEnabled() and not pane.preview_button.isEnabled()
+        pane.preview_cancel.click()
+        assert wait_until(app, lambda: pane.preview_button.isEnabled())
+        assert backend.stopped_at is not None and backend.stopped_at < backend.steps
+        assert "cancelled" in w.status.text().lower()
+        assert not pane.preview_cancel.isEnabled() and not pane.preview_progress.isVisible()
+        assert pane.stylised_view.image is None and pane.last_preview is None
+        backend.steps = 5                                     # and the next preview runs to the end
+        pane.preview_button.click()
+        assert wait_until(app, lambda: pane.last_preview is not None)
+    finally:
+        w.close()
+
+
+def test_a_failed_preview_clears_the_previous_toon_image(app, movie):
+    class FailingBackend(FakeBackend):
+        fail = False
+
+        def preview(self, source, frame, params, progress=None, cancel=None):
+            if self.fail:
+                raise UserError("no face encoder installed")
+            return super().preview(source, frame, params)
+
+    backend = FailingBackend()
+    w = ToonPanel(backend, source=str(movie), models=[])
+    try:
+        w.preview()
+        assert wait_until(app, lambda: w.viewer.last_preview is not None)
+        assert w.viewer.stylised_view.image is not None
+        backend.fail = True
+        w.preview()
+        assert wait_until(app, lambda: "Preview failed" in w.status.text())
+        assert w.viewer.stylised_view.image is None and w.viewer.last_preview is None
+        assert "failed" in w.viewer.stylised_view.text().lower()
     finally:
         w.close()
 
@@ -570,7 +668,7 @@ def test_real_camera_source_without_a_camera():
 class PortraitBackend(FakeBackend):
     """Previews a real portrait (the shared astronaut photo) with a posterised stand-in for the toon."""
 
-    def preview(self, source, frame, params):
+    def preview(self, source, frame, params, progress=None, cancel=None):
         import cv2
 
         photo = REPO.parent / "shared" / "fixtures" / "astronaut.png"
@@ -708,7 +806,7 @@ def test_in_process_backend_runs_render_in_a_thread_and_cancels(tmp_path):
         RenderRequest = staticmethod(lambda **kw: SimpleNamespace(**kw))
 
         @staticmethod
-        def preview(source, frame, params):
+        def preview(source, frame, params, cancel=None, progress=None):
             return face_image(), face_image(), 1
 
         @staticmethod

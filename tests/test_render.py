@@ -246,3 +246,30 @@ def test_progress_names_each_model_loaded_and_each_projection_step(tmp_path, ast
     json.dumps(projecting[0].to_dict())     # the JSON form carries the new fields
     assert set(projecting[0].to_dict()) == {"stage", "frames_done", "frames_total", "faces", "eta_seconds",
                                             "model", "step", "steps", "notice"}
+
+
+def test_preview_reports_loading_and_projection_steps_with_an_eta_and_stops_on_cancel(astronaut_clip, tiny_params):
+    """toon_ofx.core.render.preview with `progress` (issue 22 item 7): "loading", then "projecting" steps with
+    an ETA from the step rate; a cancel stops it at the next projection step."""
+    import threading
+
+    from toon_ofx.core.errors import Cancelled
+    from toon_ofx.core.render import preview
+
+    events, cancel = [], threading.Event()
+
+    def progress(event):
+        events.append(event)
+        if event.stage == "projecting" and event.step >= 3:
+            cancel.set()
+
+    params = dict(tiny_params, inversion="projection", steps=40)
+    with pytest.raises(Cancelled):
+        preview(astronaut_clip, 3, params, cancel=cancel, progress=progress)
+    assert events[0].stage == "loading"
+    steps = [e for e in events if e.stage == "projecting"]
+    assert steps[0].step == 1 and steps[0].steps == 40 and 3 <= steps[-1].step < 40
+    assert steps[-2].step < 3   # nothing after the step that asked to cancel
+    assert all(e.eta_seconds > 0 for e in steps[1:])
+    original, stylised, faces = preview(astronaut_clip, 3, dict(params, steps=2), progress=events.append)
+    assert faces == 1 and events[-1].stage == "projecting" and events[-1].step == 2

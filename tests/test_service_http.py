@@ -189,7 +189,7 @@ def test_too_many_connections_get_a_503(tmp_path):
 def test_challenge_needs_no_token_but_passes_the_browser_guards(engine):
     nonce = "ab" * 16
     status, answer = call(engine.url, "/v1/challenge", "POST", {"nonce": nonce})
-    assert status == 200 and answer["proof"] == proof(engine.token, nonce, engine.port)
+    assert status == 200 and answer["proof"] == proof(engine.token, nonce, ("127.0.0.1", engine.port))
     assert call(engine.url, "/v1/challenge", "POST", {"nonce": "short"})[0] == 400
     assert call(engine.url, "/v1/challenge", "GET")[0] == 405
     assert call(engine.url, "/v1/challenge", "POST", {"nonce": nonce}, headers={"Origin": "http://x"})[0] == 403
@@ -229,3 +229,73 @@ def test_serve_allow_remote_prints_the_real_address_and_a_warning(tmp_path):
         [sys.executable, "-m", "toon_ofx", "serve", "--public-host", "x"], capture_output=True, text=True,
         timeout=60, env=dict(os.environ, TOON_OFX_CONFIG_DIR=str(tmp_path / "c"), TOON_OFX_DATA_DIR=str(tmp_path / "d")))
     assert bad.returncode == 2 and "--public-host needs --allow-remote" in bad.stderr
+
+
+# --------------------------------------------------------------------------- issue 22 item 2: slow checks
+
+@needs_clip
+def test_health_answers_while_every_source_probe_hangs(tmp_path, monkeypatch):
+    """More clients than request threads submit while every source probe hangs (a storage that stopped
+    answering): health and the job list still answer, a submission beyond the engine's check slots gets a
+    503 with Retry-After at once (no request thread waits on storage), and the client retries it, so every
+    submission is queued once the probes end."""
+    from toon_ofx.service import requests as checks
+
+    release, probing = threading.Event(), []
+    real_probe = checks.probe_source
+
+    def hanging_probe(path, field_name="source"):
+        probing.append(path)
+        release.wait(120)
+        return real_probe(path, field_name)
+
+    monkeypatch.setattr(checks, "probe_source", hanging_probe)
+    server = Server(config_dir=tmp_path / "config", data_dir=tmp_path / "data", render_fn=_hold,
+                    model_check=None, http_workers=4)
+    server.start()
+    jobs, errors = [], []
+
+    def submit(i):
+        try:
+            client = EngineClient(server.url, server.token, timeout=120)
+            jobs.append(client.submit(str(CLIP), output_folder=str(tmp_path / f"out{i}"))["id"])
+        except Exception as exc:  # noqa: BLE001 - collected
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(12)]
+    try:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while not probing and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert probing
+        watcher = EngineClient(server.url, server.token, timeout=10)
+        for _ in range(5):
+            assert watcher.health()["service"] == "toon-ofx"
+            assert watcher.jobs() == []
+        body = json.dumps({"source": str(CLIP), "output": {"folder": str(tmp_path / "raw")}}).encode()
+        status, answer, head = raw(server.port, request(server, "POST", "/v1/jobs", body))
+        assert status == 503 and b"\r\nRetry-After: " in head and "try again" in answer["error"]
+        assert len(set(probing)) == 1 and len(probing) <= 4
+    finally:
+        release.set()
+        for thread in threads:
+            thread.join(120)
+        server.shutdown()
+    assert not errors and len(set(jobs)) == 12
+
+
+# --------------------------------------------------------------------------- issue 22 item 5: ambiguous heads
+
+@pytest.mark.parametrize("twice", ["Host", "Content-Length"])
+def test_a_header_given_twice_is_a_400(engine, twice):
+    """Two Host headers (which one did the guard check?) or two Content-Lengths (where does the body end?)
+    are refused, whether the copies agree or not."""
+    body = b'{"nonce": "' + b"ab" * 16 + b'"}'
+    for copy in (f"Host: 127.0.0.1:{engine.port}", "Host: evil.example",
+                 f"Content-Length: {len(body)}", "Content-Length: 1"):
+        if not copy.startswith(twice):
+            continue
+        status, answer, _ = raw(engine.port, request(engine, "POST", "/v1/challenge", body, headers=[copy]))
+        assert status == 400 and twice in answer["error"], answer

@@ -149,7 +149,7 @@ class _SteppedPreview:
     def __init__(self, steps=2000):
         self.steps, self.started, self.stopped_at, self.finished = steps, threading.Event(), [], []
 
-    def __call__(self, source, frame, params, cancel=None):
+    def __call__(self, source, frame, params, cancel=None, on_step=None):
         import numpy as np
 
         self.started.set()
@@ -158,6 +158,8 @@ class _SteppedPreview:
                 self.stopped_at.append(step)
                 raise Cancelled("preview cancelled")
             time.sleep(0.01)
+            if on_step is not None:
+                on_step(step + 1)
         self.finished.append(frame)
         return np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4, 3), np.uint8), 1
 
@@ -431,3 +433,75 @@ def test_jobs_command_talks_to_the_running_engine(tmp_path):
         assert missing.returncode == 2 and "no job" in missing.stderr
     gone = cli("list")
     assert gone.returncode == 2 and "no toon-ofx engine is running" in gone.stderr
+
+
+@needs_clip
+def test_an_abandoned_preview_is_one_quiet_line_not_an_error(tmp_path, caplog):
+    """The answer to a preview whose client went away cannot be written (broken pipe): that is one INFO
+    line, never an ERROR with a traceback (issue 22 item 5)."""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="toon_ofx")
+    fake = _SteppedPreview()
+    with Server(config_dir=tmp_path / "config", data_dir=tmp_path / "data", preview_fn=fake,
+                model_check=None) as server:
+        for _ in range(3):
+            fake.started.clear()
+            sock = _raw_post(server.port, server.token, {"source": str(CLIP), "frame": 1})
+            assert fake.started.wait(30)
+            sock.close()
+            _wait_for(lambda: server._http.open_connections() == 0, 30, "the abandoned request's end")
+    loud = [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info]
+    assert not loud, [(r.levelname, r.getMessage()) for r in loud]
+    assert any("went away" in r.getMessage() or "abandoned" in r.getMessage() for r in caplog.records)
+
+
+class _ReportingPreview(_SteppedPreview):
+    """A stepped stand-in preview that reports each step as a "projecting" ProgressEvent with an ETA."""
+
+    def __call__(self, source, frame, params, cancel=None, progress=None):
+        from toon_ofx.core.progress import ProgressEvent
+
+        def step_hook(step):
+            if progress is not None:
+                progress(ProgressEvent("projecting", 0, 1, 0, (self.steps - step) * 0.01, step=step, steps=self.steps))
+
+        return super().__call__(source, frame, params, cancel=cancel, on_step=step_hook)
+
+
+@needs_clip
+def test_a_polled_preview_reports_progress_and_stops_on_cancel_or_when_nobody_polls(tmp_path):
+    """POST /v1/previews (issue 22 item 7): the client polls the preview's progress (projection step, ETA);
+    Cancel stops it at the next projection step; one nobody polls stops after its lease; a finished one
+    carries both images."""
+    fake = _ReportingPreview()
+    with Server(config_dir=tmp_path / "config", data_dir=tmp_path / "data", preview_fn=fake,
+                model_check=None) as server:
+        client = EngineClient(server.url, server.token)
+        seen, cancel = [], threading.Event()
+
+        def progress(state):
+            seen.append(state)
+            if state["step"] >= 5:
+                cancel.set()
+
+        with pytest.raises(EngineError) as err:
+            client.preview(str(CLIP), 1, progress=progress, cancel=cancel, poll=0.02, timeout=60)
+        assert err.value.status == 409 and "cancelled" in str(err.value)
+        assert seen[-1]["stage"] == "projecting" and seen[-1]["steps"] == fake.steps and seen[-1]["eta_seconds"] > 0
+        assert len(fake.stopped_at) == 1 and not fake.finished
+
+        server.previews.lease = 0.3
+        status, started = call(server.url, "/v1/previews", "POST", {"source": str(CLIP), "frame": 2},
+                               token=server.token)
+        assert status == 202 and started["state"] == "running" and started["result"] is None
+        _wait_for(lambda: len(fake.stopped_at) == 2, 30, "the unpolled preview's stop")
+        _wait_for(lambda: call(server.url, f"/v1/previews/{started['id']}", token=server.token)[1]["state"]
+                  == "cancelled", 10, "its end")
+        state = call(server.url, f"/v1/previews/{started['id']}", token=server.token)[1]
+        assert "nobody asked" in state["error"] and not fake.finished
+        assert call(server.url, "/v1/previews/nope", token=server.token)[0] == 404
+
+        fake.steps = 3
+        answer = client.preview(str(CLIP), 4, timeout=60, poll=0.02)
+        assert answer["frame"] == 4 and answer["stylised_png"].startswith(b"\x89PNG") and fake.finished == [4]

@@ -313,3 +313,121 @@ def test_a_cancel_interrupted_by_a_crash_ends_cancelled_without_its_partial_movi
     assert store.get(job["id"])["state"] == "cancelled" and not partial.exists()
     queue.stop()
     store.close()
+
+
+# --------------------------------------------------------------------------- issue 22 item 4: model files
+
+@needs_clip
+def test_a_model_file_that_is_not_a_checkpoint_is_a_422_naming_its_field(tmp_path, tiny_model_paths):
+    """params.model / base_model / encoder naming a file that is no checkpoint (a text file, a zip that is not
+    a torch file, an empty file, a folder, a pipe) is refused at submit, for jobs and previews alike; any
+    torch file passes (a VToonify style is a torch zip with `g_ema`, not a StyleGAN2 generator)."""
+    import torch
+    import zipfile
+
+    server = Server(config_dir=tmp_path / "config", data_dir=tmp_path / "data", render_fn=fake_render).start()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    with zipfile.ZipFile(bad / "archive.pt", "w") as zf:
+        zf.writestr("notes.txt", "not a checkpoint")
+    (bad / "empty.pt").write_bytes(b"")
+    (bad / "folder.pt").mkdir()
+    os.mkfifo(bad / "pipe.pt")
+    not_checkpoints = {"/etc/passwd": "not a model checkpoint", str(bad / "archive.pt"): "not a model checkpoint",
+                       str(bad / "empty.pt"): "empty", str(bad / "folder.pt"): "folder",
+                       str(bad / "pipe.pt"): "not a regular file"}
+    base, toon = str(tiny_model_paths["base"]), str(tiny_model_paths["toon"])
+    try:
+        for name in ("model", "base_model", "encoder"):
+            for path, words in not_checkpoints.items():
+                for endpoint, body in (("/v1/jobs", {"source": str(CLIP), "output": {"folder": str(tmp_path / "o")}}),
+                                       ("/v1/preview", {"source": str(CLIP)})):
+                    body["params"] = dict({"model": toon, "base_model": base}, **{name: path})
+                    status, answer = call(server.url, endpoint, "POST", body, token=server.token, timeout=30)
+                    assert (status, answer["field"]) == (422, f"params.{name}"), (name, path, answer)
+                    assert words in answer["error"] and os.path.basename(path) in answer["error"], answer
+        style = tmp_path / "vtoonify_style.pt"
+        torch.save({"g_ema": {"weight": torch.zeros(2)}}, style)
+        status, answer = call(server.url, "/v1/jobs", "POST",
+                              {"source": str(CLIP), "frames": [0, 1], "output": {"folder": str(tmp_path / "o")},
+                               "params": {"model": str(style), "base_model": base, "inversion": "projection"}},
+                              token=server.token, timeout=30)
+        assert status == 201, answer
+    finally:
+        server.shutdown()
+
+
+# --------------------------------------------------------------------------- issue 22 item 5: files and folders
+
+@posix_only
+@needs_clip
+def test_the_job_database_and_its_journal_are_private(tmp_path):
+    """jobs.sqlite3, -wal and -shm are 0600 whatever the umask, and an older 0644 database is closed at start."""
+    old = os.umask(0o022)
+    try:
+        server = _server(tmp_path)
+        try:
+            EngineClient(server.url, server.token).submit(str(CLIP), frames=(0, 1),
+                                                          output_folder=str(tmp_path / "o"))
+            files = [tmp_path / "data" / f"jobs.sqlite3{suffix}" for suffix in ("", "-wal", "-shm")]
+            assert all(f.exists() for f in files)
+            assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {f.name: "0o600" for f in files}
+        finally:
+            server.shutdown()
+        for f in (tmp_path / "data").glob("jobs.sqlite3*"):
+            os.chmod(f, 0o644)
+        server = _server(tmp_path)
+        try:
+            for f in (tmp_path / "data").glob("jobs.sqlite3*"):
+                assert f.stat().st_mode & 0o777 == 0o600, f
+        finally:
+            server.shutdown()
+    finally:
+        os.umask(old)
+
+
+SECRET_FOLDERS = [".ssh", ".gnupg", ".config/autostart", ".aws", ".kube", ".docker", ".password-store",
+                  ".local/share/keyrings"]
+
+
+@posix_only
+@needs_clip
+def test_output_folders_inside_the_users_secret_folders_are_refused(tmp_path, monkeypatch):
+    """The engine user's own key, credential and configuration folders are no place for renders (an output
+    there could plant files such as an autostart entry): 422 naming output.folder, also through a symlink,
+    and nothing is created."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    server = _server(tmp_path)
+    try:
+        (tmp_path / "innocent").symlink_to(home / ".ssh")
+        for folder in [home / name / "renders" for name in SECRET_FOLDERS] + [tmp_path / "innocent" / "r"]:
+            status, answer = call(server.url, "/v1/jobs", "POST",
+                                  {"source": str(CLIP), "output": {"folder": str(folder)}}, token=server.token)
+            assert (status, answer["field"]) == (422, "output.folder") and "private" in answer["error"], answer
+        assert sorted(p.name for p in home.iterdir()) == []
+        status, answer = call(server.url, "/v1/jobs", "POST",
+                              {"source": str(CLIP), "frames": [0, 0], "output": {"folder": str(home / "renders")}},
+                              token=server.token)
+        assert status == 201, answer
+    finally:
+        server.shutdown()
+
+
+@posix_only
+@needs_clip
+def test_created_output_folders_follow_the_umask(tmp_path):
+    """Output folders are made with the engine user's umask, as any program of theirs would make them."""
+    server = _server(tmp_path)
+    old = os.umask(0o022)
+    try:
+        client = EngineClient(server.url, server.token)
+        for umask, mode in ((0o022, 0o755), (0o077, 0o700)):
+            os.umask(umask)
+            folder = tmp_path / f"out{umask:o}" / "shot"
+            client.submit(str(CLIP), frames=(0, 0), output_folder=str(folder))
+            assert folder.stat().st_mode & 0o777 == mode and folder.parent.stat().st_mode & 0o777 == mode
+    finally:
+        os.umask(old)
+        server.shutdown()

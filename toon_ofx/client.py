@@ -1,6 +1,6 @@
 """Talk to the local toon-ofx engine process over HTTP+JSON.
 
-Standard library only (urllib, json), Python 3.9+: this runs inside DaVinci Resolve's and
+Standard library only (http.client, json), Python 3.9+: this runs inside DaVinci Resolve's and
 Blender's own Python, which have no numpy or torch. It imports nothing from toon_ofx except
 the stdlib-only `dirs` module, and works when copied alone next to an add-on's code (then an
 inline copy of the folder lookup is used).
@@ -15,7 +15,12 @@ inline copy of the folder lookup is used).
 The server writes `<user_config_dir>/server.json` ({"url", "pid", "version"}) and keeps its
 access token in `<user_config_dir>/token`; `EngineClient()` reads both. The token goes only to a
 loopback URL (unless `allow_remote=True`) and only after the server has proved it holds the same
-token (an HMAC of a fresh nonce and the port), so a stale server.json cannot hand it to an impostor.
+token (an HMAC of a fresh nonce and the address the client reached: host and port), so neither a
+stale server.json nor an impostor relaying the challenge from another address gets it; later
+requests go to that same verified address. An engine that is slow or busy (503 + Retry-After is
+asked again) is never mistaken for no engine (`EngineBusy`).
+
+One file on purpose, a little over the size limit: the hosts vendor it alone.
 
 `with` (or `hello()`/`goodbye()`) opens a session: an engine started on demand stays up while a
 session is open (leases are renewed by every request) and stops when the last one says goodbye.
@@ -29,12 +34,12 @@ import http.client
 import ipaddress
 import json
 import os
+import random
 import secrets
+import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence
 from urllib.parse import quote, urlsplit
 
@@ -43,8 +48,8 @@ try:  # inside the toon_ofx package
 except ImportError:  # vendored as a single file: see _fallback_dir below
     _dirs = None
 
-__all__ = ["EngineClient", "EngineError", "EngineUnavailable", "config_dir", "data_dir", "TERMINAL_STATES", "proof",
-           "is_loopback_url", "looks_like_model_path"]
+__all__ = ["EngineClient", "EngineError", "EngineUnavailable", "EngineBusy", "config_dir", "data_dir", "TERMINAL_STATES",
+           "proof", "is_loopback_url", "looks_like_model_path"]
 
 APPNAME = "toon-ofx"
 TOKEN_FILE = "token"
@@ -52,7 +57,7 @@ INFO_FILE = "server.json"
 TERMINAL_STATES = ("done", "failed", "cancelled")
 EXIT_ALREADY_RUNNING = 3
 SESSION_HEADER = "X-Toon-Session"
-PROOF_CONTEXT = "toon-ofx proof v1"
+PROOF_CONTEXT = "toon-ofx proof v2"
 DEFAULT_IDLE_TIMEOUT = 600.0   # seconds an engine started on demand stays up with no session and no work
 
 
@@ -69,6 +74,10 @@ class EngineError(Exception):
 
 class EngineUnavailable(EngineError):
     """No engine could be reached or started."""
+
+
+class EngineBusy(EngineError):
+    """An engine answers the connection but not in time (or asked to be asked later): it runs, it is busy."""
 
 
 # --------------------------------------------------------------------------- folders
@@ -134,10 +143,21 @@ def _read_token(folder: str) -> Optional[str]:
 
 # --------------------------------------------------------------------------- the client
 
-def proof(token: str, nonce: str, port: int) -> str:
-    """What the engine answers to a challenge: HMAC-SHA256 of the nonce and its port under the token."""
-    message = f"{PROOF_CONTEXT}|{nonce}|{int(port)}".encode("utf-8")
+def proof(token: str, nonce: str, address: Sequence[Any]) -> str:
+    """What the engine answers to a challenge: HMAC-SHA256 under the token of the nonce and the address
+    (host, port) the connection reached — the engine's socket name, the client's peer name."""
+    message = f"{PROOF_CONTEXT}|{nonce}|{_canonical_host(str(address[0]))}|{int(address[1])}".encode("utf-8")
     return hmac.new(token.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def _canonical_host(host: str) -> str:
+    """One spelling of an address: IPv4-mapped IPv6 as IPv4, IPv6 compressed without its zone."""
+    try:
+        ip = ipaddress.ip_address(host.split("%")[0].strip("[]"))
+    except ValueError:
+        return host.lower()
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return str(mapped or ip)
 
 
 def is_loopback_url(url: str) -> bool:
@@ -183,9 +203,7 @@ class EngineClient:
         self.token = token
         self.timeout = timeout
         self.session: Optional[str] = None
-        self._verified = False
-        # never through an HTTP proxy: the engine is on this machine
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self._address: Optional[tuple] = None   # (host, port) the engine proved itself at; requests go there
 
     def __repr__(self) -> str:
         return f"EngineClient({self.url!r})"
@@ -201,65 +219,47 @@ class EngineClient:
     # -- transport
     def _request(self, method: str, path: str, body: Any = None, timeout: Optional[float] = None,
                  auth: bool = True) -> Any:
-        if auth and not self._verified:
+        """The JSON answer; a 503/429 with Retry-After is asked again until `timeout` (default: the client's)."""
+        if auth and self._address is None:
             self.verify()
-        data = None
         headers = {"Accept": "application/json"}
         if auth:
             headers["Authorization"] = f"Bearer {self.token}"
             if self.session:
                 headers[SESSION_HEADER] = self.session
+        data = None
         if body is not None:
             data = json.dumps(body).encode("utf-8")
             headers["Content-Type"] = "application/json"
-        request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
-        try:
-            with self._opener.open(request, timeout=self.timeout if timeout is None else timeout) as response:
-                payload = response.read()
-        except urllib.error.HTTPError as exc:
-            raw = exc.read()
-            try:
-                err = json.loads(raw.decode("utf-8"))
-                message, field = err.get("error") or str(exc), err.get("field")
-            except (ValueError, AttributeError, UnicodeDecodeError):
-                message, field = f"HTTP {exc.code}: {exc.reason}", None
-            raise EngineError(message, status=exc.code, field=field) from None
-        except urllib.error.URLError as exc:
-            reason = exc.reason
-            if isinstance(reason, (TimeoutError, OSError)) and "timed out" in str(reason):
-                raise EngineError(f"the engine at {self.url} did not answer in time") from None
-            raise EngineUnavailable(f"cannot reach the engine at {self.url}: {reason}") from None
-        except http.client.HTTPException as exc:  # not an HTTP answer at all
-            raise EngineUnavailable(f"{self.url} did not answer like the engine: {exc!r}") from None
-        except (TimeoutError, OSError) as exc:  # socket.timeout, connection reset
-            if "timed out" in str(exc):
-                raise EngineError(f"the engine at {self.url} did not answer in time") from None
-            raise EngineUnavailable(f"cannot reach the engine at {self.url}: {exc}") from None
-        try:
-            return json.loads(payload.decode("utf-8")) if payload else None
-        except (ValueError, UnicodeDecodeError):
-            raise EngineError(f"the engine at {self.url} sent a reply that is not JSON") from None
+        status, busy, payload, _ = _exchange_patiently(self.url, self._address, method, path, data, headers,
+                                                       self.timeout if timeout is None else timeout)
+        return _answer(self.url, status, payload, busy)
 
     def verify(self) -> None:
-        """Before the first request: the server proves it holds our token (HMAC of a nonce and its port).
-
-        EngineError 401 when it cannot: another program on a stale port, or another config folder."""
+        """Before the first request: the server proves it holds our token (an HMAC of a nonce and the address
+        this client reached, so a proof relayed from another address fails); later requests go to that
+        address. EngineError 401 when it cannot: another program on a stale port, an impostor relaying the
+        challenge, or another config folder. EngineBusy when the engine is too busy to answer."""
         nonce = secrets.token_hex(16)
+        body = json.dumps({"nonce": nonce}).encode("utf-8")
+        headers = {"Accept": "application/json", "Content-Type": "application/json"}
+        status, busy, payload, peer = _exchange_patiently(self.url, None, "POST", "/v1/challenge", body, headers,
+                                                          self.timeout)
         try:
-            answer = self._request("POST", "/v1/challenge", {"nonce": nonce}, auth=False)
+            answer = _answer(self.url, status, payload, busy)
         except EngineError as exc:
-            if isinstance(exc, EngineUnavailable):
+            if isinstance(exc, EngineBusy) or status >= 500:   # an engine, in no state to answer now
                 raise
             raise EngineUnavailable(f"{self.url} is not a toon-ofx engine this client can talk to "
                                     f"(challenge refused: {exc.message})") from None
-        port = urlsplit(self.url).port or 80
         given = answer.get("proof") if isinstance(answer, dict) else None
-        if not isinstance(given, str) or not hmac.compare_digest(given, proof(self.token, nonce, port)):
+        if not isinstance(given, str) or not hmac.compare_digest(given, proof(self.token, nonce, peer)):
             raise EngineError(f"the engine at {self.url} could not prove it holds the token in "
                               f"{os.path.join(self.config_dir, TOKEN_FILE)}, so the token was not sent: either "
-                              "another program listens on that port, or the engine was started with another "
-                              "config folder (TOON_OFX_CONFIG_DIR)", status=401)
-        self._verified = True
+                              "another program listens on that address, or the engine was started with another "
+                              "config folder (TOON_OFX_CONFIG_DIR), or it is a toon-ofx older than this client",
+                              status=401)
+        self._address = (peer[0], peer[1])
 
     # -- API
     def health(self) -> Dict[str, Any]:
@@ -329,16 +329,43 @@ class EngineClient:
             time.sleep(poll)
 
     def preview(self, source: str, frame: int = 0, params: Optional[Mapping[str, Any]] = None,
-                timeout: float = 900) -> Dict[str, Any]:
+                timeout: float = 900, progress: Optional[Callable[[Dict[str, Any]], Any]] = None,
+                cancel: Any = None, poll: float = 0.25) -> Dict[str, Any]:
         """One stylised frame: {"frame", "faces", "original_png": bytes, "stylised_png": bytes}.
 
-        A newer preview (from any client) replaces this one, which then raises EngineError 409."""
-        answer = self._request("POST", "/v1/preview",
-                               {"source": _absolute(source), "frame": frame, "params": _absolute_models(params)},
-                               timeout=timeout)
+        With `progress` or `cancel` the engine computes it while this polls every `poll` s:
+        `progress(progress_dict)` after every poll ("loading" with "model", "projecting" with "step", "steps"
+        and "eta_seconds"); setting `cancel` (a threading.Event) stops it within one projection step
+        (EngineError 409). Without them it is one request (the quickest, e.g. live frames). Either way a
+        newer preview (from any client) replaces this one, which then raises EngineError 409."""
+        body = {"source": _absolute(source), "frame": frame, "params": _absolute_models(params)}
+        if progress is None and cancel is None:
+            answer = self._request("POST", "/v1/preview", body, timeout=timeout)
+        else:
+            answer = self._polled_preview(body, timeout, progress, cancel, poll)
         for key in ("original_png", "stylised_png"):
             answer[key] = base64.b64decode(answer[key])
         return answer
+
+    def _polled_preview(self, body: Dict[str, Any], timeout: float, progress, cancel, poll: float) -> Dict[str, Any]:
+        state = self._request("POST", "/v1/previews", body, timeout=max(self.timeout, 120))
+        where = f"/v1/previews/{_quote(state['id'])}"
+        deadline = time.monotonic() + timeout
+        while state["state"] == "running":
+            if progress is not None:
+                progress(state["progress"])
+            if cancel is not None and cancel.is_set():
+                state = self._request("POST", where + "/cancel", {})
+            elif time.monotonic() > deadline:
+                self._request("POST", where + "/cancel", {})
+                raise EngineError(f"the preview did not finish within {timeout:g} s; it was stopped")
+            else:
+                time.sleep(poll)
+                state = self._request("GET", where)
+        if state["state"] != "done":
+            raise EngineError(state.get("error") or f"the preview {state['state']}", status=state.get("error_status"),
+                              field=state.get("field"))
+        return dict(state["result"])
 
     def hello(self, lease: float = 120, name: str = "") -> str:
         """Open a session: an engine started on demand stays up while one is open. Returns its id.
@@ -377,7 +404,8 @@ class EngineClient:
         engine started here stops after `idle_timeout` seconds with no work and no open session
         (None: never), or when the last session says goodbye.
         """
-        existing = cls._running(timeout)
+        deadline = time.monotonic() + wait
+        existing = cls._running(timeout, deadline)
         if existing is not None:
             return existing
         if not start:
@@ -390,10 +418,12 @@ class EngineClient:
         if idle_timeout:
             command += ["--idle-timeout", f"{float(idle_timeout):g}"]
         process = _start_detached(command + list(server_args), env, log_path)
-        deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             code = process.poll()
-            client = cls._running(timeout)
+            try:
+                client = cls._running(timeout)
+            except EngineBusy:   # it runs: not ready yet
+                client = None
             if client is not None:
                 return client
             if code is not None and code != EXIT_ALREADY_RUNNING:
@@ -404,17 +434,79 @@ class EngineClient:
                                 f"{_tail(log_path)}")
 
     @classmethod
-    def _running(cls, timeout: float) -> Optional["EngineClient"]:
-        """A client for the engine named in server.json, if it proves it holds our token and answers."""
-        try:
-            client = cls(timeout=min(timeout, 5))
-            client.health()
-        except EngineError as exc:
-            if exc.status == 401:  # something answers there, but not with the token in our config folder
-                raise
-            return None
-        client.timeout = timeout
-        return client
+    def _running(cls, timeout: float, deadline: Optional[float] = None) -> Optional["EngineClient"]:
+        """A client for the engine named in server.json, if it proves it holds our token and answers; None when
+        no engine runs there. A busy one (slow, or 503 + Retry-After) is asked again until `deadline`, then
+        EngineBusy: a slow engine is never taken for no engine."""
+        while True:
+            try:
+                client = cls(timeout=min(timeout, 5))
+                client.health()
+            except EngineBusy as exc:
+                if deadline is None or time.monotonic() >= deadline:
+                    raise EngineBusy(f"{exc.message} (it runs; try again shortly)", status=exc.status) from None
+                time.sleep(0.2)
+                continue
+            except EngineError as exc:
+                if exc.status == 401:  # something answers there, but not with the token in our config folder
+                    raise
+                return None
+            client.timeout = timeout
+            return client
+
+
+def _exchange(url: str, address: Optional[tuple], method: str, path: str, data: Optional[bytes],
+              headers: Dict[str, str], timeout: float):
+    """One HTTP exchange with the engine at `url` (at `address` once verified): (status, Retry-After seconds or
+    None, body, peer address). Never through a proxy: the engine is on this machine."""
+    parts = urlsplit(url)
+    host, port = address or (parts.hostname, parts.port or 80)
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request(method, path, body=data, headers=headers)
+        peer = connection.sock.getpeername()
+        response = connection.getresponse()
+        payload = response.read()
+        retry = response.getheader("Retry-After")
+        return response.status, int(retry) if retry and retry.isdigit() else None, payload, peer
+    except socket.timeout:
+        raise EngineBusy(f"the engine at {url} is busy: it did not answer within {timeout:g} s") from None
+    except http.client.HTTPException as exc:  # not an HTTP answer at all
+        raise EngineUnavailable(f"{url} did not answer like the engine: {exc!r}") from None
+    except OSError as exc:  # refused, reset, unreachable
+        raise EngineUnavailable(f"cannot reach the engine at {url}: {exc}") from None
+    finally:
+        connection.close()
+
+
+def _exchange_patiently(url: str, address: Optional[tuple], method: str, path: str, data: Optional[bytes],
+                        headers: Dict[str, str], timeout: float):
+    """`_exchange`, asked again while the engine answers 503/429 with Retry-After and `timeout` s are not over:
+    (status, whether the engine was still busy, body, peer address)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, retry_after, payload, peer = _exchange(url, address, method, path, data, headers,
+                                                       max(0.1, deadline - time.monotonic()))
+        busy = status in (429, 503) and retry_after is not None
+        left = deadline - time.monotonic()
+        if not busy or left <= 0:
+            return status, busy, payload, peer
+        time.sleep(min(left, retry_after * random.uniform(1.0, 1.5)))   # spread a crowd's retries
+
+
+def _answer(url: str, status: int, payload: bytes, busy: bool = False) -> Any:
+    """The JSON of an answer; EngineError (EngineBusy when `busy`) for an error status."""
+    try:
+        answer = json.loads(payload.decode("utf-8")) if payload else None
+    except (ValueError, UnicodeDecodeError):
+        if status >= 400:
+            raise EngineError(f"HTTP {status} from {url}", status=status) from None
+        raise EngineError(f"the engine at {url} sent a reply that is not JSON") from None
+    if status >= 400:
+        error = answer if isinstance(answer, dict) else {}
+        kind = EngineBusy if busy else EngineError
+        raise kind(str(error.get("error") or f"HTTP {status}"), status=status, field=error.get("field"))
+    return answer
 
 
 def _start_detached(command: List[str], env: Optional[Mapping[str, str]], log_path: str) -> subprocess.Popen:
@@ -466,9 +558,9 @@ def _absolute(path: str) -> str:
 
 
 def _absolute_models(params: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
-    """`params` with model/base_model made absolute when they are file paths (not manifest names)."""
+    """`params` with model/base_model/encoder made absolute when they are file paths (not manifest names)."""
     out = dict(params or {})
-    for key in ("model", "base_model"):
+    for key in ("model", "base_model", "encoder"):
         value = out.get(key)
         if isinstance(value, (str, os.PathLike)) and looks_like_model_path(os.fspath(value)):
             out[key] = _absolute(value)

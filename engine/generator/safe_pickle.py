@@ -57,6 +57,11 @@ class CheckpointError(ValueError):
     """A checkpoint could not be used; the message says why, in one sentence."""
 
 
+class OtherKind(CheckpointError):
+    """A file that reads fine but is not the kind of checkpoint asked for (e.g. a generator read as an
+    encoder): a caller probing kinds moves on, where other CheckpointErrors (refused, corrupt) are final."""
+
+
 # ------------------------------------------------------------------ file kinds
 
 

@@ -127,6 +127,19 @@ def new_color_strip(collection, name: str, channel: int, start: int, length: int
                                  frame_end=start + length)
 
 
+def new_speed_strip(collection, name: str, channel: int, source, start: int, length: int):
+    """A Speed Control strip playing `source` over timeline frames [start, start + length).
+
+    The harness's own strip-API difference: 5.0 takes ``input1`` and ``length``, 4.2 ``seq1`` and an
+    exclusive ``frame_end``.
+    """
+    if "input1" in _parameters(collection.bl_rna.functions["new_effect"]):
+        return collection.new_effect(name=name, type="SPEED", channel=channel, frame_start=start, length=length,
+                                     input1=source)
+    return collection.new_effect(name=name, type="SPEED", channel=channel, frame_start=start,
+                                 frame_end=start + length, seq1=source)
+
+
 def add_blockers(scene, blockers) -> None:
     """Colour strips occupying (channel, start, length) so the result must skip those channels."""
     strips = addon_module("compat").top_level(scene.sequence_editor)
@@ -233,6 +246,35 @@ def scenario_errors(args: dict) -> dict:
     scene.toon_ofx.seed = 4242  # the stand-in renderer fails the job
     attempt("render_failed")
     scene.toon_ofx.seed = 0
+    return out
+
+
+def scenario_speed(args: dict) -> dict:
+    """A strip played through a Speed Control strip (multiply 0.5), directly or as part of a meta strip: the
+    operator refuses it by name and changes nothing; with the speed strip muted it plans as usual."""
+    planning, compat = addon_module("planning"), addon_module("compat")
+    set_prefs(args)
+    scene, sed = new_scene()
+    top = compat.top_level(sed)
+    source = add_movie(scene, args)
+    speed = new_speed_strip(top, "slow motion", 3, source, source.frame_final_start, source.frame_final_duration)
+    speed.speed_control = "MULTIPLY"
+    speed.speed_factor = 0.5
+    out = {}
+    select_only(scene, {source.name})
+    before = all_strips(scene)
+    out["direct"] = {"op": run_operator(timeout=60), "unchanged": all_strips(scene) == before}
+    speed.mute = True
+    plan = planning.plan_strip(scene, source)
+    out["muted"] = [plan.first, plan.last]
+    top.remove(speed)
+    meta = make_meta(scene, [source.name], "meta")
+    speed = new_speed_strip(top, "meta speed", 4, meta, meta.frame_final_start, meta.frame_final_duration)
+    speed.speed_control = "MULTIPLY"
+    speed.speed_factor = 0.5
+    select_only(scene, {"meta"})
+    before = all_strips(scene)
+    out["meta"] = {"op": run_operator(timeout=60), "unchanged": all_strips(scene) == before}
     return out
 
 

@@ -51,14 +51,17 @@ def _is_encoder_file(path: Path) -> bool:
 
 @functools.lru_cache(maxsize=32)
 def _inspect_as_encoder(path: str, mtime_ns: int, size: int) -> bool:
-    """Whether a file reads as an encoder checkpoint (cached per file version: renders ask per segment)."""
-    from engine.generator.checkpoints import CheckpointError
+    """Whether a style file reads as an encoder checkpoint (cached per file version: renders ask per segment);
+    UserError (field "model") with the reason when it cannot be read at all (refused, truncated)."""
+    from engine.generator.safe_pickle import CheckpointError, OtherKind
     from engine.inversion.encoders import inspect_encoder
 
     try:
         inspect_encoder(path)
-    except CheckpointError:
+    except OtherKind:   # a generator, or no checkpoint: the generator's loader says what it is
         return False
+    except CheckpointError as exc:
+        raise UserError(str(exc), field="model") from None
     return True
 
 

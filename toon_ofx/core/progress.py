@@ -81,3 +81,27 @@ class Reporter:
     def _emit(self, stage: str, eta: Optional[float], **extra) -> None:
         if self.callback is not None:
             self.callback(ProgressEvent(stage, self.done, self.total, self.faces, eta, **extra))
+
+
+class StepReporter:
+    """One frame's progress (a preview): "loading" per model, then "projecting" steps with an ETA from the
+    current projection's step rate (a new face's projection restarts it); throttled like Reporter."""
+
+    def __init__(self, callback):
+        self.callback = callback
+        self._start, self._first, self._last, self._sent = 0.0, 0, 0, 0.0
+        callback(ProgressEvent("loading", 0, 1, 0, None))
+
+    def loading(self, model: str, number: int, count: int) -> None:
+        self.callback(ProgressEvent("loading", 0, 1, 0, None, model=model, step=number, steps=count))
+
+    def projecting(self, step: int, steps: int) -> None:
+        now = time.monotonic()
+        if step <= self._last or not self._start:   # the first step of a projection
+            self._start, self._first = now, step
+        self._last = step
+        done = step - self._first
+        eta = (now - self._start) / done * (steps - step) if done > 0 else None
+        if step in (1, steps) or now - self._sent >= Reporter.PROJECTING_INTERVAL:
+            self._sent = now
+            self.callback(ProgressEvent("projecting", 0, 1, 0, eta, step=step, steps=steps))

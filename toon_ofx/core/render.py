@@ -30,7 +30,7 @@ from .inversion import Inversion, InversionModels, load_one_pass_toon, plan_inve
 from .outputs import OutputPlan, frame_bits, plan_output, resolve_range
 from .params import validate
 from .pictures import Pictures, Weaver
-from .progress import ProgressEvent, Reporter
+from .progress import ProgressEvent, Reporter, StepReporter
 
 log = logging.getLogger("toon_ofx")
 
@@ -348,12 +348,13 @@ class Renderer:
             for segment in active:
                 segment.close()
 
-    def preview(self, source: Path, frame: int, params: Dict[str, Any],
-                cancel: Optional[threading.Event] = None) -> Tuple[np.ndarray, np.ndarray, int]:
+    def preview(self, source: Path, frame: int, params: Dict[str, Any], cancel: Optional[threading.Event] = None,
+                on_step: Optional[Callable[[int, int], None]] = None) -> Tuple[np.ndarray, np.ndarray, int]:
         """One frame (its first field when interlaced), 8-bit, cold-started: (original RGB, stylised RGB or
         RGBA, faces found).
 
-        Setting `cancel` stops it within one projection step (Cancelled)."""
+        Setting `cancel` stops it within one projection step (Cancelled); `on_step(step, steps)` hears of
+        every projection step."""
         info = media.probe(source)
         media.check_renderable(info)
         index, _ = resolve_range((frame, frame), info.frame_count)
@@ -362,7 +363,7 @@ class Renderer:
         original = next(iter(pictures.read(picture, picture)))[1]
         if cancel is not None and cancel.is_set():
             raise Cancelled("preview cancelled")
-        result = self.pipeline(params, cancel).process(original, picture)
+        result = self.pipeline(params, cancel, on_step).process(original, picture)
         return original, result.image, result.faces
 
 
@@ -459,6 +460,11 @@ def render(request: RenderRequest, progress: Optional[Callable[[ProgressEvent], 
     return get_renderer(plan.params, on_load).render(request, progress, cancel, plan)
 
 
-def preview(source: Path, frame: int, params: Dict[str, Any], cancel: Optional[threading.Event] = None):
-    """One stylised frame for a side-by-side preview: (original, stylised, faces); `cancel` stops it."""
-    return get_renderer(params).preview(Path(source), frame, params, cancel)
+def preview(source: Path, frame: int, params: Dict[str, Any], cancel: Optional[threading.Event] = None,
+            progress: Optional[Callable[[ProgressEvent], None]] = None):
+    """One stylised frame for a side-by-side preview: (original, stylised, faces); `cancel` stops it;
+    `progress` hears "loading" (per model) and "projecting" events with an ETA (StepReporter)."""
+    if progress is None:
+        return get_renderer(params).preview(Path(source), frame, params, cancel)
+    report = StepReporter(progress)
+    return get_renderer(params, report.loading).preview(Path(source), frame, params, cancel, report.projecting)

@@ -1,5 +1,7 @@
 """The panel's engine: one small interface (`preview`, `submit`, `job`, `jobs`, `cancel`, `retry`), two
-implementations.
+implementations. `preview(source, frame, params, progress=None, cancel=None)`: `progress(dict)` hears the
+preview's progress ("stage", "step", "steps", "eta_seconds", "model"), setting the `cancel` event stops it
+within one projection step (it then raises).
 
 `EngineBackend` talks to the local engine process through the stdlib client; `InProcessBackend` runs
 `toon_ofx.core.render` in this process with job dicts shaped like the server's. Tests inject their own.
@@ -69,8 +71,8 @@ class EngineBackend:
 
         return cls(EngineClient.connect(python=python or sys.executable, start=True))
 
-    def preview(self, source: str, frame: int, params: Dict[str, Any]) -> Preview:
-        answer = self.client.preview(str(source), int(frame), params)
+    def preview(self, source: str, frame: int, params: Dict[str, Any], progress=None, cancel=None) -> Preview:
+        answer = self.client.preview(str(source), int(frame), params, progress=progress, cancel=cancel)
 
         def png(value):  # the client hands back bytes; a raw answer has base64 text
             return base64.b64decode(value) if isinstance(value, str) else bytes(value)
@@ -116,8 +118,10 @@ class InProcessBackend:
             self._render = render
         return self._render
 
-    def preview(self, source: str, frame: int, params: Dict[str, Any]) -> Preview:
-        original, stylised, faces = self._module().preview(Path(source), int(frame), schema.validate(params))
+    def preview(self, source: str, frame: int, params: Dict[str, Any], progress=None, cancel=None) -> Preview:
+        report = (lambda event: progress(_progress_dict(event))) if progress is not None else None
+        original, stylised, faces = self._module().preview(Path(source), int(frame), schema.validate(params),
+                                                           cancel=cancel, progress=report)
         return Preview(original, stylised, _count_faces(faces), int(frame))
 
     def submit(self, source, frames, params, output_folder, output_kind="sequence", name=None) -> Dict[str, Any]:

@@ -69,7 +69,9 @@ class ParamForm(QtWidgets.QWidget):
     """The "Toonify" box and "More settings": `params()` reads every parameter, `set_params()` shows them.
 
     The swap resolutions offered stop at the model's resolution: from the manifest for a named model,
-    read from the file (on `tasks`, the worker pool) for a checkpoint file. A published pre-blended
+    read from the file (on `tasks`, the worker pool) for a checkpoint file; until that read ends the list
+    holds only the user's pick, greyed, and says why. A pick above the model's resolution shows the
+    largest that fits and says so (the pick is kept for a model it fits). A published pre-blended
     model shows its baked-in swap resolution, greyed, and says so under the box.
     """
 
@@ -77,7 +79,8 @@ class ParamForm(QtWidgets.QWidget):
         super().__init__(parent)
         self.models = models
         self.tasks = tasks
-        self._file_sizes: Dict[str, Optional[int]] = {}   # checkpoint file -> resolution (None: unreadable)
+        self._file_sizes: Dict[str, Optional[int]] = {}   # checkpoint file -> resolution (None: being read)
+        self._file_problems: Dict[str, str] = {}           # checkpoint file -> why its resolution is unknown
         self._swap_choice = schema.BY_NAME["swap_res"].default   # the user's choice, kept across blended models
         self.param_widgets: Dict[str, Dict[str, Any]] = {}
         layout = QtWidgets.QVBoxLayout(self)
@@ -261,13 +264,20 @@ class ParamForm(QtWidgets.QWidget):
         if path not in self._file_sizes and self.tasks is not None and os.path.isfile(path):
             self._file_sizes[path] = None
             self.tasks.run(checkpoint_size, path, done=lambda size, p=path: self._file_size_read(p, size),
-                           failed=lambda _message: None)   # unreadable: the render says why
-        return self._file_sizes.get(path)
+                           failed=lambda message, p=path: self._file_size_read(p, 0, message))
+        return self._file_sizes.get(path) or None
 
-    def _file_size_read(self, path: str, size: Optional[int]) -> None:
-        self._file_sizes[path] = size
+    def _file_size_read(self, path: str, size: int, problem: str = "") -> None:
+        self._file_sizes[path] = size   # 0: unreadable (the render says why)
+        if problem:
+            self._file_problems[path] = problem
         if self.model_combo.currentData() == path:
             self._update_swap_choices()
+
+    def _reading_size(self) -> bool:
+        """True while the chosen checkpoint file's resolution is being read."""
+        path = self.model_combo.currentData()
+        return not self.model_entry() and path in self._file_sizes and self._file_sizes[path] is None
 
     def model_kind(self) -> str:
         return str(self.model_entry().get("kind") or "")
@@ -284,20 +294,20 @@ class ParamForm(QtWidgets.QWidget):
         """Offer the swap resolutions up to the model's size; a pre-blended model shows its own, greyed;
         a one-pass toon style (pSp Toonify) has neither a swap resolution nor an inversion choice."""
         size = self.model_size() or DEFAULT_MODEL_SIZE
+        reading = self._reading_size()
         entry = self.model_entry()
         kind = self.model_kind()
         baked = entry.get("swap_res") if kind == "blended" else None
         self.swap_combo.blockSignals(True)   # the user's choice stays what it was
         self.swap_combo.clear()
-        for r in schema.SWAP_RESOLUTIONS:
-            if r <= size:
-                self.swap_combo.addItem(f"{r} × {r}", r)
+        for r in [self._swap_choice] if reading else [r for r in schema.SWAP_RESOLUTIONS if r <= size]:
+            self.swap_combo.addItem(f"{r} × {r}", r)
         want = int(baked) if baked else self._swap_choice
         index = self.swap_combo.findData(want)
         self.swap_combo.setCurrentIndex(index if index >= 0 else self.swap_combo.count() - 1)
         self.swap_combo.blockSignals(False)
         blended, one_pass = kind == "blended", kind == ONE_PASS
-        self.swap_combo.setEnabled(not (blended or one_pass))
+        self.swap_combo.setEnabled(not (blended or one_pass or reading))
         self.swap_combo.setToolTip(ONE_PASS_TIP if one_pass else
                                    "This published model is already blended: its swap resolution is baked in."
                                    if blended else schema.BY_NAME["swap_res"].help)
@@ -306,12 +316,21 @@ class ParamForm(QtWidgets.QWidget):
             inversion["widget"].setEnabled(not one_pass)
             inversion["widget"].setToolTip(ONE_PASS_TIP if one_pass else schema.BY_NAME["inversion"].help)
         name = entry.get("name", "")
+        problem = self._file_problems.get(self.model_combo.currentData() or "")
         if one_pass:
             note = ONE_PASS_TIP
         elif blended:
             note = (f"{name} is published already blended: its swap resolution"
                     + (f" ({int(baked)} × {int(baked)})" if baked else "")
                     + " is baked in. Pick an unblended toon model to choose your own.")
+        elif reading:
+            note = "Reading the model's resolution… the swap resolutions it allows are offered once it is known."
+        elif index < 0:
+            shown = self.swap_combo.currentData()
+            note = (f"Swap resolution {want} × {want} is above this model's {size} px: using {shown} × {shown}. "
+                    "Your choice comes back with a model it fits.")
+        elif problem and not self._file_sizes.get(self.model_combo.currentData()):
+            note = f"Could not read the model's resolution ({problem}); every swap resolution is offered."
         else:
             note = ""
         self.swap_note.setText(note)

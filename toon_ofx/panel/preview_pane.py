@@ -1,13 +1,16 @@
 """What the user looks at before committing a render: original | toon side by side, a frame scrubber, the
-Preview frame button and the Live (webcam) toggle. Previews run on the worker pool, never on the UI thread.
+Preview frame button and the Live (webcam) toggle. Previews run on the worker pool, never on the UI thread;
+one in progress shows its stage, projection step and ETA, and Cancel stops it (within one projection step).
 """
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, Dict, Optional
 
 from PySide6 import QtCore, QtWidgets
 from PySide6.QtCore import Qt
 
+from ..core.progress import describe
 from .backends import Preview
 from .live import LivePreview
 from .sources import read_frame
@@ -22,6 +25,7 @@ class PreviewPane(QtWidgets.QWidget):
     valid; the window has said why); `set_status` reports to it."""
 
     preview_ready = QtCore.Signal(object)
+    _preview_progress = QtCore.Signal(object)   # from the pool: the running preview's progress dict
 
     def __init__(self, backend, tasks: TaskRunner, *, source: Callable[[], Optional[str]],
                  params: Callable[[], Optional[Dict[str, Any]]], set_status: Callable[..., None],
@@ -30,6 +34,7 @@ class PreviewPane(QtWidgets.QWidget):
         self.backend, self.tasks = backend, tasks
         self.source, self.params, self.set_status = source, params, set_status
         self.last_preview: Optional[Preview] = None
+        self._cancel: Optional[threading.Event] = None   # the running preview's
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
 
@@ -64,6 +69,20 @@ class PreviewPane(QtWidgets.QWidget):
         scrub.addWidget(self.preview_button)
         scrub.addWidget(self.live_button)
         layout.addLayout(scrub)
+
+        running = QtWidgets.QHBoxLayout()
+        self.preview_progress = QtWidgets.QProgressBar()
+        self.preview_progress.setObjectName("preview_progress")
+        self.preview_progress.setTextVisible(True)
+        self.preview_progress.setVisible(False)
+        self.preview_cancel = QtWidgets.QPushButton("Cancel preview")
+        self.preview_cancel.setObjectName("preview_cancel")
+        self.preview_cancel.setEnabled(False)
+        self.preview_cancel.clicked.connect(self.cancel_preview)
+        running.addWidget(self.preview_progress, 1)
+        running.addWidget(self.preview_cancel)
+        layout.addLayout(running)
+        self._preview_progress.connect(self._show_progress)
 
         self.faces_label = QtWidgets.QLabel("")
         layout.addWidget(self.faces_label)
@@ -120,12 +139,53 @@ class PreviewPane(QtWidgets.QWidget):
             return
         frame = self.frame_slider.value()
         self.preview_button.setEnabled(False)
+        self._cancel = threading.Event()
+        self.preview_cancel.setEnabled(True)
+        self.preview_progress.setRange(0, 0)   # busy until the first progress arrives
+        self.preview_progress.setFormat("Starting…")
+        self.preview_progress.setVisible(True)
         self.set_status(f"Previewing frame {frame}…")
-        self.tasks.run(self.backend.preview, source, frame, params, done=self._preview_done,
+        self.tasks.run(self._run_preview, source, frame, params, self._cancel, done=self._preview_done,
                        failed=self._preview_failed)
 
-    def _preview_done(self, result: Preview) -> None:
+    def _run_preview(self, source: str, frame: int, params: Dict[str, Any], cancel: threading.Event) -> Preview:
+        """On the pool: the backend's preview, its progress sent to the UI thread."""
+        return self.backend.preview(source, frame, params, progress=self._preview_progress.emit, cancel=cancel)
+
+    def cancel_preview(self) -> None:
+        """Stop the running preview (the engine stops within one projection step)."""
+        if self._cancel is not None:
+            self._cancel.set()
+            self.preview_cancel.setEnabled(False)
+            self.preview_progress.setFormat("Cancelling…")
+            self.set_status("Cancelling the preview…")
+
+    def _show_progress(self, progress: Dict[str, Any]) -> None:
+        if self._cancel is None or self._cancel.is_set():
+            return
+        step, steps = int(progress.get("step") or 0), int(progress.get("steps") or 0)
+        if progress.get("stage") == "projecting" and steps:
+            self.preview_progress.setRange(0, steps)
+            self.preview_progress.setValue(step)
+        else:
+            self.preview_progress.setRange(0, 0)
+        eta = progress.get("eta_seconds")
+        text = describe(progress) or "Starting"
+        if eta:
+            text += f" · ETA {int(eta) // 60}:{int(eta) % 60:02d}"
+        self.preview_progress.setFormat(text[:1].upper() + text[1:])
+
+    def _preview_ended(self) -> bool:
+        """Back to idle; whether the preview that ended had been cancelled."""
+        cancelled = self._cancel is not None and self._cancel.is_set()
+        self._cancel = None
         self.preview_button.setEnabled(True)
+        self.preview_cancel.setEnabled(False)
+        self.preview_progress.setVisible(False)
+        return cancelled
+
+    def _preview_done(self, result: Preview) -> None:
+        self._preview_ended()
         self.last_preview = result
         self.original_view.set_image(to_qimage(result.original))
         self.stylised_view.set_image(to_qimage(result.stylised))
@@ -134,8 +194,15 @@ class PreviewPane(QtWidgets.QWidget):
         self.preview_ready.emit(result)
 
     def _preview_failed(self, message: str) -> None:
-        self.preview_button.setEnabled(True)
-        self.set_status(f"Preview failed: {message}", error=True)
+        """No toon image stays beside the message: the one shown belonged to another preview."""
+        cancelled = self._preview_ended()
+        self.last_preview = None
+        self.faces_label.setText("")
+        self.stylised_view.set_image(None, "Preview cancelled" if cancelled else "Preview failed")
+        if cancelled:
+            self.set_status("Preview cancelled.")
+        else:
+            self.set_status(f"Preview failed: {message}", error=True)
 
     # --------------------------------------------------------------- live
     def _live_toggled(self, on: bool) -> None:

@@ -19,7 +19,8 @@ A request's path through the rooms:
               ends kept in memory while the disk is full (repair: checked and rebuilt at start)
     workers   JobQueue: one worker thread per device claims jobs from the store ...
     runner    JobRunner: ... and runs each through the renderer, recording how it ended
-    preview   one preview at a time (a newer or abandoned one stops), and its PNG answer
+    preview   one preview at a time on its own thread, waited for or polled (a newer, cancelled or
+              abandoned one stops), and its PNG answer
     instance  token, server.json and the instance lock in the user's (private) folders
     errors    RequestError / Conflict / NotFound: a UserError with its HTTP status
 

@@ -22,3 +22,11 @@ class Conflict(RequestError):
 class NotFound(RequestError):
     def __init__(self, message: str, field: Optional[str] = None):
         super().__init__(message, field=field, status=404)
+
+
+class Busy(RequestError):
+    """503 with Retry-After: the engine cannot take this request now; asking again in `retry_after` s may work."""
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message, status=503)
+        self.retry_after = retry_after

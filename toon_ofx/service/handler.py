@@ -39,6 +39,7 @@ log = logging.getLogger("toon_ofx.service.handler")
 SERVICE = "toon-ofx"
 MAX_BODY = 1 << 20
 MAX_JSON_INT = 1 << 63
+SINGLE_HEADERS = ("Host", "Content-Length", "Transfer-Encoding", "Authorization", "Content-Type")
 
 
 class _Reply(Exception):
@@ -162,6 +163,13 @@ class Handler(BaseHTTPRequestHandler):
         self._handle("HEAD")
 
     # -- guards
+    def _guard_single_headers(self) -> None:
+        """A head with two Hosts (which one did the guard see?) or two Content-Lengths (where does the body
+        end?) is ambiguous: refused whether the copies agree or not."""
+        for name in SINGLE_HEADERS:
+            if len(self.headers.get_all(name) or ()) > 1:
+                raise _Reply(400, f"the {name} header is given more than once")
+
     def _guard_browser(self, engine: "Server") -> None:
         if self.headers.get("Origin") is not None:
             raise _Reply(403, "requests from web pages are refused (Origin header present)")
@@ -185,12 +193,12 @@ class Handler(BaseHTTPRequestHandler):
     def _content_length(self) -> int:
         if self.headers.get("Transfer-Encoding"):
             raise _Reply(400, "chunked request bodies are not supported; send Content-Length")
-        length = self.headers.get("Content-Length")
-        if not length:
+        lengths = [v.strip() for v in self.headers.get_all("Content-Length") or () if v.strip()]
+        if not lengths:
             return 0
-        if not length.strip().isdigit() or len(length.strip()) > 18:
+        if not all(v.isdigit() and len(v) <= 18 for v in lengths):
             raise _Reply(400, "bad Content-Length")
-        return int(length)
+        return max(int(v) for v in lengths)   # given twice (refused): what is read away covers both
 
     def _read_body(self, engine: "Server") -> bytes:
         self._body_read = True
@@ -256,9 +264,16 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- dispatch
     def _handle(self, method: str) -> None:
+        try:
+            self._dispatch(method)
+        except (BrokenPipeError, ConnectionResetError):   # the client went away before its answer
+            log.info("%s %s: the client went away before its answer", method, self.path.split("?")[0])
+
+    def _dispatch(self, method: str) -> None:
         engine: Server = self.server.engine  # type: ignore[attr-defined]
         self.close_connection = True
         try:
+            self._guard_single_headers()
             self._guard_browser(engine)
             url = urlsplit(self.path)
             parts = [p for p in url.path.split("/") if p]
@@ -272,15 +287,17 @@ class Handler(BaseHTTPRequestHandler):
         except _Reply as reply:
             self._error(reply.status, reply.message, reply.field, reply.headers)
         except UserError as exc:
-            self._error(getattr(exc, "http_status", 400), exc.message, exc.field)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+            retry = getattr(exc, "retry_after", None)
+            self._error(getattr(exc, "http_status", 400), exc.message, exc.field,
+                        {"Retry-After": str(retry)} if retry else None)
         except sqlite3.ProgrammingError:  # the store was closed under this request: the engine is stopping
             self._error(503, "the engine is stopping")
         except sqlite3.DatabaseError as exc:
             log.error("%s %s: the job database failed: %s", method, self.path, exc)
             self._error(503, f"the job database {engine.db_path} cannot be used ({exc}); restart the engine "
                              "to check and repair it")
+        except (BrokenPipeError, ConnectionResetError):
+            raise
         except Exception as exc:  # never a traceback to the client
             log.exception("%s %s failed", method, self.path)
             try:
@@ -296,7 +313,8 @@ class Handler(BaseHTTPRequestHandler):
         nonce = body.get("nonce") if isinstance(body, dict) else None
         if not isinstance(nonce, str) or not 16 <= len(nonce) <= 128:
             raise _Reply(400, "nonce must be a string of 16 to 128 characters", "nonce")
-        return 200, {"proof": proof(engine.token, nonce, engine.port)}
+        # the address this connection reached, as the client sees it: a relayed proof names another one
+        return 200, {"proof": proof(engine.token, nonce, self.connection.getsockname())}
 
     def _route(self, engine: "Server", method: str, parts, query) -> Tuple[int, Any]:
         if len(parts) < 2 or parts[0] != "v1":
@@ -344,6 +362,16 @@ class Handler(BaseHTTPRequestHandler):
         if name == "preview" and not rest:
             allow("POST")
             return 200, engine.preview(self._json_body(engine), client_gone=self.client_gone)
+        if name == "previews" and not rest:
+            allow("POST")
+            return 202, engine.start_preview(self._json_body(engine))
+        if name == "previews" and len(rest) == 1:
+            allow("GET")
+            return 200, engine.preview_state(rest[0])
+        if name == "previews" and len(rest) == 2 and rest[1] == "cancel":
+            allow("POST")
+            self._read_body(engine)
+            return 200, engine.preview_state(rest[0], cancel=True)
         if name == "shutdown" and not rest:
             allow("POST")
             self._read_body(engine)

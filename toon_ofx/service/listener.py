@@ -49,11 +49,12 @@ class SocketReader(io.RawIOBase):
         return self._sock.recv_into(buffer)
 
 
-def json_reply(status: int, reason: str, message: str) -> bytes:
+def json_reply(status: int, reason: str, message: str, retry_after: Optional[int] = None) -> bytes:
     """A complete HTTP/1.0 answer with the engine's JSON error body (for answers sent outside a handler)."""
     body = json.dumps({"error": message, "field": None}).encode("utf-8")
+    retry = f"Retry-After: {retry_after}\r\n" if retry_after else ""
     head = (f"HTTP/1.0 {status} {reason}\r\nContent-Type: application/json; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n")
+            f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\n{retry}Connection: close\r\n\r\n")
     return head.encode("ascii") + body
 
 
@@ -232,7 +233,7 @@ class Listener:
     def _refuse(self, sock: socket.socket, status: int, reason: str, message: str) -> None:
         try:
             sock.setblocking(False)
-            sock.send(json_reply(status, reason, message))
+            sock.send(json_reply(status, reason, message, retry_after=1))
             sock.shutdown(socket.SHUT_WR)
             sock.recv(65536)  # what the client already sent, so closing does not reset the answer away
         except OSError:
@@ -255,6 +256,8 @@ class Listener:
             sock, address, head = item
             try:
                 self.handler_class(sock, address, self, head)
+            except (BrokenPipeError, ConnectionResetError):   # e.g. flushing the answer to a client gone
+                log.info("request from %s: the client went away before its answer", address)
             except Exception:  # the handler answers its own errors; this is a last resort
                 log.exception("request from %s failed", address)
             finally:

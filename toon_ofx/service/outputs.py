@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, List, Tuple
+from typing import Any, List, Optional, Tuple
 
 from .errors import RequestError
 
@@ -70,6 +70,31 @@ def is_system_folder(folder: str) -> bool:
     return False
 
 
+# folders in the engine user's home that hold keys, credentials and settings programs act on (an autostart
+# entry, a shell's or a tool's configuration): no place for renders
+SECRET_FOLDERS = (".ssh", ".gnupg", ".config", ".aws", ".azure", ".kube", ".docker", ".password-store",
+                  ".pki", ".mozilla", ".local/share/keyrings", "Library/Keychains")
+
+
+def secret_folder_of(folder: str) -> Optional[str]:
+    """The private folder of the engine user's home (SECRET_FOLDERS) that `folder` is in, or None; symlinks
+    are resolved on both sides."""
+    homes = {os.path.expanduser("~")}
+    try:
+        import pwd
+
+        homes.add(pwd.getpwuid(os.getuid()).pw_dir)
+    except (ImportError, KeyError):  # pragma: no cover - Windows, or a uid without a passwd entry
+        pass
+    for home in sorted(h for h in homes if h and os.path.dirname(h) != h):
+        for name in SECRET_FOLDERS:
+            secret = os.path.join(home, *name.split("/"))
+            for candidate in {os.path.abspath(folder), os.path.realpath(folder)}:
+                if is_inside(candidate, secret) or is_inside(candidate, os.path.realpath(secret)):
+                    return secret
+    return None
+
+
 def _is_sequence_source(source: str) -> bool:
     return os.path.isdir(source) or "%" in os.path.basename(source) or "#" in os.path.basename(source) or \
         source.lower().endswith((".png", ".jpg", ".jpeg", ".tif", ".tiff", ".exr", ".dpx"))
@@ -86,6 +111,11 @@ def check_output_folder(folder: Any, source: str) -> str:
     if is_system_folder(folder):
         raise RequestError(f"output.folder {folder} is a system folder; choose a folder of your own",
                            field="output.folder")
+    secret = secret_folder_of(folder)
+    if secret is not None:
+        raise RequestError(f"output.folder {folder} is inside {secret}, one of your private folders (keys, "
+                           "credentials, settings); choose another folder for renders", field="output.folder",
+                           status=422)
     if os.path.isdir(real_source) and is_inside(real, real_source):
         raise RequestError("output.folder is inside the source image-sequence folder; "
                            "the source is never written to", field="output.folder")
@@ -99,7 +129,8 @@ def check_output_folder(folder: Any, source: str) -> str:
 
 
 def ensure_folder(folder: str) -> None:
-    """Create `folder` if needed; RequestError when it cannot be created or written."""
+    """Create `folder` if needed (with the engine user's umask, like any program of theirs); RequestError
+    when it cannot be created or written."""
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as exc:

@@ -17,7 +17,19 @@ from typing import Any, Dict, List, Optional, Tuple
 log = logging.getLogger("toon_ofx.service.repair")
 
 
+def private_files(path: Path) -> None:
+    """Make the database file 0600 (created so when missing) and close an existing -wal/-shm to 0600;
+    SQLite creates its -wal and -shm with the database file's mode."""
+    os.close(os.open(str(path), os.O_RDWR | os.O_CREAT, 0o600))
+    for name in (str(path), f"{path}-wal", f"{path}-shm"):
+        try:
+            os.chmod(name, 0o600)
+        except FileNotFoundError:
+            pass
+
+
 def connect(path: Path) -> sqlite3.Connection:
+    private_files(path)
     db = sqlite3.connect(str(path), timeout=30, isolation_level=None, check_same_thread=False)
     db.row_factory = sqlite3.Row
     return db

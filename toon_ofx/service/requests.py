@@ -13,6 +13,8 @@ models are only ever read; the output folder rules are in toon_ofx.service.outpu
 from __future__ import annotations
 
 import os
+import stat
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
@@ -158,10 +160,50 @@ def check_params(params: Any) -> Dict[str, Any]:
     return params
 
 
+def check_model_files(params: Mapping[str, Any]) -> None:
+    """422 naming the field when params.model / base_model / encoder names a file that is not a checkpoint
+    the engine reads: a torch file (a zip holding data.pkl, or the legacy format) or a pickle (NVIDIA .pkl).
+    Only the first bytes and a zip's directory are read (what a checkpoint holds is checked when it loads);
+    a missing file is left to `check_models`, which names every missing model at once."""
+    for name in MODEL_FIELDS:
+        value, field_name = params.get(name), f"params.{name}"
+        if not isinstance(value, str) or not looks_like_model_path(value):
+            continue
+        from engine.generator.safe_pickle import TORCH_ZIP, CheckpointError, sniff
+
+        try:
+            mode = os.stat(value).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise RequestError(f"{field_name} {value} cannot be read: {exc.strerror or exc}", field=field_name,
+                               status=422) from None
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):   # a pipe or a device would block or never end
+            raise RequestError(f"{field_name} {value} is not a regular file", field=field_name, status=422)
+        try:
+            kind = sniff(Path(value))
+        except CheckpointError as exc:   # a folder, unreadable, empty
+            raise RequestError(f"{field_name}: {exc}", field=field_name, status=422) from None
+        if kind is None or (kind == TORCH_ZIP and not _holds_torch_data(value)):
+            raise RequestError(f"{field_name} {value} is not a model checkpoint (expected a torch .pt/.pth file "
+                               "or a pickled .pkl)", field=field_name, status=422)
+
+
+def _holds_torch_data(path: str) -> bool:
+    """True for a zip that is a torch.save file (it holds data.pkl)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n == "data.pkl" or n.endswith("/data.pkl") for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def check_models(params: Mapping[str, Any]) -> None:
-    """422 now (not a failed job later) when a model the render needs is neither a file nor installed (the
-    message names every missing file at once: size, licence, URL, folder), or the inversion asked for
-    cannot run (`encoder` without the encoder installed; see core.inversion)."""
+    """422 now (not a failed job later) when a model file is not a checkpoint (`check_model_files`), a model
+    the render needs is neither a file nor installed (the message names every missing file at once: size,
+    licence, URL, folder), or the inversion asked for cannot run (`encoder` without the encoder installed;
+    see core.inversion)."""
+    check_model_files(params)
     try:
         from ..core import model_store
         from ..core.inversion import plan_inversion, required_models

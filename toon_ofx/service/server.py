@@ -9,7 +9,8 @@ Safe by default:
   (DNS rebinding), or any ``Origin`` / cross-site ``Sec-Fetch-Site`` header; POST bodies must be
   ``application/json`` (which a cross-site form cannot send);
 - bounded: a listen backlog of 128, request heads read without a thread each under a deadline,
-  a fixed pool of request threads, a deadline for bodies (see toon_ofx/service/listener.py);
+  a fixed pool of request threads, a deadline for bodies (see toon_ofx/service/listener.py), and
+  a few check slots for work that can block on storage (503 + Retry-After when all are taken);
 - one server per data folder (a lock file), so two servers never run the same queue.
 
 The running server writes ``<user_config_dir>/server.json`` = {"url", "pid", "version", ...};
@@ -23,6 +24,7 @@ Standard library only at import time: the torch-side renderer is imported when a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import ipaddress
 import logging
@@ -37,16 +39,15 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from .. import __version__
 from ..core.errors import UserError
-from ..core.params import BY_NAME
 from .devices import check_device, resolve_device
-from .errors import Conflict, NotFound, RequestError
+from .errors import Busy, Conflict, NotFound, RequestError
 from .handler import SERVICE, Handler
 from .instance import (INFO_FILE, LOCK_FILE, TOKEN_FILE, AlreadyRunning, InstanceLock, config_dir, data_dir,
                        ensure_token, private_dir, read_server_info, write_json_atomic)
 from .lifetime import Lifetime
 from .listener import Listener
 from .outputs import ensure_folder
-from .preview import PreviewSlot, default_preview, preview_answer
+from .preview import PreviewSlot, default_preview
 from .requests import check_models, parse_preview, parse_submission
 from .store import STATES, JobStore
 from .workers import JobQueue
@@ -90,6 +91,9 @@ class Server:
     preview whose models are not installed (422 naming params.model / params.base_model); None skips it.
     `idle_timeout` (seconds, None = never) stops an idle engine (see toon_ofx/service/lifetime.py);
     `stop_timeout` is how long a stop waits for a running frame before requeueing the job anyway.
+    Work that may block on storage (probing a source, reading a model file, making the output folder) runs
+    in one of `check_slots` slots (default: a quarter of the request threads); with none free the request
+    is a 503 with Retry-After at once, so the other request threads stay free for cheap requests.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, allow_remote: bool = False,
@@ -100,7 +104,7 @@ class Server:
                  model_check: Optional[Callable[[Dict[str, Any]], None]] = check_models,
                  idle_timeout: Optional[float] = None, stop_timeout: float = 10.0,
                  head_timeout: float = 10.0, body_timeout: float = 30.0, http_workers: int = 16,
-                 public_hosts: Iterable[str] = ()):
+                 check_slots: Optional[int] = None, public_hosts: Iterable[str] = ()):
         if not allow_remote and not is_loopback(host):
             raise UserError(f"refusing to listen on {host}: the engine listens on 127.0.0.1 only "
                             "(pass --allow-remote to expose it on the network; the token is still required)",
@@ -115,6 +119,8 @@ class Server:
         self.model_check = model_check
         self.stop_timeout, self.head_timeout, self.body_timeout = stop_timeout, head_timeout, body_timeout
         self.http_workers = http_workers
+        self.check_slots = check_slots or max(1, http_workers // 4)
+        self._checks = threading.BoundedSemaphore(self.check_slots)
         self.public_hosts = list(public_hosts)
         self.token = ""
         self.port = 0
@@ -239,6 +245,17 @@ class Server:
         self.shutdown()
 
     # -- operations (called by the HTTP handler)
+    @contextlib.contextmanager
+    def _checking(self):
+        """A check slot for work that may block on storage (see the class doc); Busy (503) when none is free."""
+        if not self._checks.acquire(blocking=False):
+            raise Busy(f"the engine is busy checking {self.check_slots} other request(s) against storage; "
+                       "try again in a second")
+        try:
+            yield
+        finally:
+            self._checks.release()
+
     def health(self) -> Dict[str, Any]:
         return {"service": SERVICE, "version": __version__, "pid": os.getpid(), "url": self.url,
                 "listen": self.listen, "running": self.queue.running() if self.queue else [],
@@ -249,7 +266,8 @@ class Server:
         """The manifest's models, installed or not (toon_ofx.core.model_store.list_models)."""
         from ..core import model_store
 
-        return model_store.list_models()
+        with self._checking():
+            return model_store.list_models()
 
     def jobs(self, state: Optional[str] = None) -> List[Dict[str, Any]]:
         if state is not None and state not in STATES:
@@ -258,11 +276,12 @@ class Server:
         return self.store.list(state)
 
     def submit(self, body: Any) -> Dict[str, Any]:
-        spec = parse_submission(body, device_check=self.device_check,
-                                default_folder=str(self.data_dir / "renders"))
-        if self.model_check is not None:
-            self.model_check(spec.params)
-        ensure_folder(spec.folder)
+        with self._checking():
+            spec = parse_submission(body, device_check=self.device_check,
+                                    default_folder=str(self.data_dir / "renders"))
+            if self.model_check is not None:
+                self.model_check(spec.params)
+            ensure_folder(spec.folder)
         assert self.queue is not None
         job = self.queue.submit(spec)
         log.info("job %s queued: %s frames %d-%d -> %s", job["id"], spec.source, spec.frames[0], spec.frames[1],
@@ -293,17 +312,27 @@ class Server:
         return job
 
     def preview(self, body: Any, client_gone: Callable[[], bool] = lambda: False) -> Dict[str, Any]:
-        source, frame, params = parse_preview(body)
-        if self.model_check is not None:
-            self.model_check(params)
-        try:
-            original, stylised, faces = self.previews.run(source, frame, params, client_gone)
-        except RequestError:
-            raise
-        except UserError as exc:  # name the request field: a parameter is "params.<name>"
-            field = f"params.{exc.field}" if exc.field in BY_NAME else exc.field
-            raise RequestError(exc.message, field=field, status=getattr(exc, "http_status", 400)) from None
-        return preview_answer(frame, original, stylised, faces)
+        """POST /v1/preview: compute one preview and answer with it (see PreviewSlot.run)."""
+        source, frame, params = self._checked_preview(body)
+        return self.previews.run(source, frame, params, client_gone)
+
+    def start_preview(self, body: Any) -> Dict[str, Any]:
+        """POST /v1/previews: start a preview the client polls (`preview_state`) or cancels."""
+        source, frame, params = self._checked_preview(body)
+        return self.previews.start(source, frame, params).to_dict()
+
+    def preview_state(self, preview_id: str, cancel: bool = False) -> Dict[str, Any]:
+        run = self.previews.cancel(preview_id) if cancel else self.previews.get(preview_id)
+        if run is None:
+            raise NotFound(f"no preview {preview_id!r} (only the newest few are kept)", field="id")
+        return run.to_dict()
+
+    def _checked_preview(self, body: Any):
+        with self._checking():
+            source, frame, params = parse_preview(body)
+            if self.model_check is not None:
+                self.model_check(params)
+        return source, frame, params
 
 
 def remote_warning(listen: str) -> str:

@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from engine.generator.checkpoints import generator_from_state_dict
-from engine.generator.safe_pickle import PICKLE, TORCH_LEGACY, TORCH_ZIP, CheckpointError, few, read_torch_file, sniff
+from engine.generator.safe_pickle import (PICKLE, TORCH_LEGACY, TORCH_ZIP, CheckpointError, OtherKind, few,
+                                         read_torch_file, sniff)
 from engine.generator.stylegan2 import Generator
 
 from .architectures import (BackboneEncoder, BackboneEncoderUsingLastLayerIntoW,
@@ -127,7 +128,7 @@ def _read_torch_file(path: Path):
     kind = sniff(path)
     if kind not in (TORCH_ZIP, TORCH_LEGACY):
         what = "a plain pickle (an NVIDIA .pkl?)" if kind == PICKLE else "not a torch file"
-        raise CheckpointError(f"{path.name} is {what}; expected {_EXPECTED}")
+        raise OtherKind(f"{path.name} is {what}; expected {_EXPECTED}")
     return read_torch_file(path)
 
 
@@ -137,7 +138,7 @@ def _parse(path: Path) -> _Parsed:
     if not isinstance(obj, Mapping) or "state_dict" not in obj or "opts" not in obj:
         found = ", ".join(map(str, list(obj)[:6])) if isinstance(obj, Mapping) else type(obj).__name__
         hint = " (it is a StyleGAN2 generator checkpoint)" if isinstance(obj, Mapping) and "g_ema" in obj else ""
-        raise CheckpointError(f"{name} is not an encoder checkpoint{hint}: expected {_EXPECTED}; found {found}")
+        raise OtherKind(f"{name} is not an encoder checkpoint{hint}: expected {_EXPECTED}; found {found}")
     state = obj["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                  for k, v in state.items()):
