@@ -496,13 +496,13 @@ def test_require_downloads_what_it_can_and_names_every_missing_file_at_once(stor
 
 def test_require_stops_downloading_once_offline(store, monkeypatch):
     tried = []
-    real = ms._download
+    real = ms.download
 
     def download(url, target, e, progress):
         tried.append(e["name"])
         return real(url, target, e, progress)
 
-    monkeypatch.setattr(ms, "_download", download)
+    monkeypatch.setattr(ms, "download", download)
     with pytest.raises(UserError) as err:
         ms.require({"a": "offline", "b": "fallback", "c": "prefix"}, progress=False)
     assert tried == ["offline"]                             # the others would wait for the same timeout

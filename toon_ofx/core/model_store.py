@@ -13,25 +13,20 @@ lists every checkpoint the product knows. Files are looked up, in order, in
 the folder to put it in, the URL and the ``toon-ofx models pull NAME`` command;
 `require` does that for every model a render needs at once (downloading what it
 can first), so a first run names every missing file in one message, with its
-size, licence, URL and target folder. `pull` downloads with urllib to a temp
-file next to the target, shows a tqdm bar, checks the SHA-256 (or the hash
-prefix in the upstream file name) and renames the file into place.
-One module over the usual size: manifest, lookup order, first-run list and
-checked downloads are one contract, read together.
+size, licence, URL and target folder. `pull` downloads each file through
+`downloads` (a temp file next to the target, a tqdm bar, the SHA-256 or the hash
+prefix in the upstream file name checked, then renamed into place).
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import os
-import socket
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from . import dirs
+from .downloads import DownloadError, DownloadFailed, download, hash_ok, sha256_of
 from .errors import UserError
 
 ENV_MODELS = "TOON_OFX_MODELS"
@@ -47,8 +42,6 @@ KINDS = ("base", "toon", "blended", "perceptual", "landmarks", "encoder", "vtoon
          "style-encoder", "directions")
 REQUIRED = ("title", "kind", "file", "format", "urls", "sha256", "licence", "notes")
 _MODEL_SUFFIXES = (".pt", ".pth", ".pkl", ".tar", ".ckpt", ".bin", ".safetensors")
-_CHUNK = 1 << 20
-_TIMEOUT = 30
 
 
 # ============================================================================ manifest
@@ -331,27 +324,6 @@ def _missing_message(entries: List[dict], failure: Optional["DownloadError"]) ->
 
 # ============================================================================ download
 
-def sha256_of(path: os.PathLike) -> str:
-    """Hex SHA-256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _hash_ok(e: dict, digest: str) -> bool:
-    if e.get("sha256"):
-        return digest == e["sha256"].lower()
-    if e.get("sha256_prefix"):
-        return digest.startswith(e["sha256_prefix"].lower())
-    return True
-
-
-def _expected(e: dict) -> str:
-    return e.get("sha256") or (e.get("sha256_prefix", "") + "..." if e.get("sha256_prefix") else "")
-
-
 def expand(names: Iterable[str], m: dict) -> List[str]:
     """Model names with groups replaced by their members (each once); UserError for an unknown name."""
     out: List[str] = []
@@ -393,7 +365,7 @@ def _pull_one(e: dict, progress: bool, force: bool, m: dict, dest) -> Path:
     if not force:
         existing = find(e["name"], m) if not e.get("download_file") else (target if target.is_file() else None)
         if existing is not None and (not (e.get("sha256") or e.get("sha256_prefix"))
-                                     or _hash_ok(e, sha256_of(existing))):
+                                     or hash_ok(e, sha256_of(existing))):
             return existing
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -402,8 +374,8 @@ def _pull_one(e: dict, progress: bool, force: bool, m: dict, dest) -> Path:
     errors = []
     for url in e["urls"]:
         try:
-            return _download(url, target, e, progress)
-        except _DownloadFailed as exc:
+            return download(url, target, e, progress)
+        except DownloadFailed as exc:
             errors.append(f"{url}: {exc}")
             if exc.final:
                 raise DownloadError(str(exc)) from None
@@ -413,82 +385,6 @@ def _pull_one(e: dict, progress: bool, force: bool, m: dict, dest) -> Path:
         f"Download {fname} from {e['urls'][0]} on a machine with internet access and copy it to {folder}"
         f" (or into a folder named by {ENV_MODELS}).")
     raise DownloadError(f"could not download {fname} for model {e['name']!r} ({reason}). {hint}", offline=offline)
-
-
-class DownloadError(UserError):
-    """A model could not be downloaded; `offline` when no URL could be reached at all."""
-
-    def __init__(self, message: str, offline: bool = False):
-        super().__init__(message, field="model")
-        self.offline = offline
-
-
-class _DownloadFailed(Exception):
-    def __init__(self, message: str, final: bool = False):
-        super().__init__(message)
-        self.final = final
-
-
-def _download(url: str, target: Path, e: dict, progress: bool) -> Path:
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    req = urllib.request.Request(url, headers={"User-Agent": "toon-ofx model store"})
-    try:
-        resp = urllib.request.urlopen(req, timeout=_TIMEOUT)
-    except urllib.error.HTTPError as exc:
-        raise _DownloadFailed(f"HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        if isinstance(reason, (socket.timeout, TimeoutError)):
-            raise _DownloadFailed("timed out (host unreachable?)") from None
-        raise _DownloadFailed(f"unreachable ({reason})") from None
-    digest = hashlib.sha256()
-    received = 0
-    bar = None
-    try:
-        with resp:
-            ctype = (resp.headers.get("Content-Type") or "").lower()
-            if ctype.startswith("text/html"):
-                raise _DownloadFailed(f"the server answered with a web page instead of {target.name} (a download "
-                                      f"quota or a sign-in page?): download it in a browser from "
-                                      f"{e.get('page') or url} and put it in {target.parent}", final=True)
-            total = int(resp.headers.get("Content-Length") or 0) or int(e.get("size") or 0) or None
-            if progress:
-                from tqdm import tqdm
-
-                bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=target.name,
-                           file=sys.stderr, leave=False)
-            with open(tmp, "wb") as fh:
-                while True:
-                    try:
-                        chunk = resp.read(_CHUNK)
-                    except (OSError, socket.timeout) as exc:
-                        raise _DownloadFailed(f"connection lost after {received} bytes ({exc})") from None
-                    if not chunk:
-                        break
-                    fh.write(chunk)
-                    digest.update(chunk)
-                    received += len(chunk)
-                    if bar is not None:
-                        bar.update(len(chunk))
-                fh.flush()
-                os.fsync(fh.fileno())
-        expected_size = int(e.get("size") or 0)
-        if expected_size and received != expected_size:
-            raise _DownloadFailed(f"received {received} bytes, expected {expected_size}; the download was deleted")
-        got = digest.hexdigest()
-        if not _hash_ok(e, got):
-            raise _DownloadFailed(f"checksum mismatch for {target.name} from {url}: expected sha256 {_expected(e)}, "
-                                  f"got {got}; the download was deleted", final=True)
-        os.replace(tmp, target)
-        return target
-    finally:
-        if bar is not None:
-            bar.close()
-        if tmp.exists():
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
 
 
 # ============================================================================ listing
