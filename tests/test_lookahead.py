@@ -141,9 +141,11 @@ def _shake(n, amplitude, period, noise, seed, size=163.0):
 
 def test_zero_phase_follows_a_fast_head_shake():
     """A 163-px face shaken +-60 px every 16 frames (24 px a frame at the middle), landmarks jittered by
-    0.5 px: every frame's quad, the track's ends included, stays within 1% of the face size of the true
-    one. A line fitted over +-6 frames cuts the swing by a quarter (10% of the face at the turns)."""
-    true, detections = _shake(80, 60.0, 16, 0.5, seed=3)
+    0.4 px (the raw quads' error is then 0.58% of the face on average, dlib's on real footage of this
+    size 0.60%): every frame's quad, the track's ends included, stays within 1% of the face size of the
+    true one (0.52-0.79% over seeds 0-7). A line fitted over +-6 frames cuts the swing by a quarter
+    (10% of the face at the turns)."""
+    true, detections = _shake(80, 60.0, 16, 0.4, seed=3)
     out = feed(LookaheadTracker(0.5), detections)
     errors = [np.linalg.norm(out[t][0].quad - ffhq_quad(true[t].landmarks), axis=1).max() / 163.0
               for t in range(80)]
