@@ -1,6 +1,7 @@
 """Temporal quality on the real fixture clips: face-track jitter and lag, latent continuity at keyframes.
 
     python bench/bench_temporal.py tracks      [--clips ...]   # quads: raw vs causal vs zero-phase
+    python bench/bench_temporal.py shake       [--clip ...]    # a fast head shake: error vs truth
     python bench/bench_temporal.py continuity  [--clips ...] [--inversion encoder+projection]
                                                # ||w(t+1) - w(t)|| at keyframes vs elsewhere
 
@@ -10,6 +11,7 @@ strengths. Per clip, as a percentage of the face size (the FFHQ quad's side):
 
 * jitter: RMS over frames and corners of the corners' second difference
   ``|c(t+1) - 2 c(t) + c(t-1)|`` (frames whose neighbours are detected too);
+  centre jitter and size jitter: the same for the quad's centre and its side length;
 * lag: mean offset of the smoothed centre behind a zero-phase reference along the
   direction of motion (positive = trailing), on frames moving > 0.5 px/frame. The
   reference is a local quadratic (Savitzky-Golay) fit over +-6 frames of the raw
@@ -18,6 +20,18 @@ strengths. Per clip, as a percentage of the face size (the FFHQ quad's side):
   (runs of 20+ detected frames);
 * deviation: mean distance of the smoothed centre from the reference: noise left plus
   the shape a wider kernel flattens (its minimum marks the best strength).
+
+A clip named ``name@0.5`` is the fixture scaled (area) to half size: the same footage with a smaller face.
+
+**shake**: fast motion made of real footage (`shaken_clip`): the frames of ``--clip``
+scaled so the face is ``--face`` px and seen through a window panned sideways by
+``--amplitude * sin(2 pi t / --period)`` px (whole pixels), once with one frame held
+(`one frame`) and once with the clip's own motion under it (`moving clip`); dlib on
+every panned frame. Reported per setting: the largest corner distance of the tracked
+quad from where the face is, % of the face size (max and mean over frames, frames over
+1%). Where the face is (`true_quads`): the per-coordinate median of dlib's quads on each
+frame panned five more ways (shifted back), fitted with a quadratic over +-6 frames.
+Defaults: face_noface.mov (no test uses it), a 163 px face, +-60 px, 16 frames a period.
 
 **continuity**: the pipeline (random-weight 64 px StyleGAN2 and random-weight
 LPIPS: no trained weights are available here, so the figures show the mechanism,
@@ -80,9 +94,17 @@ class CachedLandmarker:
 
 
 def clip_frames(name: str):
+    """(index, RGB) frames of a fixture clip; "clip.mov@0.5" scales them (area) to half size."""
     from toon_ofx.core import media
 
-    return list(media.read_frames(media.probe(FIXTURES / name)))
+    base, _, scale = name.partition("@")
+    frames = list(media.read_frames(media.probe(FIXTURES / base)))
+    if scale:
+        import cv2
+
+        frames = [(i, cv2.resize(f, None, fx=float(scale), fy=float(scale), interpolation=cv2.INTER_AREA))
+                  for i, f in frames]
+    return frames
 
 
 def detections(name: str, frames) -> tuple:
@@ -145,8 +167,9 @@ def runs(frames: list, minimum: int = 20) -> list:
 
 
 def track_metrics(tracks: list, which: int) -> dict:
-    """jitter, lag and deviation (% of the face size) and delay (frames) of quads[which] (0 raw, 1 smoothed)."""
-    jitter, lag, deviation, delays, sizes = [], [], [], [], []
+    """jitter (corners, centre, size), lag and deviation (% of the face size) and delay (frames) of
+    quads[which] (0 raw, 1 smoothed)."""
+    jitter, centre_jitter, size_jitter, lag, deviation, delays, sizes = [], [], [], [], [], [], []
     for track in tracks:
         frames = sorted(track)
         size = np.mean([np.linalg.norm(track[f][0][3] - track[f][0][0]) for f in frames])
@@ -155,6 +178,9 @@ def track_metrics(tracks: list, which: int) -> dict:
             if f - 1 in track and f + 1 in track:
                 d2 = track[f + 1][which] - 2 * track[f][which] + track[f - 1][which]
                 jitter.extend(np.linalg.norm(d2, axis=1) / size)
+                (c0, x0), (c1, x1), (c2, x2) = (quad_params(track[g][which]) for g in (f - 1, f, f + 1))
+                centre_jitter.append(np.linalg.norm(c2 - 2 * c1 + c0) / size)
+                size_jitter.append(2 * (np.linalg.norm(x2) - 2 * np.linalg.norm(x1) + np.linalg.norm(x0)) / size)
         ref = savgol_centres({f: track[f][0] for f in frames})
         for f in frames:
             offset = quad_params(track[f][which])[0] - ref[f]
@@ -173,7 +199,11 @@ def track_metrics(tracks: list, which: int) -> dict:
                 [np.interp(steps[4:-4] - s, steps, refs[:, k]) for k in range(2)], axis=1), axis=1))
                 for s in shifts]
             delays.append(shifts[int(np.argmin(err))])
-    return {"jitter": 100 * float(np.sqrt(np.mean(np.square(jitter)))), "lag": 100 * float(np.mean(lag)),
+    def rms(values):
+        return 100 * float(np.sqrt(np.mean(np.square(values))))
+
+    return {"jitter": rms(jitter), "centre jitter": rms(centre_jitter), "size jitter": rms(size_jitter),
+            "lag": 100 * float(np.mean(lag)),
             "deviation": 100 * float(np.mean(deviation)), "size": float(np.mean(sizes)),
             "delay": float(np.mean(delays)) if delays else float("nan")}
 
@@ -181,16 +211,106 @@ def track_metrics(tracks: list, which: int) -> dict:
 def bench_tracks(args) -> None:
     variants = [("raw", None), ("causal 0.5", ("causal", 0.5))] + [
         (f"zero-phase {s:g}", ("zero-phase", s)) for s in args.strengths]
-    print("| clip | face size | smoothing | jitter % | lag % | delay (frames) | deviation % |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| clip | face size | smoothing | jitter % | centre jitter % | size jitter % | lag % | delay (frames) "
+          "| deviation % |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in args.clips:
         _, dets = detections(name, clip_frames(name))
         for label, setting in variants:
             mode, strength = setting or ("zero-phase", 0.5)
             tracks = detected_tracks(run_tracker(LookaheadTracker(strength, mode), dets))
             m = track_metrics(tracks, 0 if setting is None else 1)
-            print(f"| {name} | {m['size']:.0f} px | {label} | {m['jitter']:.3f} | {m['lag']:+.3f} | "
-                  f"{m['delay']:+.2f} | {m['deviation']:.3f} |")
+            print(f"| {name} | {m['size']:.0f} px | {label} | {m['jitter']:.3f} | {m['centre jitter']:.3f} | "
+                  f"{m['size jitter']:.3f} | {m['lag']:+.3f} | {m['delay']:+.2f} | {m['deviation']:.3f} |")
+
+
+# -- fast motion: a head shake made of real footage -------------------------------------------------------
+PROBES = (-45, -15, 15, 45)   # px: extra pans of each frame that tell where its face is
+
+
+def shaken_clip(name: str, first: int, count: int, face: float, amplitude: float, period: float,
+                still: bool = False):
+    """Real frames scaled so the face's quad is `face` px, seen through a window panned sideways by
+    round(amplitude * sin(2 pi t / period)) px: the face shakes the other way. `still`: frame `first`
+    throughout. Returns (frames, shifts, window) with window(t, dx): frame t panned by dx px."""
+    import cv2
+
+    frames = clip_frames(name)
+    _, dets = detections(name, frames)
+    quads = [ffhq_quad(d[0].landmarks) for d in dets[first:first + count] if d]
+    scale = face / np.mean([np.linalg.norm(q[3] - q[0]) for q in quads])
+    centre = np.mean([quad_params(q)[0] for q in quads], axis=0) * scale
+    source = [frames[first if still else first + t][1] for t in range(count)]
+    source = [cv2.resize(f, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) for f in source]
+    reach = max(amplitude, *np.abs(PROBES))
+    half = int(min(centre[0], source[0].shape[1] - centre[0]) - reach) - 1
+    x0 = int(round(centre[0])) - half
+
+    def window(t, dx):
+        return np.ascontiguousarray(source[t][:, x0 + dx: x0 + dx + 2 * half])
+
+    shifts = np.rint(amplitude * np.sin(2 * np.pi * np.arange(count) / period)).astype(int)
+    return [window(t, dx) for t, dx in enumerate(shifts)], shifts, window
+
+
+def true_quads(landmarker, window, shifts, still: bool, half: int = 6) -> dict:
+    """Where the face is in each frame: the median (per corner coordinate) of dlib's quads on the frame
+    panned by 0, the shake's shift and each of PROBES, shifted back; `still`: over every frame, else
+    fitted over +-half frames with a quadratic (a face does not jump for one frame: dlib does, on a
+    blink, whatever the pan)."""
+    samples = {}
+    for t, shift in enumerate(shifts):
+        for dx in {0, int(shift), *PROBES}:
+            faces = landmarker.detect(window(t, dx))
+            if len(faces) == 1:
+                samples.setdefault(t, []).append(ffhq_quad(faces[0].landmarks) + [dx, 0])
+    if still:
+        every = np.median([q for qs in samples.values() for q in qs], axis=0)
+        return {t: every for t in range(len(shifts))}
+    medians = {t: np.median(qs, axis=0) for t, qs in samples.items() if len(qs) >= 3}
+    at = np.array(sorted(medians))
+    corners = np.array([medians[t].reshape(-1) for t in at])
+    out = {}
+    for t in at:
+        near = np.abs(at - t) <= half
+        out[int(t)] = np.polynomial.polynomial.polyfit(at[near] - t, corners[near], 2)[0].reshape(4, 2)
+    return out
+
+
+def bench_shake(args) -> None:
+    """Tracked quad vs where the face is (`true_quads`), on a head shake of real footage: the largest
+    corner distance, % of the face size."""
+    variants = [("raw", None), ("causal 0.5", ("causal", 0.5))] + [
+        (f"zero-phase {s:g}", ("zero-phase", s)) for s in args.strengths]
+    landmarker = CachedLandmarker(RESULTS / "detections-shake.pkl")
+    print(f"head shake: {args.clip} frames {args.first}-{args.first + args.count - 1}, face {args.face:g} px, "
+          f"+-{args.amplitude:g} px sideways, period {args.period:g} frames (peak "
+          f"{2 * np.pi * args.amplitude / args.period:.1f} px/frame); goal: <= 1% at every frame")
+    print("| footage | smoothing | max error % | mean error % | frames over 1% |")
+    print("| --- | --- | --- | --- | --- |")
+    for still in (True, False):
+        shaken, shifts, window = shaken_clip(args.clip, args.first, args.count, args.face, args.amplitude,
+                                             args.period, still)
+        dets = [landmarker.detect(f) for f in shaken]
+        truth = true_quads(landmarker, window, shifts, still)
+        landmarker.save()
+        for label, setting in variants:
+            mode, strength = setting or ("zero-phase", 0.5)
+            errors = shake_errors(run_tracker(LookaheadTracker(strength, mode), dets), truth, shifts, setting is None)
+            print(f"| {'one frame' if still else 'moving clip'} ({len(errors)} frames) | {label} | "
+                  f"{errors.max():.2f} | {errors.mean():.2f} | {int((errors > 1).sum())} |")
+
+
+def shake_errors(out: dict, truth: dict, shifts, raw: bool = False) -> np.ndarray:
+    """Per frame with one face: its quad's (`raw`: the detection's) largest corner distance from the truth."""
+    errors = []
+    for t, faces in sorted(out.items()):
+        quad = faces[0].raw_quad if raw and len(faces) == 1 else faces[0].quad if len(faces) == 1 else None
+        if quad is None or t not in truth:
+            continue
+        size = np.linalg.norm(truth[t][3] - truth[t][0])
+        errors.append(100 * np.linalg.norm(quad + [shifts[t], 0] - truth[t], axis=1).max() / size)
+    return np.array(errors)
 
 
 # -- latent continuity ----------------------------------------------------------------------------
@@ -280,7 +400,7 @@ def shown(t: int, new, old, v: int, k: int):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("tracks", "continuity"))
+    ap.add_argument("what", choices=("tracks", "shake", "continuity"))
     ap.add_argument("--clips", nargs="+", default=list(CLIPS))
     ap.add_argument("--strengths", type=float, nargs="+", default=[0.25, 0.375, 0.5, 0.75, 1.0])
     ap.add_argument("--keyframe-interval", type=int, default=48)
@@ -291,8 +411,14 @@ def main(argv=None) -> int:
     ap.add_argument("--warm-steps", type=int, default=20)
     ap.add_argument("--inversion", choices=("projection", "encoder+projection"), default="projection")
     ap.add_argument("--refine-steps", type=int, default=50)
+    ap.add_argument("--clip", default="face_noface.mov", help="shake: the footage")
+    ap.add_argument("--first", type=int, default=0, help="shake: first frame")
+    ap.add_argument("--count", type=int, default=72, help="shake: frames")
+    ap.add_argument("--face", type=float, default=163, help="shake: face size (px) after scaling")
+    ap.add_argument("--amplitude", type=float, default=60, help="shake: px each side")
+    ap.add_argument("--period", type=float, default=16, help="shake: frames")
     args = ap.parse_args(argv)
-    (bench_tracks if args.what == "tracks" else bench_continuity)(args)
+    {"tracks": bench_tracks, "shake": bench_shake, "continuity": bench_continuity}[args.what](args)
     return 0
 
 

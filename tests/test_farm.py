@@ -62,9 +62,10 @@ def test_plan_chunks_cut_on_the_segment_grid():
     assert temporal_plan({}).overlap == 12   # the default cross-fade
 
 
-@pytest.mark.parametrize("size,k,expected", [(30, 48, 30), (48, 48, 48), (70, 48, 48), (73, 48, 96),
-                                             (100, 0, 100), (1, 4, 1), (5, 4, 4), (7, 4, 8)])
+@pytest.mark.parametrize("size,k,expected", [(30, 48, 48), (48, 48, 48), (70, 48, 48), (73, 48, 96),
+                                             (100, 0, 100), (1, 4, 4), (5, 4, 4), (7, 4, 8)])
 def test_effective_chunk_size(size, k, expected):
+    """Multiples of the keyframe interval, one at least: a task renders whole keyframe segments."""
     assert effective_chunk_size(size, k) == expected
 
 
@@ -583,13 +584,16 @@ def test_flamenco_job_goes_to_tagged_workers_and_passes_the_model_folder(tmp_pat
 # -- the command line ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_cli_says_when_the_chunk_size_moves(tmp_path, fmt, capsys):
-    """--chunk-size 10 with keyframes every 4 frames becomes 12: said on the console and in the job."""
+    """--chunk-size 10 with keyframes every 4 frames becomes 12: said on the console and in the job. The
+    console counts the tasks and the most frames one writes: 14, the first task's 12 and the 2 cross-fade
+    frames before the next segment starts."""
     out = tmp_path / fmt
     code = main(["farm", "export", str(CLIP), "--format", fmt, "-o", str(out), "--keyframe-interval", "4",
                  "--chunk-size", "10"])
     assert code == 0
     err = capsys.readouterr().err
-    assert "chunk size 10 became 12" in err and "keyframe interval (4)" in err and "of up to 12 frames" in err
+    assert "chunk size 10 became 12" in err and "keyframe interval (4)" in err
+    assert "frames 0-71 in 6 render task(s) of up to 14 frames" in err and "nothing to do" not in err
     text = {"openjd": lambda: json.loads((out / "template.json").read_text())["description"],
             "opencue": lambda: (out / "toon_ofx_job.py").read_text(),
             "flamenco": lambda: json.loads((out / "job.json").read_text())["metadata"]["note"]}[fmt]()
@@ -597,6 +601,58 @@ def test_cli_says_when_the_chunk_size_moves(tmp_path, fmt, capsys):
     assert main(["farm", "export", str(CLIP), "--format", fmt, "-o", str(tmp_path / "b"), "--keyframe-interval",
                  "4", "--chunk-size", "24"]) == 0
     assert "became" not in capsys.readouterr().err
+
+
+def _exported_render_tasks(fmt, job, out):
+    """Write `job` for `fmt`, cut it into tasks the way that manager does; (render argvs, the export's text)."""
+    files = write_export(fmt, job, out)
+    if fmt == "openjd":
+        template = json.loads((out / "template.json").read_text())
+        _, steps = _openjd_run(template, json.loads((out / "job_params.json").read_text()), out)
+        return [argv[1:] for argv in steps["Render"][1]], template["description"]
+    if fmt == "opencue":
+        if not _has_pyoutline():
+            pytest.skip("PyOutline is not installed")
+        run = subprocess.run([sys.executable, str(files[0]), "--print-spec"], capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+        layers = [layer for layer in ET.fromstring(run.stdout).iter("layer") if layer.get("name") != "assemble"]
+        return [argv[1:] for layer in layers for argv in _cue_tasks(layer)], files[0].read_text()
+    if not NODE:
+        pytest.skip("node is not installed")
+    harness = out.parent / "harness.js"
+    harness.write_text(_FLAMENCO_HARNESS)
+    run = subprocess.run([NODE, str(harness), str(files[0]), str(files[1])], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    tasks = [t for t in json.loads(run.stdout)["tasks"] if t["name"] != "assemble"]
+    return [t["commands"][0]["parameters"]["args"] for t in tasks], json.loads(files[1].read_text())["metadata"]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("frames, chunk", [((0, 119), 7), ((0, 119), 48), ((10, 249), 96)])
+def test_no_task_is_idle_unless_the_export_says_so(tmp_path, fmt, frames, chunk):
+    """Keyframes every 48 frames (cross-fade 12): a task renders whole keyframe segments, so chunks of 7
+    frames would leave most tasks nothing to do (15 of 18). Every exported task writes frames, or the
+    export says how many will not, and why."""
+    job = _job(tmp_path, frames=frames, chunk_size=chunk, params=dict(PARAMS, keyframe_interval=48))
+    argvs, text = _exported_render_tasks(fmt, job, tmp_path / fmt)
+    ranges = _check_render_commands(job, argvs)
+    idle = len(argvs) - len(ranges)
+    if idle:
+        assert f"{idle} of the {len(argvs)} render tasks" in str(text), text
+    else:
+        assert "nothing to do" not in str(text)
+    assert job.task_chunk_size >= 48
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cli_explains_chunks_smaller_than_a_keyframe_interval(tmp_path, fmt, capsys):
+    """--chunk-size 7 with keyframes every 48 frames: one interval per task, said with what would make
+    smaller tasks; OpenJD's even cut of the 72 frames into 2 tasks leaves one with nothing to do: said too."""
+    assert main(["farm", "export", str(CLIP), "--format", fmt, "-o", str(tmp_path / fmt), "--chunk-size", "7"]) == 0
+    err = capsys.readouterr().err
+    assert "chunk size 7 became 48, the keyframe interval" in err and "lower keyframe_interval" in err
+    idle = "1 of the 2 render tasks will have nothing to do: OpenJD divides frames 0-71 evenly"
+    assert (idle in err) == (fmt == "openjd"), err
 
 
 def test_cli_resources_follow_the_device(tmp_path):

@@ -214,6 +214,24 @@ def test_cold_start_from_latent_avg_or_estimated_mean(G, P):
     assert not torch.allclose(latent_stats(g2, n=10000, seed=0)[0], mean)
 
 
+@pytest.mark.parametrize("steps, warm", [(1, True), (2, False), (4, True)])
+def test_every_step_moves_the_latent(G, P, steps, warm):
+    """Step 0 included: `--warm-steps 1` must not pay for a step that leaves the latent where it was,
+    nor a cold `--steps 2` take a single real step (the references' schedule gives step 0 lr = 0)."""
+    target = _targets(G, [5])
+    init = None
+    if warm:
+        with torch.no_grad():
+            w = G.mapping(torch.randn(1, G.style_dim, generator=torch.Generator().manual_seed(5)))
+        init = w[:, None].repeat(1, G.n_latent, 1) + 0.3
+    kw = dict(perceptual=P, init=init, evaluate=False)
+    latents = [project(G, target, steps=0, **kw).latents]
+    for stop in range(steps):  # the latent after step `stop` of a `steps`-step projection
+        latents.append(project(G, target, steps=steps, callback=lambda i, _, stop=stop: i == stop, **kw).latents)
+    moves = [float((b - a).abs().max()) for a, b in zip(latents, latents[1:])]
+    assert min(moves) > 1e-4, moves
+
+
 def test_schedule_and_noise_regularization():
     assert learning_rate(0.0, 0.1) == 0.0
     assert learning_rate(0.5, 0.1) == pytest.approx(0.1)

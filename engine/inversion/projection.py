@@ -17,7 +17,13 @@ Differences from rosinality, for video and batches:
   exploration and uses a gentler learning rate (``lr * warm_lr_scale``): the
   solution is nearby, and a full-size first Adam step would throw it away;
 * images larger than ``loss_size`` (256) are area-downsampled before the losses,
-  like rosinality's projector does for LPIPS.
+  like rosinality's projector does for LPIPS;
+* step ``i`` of ``steps`` reads the schedule (learning rate, latent noise) at
+  ``t = (i + 0.5) / steps``, the middle of its share of the run. The references
+  (rosinality's ``get_lr(i / step)``, NVIDIA's ``step / num_steps``) read it at
+  its start, where the ramp-up makes the learning rate 0: their first step never
+  moves the latent, so one warm step would change nothing and two cold steps
+  would take one. Long runs keep the same curve, half a step earlier.
 
 Cost of a step (what NVIDIA's projector also does): the constant target's
 perceptual features are computed once per projection (``lpips.bind_target``),
@@ -355,7 +361,7 @@ def project(
     done = 0
     try:
         for i in range(steps):
-            t = i / steps
+            t = (i + 0.5) / steps  # the middle of the step's share of the run: step 0 moves too
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate(t, schedule.lr, schedule.rampdown, schedule.rampup)
             w_in = latent

@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 from ..core.errors import UserError
 from ..core.options import add_codec_option, add_param_options, checked_frame_range, params_from_args
 from .assemble import MOVIE_SUFFIXES, assemble
-from .export import FORMATS, write_export
+from .export import FORMATS, render_tasks, write_export
 from .job import FarmJob, Resources, model_files, split_pattern
 from .plan import default_chunk_size
 
@@ -130,7 +130,7 @@ def add_farm_parser(sub) -> None:
     p.add_argument("--frames", type=checked_frame_range, metavar="A-B",
                    help="inclusive source frame range (0-based); default: the whole clip")
     p.add_argument("--chunk-size", type=int, help="frames per task (default: two keyframe intervals; moved to "
-                   "a multiple of the keyframe interval)")
+                   "a multiple of the keyframe interval, one interval at least)")
     p.add_argument("--warmup", type=int, default=0, metavar="N",
                    help="extra frames each task processes before its chunk, not written")
     p.add_argument("--sequence", help="frame pattern or folder (default: <clip>_toon_frames/<clip>_toon.%%06d.png)")
@@ -159,11 +159,13 @@ def run_farm(args) -> int:
         raise UserError(f"unknown farm action {args.farm_command!r}")
     job = job_from_args(args)
     written = write_export(args.format, job, args.output)
-    chunks = job.chunks()
+    chunks, idle = render_tasks(args.format, job)
+    frames = [b - a + 1 for a, b in filter(None, map(job.written, chunks))]
     print(f"toon-ofx: wrote {', '.join(str(p) for p in written)}: frames {job.frames[0]}-{job.frames[1]} in "
-          f"{len(chunks)} chunk(s) of up to {job.task_chunk_size} frames", file=sys.stderr)
-    if job.chunk_note():
-        print(f"toon-ofx: note: {job.chunk_note()}", file=sys.stderr)
+          f"{len(chunks)} render task(s) of up to {max(frames)} frames", file=sys.stderr)
+    for note in (job.chunk_note(), idle):
+        if note:
+            print(f"toon-ofx: note: {note}", file=sys.stderr)
     return 0
 
 

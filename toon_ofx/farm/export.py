@@ -23,6 +23,17 @@ EXPORTERS: Dict[str, Callable[[FarmJob, Path], List[ExportFile]]] = {
 FORMATS = tuple(EXPORTERS)
 
 
+def render_tasks(fmt: str, job: FarmJob) -> Tuple[List[Tuple[int, int]], Optional[str]]:
+    """The chunks the farm manager of `fmt` cuts the render into at the export's settings, and the note
+    saying how many of those tasks will have nothing to write (None: all write frames). OpenCue and
+    Flamenco cut on the segment grid (`FarmJob.chunks`); OpenJD divides the range evenly."""
+    if fmt == "openjd":
+        chunks, cut = openjd.task_chunks(job)
+    else:
+        chunks, cut = [c.frames for c in job.chunks()], f"{fmt} cuts the frames on the keyframe segments"
+    return chunks, job.idle_note(chunks, cut)
+
+
 def write_export(fmt: str, job: FarmJob, out: Path) -> List[Path]:
     """Write the job description for `fmt` into directory `out`; return the files written.
 

@@ -118,7 +118,7 @@ function chunkSize(size, keyframes) {
     if (!(size >= 1)) {
         throw `invalid chunk size ${size}`;
     }
-    if (keyframes <= 0 || size < keyframes) {
+    if (keyframes <= 0) {
         return size;
     }
     return Math.max(keyframes, Math.floor((size + Math.floor(keyframes / 2)) / keyframes) * keyframes);

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..core.errors import UserError
 from ..core.options import option_flag
 from ..core.params import PARAMS, validate
-from .plan import Chunk, effective_chunk_size, plan_chunks, temporal_plan
+from .plan import Chunk, effective_chunk_size, plan_chunks, snap_chunk, temporal_plan
 
 MODEL_PARAMS = ("model", "base_model")   # parameters that may name a checkpoint file
 GRID_PARAMS = ("keyframe_interval", "keyframe_overlap")   # the chunk grid depends on them
@@ -162,8 +162,28 @@ class FarmJob:
         size, k = self.task_chunk_size, self.keyframe_interval
         if size == self.chunk_size:
             return None
+        if self.chunk_size < k:
+            return (f"chunk size {self.chunk_size} became {size}, the keyframe interval: a task renders whole "
+                    f"keyframe segments (each starts with a cold projection of its faces), so smaller chunks "
+                    f"would only repeat that work; for smaller tasks lower keyframe_interval (more keyframes "
+                    f"change the result)")
         return (f"chunk size {self.chunk_size} became {size}, the nearest multiple of the keyframe interval "
                 f"({k}): a chunk that starts between keyframes would re-project frames another task writes")
+
+    def written(self, chunk: Tuple[int, int]) -> Optional[Tuple[int, int]]:
+        """The frames a render task given `chunk` writes: with `chunk_of`, its chunk snapped onto the
+        segment grid (`plan.snap_chunk`; None: nothing to do)."""
+        return snap_chunk(chunk, self.frames, self.temporal_plan) if self.chunk_of else chunk
+
+    def idle_note(self, chunks: List[Tuple[int, int]], cut: str) -> Optional[str]:
+        """How many of the render tasks cut as `chunks` will have nothing to write, and why; None when
+        every task writes frames. `cut`: how the farm manager cuts the range, for the reason."""
+        idle = sum(self.written(c) is None for c in chunks)
+        if not idle:
+            return None
+        return (f"{idle} of the {len(chunks)} render tasks will have nothing to do: {cut}, and the frames "
+                f"of {'that one' if idle == 1 else 'those'} lie inside a keyframe segment (keyframes every "
+                f"{self.keyframe_interval} frames) that another task renders from its keyframe")
 
     def chunks(self) -> List[Chunk]:
         return plan_chunks(self.frames[0], self.frames[1], self.chunk_size, self.warmup, plan=self.temporal_plan)

@@ -50,6 +50,33 @@ def openjd_parameter_values(job: FarmJob) -> Dict[str, str]:
     return values
 
 
+def openjd_chunks(first: int, last: int, chunk_size: int) -> List[Tuple[int, int]]:
+    """How OpenJD cuts first..last into CONTIGUOUS chunks for a default task count of `chunk_size`
+    (openjd-model's divide_chunk_sizes): ceil(n / chunk_size) chunks whose sizes differ by one at most."""
+    n = last - first + 1
+    count = -(-n // chunk_size)
+    if count >= n:
+        sizes = [1] * n
+    elif count <= 1:
+        sizes = [n]
+    else:
+        small, leftovers = divmod(n, count)
+        sizes = [small] * count
+        for i in range(leftovers):
+            sizes[i * count // leftovers] += 1
+    bounds = [first]
+    for size in sizes:
+        bounds.append(bounds[-1] + size)
+    return [(a, b - 1) for a, b in zip(bounds, bounds[1:])]
+
+
+def task_chunks(job: FarmJob) -> Tuple[List[Tuple[int, int]], str]:
+    """The render tasks' chunks at the template's defaults, and how OpenJD cut them."""
+    first, last = job.frames
+    return (openjd_chunks(first, last, job.task_chunk_size),
+            f"OpenJD divides frames {first}-{last} evenly into chunks of at most {job.task_chunk_size} frames")
+
+
 def openjd_template(job: FarmJob) -> Dict[str, Any]:
     """An OpenJD 2023-09 job template: a CHUNK[INT] render step and an assemble step after it.
 
@@ -86,9 +113,11 @@ def openjd_template(job: FarmJob) -> Dict[str, Any]:
         {"name": "Frames", "type": "STRING", "default": job.frame_range, "minLength": 1,
          "description": "Inclusive source frame range (0-based), e.g. 0-239.",
          "userInterface": {"control": "LINE_EDIT", "label": "Frames", "groupLabel": "Chunking"}},
-        {"name": "ChunkSize", "type": "INT", "default": job.task_chunk_size, "minValue": 1,
-         "description": f"Frames per task; multiples of the keyframe interval ({job.keyframe_interval}) "
-                        "waste no work.",
+        {"name": "ChunkSize", "type": "INT", "default": job.task_chunk_size,
+         "minValue": max(1, job.keyframe_interval),
+         "description": f"Frames per task (the range is divided evenly). A task renders whole keyframe "
+                        f"segments ({job.keyframe_interval} frames): a chunk inside a segment another task "
+                        "renders has nothing to do; multiples of the keyframe interval waste no work.",
          "userInterface": {"control": "SPIN_BOX", "label": "Chunk size", "groupLabel": "Chunking"}},
         {"name": "Warmup", "type": "INT", "default": job.warmup, "minValue": 0,
          "description": "Extra frames each task processes before its range, not written.",
@@ -121,8 +150,9 @@ def openjd_template(job: FarmJob) -> Dict[str, Any]:
                 pattern, "{{Param.SourceFile}}", "{{Param.OutputMovie}}", "{{Param.Frames}}")}}},
         })
     description = f"toon-ofx: toonify the faces of {Path(job.source).name}, frames {first}-{last}."
-    if job.chunk_note():
-        description += f" Note: {job.chunk_note()}."
+    for note in (job.chunk_note(), job.idle_note(*task_chunks(job))):
+        if note:
+            description += f" Note: {note}."
     return {
         "specificationVersion": "jobtemplate-2023-09",
         "extensions": ["TASK_CHUNKING"],

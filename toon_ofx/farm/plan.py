@@ -64,12 +64,15 @@ def effective_chunk_size(chunk_size: int, keyframe_interval: int) -> int:
     """`chunk_size` moved to the nearest multiple of the keyframe interval (at least one interval).
 
     A chunk that starts on a keyframe needs no projected warm-up frames; one that starts j frames
-    after a keyframe re-projects those j frames. Sizes below one interval are kept as given.
+    after a keyframe re-projects those j frames. A chunk shorter than an interval cannot split the
+    work: a task writing any frame of a keyframe segment projects the segment from its keyframe,
+    so smaller chunks only repeat that work (or, snapped onto the grid, have nothing to do). Only
+    a shorter keyframe interval makes smaller tasks, and it changes the result: the user's call.
     """
     if chunk_size < 1:
         raise UserError(f"chunk size must be at least 1, got {chunk_size}", field="chunk_size")
     k = keyframe_interval
-    if k <= 0 or chunk_size < k:
+    if k <= 0:
         return chunk_size
     return max(k, (chunk_size + k // 2) // k * k)
 

@@ -4,8 +4,11 @@
 the reference ``pSp`` / ``e4e`` wrappers add around it at inference time:
 
 * the input transform: aligned face crops resized to the encoder's input size
-  (256) as the reference's ``transforms.Resize((256, 256))`` does on a PIL image
-  (antialiased bilinear; :func:`resize_faces`, :func:`preprocess`);
+  (256) exactly as the reference's ``transforms.Resize((256, 256))`` does on a
+  PIL image (:func:`resize_faces`, :func:`preprocess`): the crop in whole grey
+  levels (a deep crop rounded to 8 bits, as the reference reads images), PIL's
+  antialiased bilinear resampling in its fixed-point arithmetic, horizontal pass
+  then vertical, each rounded half up to whole grey levels;
 * ``latent_avg`` added to the codes when ``start_from_latent_avg`` (pSp, e4e),
   a single W code broadcast to every layer;
 * ReStyle's iterations: the encoder sees the face next to the current
@@ -19,6 +22,7 @@ the reference ``pSp`` / ``e4e`` wrappers add around it at inference time:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +33,7 @@ from torch import nn
 
 from engine.generator.stylegan2 import Generator
 
-__all__ = ["EncoderInfo", "FaceEncoder", "resize_faces", "preprocess"]
+__all__ = ["EncoderInfo", "FaceEncoder", "resize_faces", "resize_levels", "preprocess"]
 
 RESTYLE_ITERATIONS = 5  # restyle-encoder options/test_options.py: --n_iters_per_batch default
 
@@ -68,32 +72,69 @@ class EncoderInfo:
         return self.kind.startswith("restyle")
 
 
+PIL_PRECISION_BITS = 22   # Pillow's Resample.c: 32 - 8 - 2 fractional bits of its 8-bit coefficients
+
+
+@functools.lru_cache(maxsize=32)
+def _pil_weights(in_size: int, out_size: int) -> torch.Tensor:
+    """Pillow's BILINEAR coefficients for one axis (``precompute_coeffs``, then ``normalize_coeffs_8bpc``
+    into fixed point) as a dense (out_size, in_size) float64 matrix of whole numbers."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 1.0 * filterscale  # the triangle filter's support, stretched when shrinking
+    inv_filterscale = 1.0 / filterscale
+    weights = torch.zeros(out_size, in_size, dtype=torch.float64)
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), in_size) - xmin
+        k = [max(0.0, 1.0 - abs((x + xmin - center + 0.5) * inv_filterscale)) for x in range(xmax)]
+        total = 0.0
+        for w in k:  # summed in Pillow's order: the normalised doubles must round the same way
+            total += w
+        for x, w in enumerate(k):
+            w = w / total if total != 0.0 else w
+            weights[xx, x + xmin] = int(0.5 + w * (1 << PIL_PRECISION_BITS))  # w >= 0: Pillow's rounding
+    return weights
+
+
+def resize_levels(levels: torch.Tensor, size: int) -> torch.Tensor:
+    """``Image.resize((size, size), BILINEAR)`` of whole 8-bit grey levels (N, C, H, W), bit for bit.
+
+    Pillow's fixed-point passes, horizontal then vertical (each skipped when that side already has
+    the size), each ``(sum of level * weight + 2**21) >> 22`` clipped to 0..255. The sums are whole
+    numbers below 2**40, so float64 products and sums hold them exactly, in any order (MPS has no
+    float64: the CPU does it there). Pillow 13 runs the vertical pass first on some non-square
+    images; on square ones (every face crop) every version agrees with this.
+    """
+    device = levels.device
+    x = levels.to(device="cpu" if device.type == "mps" else device, dtype=torch.float64)
+    half, unit = float(1 << (PIL_PRECISION_BITS - 1)), float(1 << PIL_PRECISION_BITS)
+    if x.shape[-1] != size:
+        x = torch.floor((x @ _pil_weights(x.shape[-1], size).to(x.device).T + half) / unit).clamp_(0, 255)
+    if x.shape[-2] != size:
+        x = torch.floor((_pil_weights(x.shape[-2], size).to(x.device) @ x + half) / unit).clamp_(0, 255)
+    return x.to(device)
+
+
 def resize_faces(crops: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize float crops (N,C,S,S) to size x size with antialiased bilinear (PIL's BILINEAR resize)."""
-    if crops.shape[-2:] == (size, size):
-        return crops
-    return F.interpolate(crops, size=(size, size), mode="bilinear", align_corners=False,
-                         antialias=True)
+    """Float crops (N, C, S, S) in [-1, 1] as the reference encoders see them at size x size: whole
+    8-bit grey levels (deep crops rounded), resized like PIL's BILINEAR (:func:`resize_levels`)."""
+    levels = ((crops.detach().float() + 1.0) * 127.5).round_().clamp_(0, 255)
+    return (resize_levels(levels, size) / 127.5 - 1.0).to(crops.dtype)
 
 
 def preprocess(images, size: int = 256) -> torch.Tensor:
     """The reference inference transform for uint8 RGB faces: (N,H,W,3) or (H,W,3) -> (N,3,size,size) in [-1,1].
 
-    ``Resize((size, size))`` on a PIL image, ``ToTensor`` and
-    ``Normalize(0.5, 0.5)``. PIL resizes in two antialiased bilinear passes,
-    horizontal then vertical, each rounded to uint8; so does this (its float
-    arithmetic differs from PIL's fixed point by one grey level in about one
-    pixel in a thousand).
+    ``Resize((size, size))`` on a PIL image, ``ToTensor`` and ``Normalize(0.5, 0.5)``, bit for bit
+    (:func:`resize_levels`).
     """
     arr = np.asarray(images)
     if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or arr.shape[-1] != 3:
         raise ValueError(f"expected uint8 RGB images (N,H,W,3) or (H,W,3), got {arr.dtype} {arr.shape}")
-    x = torch.tensor(arr.reshape((-1,) + arr.shape[-3:]), dtype=torch.float32).permute(0, 3, 1, 2)
-    for pass_size in ((x.shape[-2], size), (size, size)):
-        if x.shape[-2:] != pass_size:
-            x = F.interpolate(x, size=pass_size, mode="bilinear", align_corners=False,
-                              antialias=True).round().clamp(0, 255)
-    return x / 127.5 - 1.0
+    levels = torch.from_numpy(np.ascontiguousarray(arr.reshape((-1,) + arr.shape[-3:]))).permute(0, 3, 1, 2)
+    return (resize_levels(levels, size) / 127.5 - 1.0).to(torch.float32)
 
 
 class FaceEncoder(nn.Module):
@@ -143,7 +184,7 @@ class FaceEncoder(nn.Module):
             raise ValueError(f"iterations must be >= 1 for ReStyle and 1 for a one-pass encoder "
                              f"({info.kind}), got {iterations}")
         weight = next(self.encoder.parameters())
-        x = resize_faces(crops.to(device=weight.device, dtype=weight.dtype), self.encoder.layout.input_size)
+        x = resize_faces(crops.to(device=weight.device), self.encoder.layout.input_size).to(weight.dtype)
         if not info.restyle:
             out = self._offset(self.encoder(x), self.latent_avg if info.start_from_latent_avg else None)
             return [out] if return_all else out
