@@ -40,7 +40,7 @@ uninterrupted one. Several processes: gradients are averaged by
 from __future__ import annotations
 
 import copy
-import math
+import inspect
 from dataclasses import asdict, dataclass, fields
 from typing import Dict, List, Mapping, Optional
 
@@ -311,8 +311,12 @@ class Distiller:
     def _parallel(self, module: nn.Module) -> nn.Module:
         if self.world_size <= 1:
             return module
+        ddp = nn.parallel.DistributedDataParallel
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(module, device_ids=ids, broadcast_buffers=False)
+        # buffers (noise maps, blur kernels) are equal everywhere: no need to send them every forward
+        quiet = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters \
+            else "broadcast_buffers"
+        return ddp(module, device_ids=ids, **{quiet: False})
 
     def tmp_weight(self, iteration: int) -> float:
         """The temporal loss's ramp at a (global) iteration: 0 over the first half of training, then up to ~1."""
