@@ -251,6 +251,30 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(models, run, tmp_pat
     assert len((out / "log.jsonl").read_text().splitlines()) == 5
 
 
+def test_ctrl_c_stops_after_an_iteration_and_the_same_command_continues(models, run, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "toon_ofx", *argv(models, out)], env=env, text=True,
+                            stderr=subprocess.PIPE)
+    log = out / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and log.read_text().strip()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err
+    assert "interrupted at iteration" in err and "Traceback" not in err
+    done = len(log.read_text().splitlines())
+    assert 1 <= done < 5 and (out / "checkpoints" / f"{done:06d}.pt").is_file()
+    assert not (out / "vtoonify.pt").exists()
+    assert cli.main(argv(models, out)) == 0
+    assert states_equal(torch.load(out / "vtoonify.pt", weights_only=True)["g_ema"],
+                        torch.load(run / "vtoonify.pt", weights_only=True)["g_ema"])
+
+
 def face_crop() -> torch.Tensor:
     """The astronaut's head (a real face) as a 96x96 crop in [-1, 1]."""
     import cv2

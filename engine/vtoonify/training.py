@@ -478,8 +478,3 @@ class Distiller:
             self.d_optim.load_state_dict(state["d_optim"])
         self.iteration = int(state["iter"])
 
-
-def derived_sizes(size: int, out_scale: int) -> Dict[str, int]:
-    """The sizes a distillation works at for a ``size`` px generator (for documentation and checks)."""
-    return {"frame": size, "input": size // 4, "output": size * out_scale // 4, "discriminator": size // 4,
-            "lpips": size // 2, "crop": int(round(size * out_scale / 4 * CROP))}
