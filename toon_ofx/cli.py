@@ -237,6 +237,7 @@ SUBCOMMANDS = (
     ("install-resolve-script", "hosts.resolve", "add_install_parser", "run_install"),
     ("dataset", "training.dataset", "add_dataset_parser", "run_dataset"),
     ("train", "training.train", "add_train_parser", "run_train"),
+    ("distill", "training.distill", "add_distill_parser", "run_distill"),
 )
 
 

@@ -95,15 +95,20 @@ class ImageBank:
 
 def save_checkpoint(path: Path, trainer) -> Path:
     """Write a resumable checkpoint atomically (g_ema's latent_avg refreshed first)."""
+    trainer.refresh_latent_avg()
+    return write_torch(path, trainer.state_dict())
+
+
+def write_torch(path: Path, obj) -> Path:
+    """torch.save `obj` atomically (temp file, fsync, rename); UserError when the disk refuses."""
     import torch
 
-    trainer.refresh_latent_avg()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(trainer.state_dict(), f)
+            torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -123,12 +128,17 @@ def save_samples(path: Path, g_ema, z) -> Path:
     """A grid of images from fixed latents and the stored noise maps, to watch the style emerge."""
     import torch
 
-    from ..core import media
-
     with torch.no_grad():
         images, _ = g_ema([z.to(next(g_ema.parameters()).device)], randomize_noise=False)
+    return write_grid(path, images)
+
+
+def write_grid(path: Path, images, cols: Optional[int] = None) -> Path:
+    """Images (N, 3, H, W) in [-1, 1] as one picture, `cols` to a row (default: a square grid)."""
+    from ..core import media
+
     images = ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    cols = int(np.ceil(np.sqrt(len(images))))
+    cols = cols or int(np.ceil(np.sqrt(len(images))))
     rows = int(np.ceil(len(images) / cols))
     size = images.shape[1]
     grid = np.zeros((rows * size, cols * size, 3), np.uint8)
