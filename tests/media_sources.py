@@ -88,3 +88,41 @@ def ffprobe(path: Path, entries: str, stream: Optional[str] = None) -> List[dict
 def distinct_levels(image: np.ndarray) -> int:
     """Distinct values of the first channel of `image` (a smooth ramp shows its real depth)."""
     return int(np.unique(image[..., 0]).size)
+
+
+def write_image(path: Path, pixels: np.ndarray, pixel_type: str, **attributes) -> Path:
+    """Write `pixels` (H x W x C) with OpenImageIO as `pixel_type` ("uint16", "half", "float"...), with header
+    `attributes` (``bits=10`` for 10-bit DPX, ``compression="piz"``, ``timecode="01:00:00:00"``, any OIIO
+    attribute name with ":" spelt "__", e.g. ``oiio__ColorSpace="ACEScg"``)."""
+    import OpenImageIO as oiio
+
+    h, w, c = pixels.shape
+    spec = oiio.ImageSpec(w, h, c, pixel_type)
+    if c == 4:
+        spec.alpha_channel = 3
+    for name, value in attributes.items():
+        if name == "bits":
+            spec.attribute("oiio:BitsPerSample", int(value))
+        elif name == "timecode":
+            hh, mm, ss, ff = (int(v) for v in value.split(":"))
+            bcd = lambda v: (v // 10) << 4 | (v % 10)  # noqa: E731
+            spec.attribute("smpte:TimeCode", oiio.TypeTimeCode, (bcd(hh) << 24 | bcd(mm) << 16 | bcd(ss) << 8 | bcd(ff), 0))
+        elif name == "fps":
+            spec.attribute("FramesPerSecond", oiio.TypeRational, value)
+        else:
+            spec.attribute(name.replace("__", ":"), value)
+    out = oiio.ImageOutput.create(str(path))
+    assert out.open(str(path), spec), oiio.geterror()
+    assert out.write_image(np.ascontiguousarray(pixels)), out.geterror()
+    out.close()
+    return path
+
+
+def to_acescg(rgb: np.ndarray) -> np.ndarray:
+    """An sRGB picture (uint8/uint16) as scene-linear ACEScg float32, through OpenColorIO's ACES studio config."""
+    import PyOpenColorIO as ocio
+
+    config = ocio.Config.CreateFromFile("ocio://studio-config-latest")
+    linear = np.ascontiguousarray(rgb.astype(np.float32) / np.iinfo(rgb.dtype).max)
+    config.getProcessor("srgb_tx", "ACEScg").getDefaultCPUProcessor().applyRGB(linear)
+    return linear

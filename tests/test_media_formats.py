@@ -430,5 +430,5 @@ def test_codec_help_names_every_codec():
     add_codec_option(parser)
     import re
 
-    listed = set(re.findall(r"\b(?:h264|hevc|prores|dnxhr)[\w-]*", parser._actions[-1].help))
+    listed = set(re.findall(r"\b(?:h264|hevc|prores|dnxhr|xdcam)[\w-]*", parser._actions[-1].help))
     assert listed == set(media.codec_names())
