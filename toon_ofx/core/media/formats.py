@@ -286,6 +286,7 @@ class ColorPlan:
 def color_plan(codec: Codec, source: Optional[MediaInfo]) -> ColorPlan:
     """Matrix, range and tags of `source` as `codec` can write them; UserError if it cannot say them."""
     space = source.color_space if source else None
+    space = None if space == "gbr" else space   # an RGB-coded source (FFV1, PNG in MOV) has no YCbCr matrix to keep
     primaries = source.color_primaries if source else None
     transfer = source.color_transfer if source else None
     full = source is not None and source.color_range == "pc"

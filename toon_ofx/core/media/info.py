@@ -66,6 +66,7 @@ class Stream:
     kind: str                 # "audio", "subtitle" or "data"
     codec: str                # ffprobe codec_name ("aac", "pcm_s24le", "mov_text", "none"...)
     tag: str = ""             # codec_tag_string ("tmcd" for a QuickTime timecode track)
+    sample_rate: int = 0      # audio: samples per second
 
 
 @dataclass(frozen=True)

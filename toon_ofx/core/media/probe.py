@@ -127,7 +127,7 @@ def _probe_movie(p: Path, head: bytes, given: Optional[Fraction], allow_still: b
     raw_bits = str(vs.get("bits_per_raw_sample", ""))
     timecode, reel = _timecode(vs, streams, fmt)
     others = tuple(Stream(int(s["index"]), s["codec_type"], str(s.get("codec_name") or "none"),
-                          str(s.get("codec_tag_string") or "")) for s in streams
+                          str(s.get("codec_tag_string") or ""), int(s.get("sample_rate") or 0)) for s in streams
                    if s.get("codec_type") in ("audio", "subtitle", "data"))
     return MediaInfo(
         path=p, width=width, height=height, fps=fps, frame_count=n, duration=duration,

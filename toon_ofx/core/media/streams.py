@@ -97,7 +97,11 @@ def _stream_codec(path: Path, stream: Stream, muxer: str, spec: str, n: int, not
     where = f"{stream.kind} stream {stream.index} ({stream.codec})"
     if stream.tag == "tmcd":
         return None  # the timecode track is written anew from the start timecode
-    if _copyable(path, stream.index, stream.codec, stream.tag, muxer):
+    if muxer == "mxf":   # MXF takes 48 kHz PCM and no subtitles (a trial copy cannot tell: it needs a picture)
+        copyable = stream.codec in ("pcm_s16le", "pcm_s24le") and stream.sample_rate == 48000
+    else:
+        copyable = _copyable(path, stream.index, stream.codec, stream.tag, muxer)
+    if copyable:
         return [f"-c:{spec}:{n}", "copy"]
     if stream.kind == "audio":
         codec, rate = _AUDIO_FALLBACK[muxer]
