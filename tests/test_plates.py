@@ -155,6 +155,9 @@ def test_colour_path_round_trips_to_float_rounding(tmp_path):
     assert not np.allclose(there, linear, atol=1e-3)
     back = colour.from_working(there)
     assert np.max(np.abs(back - linear) / np.abs(linear)) <= 1e-4
+    codes = colour.to_engine(linear, 16)          # the engine's input: OCIO's fast kernels straight to 16 bits
+    exact = np.round(np.clip(colour.to_working(linear.copy()), 0, 1) * 65535)
+    assert codes.dtype == np.uint16 and np.abs(codes - exact).max() <= 1
 
 
 def test_colour_space_choice_and_refusal(tmp_path, astronaut):

@@ -103,15 +103,7 @@ class Pictures:
     # -- source pixels ----------------------------------------------------------------------------
     def to_engine(self, source: np.ndarray) -> np.ndarray:
         """The engine's picture of a source picture: its RGB in the working space at `bits`."""
-        rgb = source[:, :, self.rgb]
-        if self.colour.identity and not self.float:
-            return np.ascontiguousarray(rgb)
-        values = rgb.astype(np.float32)
-        if not self.float:
-            values /= np.float32(np.iinfo(source.dtype).max)
-        values = self.colour.to_working(values)
-        scale = 65535.0 if self.bits == 16 else 255.0
-        return (np.clip(values, 0.0, 1.0) * scale + 0.5).astype(np.uint16 if self.bits == 16 else np.uint8)
+        return self.colour.to_engine(np.ascontiguousarray(source[:, :, self.rgb]), self.bits)
 
     def from_engine(self, values: np.ndarray, like: np.ndarray) -> np.ndarray:
         """Engine RGB values (N x 3 or H x W x 3) back in the source's colour space and pixel type (`like`'s)."""
