@@ -258,3 +258,16 @@ def test_an_unreadable_plate_names_the_file_and_the_reason(tmp_path):
     with pytest.raises(UserError) as err:
         media.probe(odd)
     assert "DPX" in err.value.message and "OpenEXR" in err.value.message and "damaged" not in err.value.message
+
+
+def test_a_plate_previews_in_the_working_space(exr_plate, tiny_params):
+    from toon_ofx.core.render import preview
+
+    kind, folder = exr_plate
+    if kind == "float":
+        pytest.skip("one pixel type is enough for the preview")
+    original, stylised, faces = preview(folder / "bg.%03d.exr", 1, dict(tiny_params, **FAST))
+    linear, _ = media.read_pixels(folder / "bg.008.exr")
+    expected = plan_colour(media.probe(folder / "bg.%03d.exr")).to_engine(np.ascontiguousarray(linear[..., :3]), 8)
+    assert original.dtype == np.uint8 and np.abs(original.astype(int) - expected).max() <= 1
+    assert faces == 1 and stylised.shape == original.shape

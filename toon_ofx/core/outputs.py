@@ -69,7 +69,7 @@ def plan_output(info: "media.MediaInfo", output: Path, overlay: bool, work_dir: 
     if same_file(output, Path(info.path)):
         raise UserError(f"output {output} is the source clip; the source is never written to", field="output")
     suffix = output.suffix.lower()
-    own = _own_suffix(info, overlay)
+    own = frame_suffix(info, overlay)
     if "%" in output.name:
         if suffix not in SEQUENCE_SUFFIXES:
             raise UserError(f"image sequence pattern {output.name} must end in one of {', '.join(SEQUENCE_SUFFIXES)}",
@@ -96,8 +96,7 @@ def plan_output(info: "media.MediaInfo", output: Path, overlay: bool, work_dir: 
                           info.first_number)
     if codec is not None and plan.kind != "movie":
         raise UserError(f"a codec is for movie outputs; {output} is an image {plan.kind}", field="codec")
-    frame_suffix = Path(plan.pattern).suffix.lower()
-    if overlay and plan.kind != "movie" and frame_suffix not in ALPHA_IMAGE_SUFFIXES:
+    if overlay and plan.kind != "movie" and Path(plan.pattern).suffix.lower() not in ALPHA_IMAGE_SUFFIXES:
         raise UserError(f"an RGBA overlay needs an image format with alpha (.png, .tif, .webp, .exr), not "
                         f"{Path(plan.pattern).suffix}", field="output")
     if info.is_sequence and same_file(plan.frame_path(0), info.file_for(0)):
@@ -107,7 +106,7 @@ def plan_output(info: "media.MediaInfo", output: Path, overlay: bool, work_dir: 
     return plan
 
 
-def _own_suffix(info: "media.MediaInfo", overlay: bool) -> str:
+def frame_suffix(info: "media.MediaInfo", overlay: bool = False) -> str:
     """The frame suffix an image source comes back in: its own (where writable, and with alpha for an
     overlay), else .png; movies give .png frames."""
     ext = info.path.suffix.lower() if info.is_sequence else ".png"

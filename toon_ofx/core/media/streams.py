@@ -19,7 +19,11 @@ metadata (creation time, camera tags) is copied too.
 
 Audio, subtitles and data are cut to the frames' span; a copied compressed
 audio stream starts at the packet that holds the first frame's time and the
-container's edit list trims it to the sample.
+container's edit list trims it to the sample. A subtitle cue that starts before
+the span or runs past it is cut to it (a `setts` filter: a copied cue keeps its
+duration otherwise, and the container's duration with it). An MXF output takes
+48 kHz PCM audio only (others are converted) and no subtitles. An image
+sequence's timecode (DPX/EXR header) becomes the movie's.
 """
 from __future__ import annotations
 
