@@ -48,10 +48,11 @@ def frames(width: int, height: int, count: int, face: Optional[np.ndarray] = Non
 
 def encode(path: Path, pictures: Sequence[np.ndarray], rate: str, video: Iterable[str], *,
            inputs: Iterable[str] = (), output: Iterable[str] = ()) -> Path:
-    """Pipe 16-bit RGB `pictures` into ffmpeg as input 0; `inputs` are further inputs (-f lavfi -i ...),
+    """Pipe 16-bit RGB (or RGBA) `pictures` into ffmpeg as input 0; `inputs` are further inputs (-f lavfi -i ...),
     `video` the video codec options, `output` any other output options (maps, audio, timecode...)."""
     h, w = pictures[0].shape[:2]
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb48le", "-s", f"{w}x{h}",
+    raw = "rgba64le" if pictures[0].shape[2] == 4 else "rgb48le"   # RGBA pictures: a source with alpha
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", raw, "-s", f"{w}x{h}",
            "-framerate", rate, "-i", "pipe:0", *inputs, *video, *output, str(path)]
     data = b"".join(np.ascontiguousarray(p, dtype="<u2").tobytes() for p in pictures)
     subprocess.run(cmd, input=data, check=True)

@@ -271,3 +271,36 @@ def test_a_plate_previews_in_the_working_space(exr_plate, tiny_params):
     expected = plan_colour(media.probe(folder / "bg.%03d.exr")).to_engine(np.ascontiguousarray(linear[..., :3]), 8)
     assert original.dtype == np.uint8 and np.abs(original.astype(int) - expected).max() <= 1
     assert faces == 1 and stylised.shape == original.shape
+
+
+def test_a_prores_4444_source_keeps_its_alpha_and_h264_says_it_cannot(tmp_path, tiny_params):
+    rng = np.random.default_rng(5)
+    pictures = [np.concatenate([p, rng.integers(0, 65536, (64, 96, 1), dtype=np.uint16)], axis=2)
+                for p in ms.frames(96, 64, 2)]
+    clip = ms.encode(tmp_path / "key.mov", pictures, "25", ["-c:v", "prores_ks", "-profile:v", "4",
+                                                            "-pix_fmt", "yuva444p10le", "-alpha_bits", "16"])
+    info = media.probe(clip)
+    assert info.alpha
+    result = render(RenderRequest(clip, tmp_path / "toon.mov", dict(tiny_params, **FAST)))
+    assert result.codec == "ProRes 4444" and result.warnings == []
+    source = dict(media.read_native(info))
+    for i, frame in media.read_native(media.probe(result.output)):
+        # the alpha plane, to ffmpeg's ProRes precision (it decodes 12-bit alpha and its encoder takes 10 bits):
+        # within 1.5 10-bit steps
+        diff = np.abs(frame[..., 3].astype(np.int64) - source[i][..., 3])
+        assert frame.shape[2] == 4 and diff.max() <= 96
+    mp4 = render(RenderRequest(clip, tmp_path / "toon.mp4", dict(tiny_params, **FAST)))
+    assert mp4.warnings[-1] == ("the alpha channel of key.mov is left out: a HEVC Main 10 movie cannot hold it "
+                                "(write a .mov in ProRes 4444, or .png/.exr/.tif frames, to keep it)")
+    assert not media.probe(mp4.output).alpha
+
+
+def test_a_bad_ocio_config_is_one_line(tmp_path, monkeypatch):
+    from toon_ofx.core.colour import plan_colour as plan
+
+    monkeypatch.setenv("OCIO", str(tmp_path / "missing.ocio"))
+    plate = ms.write_image(tmp_path / "lin.exr", np.zeros((4, 4, 3), np.float32), "float")
+    with pytest.raises(UserError) as err:
+        plan(media.probe(plate), "ACEScg")
+    assert err.value.message.startswith(f"the OCIO config {tmp_path / 'missing.ocio'} cannot be read: ")
+    assert "\n" not in err.value.message
