@@ -321,3 +321,17 @@ def test_warnings_reach_stderr_with_quiet_and_json_as_a_field(tmp_path, tiny_par
     assert len(said) == 1 and "instead of the ProRes 422 HQ" in said[0] and "odd-width (97 px)" in said[0]
     assert f"toon-ofx: warning: {said[0]}" in proc.stderr
     assert all("warning" in e for e in events)   # the JSON form gained the field on every event
+
+
+def test_a_colour_managed_interlaced_clip_keeps_every_untouched_pixel(interlaced_clip, tmp_path, tiny_params):
+    """A movie in another colour space (here Gamma 2.4 Rec.709): the fields go to the engine converted, the
+    frames come back woven from the source's own pixels wherever the faces did not change them."""
+    work = tmp_path / "frames"
+    params = dict(tiny_params, **FAST, input_colorspace="Gamma 2.4 Encoded Rec.709")
+    render(RenderRequest(interlaced_clip, tmp_path / "toon.mov", params, work_dir=work, keep_frames=True,
+                         frames=(0, 1)))
+    src = dict(media.read_frames(interlaced_clip, 0, 1))   # an 8-bit clip: 8-bit frames
+    for i in range(2):
+        frame = media.read_pixels(work / f"tff.{i:06d}.png")[0]
+        changed = (frame != src[i]).any(axis=2)
+        assert changed.any() and not changed[:, :150].any()

@@ -23,8 +23,8 @@ def add_render_parser(sub) -> None:
                        description="Toonify every face in a clip; everything else is left untouched.")
     p.add_argument("source", type=Path, help="movie file, image sequence (pattern or folder) or still image")
     p.add_argument("-o", "--output", type=Path, required=True,
-                   help="movie (.mp4/.mov/.mkv), folder, pattern like out/shot.%%06d.png, or an image file "
-                        "for a still")
+                   help="movie (.mp4/.mov/.mkv/.mxf), folder (an image sequence comes back in its own format), "
+                        "pattern like out/shot.%%06d.png or .exr, or an image file for a still")
     p.add_argument("--frames", type=frame_range, metavar="A-B",
                    help="inclusive frame range, 0-based (for an image sequence too: 0 is its first file)")
     p.add_argument("--warmup", type=int, default=0, metavar="N",
