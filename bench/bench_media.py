@@ -17,6 +17,13 @@ only other reader here, for DPX and EXR); and the OpenColorIO conversion of an
 ACEScg plate (the whole frame into the working space, the face region back)
 against the frame's non-inference work (decode, face detection, alignment,
 paste-back, write): goal <= 5 %.
+
+Measured (2 shared cores, 1920x1080, 8 frames, ms per frame): read / write
+PNG 16-bit 57 / 287 with OIIO vs 48 / 117 with OpenCV (so PNG frames are still
+written by OpenCV); DPX 10-bit 29 / 27 (ffmpeg reads it in 46); EXR half PIZ
+54 / 132 (ffmpeg reads it in 139). OCIO: 39 ms into the engine's 16-bit codes
+(the lossless float path alone takes 69), 22 ms for an 810x810 face region
+back: 60 ms = 4.3 % of the frame's 1399 ms of non-inference work.
 """
 from __future__ import annotations
 
