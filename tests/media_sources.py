@@ -48,10 +48,11 @@ def frames(width: int, height: int, count: int, face: Optional[np.ndarray] = Non
 
 def encode(path: Path, pictures: Sequence[np.ndarray], rate: str, video: Iterable[str], *,
            inputs: Iterable[str] = (), output: Iterable[str] = ()) -> Path:
-    """Pipe 16-bit RGB `pictures` into ffmpeg as input 0; `inputs` are further inputs (-f lavfi -i ...),
+    """Pipe 16-bit RGB (or RGBA) `pictures` into ffmpeg as input 0; `inputs` are further inputs (-f lavfi -i ...),
     `video` the video codec options, `output` any other output options (maps, audio, timecode...)."""
     h, w = pictures[0].shape[:2]
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb48le", "-s", f"{w}x{h}",
+    raw = "rgba64le" if pictures[0].shape[2] == 4 else "rgb48le"   # RGBA pictures: a source with alpha
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", raw, "-s", f"{w}x{h}",
            "-framerate", rate, "-i", "pipe:0", *inputs, *video, *output, str(path)]
     data = b"".join(np.ascontiguousarray(p, dtype="<u2").tobytes() for p in pictures)
     subprocess.run(cmd, input=data, check=True)
@@ -88,3 +89,41 @@ def ffprobe(path: Path, entries: str, stream: Optional[str] = None) -> List[dict
 def distinct_levels(image: np.ndarray) -> int:
     """Distinct values of the first channel of `image` (a smooth ramp shows its real depth)."""
     return int(np.unique(image[..., 0]).size)
+
+
+def write_image(path: Path, pixels: np.ndarray, pixel_type: str, **attributes) -> Path:
+    """Write `pixels` (H x W x C) with OpenImageIO as `pixel_type` ("uint16", "half", "float"...), with header
+    `attributes` (``bits=10`` for 10-bit DPX, ``compression="piz"``, ``timecode="01:00:00:00"``, any OIIO
+    attribute name with ":" spelt "__", e.g. ``oiio__ColorSpace="ACEScg"``)."""
+    import OpenImageIO as oiio
+
+    h, w, c = pixels.shape
+    spec = oiio.ImageSpec(w, h, c, pixel_type)
+    if c == 4:
+        spec.alpha_channel = 3
+    for name, value in attributes.items():
+        if name == "bits":
+            spec.attribute("oiio:BitsPerSample", int(value))
+        elif name == "timecode":
+            hh, mm, ss, ff = (int(v) for v in value.split(":"))
+            bcd = lambda v: (v // 10) << 4 | (v % 10)  # noqa: E731
+            spec.attribute("smpte:TimeCode", oiio.TypeTimeCode, (bcd(hh) << 24 | bcd(mm) << 16 | bcd(ss) << 8 | bcd(ff), 0))
+        elif name == "fps":
+            spec.attribute("FramesPerSecond", oiio.TypeRational, value)
+        else:
+            spec.attribute(name.replace("__", ":"), value)
+    out = oiio.ImageOutput.create(str(path))
+    assert out.open(str(path), spec), oiio.geterror()
+    assert out.write_image(np.ascontiguousarray(pixels)), out.geterror()
+    out.close()
+    return path
+
+
+def to_acescg(rgb: np.ndarray) -> np.ndarray:
+    """An sRGB picture (uint8/uint16) as scene-linear ACEScg float32, through OpenColorIO's ACES studio config."""
+    import PyOpenColorIO as ocio
+
+    config = ocio.Config.CreateFromFile("ocio://studio-config-latest")
+    linear = np.ascontiguousarray(rgb.astype(np.float32) / np.iinfo(rgb.dtype).max)
+    config.getProcessor("srgb_tx", "ACEScg").getDefaultCPUProcessor().applyRGB(linear)
+    return linear

@@ -220,7 +220,8 @@ def test_bad_input_empty_clip_and_audio_only(tmp_path):
 def test_bad_input_broken_image(tmp_path):
     bad = tmp_path / "photo.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
-    _expect(bad, "not an image")
+    msg = _expect(bad, "not a readable png image")
+    assert "damaged" not in msg
 
 
 @pytest.mark.skipif(sys.platform == "win32" or os.geteuid() == 0, reason="root reads anything")

@@ -430,5 +430,145 @@ def test_codec_help_names_every_codec():
     add_codec_option(parser)
     import re
 
-    listed = set(re.findall(r"\b(?:h264|hevc|prores|dnxhr)[\w-]*", parser._actions[-1].help))
+    listed = set(re.findall(r"\b(?:h264|hevc|prores|dnxhr|xdcam)[\w-]*", parser._actions[-1].help))
     assert listed == set(media.codec_names())
+
+
+# ----------------------------------------------------------------------------- issue 21: the last media gaps
+
+def _stream_durations(path: Path) -> dict:
+    import json
+    import subprocess
+
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,duration,codec_tag_string",
+                          "-of", "json", str(path)], capture_output=True, check=True).stdout
+    return {s["codec_type"]: s for s in json.loads(out)["streams"]}
+
+
+@pytest.mark.parametrize("suffix,codec", [(".mp4", None), (".mov", "prores-422hq")])
+def test_vfr_last_frame_keeps_its_duration(tmp_path, suffix, codec):
+    """VFR: a frame's duration is the time to the next one; the last one's used to be one tick."""
+    durations = [0.05, 0.125, 0.0833, 0.2, 0.0417, 0.1, 0.15]
+    times = np.concatenate([[0.0], np.cumsum(durations[:-1])])
+    source = tmp_path / "vfr.mkv"
+    listing = tmp_path / "list.ffconcat"
+    lines = ["ffconcat version 1.0"]
+    for k, picture in enumerate(ms.frames(64, 48, len(durations))):
+        media.write_frame(tmp_path / f"src.{k}.png", picture, bits=16, fsync=False)
+        lines += [f"file src.{k}.png", f"duration {durations[k]:.4f}"]
+    listing.write_text("\n".join(lines) + "\n")
+    ffmpeg = shutil.which("ffmpeg")
+    import subprocess
+
+    subprocess.run([ffmpeg, "-v", "error", "-f", "concat", "-safe", "0", "-i", str(listing), "-fps_mode", "vfr",
+                    "-c:v", "ffv1", "-pix_fmt", "yuv444p10le", str(source)], check=True)
+    info = media.probe(source)
+    assert info.is_vfr and info.frame_count == len(durations)
+    pattern = _frames_of(info, tmp_path / "frames", 16)
+    out = media.encode_movie(pattern, tmp_path / f"out{suffix}", info, codec=codec)
+    got = media.probe(out)
+    assert np.allclose(got.timestamps, info.timestamps, atol=1e-4)
+    assert float(_stream_durations(out)["video"]["duration"]) == pytest.approx(info.duration, abs=1e-4)
+    assert got.frame_duration(got.frame_count - 1) == pytest.approx(info.frame_duration(info.frame_count - 1),
+                                                                     abs=1e-4)
+
+
+def test_an_rgb_coded_source_encodes_to_ycbcr(tmp_path):
+    """FFV1/PNG-in-MOV sources are tagged with the "gbr" matrix, which no YCbCr encoder takes."""
+    rgb = ms.encode(tmp_path / "rgb.mkv", ms.frames(64, 48, 2), "25", ["-c:v", "ffv1", "-pix_fmt", "gbrp10le"])
+    info = media.probe(rgb)
+    assert info.color_space == "gbr"
+    pattern = _frames_of(info, tmp_path / "frames", 16)
+    assert media.probe(media.encode_movie(pattern, tmp_path / "out.mp4", info)).codec == "hevc"
+
+
+def test_hevc_in_mp4_and_mov_is_tagged_hvc1(hevc10, tmp_path):
+    info = media.probe(hevc10)
+    pattern = _frames_of(info, tmp_path / "frames", 16, 0, 1)
+    for suffix in (".mp4", ".mov"):
+        out = media.encode_movie(pattern, tmp_path / f"x{suffix}", info, last_frame=1)
+        assert _stream_durations(out)["video"]["codec_tag_string"] == "hvc1", suffix
+
+
+def test_subtitles_are_cut_to_the_frame_range(prores, tmp_path):
+    import subprocess
+
+    info = media.probe(prores)   # 12 frames at 23.976; cues 0-0.3 s and 0.3-0.6 s
+    first, last = 2, 5
+    pattern = _frames_of(info, tmp_path / "frames", 16, first, last)
+    out = media.encode_movie(pattern, tmp_path / "part.mov", info, frame_range=(first, last), audio_from=info)
+    span = info.frame_end(last) - info.frame_time(first)
+    got = _stream_durations(out)
+    assert float(got["subtitle"]["duration"]) == pytest.approx(span, abs=2e-3)
+    cues = subprocess.run(["ffmpeg", "-v", "error", "-i", str(out), "-map", "0:s", "-f", "srt", "-"],
+                          capture_output=True, text=True, check=True).stdout
+    assert "00:00:00,000 --> 00:00:00,167" in cues and "second" not in cues   # the first cue, cut at 0.167 s
+
+
+def test_mxf_source_is_written_back_as_mxf(work, tmp_path):
+    mxf = ms.encode(work / "avid.mxf", ms.frames(PW, PH, 5), "25",
+                    ["-c:v", "dnxhd", "-profile:v", "dnxhr_hq", "-pix_fmt", "yuv422p",
+                     *ms.tags("bt709", "bt709", "bt709", "bt709")],
+                    inputs=["-f", "lavfi", "-i", "sine=sample_rate=48000:duration=0.2"],
+                    output=["-map", "0", "-map", "1", "-c:a", "pcm_s24le", "-timecode", "10:00:00:00"])
+    info = media.probe(mxf)
+    assert media.movie_suffix(info) == ".mxf" and media.default_codec(info).name == "dnxhr-hq"
+    pattern = _frames_of(info, tmp_path / "frames", 8)
+    out = media.encode_frames(pattern, tmp_path / "toon.mxf", info, audio_from=info)
+    got = media.probe(out.path)
+    assert (got.codec, got.profile, got.frame_count, got.timecode) == ("dnxhd", "DNXHR HQ", 5, "10:00:00:00")
+    assert [s.kind for s in got.streams] == ["audio"] and out.notes == []
+    xdcam = ms.encode(work / "xdcam.mxf", ms.frames(PW, PH, 5), "25",
+                      ["-c:v", "mpeg2video", "-pix_fmt", "yuv422p", "-b:v", "50M", "-qmax", "28"])
+    assert media.default_codec(media.probe(xdcam)).name == "xdcam-hd422"
+    part = media.encode_frames(pattern, tmp_path / "xd.mxf", media.probe(xdcam))
+    assert media.probe(part.path).codec == "mpeg2video"
+    for codec, output in ((None, "h264.mxf"), ("prores-422hq", "p.mxf"), ("h264", "h.mxf")):
+        source = media.probe(ms.encode(work / "h264.mp4", ms.frames(64, 48, 2), "25", ["-c:v", "libx264"])) \
+            if codec != "prores-422hq" else info
+        message = _error_of(lambda: media.encode_frames(pattern, tmp_path / output, source, codec=codec))
+        assert "cannot go in an MXF file" in message and f"{Path(output).stem}.mov" in message, message
+        assert "\n" not in message and not (tmp_path / output).exists()
+
+
+def test_codec_switches_are_said(prores, tmp_path):
+    info = media.probe(prores)
+    codec, warnings = media.codec_choice(tmp_path / "x.mp4", None, info)
+    assert codec.name == "hevc-10bit" and len(warnings) == 1
+    assert "instead of the ProRes 422 HQ" in warnings[0] and "x.mov" in warnings[0]
+    odd = media.probe(ms.encode(tmp_path / "odd.mov", ms.frames(W, H, 2), "25",
+                                ["-c:v", "prores_ks", "-profile:v", "3", "-pix_fmt", "yuv422p10le"]))
+    codec, warnings = media.codec_choice(tmp_path / "y.mov", None, odd)
+    assert codec.name == "prores-4444" and "odd-width (641 px)" in warnings[0]
+    codec, warnings = media.codec_choice(tmp_path / "z.mp4", "h264", odd)
+    assert codec.name == "h264" and "4:4:4" in warnings[0] and "641x361" in warnings[0]
+    assert media.codec_choice(tmp_path / "same.mov", None, info)[1] == []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="shell script stands in for a hanging tool")
+def test_an_encoder_that_stalls_is_stopped(tmp_path, monkeypatch, hevc10):
+    info = media.probe(hevc10)
+    pattern = _frames_of(info, tmp_path / "frames", 16, 0, 1)
+    monkeypatch.setenv("TOON_OFX_FFMPEG", _hanging_tool(tmp_path))
+    monkeypatch.setenv("TOON_OFX_MEDIA_TIMEOUT", "1")
+    t = time.monotonic()
+    message = _error_of(lambda: media.encode_frames(pattern, tmp_path / "out.mp4", info, last_frame=1))
+    assert "encoding stalled" in message and "TOON_OFX_MEDIA_TIMEOUT" in message
+    assert time.monotonic() - t < 10
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames", "hang.sh"]   # no movie, no partial file
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="shell script stands in for a hanging tool")
+def test_a_cancel_stops_the_encoder_at_once(tmp_path, monkeypatch, hevc10):
+    from toon_ofx.core.errors import Cancelled
+
+    info = media.probe(hevc10)
+    pattern = _frames_of(info, tmp_path / "frames", 16, 0, 1)
+    monkeypatch.setenv("TOON_OFX_FFMPEG", _hanging_tool(tmp_path))   # silent: no progress line ever comes
+    cancel = threading.Event()
+    threading.Timer(0.5, cancel.set).start()
+    t = time.monotonic()
+    with pytest.raises(Cancelled):
+        media.encode_frames(pattern, tmp_path / "out.mp4", info, last_frame=1, cancel=cancel)
+    assert time.monotonic() - t < 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames", "hang.sh"]

@@ -245,7 +245,7 @@ def test_progress_names_each_model_loaded_and_each_projection_step(tmp_path, ast
         e.frames_done for e in events if e.stage in ("rendering", "projecting"))
     json.dumps(projecting[0].to_dict())     # the JSON form carries the new fields
     assert set(projecting[0].to_dict()) == {"stage", "frames_done", "frames_total", "faces", "eta_seconds",
-                                            "model", "step", "steps", "notice"}
+                                            "model", "step", "steps", "notice", "warning"}
 
 
 def test_preview_reports_loading_and_projection_steps_with_an_eta_and_stops_on_cancel(astronaut_clip, tiny_params):

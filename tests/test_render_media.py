@@ -216,3 +216,122 @@ def test_farm_assemble_reads_sequence_numbers(shot_sequence, tmp_path):
     (frames / "shot_toon.1013.png").unlink()
     with pytest.raises(UserError, match=r"file numbers 1013"):
         assemble(frames / "shot_toon.%04d.png", shot_sequence, tmp_path / "again.mov", (1, 4))
+
+
+# ----------------------------------------------------------------------------- issue 22 item 1: cancel while encoding
+
+@pytest.fixture
+def gradient_sequence(tmp_path) -> Path:
+    """Three 64x48 PNG frames without a face (read by OIIO: no ffmpeg before the encode)."""
+    for k, picture in enumerate(ms.frames(64, 48, 3)):
+        media.write_frame(tmp_path / "seq" / f"wall.{k:04d}.png", picture, bits=16, fsync=False)
+    return tmp_path / "seq"
+
+
+def _movie_job(queue, folder, source, tiny_params):
+    from toon_ofx.service.requests import parse_submission
+
+    body = {"source": str(source), "params": dict(tiny_params, **FAST),
+            "output": {"folder": str(folder), "kind": "movie", "codec": "h264"}}
+    return queue.submit(parse_submission(body, device_check=lambda d: "cpu"))["id"]
+
+
+def _wait(store, job_id, done, timeout=60.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = store.get(job_id)
+        if done(job):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} is {store.get(job_id)['state']} / {store.get(job_id)['progress']}")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a shell script stands in for a hanging ffmpeg")
+def test_a_job_cancelled_while_encoding_ends_cancelled_with_its_frames_kept(gradient_sequence, tmp_path,
+                                                                         tiny_params, monkeypatch):
+    from toon_ofx.service.store import JobStore
+    from toon_ofx.service.workers import JobQueue
+
+    hang = tmp_path / "ffmpeg.sh"   # the encoder never finishes (nor says anything): only a cancel ends it
+    hang.write_text("#!/bin/sh\nexec sleep 120\n")
+    hang.chmod(0o755)
+    monkeypatch.setenv("TOON_OFX_FFMPEG", str(hang))
+    store = JobStore(tmp_path / "data" / "jobs.sqlite3")
+    queue = JobQueue(store)          # the real renderer
+    queue.start()
+    try:
+        job_id = _movie_job(queue, tmp_path / "out", gradient_sequence, tiny_params)
+        _wait(store, job_id, lambda job: job["progress"].get("stage") == "encoding")
+        queue.cancel(job_id)
+        job = _wait(store, job_id, lambda job: job["state"] not in ("running", "cancelling", "queued"), 20)
+    finally:
+        queue.stop()
+    assert job["state"] == "cancelled", job
+    assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []   # no movie, no partial file
+    frames = sorted(p.name for p in (tmp_path / "data" / "work" / job_id).rglob("*.png"))
+    assert frames == ["wall.0000.png", "wall.0001.png", "wall.0002.png"]           # kept for a retry
+    store.close()
+
+
+def test_a_cancel_that_comes_as_the_render_ends_still_cancels_the_job(tmp_path):
+    """The runner: a render that finishes although a cancel came in ends `cancelled`, its movie dropped."""
+    import threading
+    from types import SimpleNamespace
+
+    from toon_ofx.service.outputs import partial_movie
+    from toon_ofx.service.requests import JobSpec
+    from toon_ofx.service.runner import JobRunner
+    from toon_ofx.service.store import JobStore
+
+    store = JobStore(tmp_path / "data" / "jobs.sqlite3")
+    (tmp_path / "out").mkdir()
+
+    def render(request, progress=None, cancel=None):
+        Path(request.output).write_bytes(b"a finished movie")
+        cancel.set()   # the user's cancel arrives while the movie is being finished
+        return SimpleNamespace(fps=24.0, first_frame=0, last_frame=2, pattern=None)
+
+    job = store.add(JobSpec(source=str(tmp_path / "clip.mov"), frames=(0, 2), params={"device": "cpu"}, kind="movie",
+                            folder=str(tmp_path / "out"), stem="clip_toon", explicit_name=False, device="cpu",
+                            fps=24.0, frame_count=3, codec="h264"))
+    JobRunner(store, render).run(store.claim_next("cpu"), threading.Event())
+    job = store.get(job["id"])
+    assert job["state"] == "cancelled"
+    assert not Path(job["output"]["path"]).exists() and not Path(partial_movie(job["output"]["path"])).exists()
+    store.close()
+
+
+def test_warnings_reach_stderr_with_quiet_and_json_as_a_field(tmp_path, tiny_params, tiny_models_dir):
+    import json
+
+    model = ["--model", tiny_params["model"], "--base-model", tiny_params["base_model"], "--swap-res", "16",
+             "--steps", "2", "--warm-steps", "1", "--device", "cpu", "--inversion", "projection"]
+    wall = media.write_frame(tmp_path / "wall.png", ms.frames(96, 64, 1)[0], bits=16)
+    proc = run_cli("render", wall, "-o", tmp_path / "out", "-q", *model)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "toon-ofx: warning: no face found in wall.png: it was written unchanged\n", proc.stderr
+    odd = ms.encode(tmp_path / "odd.mov", ms.frames(97, 64, 2), "25",
+                    ["-c:v", "prores_ks", "-profile:v", "3", "-pix_fmt", "yuv422p10le"])
+    proc = run_cli("render", odd, "-o", tmp_path / "toon.mov", "--json", *model)
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    said = [e["warning"] for e in events if e.get("warning")]
+    assert len(said) == 1 and "instead of the ProRes 422 HQ" in said[0] and "odd-width (97 px)" in said[0]
+    assert f"toon-ofx: warning: {said[0]}" in proc.stderr
+    assert all("warning" in e for e in events)   # the JSON form gained the field on every event
+
+
+def test_a_colour_managed_interlaced_clip_keeps_every_untouched_pixel(interlaced_clip, tmp_path, tiny_params):
+    """A movie in another colour space (here Gamma 2.4 Rec.709): the fields go to the engine converted, the
+    frames come back woven from the source's own pixels wherever the faces did not change them."""
+    work = tmp_path / "frames"
+    params = dict(tiny_params, **FAST, input_colorspace="Gamma 2.4 Encoded Rec.709")
+    render(RenderRequest(interlaced_clip, tmp_path / "toon.mov", params, work_dir=work, keep_frames=True,
+                         frames=(0, 1)))
+    src = dict(media.read_frames(interlaced_clip, 0, 1))   # an 8-bit clip: 8-bit frames
+    for i in range(2):
+        frame = media.read_pixels(work / f"tff.{i:06d}.png")[0]
+        changed = (frame != src[i]).any(axis=2)
+        assert changed.any() and not changed[:, :150].any()

@@ -23,8 +23,8 @@ def add_render_parser(sub) -> None:
                        description="Toonify every face in a clip; everything else is left untouched.")
     p.add_argument("source", type=Path, help="movie file, image sequence (pattern or folder) or still image")
     p.add_argument("-o", "--output", type=Path, required=True,
-                   help="movie (.mp4/.mov/.mkv), folder, pattern like out/shot.%%06d.png, or an image file "
-                        "for a still")
+                   help="movie (.mp4/.mov/.mkv/.mxf), folder (an image sequence comes back in its own format), "
+                        "pattern like out/shot.%%06d.png or .exr, or an image file for a still")
     p.add_argument("--frames", type=frame_range, metavar="A-B",
                    help="inclusive frame range, 0-based (for an image sequence too: 0 is its first file)")
     p.add_argument("--warmup", type=int, default=0, metavar="N",
@@ -39,6 +39,9 @@ def add_render_parser(sub) -> None:
                    help="decode, stylise and write frames at 16 bits per channel even for an 8-bit source "
                         "(deeper sources always are)")
     add_codec_option(p)
+    p.add_argument("--ocio-config", type=Path, metavar="FILE",
+                   help="OpenColorIO config for --input-colorspace (default: $OCIO, else the ACES studio config "
+                        "built into OpenColorIO)")
     p.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
                    help="run frame chunks on a Ray cluster (default: start a local one)")
     p.add_argument("--chunk-size", type=int, default=None, help="frames per Ray chunk")
@@ -55,12 +58,14 @@ def add_render_parser(sub) -> None:
 def progress_printer(args) -> Optional[Callable]:
     """A progress callback for the CLI: a tqdm bar (models being loaded and projection steps in its
     text), JSON lines (`--json`, every field of the event), OpenJD lines (`--openjd`), or (quiet) only
-    the render's one-line notices on stderr. Notices always reach stderr."""
+    the render's one-line notices and warnings on stderr. Notices and warnings always reach stderr."""
     from .core.progress import describe
 
     def say_notice(event):
         if event.notice:
             print(f"toon-ofx: {event.notice}", file=sys.stderr, flush=True)
+        if getattr(event, "warning", None):
+            print(f"toon-ofx: warning: {event.warning}", file=sys.stderr, flush=True)
 
     if args.quiet:
         return say_notice
@@ -81,8 +86,9 @@ def progress_printer(args) -> Optional[Callable]:
     bar = {"bar": None}
 
     def show(event):
-        if event.notice:  # above the bar once it is drawn
-            (bar["bar"].write if bar["bar"] is not None else print)(f"toon-ofx: {event.notice}", file=sys.stderr)
+        for line in (event.notice, getattr(event, "warning", None) and f"warning: {event.warning}"):
+            if line:  # above the bar once it is drawn
+                (bar["bar"].write if bar["bar"] is not None else print)(f"toon-ofx: {line}", file=sys.stderr)
         if event.stage == "loading":
             if event.model:
                 print(f"toon-ofx: {describe(event.to_dict())}", file=sys.stderr, flush=True)
@@ -115,6 +121,8 @@ def run_render(args) -> int:
                 print("toon-ofx: this chunk lies inside another task's segment of the keyframe grid; nothing to do",
                       file=sys.stderr)
             return 0
+    if args.ocio_config:
+        os.environ["OCIO"] = str(args.ocio_config)   # core.colour reads the config from $OCIO
     if args.models_dir:
         if not args.models_dir.is_dir():
             raise UserError(f"--models-dir {args.models_dir} is not a folder", field="models_dir")
@@ -135,7 +143,8 @@ def run_render(args) -> int:
         print(f"toon-ofx: wrote {result.output} (frames {result.first_frame}-{result.last_frame}, "
               f"{result.written} rendered, {result.skipped} already done{codec})", file=sys.stderr)
     for note in result.notes:
-        print(f"toon-ofx: note: {note}", file=sys.stderr)
+        if note not in getattr(result, "warnings", ()):  # the others were said as warnings
+            print(f"toon-ofx: note: {note}", file=sys.stderr)
     return 0
 
 

@@ -43,7 +43,8 @@ def add_codec_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--codec", metavar="NAME", default=None,
                         help="movie codec (default: follow the source): h264, h264-10bit, hevc, hevc-10bit, "
                              "prores-proxy, prores-lt, prores-422, prores-422hq, prores-4444, prores-4444xq, "
-                             "dnxhr-lb, dnxhr-sq, dnxhr-hq, dnxhr-hqx, dnxhr-444 (ProRes and DNxHR in a .mov)")
+                             "dnxhr-lb, dnxhr-sq, dnxhr-hq, dnxhr-hqx, dnxhr-444, xdcam-hd422 (ProRes in a .mov; "
+                             "DNxHR and XDCAM in a .mov or .mxf)")
 
 
 def frame_range(text: str) -> Tuple[int, int]:

@@ -151,6 +151,10 @@ PARAMS: Tuple[Param, ...] = (
           "(GPU throughput; batch_size still caps the faces per projection); "
           "needs keyframe_interval > 0.", minimum=1, maximum=16),
     Param("seed", int, 0, "Seed", "Random seed for noise inputs and projection.", minimum=0, maximum=2**31 - 1),
+    Param("input_colorspace", str, "auto", "Input colour space",
+          "OpenColorIO colour space of the source's pictures (e.g. ACEScg for a linear EXR plate); the faces are "
+          "stylised in sRGB and converted back. 'auto': the file's colour space attribute or the config's file "
+          "rules, Rec.709/sRGB for video. The config is $OCIO, else OpenColorIO's built-in ACES studio config."),
 )
 
 BY_NAME: Dict[str, Param] = {p.name: p for p in PARAMS}

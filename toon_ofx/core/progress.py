@@ -26,6 +26,8 @@ class ProgressEvent:
     step: int = 0                 # "loading": this model's number (from 1); "projecting": steps done
     steps: int = 0                # "loading": models to load; "projecting": steps of this projection
     notice: Optional[str] = None  # a one-line notice for the user (e.g. a fallback), on the first event only
+    warning: Optional[str] = None  # one thing the output could not keep (a codec switch, a dropped stream or
+    #                                alpha, a still with no face), one event each, at the stage it is known
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form (CLI --json lines, the job's `progress`)."""
@@ -59,7 +61,14 @@ class Reporter:
     def __init__(self, callback, total: int, skipped: int, notice: Optional[str] = None):
         self.callback, self.total, self.done, self.faces = callback, total, skipped, 0
         self._start, self._fresh, self._eta, self._step_time = time.monotonic(), 0, None, 0.0
+        self.warnings: list = []
+        self._stage = "rendering"
         self._emit("rendering", None, notice=notice)
+
+    def warn(self, message: str) -> None:
+        """One warning: an event of the current stage carrying it (kept in `warnings`)."""
+        self.warnings.append(message)
+        self._emit(self._stage, self._eta if self._stage == "rendering" else None, warning=message)
 
     def frame(self, faces: int) -> None:
         self.done += 1
@@ -76,6 +85,7 @@ class Reporter:
             self._emit("projecting", self._eta, step=step, steps=steps)
 
     def stage(self, name: str) -> None:
+        self._stage = name
         self._emit(name, 0.0 if name == "done" else None)
 
     def _emit(self, stage: str, eta: Optional[float], **extra) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from . import media, model_store
+from .colour import Colour, plan_colour
 from .errors import Cancelled, UserError
 from .inversion import Inversion, InversionModels, load_one_pass_toon, plan_inversion, required_models
 from .outputs import OutputPlan, frame_bits, plan_output, resolve_range
@@ -62,6 +63,7 @@ class RenderResult:
     first_number: int = 0             # the number frame 0 carries in `pattern` (a sequence's first file number)
     codec: Optional[str] = None       # the movie's codec (a media.CODECS label)
     notes: List[str] = field(default_factory=list)   # streams converted or left out, and why
+    warnings: List[str] = field(default_factory=list)   # all that the output could not keep (also sent as events)
 
 
 def pick_device(name: str):
@@ -89,6 +91,7 @@ class Plan:
     output: OutputPlan
     bits: int = 8
     inversion: Optional[Inversion] = None
+    colour: Optional[Colour] = None            # the source's colour path to the engine's working space
 
     def pending(self) -> List[int]:
         """Frames of the range not yet on disk."""
@@ -104,15 +107,12 @@ def check_request(request: RenderRequest) -> Plan:
     if request.warmup < 0:
         raise UserError("warmup must be 0 or more frames", field="warmup")
     overlay = params["output_kind"] == "overlay"
-    output = plan_output(info, request.output, overlay, request.work_dir)
+    output = plan_output(info, request.output, overlay, request.work_dir, request.codec)  # codec checked too
     bits = frame_bits(output, info, request.bits)
-    if output.kind == "movie":
-        media.choose_codec(output.movie, request.codec, info, overlay)  # a codec that cannot hold it fails here
-    elif request.codec is not None:
-        raise UserError(f"a codec is for movie outputs; {request.output} is an image {output.kind}", field="codec")
+    colour = plan_colour(info, params["input_colorspace"])  # an unknown colour space fails here
     inversion = plan_inversion(params)
     model_files(params, inversion=inversion)  # unknown or missing models fail here, before anything is loaded
-    return Plan(params, info, first, last, output, bits, inversion)
+    return Plan(params, info, first, last, output, bits, inversion, colour)
 
 
 def model_files(params: Dict[str, Any], download: bool = True,
@@ -259,10 +259,13 @@ class Renderer:
         if inversion.notice:
             log.warning("toon-ofx: %s", inversion.notice)
         report = Reporter(progress, total, skipped, notice=inversion.notice)  # sent once, first event
+        for warning in out.warnings:
+            report.warn(warning)
         timings: Dict[str, float] = {}
-        pictures = Pictures(info, plan.bits)
+        pictures = Pictures(info, plan.bits, plan.colour, out)
         writer = _FrameWriter(plan, pictures, report, timings)
         wanted = pictures.of_frames(todo)  # the engine works on pictures: frames, or fields when interlaced
+        pictures.expect(wanted)
         warmup = request.warmup * pictures.per_frame
 
         if wanted and params["frame_batch"] > 1:
@@ -286,16 +289,20 @@ class Renderer:
             t = time.perf_counter()
             encoded = media.encode_frames(out.pattern, out.movie, info, first_frame=first, last_frame=last,
                                           first_number=out.first_number, audio_from=info, codec=request.codec,
-                                          alpha=params["output_kind"] == "overlay")
+                                          alpha=out.alpha, cancel=cancel)
             timings["encode"] = time.perf_counter() - t
+            for note in encoded.notes:
+                report.warn(note)
             if not request.keep_frames:
                 shutil.rmtree(out.folder, ignore_errors=True)
+        if info.is_still and todo and report.faces == 0:
+            report.warn(f"no face found in {info.path.name}: it was written unchanged")
         report.stage("done")
         return RenderResult(output=out.movie or (Path(out.pattern) if out.kind == "image" else out.folder),
                             kind=out.kind, pattern=out.pattern, first_frame=first, last_frame=last,
                             written=len(todo), skipped=skipped, fps=float(info.fps), timings=timings,
                             first_number=out.first_number, codec=encoded.codec.label if encoded else None,
-                            notes=encoded.notes if encoded else [])
+                            notes=encoded.notes if encoded else [], warnings=list(report.warnings))
 
     def _render_segments(self, plan: "Plan", pictures: Pictures, todo: List[int], warmup: int,
                          writer: "_FrameWriter", cancel: Optional[threading.Event]) -> None:
@@ -358,7 +365,7 @@ class Renderer:
         info = media.probe(source)
         media.check_renderable(info)
         index, _ = resolve_range((frame, frame), info.frame_count)
-        pictures = Pictures(info, 8)
+        pictures = Pictures(info, 8, plan_colour(info, validate(params)["input_colorspace"]))
         picture = pictures.of_frames([index])[0]
         original = next(iter(pictures.read(picture, picture)))[1]
         if cancel is not None and cancel.is_set():
@@ -379,7 +386,8 @@ class _FrameWriter:
             return
         frame, image, faces = done
         t = time.perf_counter()
-        media.write_frame(self.plan.output.frame_path(frame), image, bits=self.plan.bits)
+        media.write_frame(self.plan.output.frame_path(frame), image, bits=self.plan.bits,
+                          like=self.plan.output.like(frame))
         _add(self.timings, "write", time.perf_counter() - t)
         self.report.frame(faces)
 

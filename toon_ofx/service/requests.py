@@ -105,8 +105,12 @@ class JobSpec:
         """Where the job writes; frame files carry the source's numbers (file of frame i:
         pattern % (first_number + i))."""
         folder, first_number = self.folder, self.source_info.first_number
-        if self.kind == "sequence":
-            pattern = os.path.join(folder, f"{stem}.{self.source_info.number_format}.png")
+        if self.kind == "sequence":   # an image source's frames come back in its own format (a plate's DPX/EXR)
+            from ..core.outputs import frame_suffix
+
+            info, overlay = self.source_info.info, self.params.get("output_kind") == "overlay"
+            suffix = frame_suffix(info, overlay) if info is not None else ".png"
+            pattern = os.path.join(folder, f"{stem}.{self.source_info.number_format}{suffix}")
             return {"folder": folder, "kind": "sequence", "name": stem, "path": folder, "pattern": pattern,
                     "work_dir": None, "first_number": first_number}
         work = str(Path(work_root) / job_id) if work_root is not None else None

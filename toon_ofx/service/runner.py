@@ -58,7 +58,7 @@ def _event_dict(event: Any) -> Dict[str, Any]:
     if isinstance(event, Mapping):
         return dict(event)
     return {k: getattr(event, k, None) for k in ("stage", "frames_done", "frames_total", "faces", "eta_seconds",
-                                                 "model", "step", "steps", "notice")}
+                                                 "model", "step", "steps", "notice", "warning")}
 
 
 class JobRunner:
@@ -109,6 +109,8 @@ class JobRunner:
             for key in ("stage", "frames_done", "faces", "notice"):
                 if e.get(key) is not None:
                     p[key] = e[key]
+            if e.get("warning"):   # every warning of the render, in order
+                p["warnings"] = list(p.get("warnings") or []) + [e["warning"]]
             for key in ("model", "step", "steps"):   # only while a model loads or a projection runs
                 if e.get(key):
                     p[key] = e[key]
@@ -170,6 +172,9 @@ class JobRunner:
                 error = f"internal error: {type(exc).__name__}: {exc}"
                 log.error("job %s: render raised\n%s", job_id, traceback.format_exc())
             self._fail(job_id, progress, error)
+            return
+        if cancel.is_set():   # asked while the render finished (its movie is still the partial file): cancelled
+            self._stopped(job_id, progress, output)
             return
         fps = getattr(result, "fps", None) or row["fps"]
         first_done = getattr(result, "first_frame", first)

@@ -18,6 +18,11 @@ the pictures round-trip).
 
 Stalls: each frame must arrive within the media timeout (`tools.Watchdog`);
 a decoder that hangs is killed and the read ends in a UserError.
+
+`read_native` gives what a source holds rather than what the engine takes: a
+movie's frames with their alpha plane when it has one, an image file's own
+pixels (every channel; float plates stay float), for the colour-managed path
+(`toon_ofx.core.pictures`).
 """
 from __future__ import annotations
 
@@ -28,10 +33,13 @@ from typing import Iterator, Optional, Tuple, Union
 import numpy as np
 
 from ..errors import UserError
-from .images import decode_image, to_rgb
+from .images import read_pixels, to_depth, to_rgb
 from .info import MediaInfo, PathLike, check_range
 from .probe import probe
 from .tools import Watchdog, ffmpeg_exe, file_url, last_lines
+
+
+_RAW = {(3, 8): "rgb24", (3, 16): "rgb48le", (4, 8): "rgba", (4, 16): "rgba64le"}
 
 
 def source_bits(info: MediaInfo) -> int:
@@ -55,20 +63,35 @@ def read_frames(source: Union[PathLike, MediaInfo], first: int = 0, last: Option
     if bits not in (8, 16):
         raise ValueError(f"bits must be 8 or 16, not {bits}")
     if info.is_sequence:
-        return _read_sequence(info, first, last, bits)
+        return _read_sequence(info, first, last, bits, native=False)
     return _read_movie(info, first, last, bits)
 
 
-def _read_sequence(info: MediaInfo, first: int, last: int, bits: int) -> Iterator[Tuple[int, np.ndarray]]:
+def read_native(info: MediaInfo, first: int = 0, last: Optional[int] = None, *,
+                bits: int = 16) -> Iterator[Tuple[int, np.ndarray]]:
+    """Yield ``(index, H x W x C)`` frames as the source holds them: a movie's RGB or RGBA (with its alpha
+    plane) at `bits`; an image file's every channel, integers at `bits`, float pixels as they are."""
+    first, last = check_range(info, first, last)
+    if info.is_sequence:
+        return _read_sequence(info, first, last, bits, native=True)
+    return _read_movie(info, first, last, bits, channels=4 if info.alpha else 3)
+
+
+def _read_sequence(info: MediaInfo, first: int, last: int, bits: int,
+                   native: bool) -> Iterator[Tuple[int, np.ndarray]]:
     for index in range(first, last + 1):
-        image = to_rgb(decode_image(info.file_for(index)), bits)
-        if image.shape[:2] != (info.height, info.width):
-            raise UserError(f"{info.file_for(index).name} is {image.shape[1]}x{image.shape[0]}, but the sequence "
-                            f"is {info.width}x{info.height}", field="source")
-        yield index, image
+        pixels, fmt = read_pixels(info.file_for(index))
+        if pixels.shape[:2] != (info.height, info.width):
+            raise UserError(f"{info.file_for(index).name} is {pixels.shape[1]}x{pixels.shape[0]}, but the "
+                            f"sequence is {info.width}x{info.height}", field="source")
+        if not native:
+            yield index, to_rgb(pixels, bits, fmt)
+        else:
+            yield index, pixels if fmt.is_float else to_depth(pixels, bits)
 
 
-def _read_movie(info: MediaInfo, first: int, last: int, bits: int) -> Iterator[Tuple[int, np.ndarray]]:
+def _read_movie(info: MediaInfo, first: int, last: int, bits: int,
+                channels: int = 3) -> Iterator[Tuple[int, np.ndarray]]:
     skip = 0 if info.seekable else first  # streams without timestamps: decode from the start
     count = last - first + 1 + skip
     cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error"]
@@ -76,9 +99,9 @@ def _read_movie(info: MediaInfo, first: int, last: int, bits: int) -> Iterator[T
         cmd += ["-ss", "%.6f" % _seek_point(info, first)]
     cmd += ["-i", file_url(info.path), "-map", f"0:{info.stream_index if info.stream_index is not None else 'v:0'}",
             "-an", "-sn", "-dn", "-fps_mode", "passthrough", "-enc_time_base", "-1",
-            "-frames:v", str(count), "-f", "rawvideo", "-pix_fmt", "rgb48le" if bits == 16 else "rgb24", "pipe:1"]
+            "-frames:v", str(count), "-f", "rawvideo", "-pix_fmt", _RAW[(channels, bits)], "pipe:1"]
     dtype = np.dtype("<u2") if bits == 16 else np.dtype(np.uint8)
-    frame_bytes = info.width * info.height * 3 * dtype.itemsize
+    frame_bytes = info.width * info.height * channels * dtype.itemsize
     with tempfile.TemporaryFile() as errfile:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errfile,
                                 bufsize=0)
@@ -86,7 +109,7 @@ def _read_movie(info: MediaInfo, first: int, last: int, bits: int) -> Iterator[T
         got = 0
         try:
             while got < count:
-                frame = np.empty((info.height, info.width, 3), dtype=dtype)
+                frame = np.empty((info.height, info.width, channels), dtype=dtype)
                 watchdog.arm()  # the consumer's time between frames is not the decoder's
                 complete = _read_exact(proc.stdout, memoryview(frame).cast("B"), frame_bytes)
                 watchdog.disarm()

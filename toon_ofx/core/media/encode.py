@@ -7,6 +7,16 @@ PNGs feed a 10-bit encoder at 16 bits), in the source's colour and field
 order; the source's audio, subtitles, timecode and reel name come along
 (`streams`). The movie is written to a temp name next to the output, read
 back (`verify`) and renamed only when everything checks out.
+
+A VFR clip's last frame keeps its own duration: the encoder writes no
+B-frames then (so the last packet is the last picture) and a `setts` filter
+gives that packet the frame's duration (an image demuxer gives it one tick).
+HEVC in MP4/MOV is tagged ``hvc1`` (what QuickTime and Final Cut read). A
+source's pixel aspect ratio is written as the movie's sample aspect ratio.
+
+The encoder runs under a stall deadline: no progress line for the media
+timeout (``TOON_OFX_MEDIA_TIMEOUT``, 300 s) stops it with a UserError; a set
+`cancel` event stops it at once (Cancelled). Either way no movie is left.
 """
 from __future__ import annotations
 
@@ -27,7 +37,7 @@ from .info import MediaInfo, PathLike, check_range
 from .probe import probe
 from .sequences import pattern_regex, resolve_sequence
 from .streams import StreamPlan, carry_streams
-from .tools import ffmpeg_exe, file_url, last_lines
+from .tools import Watchdog, ffmpeg_exe, file_url, last_lines
 from .verify import Expected, verify_movie
 
 
@@ -90,9 +100,9 @@ def encode_frames(sequence: PathLike, output: PathLike, info: MediaInfo, *, firs
         list_path = Path(work) / "frames.ffconcat"
         _write_ffconcat(list_path, files, [info.frame_time(k) - t0 for k in range(first, last + 1)], span,
                         frame_rate)
-        cmd = _command(list_path, tmp, output, streams,
-                       video_args(chosen, pix_fmt, colour, info.field_order, crf=crf, preset=preset),
-                       _track_timescale(info, frame_rate))
+        video = _exact(video_args(chosen, pix_fmt, colour, info.field_order, crf=crf, preset=preset), chosen,
+                       output, info, [info.frame_time(k) - t0 for k in range(first, last + 1)], span)
+        cmd = _command(list_path, tmp, output, streams, video, _track_timescale(info, frame_rate))
         try:
             _run_ffmpeg(cmd, len(files), progress, cancel)
             verify_movie(tmp, expected, output.name)
@@ -138,6 +148,38 @@ def _command(list_path: Path, tmp: Path, output: Path, streams: StreamPlan, vide
     return cmd + ["-f", muxer, "-progress", "pipe:1", "-nostats", file_url(tmp)]
 
 
+def _exact(video: List[str], codec: Codec, output: Path, info: MediaInfo, times: List[float],
+           span: float) -> List[str]:
+    """Video options made exact: the last frame's duration of a VFR clip, HEVC's hvc1 tag, the pixel aspect."""
+    video = list(video)
+    if info.is_vfr:
+        if codec.encoder in ("libx264", "mpeg2video"):
+            video += ["-bf", "0"]
+        elif codec.encoder == "libx265":
+            k = video.index("-x265-params") + 1
+            video[k] += ":bframes=0"
+        previous = times[-2] if len(times) > 1 else times[-1] - (span - times[-1])
+        after = "%.6f" % ((previous + times[-1]) / 2)   # between the last two frames: only the last packet
+        end = "%.6f" % (span - times[-1])
+        setts = f"setts=duration=if(gte(PTS*TB\\,{after})\\,round({end}/TB)\\,DURATION)"
+        _add_filter(video, "-bsf:v", setts)
+    if codec.encoder == "libx265" and muxer_for(output) in ("mp4", "mov"):
+        video += ["-tag:v", "hvc1"]
+    if abs(info.pixel_aspect - 1.0) > 1e-6:
+        sar = Fraction(info.pixel_aspect).limit_denominator(10000)
+        _add_filter(video, "-vf", f"setsar={sar.numerator}/{sar.denominator}")
+    return video
+
+
+def _add_filter(args: List[str], option: str, value: str) -> None:
+    """Append `value` to the comma-separated chain of `option` in `args` (adding the option if absent)."""
+    if option in args:
+        k = args.index(option) + 1
+        args[k] += "," + value
+    else:
+        args += [option, value]
+
+
 def _concat_rate(info: MediaInfo) -> Fraction:
     """The rate the ffconcat list declares: the clip's fps, or for VFR 1/time base (90 kHz if unknown)."""
     if info.is_vfr and info.time_base is not None and info.time_base.numerator == 1:
@@ -175,15 +217,31 @@ def _write_ffconcat(list_path: Path, files: List[Path], times: List[float], end:
 
 
 def _run_ffmpeg(cmd: List[str], total: int, progress, cancel) -> None:
-    """Run an encode, reporting ``progress(done, total)`` and killing ffmpeg when `cancel` is set."""
+    """Run an encode, reporting ``progress(done, total)``; a set `cancel` kills ffmpeg (Cancelled), and so
+    does no progress line within the media timeout (UserError)."""
     with tempfile.TemporaryFile() as errfile:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errfile)
-        try:
-            for raw in proc.stdout:
-                if cancel is not None and cancel.is_set():
+        watchdog = Watchdog(proc)
+        stop = threading.Event()
+        cancelled = threading.Event()
+
+        def watch_cancel() -> None:  # a cancel must not wait for ffmpeg's next progress line
+            while not stop.wait(0.1):
+                if cancel.is_set():
+                    cancelled.set()
                     proc.kill()
-                    proc.wait()
-                    raise Cancelled("encoding cancelled")
+                    return
+
+        watcher = threading.Thread(target=watch_cancel, name="encode-cancel", daemon=True)
+        if cancel is not None:
+            watcher.start()
+        try:
+            while True:
+                watchdog.arm()
+                raw = proc.stdout.readline()
+                watchdog.disarm()
+                if not raw:
+                    break
                 line = raw.decode("ascii", "replace").strip()
                 if progress is not None and line.startswith("frame="):
                     try:
@@ -191,11 +249,19 @@ def _run_ffmpeg(cmd: List[str], total: int, progress, cancel) -> None:
                     except ValueError:
                         pass
         finally:
-            if proc.poll() is None:
-                if cancel is not None and cancel.is_set():
-                    proc.kill()
+            stop.set()
+            watchdog.stop()
+            if proc.poll() is None and (cancelled.is_set() or watchdog.fired or (cancel is not None and cancel.is_set())):
+                proc.kill()
             rc = proc.wait()
             proc.stdout.close()
+            if watcher.is_alive():
+                watcher.join()
+        if cancelled.is_set() or (cancel is not None and cancel.is_set()):
+            raise Cancelled("encoding cancelled")
+        if watchdog.fired:
+            raise UserError(f"encoding stalled: ffmpeg reported no progress for {watchdog.limit:g} s and was "
+                            "stopped (TOON_OFX_MEDIA_TIMEOUT sets the limit)", field="output")
         if rc != 0:
             errfile.seek(0)
             err = last_lines(errfile.read().decode("utf-8", "replace"))

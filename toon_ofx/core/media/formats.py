@@ -9,8 +9,16 @@ ProRes in, the same ProRes profile out; DNxHR in, the same DNxHR profile;
 When the container the caller chose cannot hold that codec, the nearest one it
 can (H.264 or HEVC Main 10) is used and named in the result.
 
+An MXF source (DNxHR, XDCAM HD422) is written back as MXF; a codec MXF cannot
+carry here (ProRes, H.264, HEVC) is refused in one line that names the .mov to
+use. A source with alpha gets ProRes 4444 (its alpha carried) in a .mov.
+Every time the codec or its chroma differs from what follows the source, the
+reason is one warning line (`codec_choice`).
+
 What each codec cannot do, and what happens:
-- ProRes and DNxHR go in a .mov only (editors expect them there).
+- ProRes goes in a .mov only, DNxHR in a .mov or .mxf (editors expect them there),
+  XDCAM HD422 (MPEG-2 4:2:2 at 50 Mb/s) in a .mxf or .mov.
+- MXF holds constant frame rates only: a VFR source is refused there.
 - ProRes 4:2:2 at an odd width loses its last chroma column in ffmpeg's encoder
   (measured: the column decodes ~730 levels off in 10 bits): an odd-width
   picture gets ProRes 4444 by default, and an explicit ProRes 422 is refused.
@@ -42,6 +50,8 @@ from ..errors import UserError
 from .info import MOVIE_EXTS, MediaInfo
 
 MOV_ONLY = (".mov",)
+PORTABLE = (".mp4", ".mov", ".mkv", ".m4v")   # what H.264 and HEVC go in
+MXF_CODECS = "DNxHR or XDCAM HD422"
 
 
 @dataclass(frozen=True)
@@ -54,7 +64,7 @@ class Codec:
     bits: int                      # bits per component written (8 or 10)
     pix_fmt: Optional[str] = None  # fixed pixel format; None: chroma follows the source (H.264/HEVC)
     options: Tuple[str, ...] = ()
-    containers: Tuple[str, ...] = MOVIE_EXTS
+    containers: Tuple[str, ...] = PORTABLE
     alpha: bool = False            # can carry an alpha plane
     interlace: bool = True         # can store interlaced frames
     full_range: bool = True        # can store full-range YCbCr
@@ -66,7 +76,8 @@ class Codec:
     @property
     def probe_name(self) -> str:
         """The codec_name ffprobe reports for what this codec writes."""
-        return {"libx264": "h264", "libx265": "hevc", "prores_ks": "prores", "dnxhd": "dnxhd"}[self.encoder]
+        return {"libx264": "h264", "libx265": "hevc", "prores_ks": "prores", "dnxhd": "dnxhd",
+                "mpeg2video": "mpeg2video"}[self.encoder]
 
 
 def _prores(name: str, label: str, profile: int, pix_fmt: str, alpha: bool = False) -> Codec:
@@ -75,7 +86,7 @@ def _prores(name: str, label: str, profile: int, pix_fmt: str, alpha: bool = Fal
 
 
 def _dnxhr(name: str, label: str, profile: str, bits: int, pix_fmt: str) -> Codec:
-    return Codec(name, label, "dnxhd", bits, pix_fmt, ("-profile:v", profile), MOV_ONLY, interlace=False,
+    return Codec(name, label, "dnxhd", bits, pix_fmt, ("-profile:v", profile), (".mov", ".mxf"), interlace=False,
                  full_range=False)
 
 
@@ -95,6 +106,11 @@ CODECS: Dict[str, Codec] = {c.name: c for c in (
     _dnxhr("dnxhr-hq", "DNxHR HQ", "dnxhr_hq", 8, "yuv422p"),
     _dnxhr("dnxhr-hqx", "DNxHR HQX", "dnxhr_hqx", 10, "yuv422p10le"),
     _dnxhr("dnxhr-444", "DNxHR 444", "dnxhr_444", 10, "yuv444p10le"),
+    # Sony XDCAM HD422: MPEG-2 4:2:2, 50 Mb/s constant, long GOP (ffmpeg's settings for it)
+    Codec("xdcam-hd422", "XDCAM HD422", "mpeg2video", 8, "yuv422p",
+          ("-b:v", "50M", "-minrate", "50M", "-maxrate", "50M", "-bufsize", "17825792", "-g", "12", "-bf", "2",
+           "-intra_vlc", "1", "-non_linear_quant", "1", "-qmax", "28", "-dc", "10"), (".mxf", ".mov"),
+          full_range=False),
 )}
 
 # ffprobe profile names -> the codec that writes them again
@@ -110,11 +126,21 @@ def codec_names() -> List[str]:
 
 
 def default_codec(source: Optional[MediaInfo], alpha: bool = False) -> Codec:
-    """The codec that follows `source` (see the module docstring); ProRes 4444 for alpha."""
-    if alpha:
-        return CODECS["prores-4444"]
+    """The codec that follows `source` (see the module docstring); ProRes 4444 for alpha (an overlay's, or
+    the source's own)."""
+    codec = _follows(source, alpha)
+    if source is not None and source.interlaced and not codec.interlace:
+        codec = CODECS["prores-422hq"] if ".mov" in codec.containers else _portable(codec.bits > 8, True)
+    return codec
+
+
+def _follows(source: Optional[MediaInfo], alpha: bool = False) -> Codec:
+    """The codec of the source's own family and profile (before the interlace check)."""
     if source is None:
-        return CODECS["h264"]
+        return CODECS["prores-4444" if alpha else "h264"]
+    if alpha or source.alpha:
+        return CODECS["prores-4444xq" if source.codec == "prores" and source.profile in ("XQ", "4444XQ")
+                      else "prores-4444"]
     deep = source.bit_depth > 8
     name = None
     if source.codec == "prores":
@@ -123,10 +149,9 @@ def default_codec(source: Optional[MediaInfo], alpha: bool = False) -> Codec:
         name = _DNX_PROFILES.get(source.profile or "", "dnxhr-hqx" if deep else "dnxhr-hq")
     elif source.codec in ("h264", "hevc"):
         name = source.codec + ("-10bit" if deep else "")
-    codec = CODECS[name] if name else _portable(deep, source.interlaced)
-    if source.interlaced and not codec.interlace:
-        codec = CODECS["prores-422hq"] if codec.containers == MOV_ONLY else _portable(deep, True)
-    return codec
+    elif source.codec == "mpeg2video" and source.chroma == "422":
+        name = "xdcam-hd422"
+    return CODECS[name] if name else _portable(deep, source.interlaced)
 
 
 def movie_suffix(source: Optional[MediaInfo], alpha: bool = False) -> str:
@@ -157,7 +182,7 @@ def choose_codec(output: Path, name: Optional[str], source: Optional[MediaInfo],
     interlaced = source is not None and source.interlaced
     if name is None:
         codec = default_codec(source, alpha)
-        if ext not in codec.containers and not alpha:
+        if ext not in codec.containers and not alpha and ext != ".mxf":
             codec = _portable(codec.bits > 8, interlaced)
         if _loses_last_column(codec, width):
             codec = CODECS["prores-4444"]
@@ -172,6 +197,13 @@ def choose_codec(output: Path, name: Optional[str], source: Optional[MediaInfo],
     if alpha and not codec.alpha:
         raise UserError(f"an overlay (alpha) movie needs ProRes 4444 in a .mov; {codec.label} has no alpha",
                         field="codec" if name else "output")
+    if ext == ".mxf" and ext not in codec.containers:
+        raise UserError(f"{codec.label} cannot go in an MXF file (toon-ofx writes {MXF_CODECS} there): name the "
+                        f"output {output.stem}.mov" + ("" if name else ", or choose --codec dnxhr-hq"),
+                        field="codec" if name else "output")
+    if ext == ".mxf" and source is not None and source.is_vfr:
+        raise UserError(f"an MXF file holds a constant frame rate, and {source.path.name} has a variable one: "
+                        f"name the output {output.stem}.mov", field="output")
     if ext not in codec.containers:
         raise UserError(f"{codec.label} goes in a {' or '.join(codec.containers)}, not {ext}: name the output "
                         f"{output.stem}{codec.containers[0]} or choose another --codec", field="output")
@@ -181,6 +213,34 @@ def choose_codec(output: Path, name: Optional[str], source: Optional[MediaInfo],
     return codec
 
 
+def codec_choice(output: Path, name: Optional[str], source: Optional[MediaInfo], alpha: bool = False,
+                 width: Optional[int] = None, height: Optional[int] = None) -> Tuple[Codec, List[str]]:
+    """`choose_codec`, and one warning line for each way the movie differs from what follows the source:
+    another codec (the container, an odd width, interlaced frames), 4:4:4 chroma for an odd size."""
+    codec = choose_codec(output, name, source, alpha, width)
+    if source is None:
+        return codec, []
+    width = source.width if width is None else width
+    height = source.height if height is None else height
+    warnings = []
+    own = _follows(source, alpha)
+    if name is None and codec != own:
+        what = f"the {own.label} that follows {source.path.name}"
+        if output.suffix.lower() not in own.containers:
+            warnings.append(f"written as {codec.label} instead of {what}: a {output.suffix.lower()} cannot hold it "
+                            f"(name the output {output.stem}{own.containers[0]} to keep it)")
+        elif _loses_last_column(own, width):
+            warnings.append(f"written as {codec.label} instead of {what}: ffmpeg's ProRes 4:2:2 encoder loses the "
+                            f"last colour column of an odd-width ({width} px) picture")
+        elif source.interlaced and not own.interlace:
+            warnings.append(f"written as {codec.label} instead of {what}: {own.label} cannot store interlaced frames")
+    written, usual = pixel_format_for(codec, width, height, source.chroma, alpha), source.chroma or "420"
+    if codec.pix_fmt is None and "444" in written and usual != "444":
+        warnings.append(f"{codec.label} written 4:4:4 ({written}): {':'.join(usual)} cannot hold the odd size "
+                        f"{width}x{height}; some editors cannot decode 4:4:4 {codec.label.split()[0]}")
+    return codec, warnings
+
+
 def _loses_last_column(codec: Codec, width: int) -> bool:
     """ffmpeg's ProRes 4:2:2 garbles the last chroma column of an odd-width picture."""
     return bool(width % 2) and codec.family == "prores" and codec.pix_fmt == "yuv422p10le"
@@ -188,7 +248,7 @@ def _loses_last_column(codec: Codec, width: int) -> bool:
 
 def muxer_for(output: Path) -> str:
     """ffmpeg muxer name for a movie output (its extension was checked by `choose_codec`)."""
-    return {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska"}[output.suffix.lower()]
+    return {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".mxf": "mxf"}[output.suffix.lower()]
 
 
 def pixel_format_for(codec: Codec, width: int, height: int, chroma: Optional[str], alpha: bool = False) -> str:
@@ -226,6 +286,7 @@ class ColorPlan:
 def color_plan(codec: Codec, source: Optional[MediaInfo]) -> ColorPlan:
     """Matrix, range and tags of `source` as `codec` can write them; UserError if it cannot say them."""
     space = source.color_space if source else None
+    space = None if space == "gbr" else space   # an RGB-coded source (FFV1, PNG in MOV) has no YCbCr matrix to keep
     primaries = source.color_primaries if source else None
     transfer = source.color_transfer if source else None
     full = source is not None and source.color_range == "pc"

@@ -4,14 +4,16 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 
 from ..errors import UserError
 from .files import atomic_write_bytes
-from .images import to_depth
-from .info import FRAME_DIGITS, IMAGE_EXTS, PathLike
+from .images import check_writable, holds_float, to_depth, write_with_oiio, writes_with_oiio
+from .info import FRAME_DIGITS, PathLike
+
+DEEP_EXTS = (".png", ".tif", ".tiff", ".dpx", ".exr")
 
 
 def sequence_path(folder: PathLike, stem: str, index: int, ext: str = "png", digits: int = FRAME_DIGITS) -> Path:
@@ -43,11 +45,15 @@ def existing_frames(folder: PathLike, stem: str, ext: str = "png") -> List[int]:
     return sorted(found)
 
 
-def write_frame(path: PathLike, image: np.ndarray, bits: int = 8, *, fsync: bool = True) -> Path:
-    """Write an RGB/RGBA/gray image atomically (temp file in the same folder, then rename).
+def write_frame(path: PathLike, image: np.ndarray, bits: int = 8, *, fsync: bool = True,
+                like: Optional[PathLike] = None) -> Path:
+    """Write an image atomically (temp file in the same folder, then rename); readers never see a partial file.
 
-    `bits` 8 or 16 (PNG/TIFF only for 16). uint8, uint16 or float [0, 1]
-    input. Readers never see a partial file.
+    `image` is HxW, HxWx3 RGB, HxWx4 RGBA (or more channels, for OpenEXR), uint8, uint16 or float: written at
+    `bits` 8 or 16 (16 for .png, .tif, .dpx, .exr), floats kept as floats where the format holds them (.exr,
+    .tif), else taken as [0, 1]. PNG goes through OpenCV, every other format through OpenImageIO; `like`
+    (an image file, for a plate: its source frame) gives the file's header: format, bit depth,
+    compression, orientation and metadata (see `images`).
     """
     import cv2
 
@@ -55,19 +61,22 @@ def write_frame(path: PathLike, image: np.ndarray, bits: int = 8, *, fsync: bool
     if bits not in (8, 16):
         raise UserError(f"bits must be 8 or 16, not {bits}", field="bits")
     ext = path.suffix.lower()
-    if ext not in IMAGE_EXTS:
-        raise UserError(f"cannot write frames as {ext or 'files without extension'}: use .png", field="output")
-    if bits == 16 and ext not in (".png", ".tif", ".tiff"):
-        raise UserError(f"16-bit frames need .png or .tif, not {ext}", field="bits")
+    check_writable(ext)
+    if bits == 16 and ext not in DEEP_EXTS:
+        raise UserError(f"16-bit frames need .png, .tif, .dpx or .exr, not {ext}", field="bits")
     image = np.asarray(image)
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4) and ext != ".exr"):
         raise ValueError(f"expected an HxW, HxWx3 or HxWx4 image, got shape {image.shape}")
+    if image.dtype.kind == "f" and not holds_float(path):
+        image = to_depth(image, bits)
+    if writes_with_oiio(path):
+        write_with_oiio(path, image if image.ndim == 3 else image[:, :, None], bits,
+                        Path(like) if like is not None else None, fsync)
+        return path
     image = to_depth(image, bits)
     if image.ndim == 3 and image.shape[2] == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     elif image.ndim == 3 and image.shape[2] == 4:
-        if ext in (".jpg", ".jpeg", ".bmp"):
-            raise UserError(f"{ext} cannot hold alpha: write RGBA frames as .png", field="output")
         image = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA)
     ok, buf = cv2.imencode(ext, np.ascontiguousarray(image))
     if not ok:

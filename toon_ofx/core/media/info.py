@@ -12,11 +12,50 @@ from ..errors import UserError
 
 PathLike = Union[str, os.PathLike]
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
-MOVIE_EXTS = (".mp4", ".mov", ".mkv", ".m4v")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".exr", ".dpx", ".tga")
+MOVIE_EXTS = (".mp4", ".mov", ".mkv", ".m4v", ".mxf")
+FLOAT_TYPES = ("half", "float", "double")
 DEFAULT_SEQUENCE_FPS = Fraction(24)
 FRAME_DIGITS = 6  # frame files of a movie source: clip.000123.png
 HDR_TRANSFERS = {"smpte2084": "PQ (SMPTE ST 2084)", "arib-std-b67": "HLG (ARIB STD-B67)"}
+
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """What an image file holds, read from its header."""
+
+    format: str                    # OIIO's format name: "png", "jpeg", "tiff", "dpx", "openexr"...
+    pixel_type: str                # how its pixels are read: "uint8", "uint16", "half" or "float"
+    bits: int                      # bits per sample in the file (10 for 10-bit DPX, 16 for half)
+    channels: Tuple[str, ...]      # channel names in file order ("R", "G", "B", "A"; grey as "R", "G", "B")
+    width: int                     # upright size (after the orientation)
+    height: int
+    compression: str = ""
+    colorspace: Optional[str] = None   # the file's colour space attribute, when it has one
+    orientation: int = 1           # EXIF orientation 1-8 (1: stored upright)
+    pixel_aspect: float = 1.0
+    timecode: Optional[str] = None
+    fps: Optional[Fraction] = None
+
+    @property
+    def is_float(self) -> bool:
+        return self.pixel_type in FLOAT_TYPES
+
+    @property
+    def alpha(self) -> bool:
+        return "A" in self.channels
+
+    @property
+    def rgb(self) -> Tuple[int, int, int]:
+        """Indices of the R, G, B channels (by name; else the first three)."""
+        names = [c.upper() for c in self.channels]
+        if all(c in names for c in "RGB"):
+            return names.index("R"), names.index("G"), names.index("B")
+        return 0, 1, 2
+
+    @property
+    def alpha_index(self) -> Optional[int]:
+        return self.channels.index("A") if self.alpha else None
 
 
 @dataclass(frozen=True)
@@ -27,6 +66,7 @@ class Stream:
     kind: str                 # "audio", "subtitle" or "data"
     codec: str                # ffprobe codec_name ("aac", "pcm_s24le", "mov_text", "none"...)
     tag: str = ""             # codec_tag_string ("tmcd" for a QuickTime timecode track)
+    sample_rate: int = 0      # audio: samples per second
 
 
 @dataclass(frozen=True)
@@ -72,6 +112,8 @@ class MediaInfo:
     timecode: Optional[str] = None      # start timecode "HH:MM:SS:FF" (";" before FF: drop-frame)
     reel_name: Optional[str] = None
     streams: Tuple[Stream, ...] = ()    # audio, subtitle and data streams, in file order
+    pixel_aspect: float = 1.0           # sample aspect ratio (width of a pixel / its height)
+    image: Optional[ImageFormat] = None  # image sequences and stills: what their files hold (the first file)
 
     @property
     def interlaced(self) -> bool:
@@ -138,6 +180,11 @@ class MediaInfo:
             "profile": self.profile, "field_order": self.field_order, "timecode": self.timecode,
             "color": {"space": self.color_space, "primaries": self.color_primaries,
                       "transfer": self.color_transfer, "range": self.color_range},
+            "alpha": self.alpha, "pixel_aspect": self.pixel_aspect,
+            "image": None if self.image is None else {
+                "format": self.image.format, "pixel_type": self.image.pixel_type, "bits": self.image.bits,
+                "channels": list(self.image.channels), "compression": self.image.compression,
+                "colorspace": self.image.colorspace},
         }
 
 

@@ -28,6 +28,7 @@ from typing import List, Optional, Tuple, Union
 
 from ..errors import UserError
 from .files import check_regular
+from .images import READ_FORMATS
 from .info import DEFAULT_SEQUENCE_FPS, IMAGE_EXTS, MediaInfo, PathLike, Stream, as_fraction
 from .pixfmt import pixel_format
 from .sequences import is_pattern, probe_folder, probe_pattern, probe_still
@@ -54,14 +55,14 @@ def probe(path: Union[PathLike, "MediaInfo"], *, fps: Union[Fraction, float, str
     if isinstance(path, MediaInfo):
         return path
     text = os.fspath(path)
-    seq_fps = as_fraction(fps) if fps is not None else DEFAULT_SEQUENCE_FPS
+    given = as_fraction(fps) if fps is not None else None   # sequences: else the files' own rate, else 24
     p = Path(text)
     if is_pattern(p.name) and not p.exists():  # "take#2.mov" or "100%done.mp4" are files, not patterns
-        return probe_pattern(p, seq_fps)
+        return probe_pattern(p, given)
     if not p.exists():
         raise UserError(f"{p} does not exist", field="source")
     if p.is_dir():
-        return probe_folder(p, seq_fps)
+        return probe_folder(p, given)
     check_regular(p)
     try:
         with open(p, "rb") as fh:
@@ -71,11 +72,11 @@ def probe(path: Union[PathLike, "MediaInfo"], *, fps: Union[Fraction, float, str
     if not head:
         raise UserError(f"{p} is empty (0 bytes): not a video", field="source")
     if p.suffix.lower() in IMAGE_EXTS:
-        return probe_still(p, seq_fps, allow_still)
-    return _probe_movie(p, head, seq_fps, allow_still)
+        return probe_still(p, given, allow_still)
+    return _probe_movie(p, head, given, allow_still)
 
 
-def _probe_movie(p: Path, head: bytes, seq_fps: Fraction, allow_still: bool) -> MediaInfo:
+def _probe_movie(p: Path, head: bytes, given: Optional[Fraction], allow_still: bool) -> MediaInfo:
     out = run([ffprobe_exe(), "-v", "error", "-show_format", "-show_streams", "-of", "json", file_url(p)], str(p))
     if out.returncode != 0:
         raise UserError(_probe_error(p, head, out.stderr.decode("utf-8", "replace")), field="source")
@@ -86,7 +87,7 @@ def _probe_movie(p: Path, head: bytes, seq_fps: Fraction, allow_still: bool) -> 
     audio = [s for s in streams if s.get("codec_type") == "audio"]
     format_names = set(str(fmt.get("format_name", "")).split(","))
     if vs is not None and format_names & _IMAGE_FORMATS:
-        return probe_still(p, seq_fps, allow_still)
+        return probe_still(p, given, allow_still)
     if vs is None:
         if audio:
             raise UserError(f"{p} is an audio file: it has no video stream", field="source")
@@ -112,7 +113,7 @@ def _probe_movie(p: Path, head: bytes, seq_fps: Fraction, allow_still: bool) -> 
 
     n = len(pts)
     first = pts[0]
-    fps, is_vfr, median = _frame_rate(pts, tb, vs, seq_fps)
+    fps, is_vfr, median = _frame_rate(pts, tb, vs, given or DEFAULT_SEQUENCE_FPS)
     if last_dur is None or last_dur <= 0:
         last_dur = median if median > 0 else None
     if is_vfr:
@@ -126,7 +127,7 @@ def _probe_movie(p: Path, head: bytes, seq_fps: Fraction, allow_still: bool) -> 
     raw_bits = str(vs.get("bits_per_raw_sample", ""))
     timecode, reel = _timecode(vs, streams, fmt)
     others = tuple(Stream(int(s["index"]), s["codec_type"], str(s.get("codec_name") or "none"),
-                          str(s.get("codec_tag_string") or "")) for s in streams
+                          str(s.get("codec_tag_string") or ""), int(s.get("sample_rate") or 0)) for s in streams
                    if s.get("codec_type") in ("audio", "subtitle", "data"))
     return MediaInfo(
         path=p, width=width, height=height, fps=fps, frame_count=n, duration=duration,
@@ -138,7 +139,7 @@ def _probe_movie(p: Path, head: bytes, seq_fps: Fraction, allow_still: bool) -> 
         color_space=_tag(vs.get("color_space")), color_range=_tag(vs.get("color_range")),
         color_primaries=_tag(vs.get("color_primaries")), color_transfer=_tag(vs.get("color_transfer")),
         profile=_tag(vs.get("profile")), chroma=pix.chroma, field_order=_field_order(p, vs),
-        timecode=timecode, reel_name=reel, streams=others,
+        timecode=timecode, reel_name=reel, streams=others, pixel_aspect=_aspect(vs.get("sample_aspect_ratio")),
     )
 
 
@@ -205,11 +206,22 @@ def _probe_error(p: Path, head: bytes, stderr: str) -> str:
         return (f"{p} is truncated or was not finished: its index (moov atom) is missing, "
                 "so no frame can be read; was the copy or the recording interrupted?")
     if "invalid data found" in low or "moov atom not found" in low:
-        return f"{p} is not a video or image file that ffmpeg can read"
+        return (f"{p} is not a video or image file that toon-ofx can read (movies: what ffmpeg decodes; images "
+                f"and sequences: {READ_FORMATS})")
     if "permission denied" in low:
         return f"cannot read {p}: permission denied"
     detail = last_lines(stderr, 2)
     return f"cannot read {p} as video" + (f": {detail}" if detail else "")
+
+
+def _aspect(text) -> float:
+    """A sample aspect ratio "num:den" as a number (1.0 when absent or unknown)."""
+    num, _, den = str(text or "").partition(":")
+    try:
+        value = float(Fraction(int(num), int(den)))
+    except (ValueError, ZeroDivisionError):
+        return 1.0
+    return value if value > 0 else 1.0
 
 
 def _fraction(text) -> Optional[Fraction]:

@@ -11,13 +11,11 @@ import os
 import re
 from fractions import Fraction
 from pathlib import Path
-from typing import List, Tuple
-
-import numpy as np
+from typing import List, Optional, Tuple
 
 from ..errors import UserError
-from .images import decode_image
-from .info import DEFAULT_SEQUENCE_FPS, IMAGE_EXTS, MediaInfo, PathLike
+from .images import image_format
+from .info import DEFAULT_SEQUENCE_FPS, IMAGE_EXTS, ImageFormat, MediaInfo, PathLike
 
 _PRINTF = re.compile(r"%0?(\d*)d")
 _HASHES = re.compile(r"#+")
@@ -42,7 +40,7 @@ def pattern_regex(name: str) -> Tuple[re.Pattern, str]:
     return re.compile("^" + re.escape(pre) + digits + re.escape(post) + "$"), name
 
 
-def probe_pattern(p: Path, fps: Fraction) -> MediaInfo:
+def probe_pattern(p: Path, fps: Optional[Fraction]) -> MediaInfo:
     """The sequence of the files matching pattern `p`; UserError when none match or one is missing."""
     folder = p.parent
     if not folder.is_dir():
@@ -54,7 +52,7 @@ def probe_pattern(p: Path, fps: Fraction) -> MediaInfo:
     return _sequence_info(folder / printf, numbers, fps)
 
 
-def probe_folder(folder: Path, fps: Fraction) -> MediaInfo:
+def probe_folder(folder: Path, fps: Optional[Fraction]) -> MediaInfo:
     """The one numbered image sequence in `folder`; UserError when there is none or several."""
     groups = {}
     for entry in os.listdir(folder):
@@ -81,7 +79,7 @@ def probe_folder(folder: Path, fps: Fraction) -> MediaInfo:
     return _sequence_info(folder / f"{stem}{spec}{ext}", sorted(int(n) for n in nums), fps)
 
 
-def _sequence_info(pattern: Path, numbers: List[int], fps: Fraction) -> MediaInfo:
+def _sequence_info(pattern: Path, numbers: List[int], fps: Optional[Fraction]) -> MediaInfo:
     first, last = numbers[0], numbers[-1]
     if len(set(numbers)) != last - first + 1:
         present = set(numbers)
@@ -90,40 +88,37 @@ def _sequence_info(pattern: Path, numbers: List[int], fps: Fraction) -> MediaInf
         raise UserError(f"image sequence {pattern.name} has a gap: frame {missing[0]}{more} missing "
                         f"between {first} and {last}", field="source")
     sample = Path(str(pattern) % first)
-    image = decode_image(sample)
-    h, w = image.shape[:2]
-    channels = 1 if image.ndim == 2 else image.shape[2]
-    depth = 16 if image.dtype == np.uint16 else 8
-    n = len(numbers)
-    return MediaInfo(
-        path=pattern, width=w, height=h, fps=fps, frame_count=n, duration=float(Fraction(n) / fps),
-        has_audio=False, codec=_image_codec(sample), pix_fmt=_image_pix_fmt(channels, depth),
-        is_sequence=True, first_number=first, alpha=channels == 4, bit_depth=depth,
-    )
+    return _image_info(pattern, sample, image_format(sample), len(numbers), fps, first_number=first)
 
 
-def probe_still(p: Path, fps: Fraction, allow_still: bool) -> MediaInfo:
+def probe_still(p: Path, fps: Optional[Fraction], allow_still: bool) -> MediaInfo:
     """A single image as a 1-frame clip (UserError when `allow_still` is False)."""
     if not allow_still:
         raise UserError(f"{p} is a still image; a video clip or image sequence is needed here", field="source")
-    image = decode_image(p)
-    h, w = image.shape[:2]
-    channels = 1 if image.ndim == 2 else image.shape[2]
-    depth = 16 if image.dtype == np.uint16 else 8
+    return _image_info(p, p, image_format(p), 1, fps, still=True)
+
+
+def _image_info(path: Path, sample: Path, fmt: ImageFormat, count: int, fps: Optional[Fraction], *,
+                first_number: int = 0, still: bool = False) -> MediaInfo:
+    """A sequence or still described by its first file: the rate is `fps`, else the file's own, else 24."""
+    fps = fps or fmt.fps or DEFAULT_SEQUENCE_FPS
+    depth = fmt.bits if not fmt.is_float else 16
     return MediaInfo(
-        path=p, width=w, height=h, fps=fps, frame_count=1, duration=float(1 / fps), has_audio=False,
-        codec=_image_codec(p), pix_fmt=_image_pix_fmt(channels, depth), is_sequence=True, is_still=True,
-        alpha=channels == 4, bit_depth=depth,
+        path=path, width=fmt.width, height=fmt.height, fps=fps, frame_count=count,
+        duration=float(Fraction(count) / fps), has_audio=False, codec=_image_codec(sample),
+        pix_fmt=_image_pix_fmt(len(fmt.channels), 16 if depth > 8 else 8), is_sequence=True, is_still=still,
+        first_number=first_number, alpha=fmt.alpha, bit_depth=depth, timecode=fmt.timecode,
+        pixel_aspect=fmt.pixel_aspect, image=fmt,
     )
 
 
 def _image_codec(p: Path) -> str:
     ext = p.suffix.lower().lstrip(".")
-    return {"jpg": "mjpeg", "jpeg": "mjpeg", "tif": "tiff"}.get(ext, ext)
+    return {"jpg": "mjpeg", "jpeg": "mjpeg", "tif": "tiff", "tga": "targa"}.get(ext, ext)
 
 
 def _image_pix_fmt(channels: int, depth: int) -> str:
-    base = {1: "gray", 2: "ya", 3: "rgb", 4: "rgba"}.get(channels, "rgb")
+    base = {1: "gray", 2: "ya", 3: "rgb", 4: "rgba"}.get(channels, "rgba")
     if base == "gray":
         return "gray16le" if depth == 16 else "gray"
     if base == "rgb":

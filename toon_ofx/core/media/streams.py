@@ -19,7 +19,11 @@ metadata (creation time, camera tags) is copied too.
 
 Audio, subtitles and data are cut to the frames' span; a copied compressed
 audio stream starts at the packet that holds the first frame's time and the
-container's edit list trims it to the sample.
+container's edit list trims it to the sample. A subtitle cue that starts before
+the span or runs past it is cut to it (a `setts` filter: a copied cue keeps its
+duration otherwise, and the container's duration with it). An MXF output takes
+48 kHz PCM audio only (others are converted) and no subtitles. An image
+sequence's timecode (DPX/EXR header) becomes the movie's.
 """
 from __future__ import annotations
 
@@ -34,7 +38,8 @@ from .timecode import offset_timecode
 from .tools import ffmpeg_exe, file_url, run
 
 _TEXT_SUBTITLES = {"subrip", "srt", "ass", "ssa", "webvtt", "mov_text", "text"}
-_AUDIO_FALLBACK = {"mov": ("pcm_s24le", None), "matroska": ("flac", None), "mp4": ("aac", "256k")}  # codec, bit rate
+_AUDIO_FALLBACK = {"mov": ("pcm_s24le", None), "matroska": ("flac", None), "mp4": ("aac", "256k"),
+                   "mxf": ("pcm_s24le", None)}  # codec, bit rate (MXF: at 48 kHz, all it takes)
 _TEXT_FORMAT = {"mov": "mov_text", "mp4": "mov_text", "matroska": "srt"}
 
 
@@ -59,7 +64,12 @@ def carry_streams(source: Optional[MediaInfo], input_index: int, output: Path, s
     starts at the source's frame `first_frame` (for its timecode).
     """
     plan = StreamPlan()
-    if source is None or source.is_sequence:
+    if source is None:
+        return plan
+    if source.is_sequence:  # a plate's timecode (DPX/EXR header) starts the movie's
+        if source.timecode and not source.is_still:
+            plan.timecode = offset_timecode(source.timecode, first_frame, source.fps)
+            plan.outputs += ["-timecode", plan.timecode]
         return plan
     muxer = muxer_for(output)
     k = input_index
@@ -69,6 +79,8 @@ def carry_streams(source: Optional[MediaInfo], input_index: int, output: Path, s
         args = _stream_codec(source.path, stream, muxer, spec, counts[spec], plan.notes)
         if args is None:
             continue
+        if spec == "s":  # a cue that starts before the span or ends after it is cut to it (copies keep durations)
+            args += [f"-bsf:s:{counts[spec]}", _cut_cues(span)]
         plan.outputs += ["-map", f"{k}:{stream.index}"] + args
         counts[spec] += 1
     plan.audio, plan.subtitles = counts["a"], counts["s"]
@@ -89,17 +101,30 @@ def _stream_codec(path: Path, stream: Stream, muxer: str, spec: str, n: int, not
     where = f"{stream.kind} stream {stream.index} ({stream.codec})"
     if stream.tag == "tmcd":
         return None  # the timecode track is written anew from the start timecode
-    if _copyable(path, stream.index, stream.codec, stream.tag, muxer):
+    if muxer == "mxf":   # MXF takes 48 kHz PCM and no subtitles (a trial copy cannot tell: it needs a picture)
+        copyable = stream.codec in ("pcm_s16le", "pcm_s24le") and stream.sample_rate == 48000
+    else:
+        copyable = _copyable(path, stream.index, stream.codec, stream.tag, muxer)
+    if copyable:
         return [f"-c:{spec}:{n}", "copy"]
     if stream.kind == "audio":
         codec, rate = _AUDIO_FALLBACK[muxer]
         notes.append(f"{where} re-encoded to {codec}: the {muxer} container cannot hold it as it is")
-        return [f"-c:a:{n}", codec] + ([f"-b:a:{n}", rate] if rate else [])
-    if stream.kind == "subtitle" and stream.codec in _TEXT_SUBTITLES:
+        return [f"-c:a:{n}", codec] + ([f"-b:a:{n}", rate] if rate else []) + \
+            ([f"-ar:a:{n}", "48000"] if muxer == "mxf" else [])
+    if stream.kind == "subtitle" and stream.codec in _TEXT_SUBTITLES and muxer in _TEXT_FORMAT:
         notes.append(f"{where} converted to {_TEXT_FORMAT[muxer]} for the {muxer} container")
         return [f"-c:s:{n}", _TEXT_FORMAT[muxer]]
     notes.append(f"{where} left out: the {muxer} container cannot hold it")
     return None
+
+
+def _cut_cues(span: float) -> str:
+    """A `setts` filter that cuts each subtitle packet to ``0 .. span`` seconds of the output: a cue that
+    began before the first frame starts with it, one that runs past the last frame ends with it."""
+    end = "%.6f" % span
+    return (f"setts=ts=max(TS\\,0):duration=round(max(0\\,min((PTS+DURATION)*TB\\,{end})"
+            f"-max(PTS*TB\\,0))/TB)")
 
 
 _ACCEPTED: Dict[Tuple[str, str, str], bool] = {}
