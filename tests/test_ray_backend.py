@@ -250,3 +250,55 @@ def test_progress_never_goes_back_while_results_are_on_their_way():
     done = [e.frames_done for e in events]
     assert done == [5, 6, 7, 8]        # +3 from 0-3, +1 from 8-11, +1 from 4-7, 0-3 complete
     assert done == sorted(done) and all(e.frames_total == 12 for e in events)
+
+
+class WarningRenderer(FakeRenderer):
+    """FakeRenderer whose chunks report warnings: one every chunk gives, one of the chunk starting at 6."""
+
+    def render(self, request, progress=None, cancel=None):
+        result = super().render(request, progress, cancel)
+        first = request.frames[0]
+        result.warnings = ["every chunk says this"] + ([f"only chunk {first} says this"] if first == 6 else [])
+        return result
+
+
+def test_chunk_warnings_reach_the_result_and_the_progress_once(cluster, tmp_path):
+    events = []
+    result = render_with_ray(_request(tmp_path / "seq", (2, 13)), chunk_size=4, progress=events.append,
+                             renderer_factory=functools.partial(WarningRenderer, log_dir=str(tmp_path)))
+    assert result.warnings == ["every chunk says this", "only chunk 6 says this"]   # 3 chunks, each said once
+    assert [e.warning for e in events if e.warning] == result.warnings
+
+
+def test_cli_render_ray_prints_the_warnings_like_a_local_render(cluster, tmp_path, monkeypatch, capsys):
+    from toon_ofx.cli import main
+    from toon_ofx.farm import ray_backend
+
+    monkeypatch.setattr(ray_backend, "render_with_ray", functools.partial(
+        ray_backend.render_with_ray, renderer_factory=functools.partial(WarningRenderer, log_dir=str(tmp_path))))
+    assert main(["render", str(CLIP), "-o", str(tmp_path / "seq"), "--frames", "2-13", "--ray", "--chunk-size",
+                 "4", "--keyframe-interval", "4", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("toon-ofx: warning: every chunk says this") == 1
+    assert err.count("toon-ofx: warning: only chunk 6 says this") == 1
+
+
+def test_ray_warns_about_a_plate_as_a_local_render_does(cluster, engine_params, tmp_path, astronaut):
+    """An ACEScg RGBA EXR plate into an .mp4 (HEVC named: the chunks, which write frames, do not take it): no
+    alpha, no float values; the chunks' hidden PNG frames are not the output and add nothing."""
+    import media_sources as ms
+    from toon_ofx.core.render import render
+
+    plate = tmp_path / "plate"
+    plate.mkdir()
+    for k, picture in enumerate(ms.frames(160, 120, 6, face=astronaut, face_size=100, face_x=40, face_y=10)):
+        alpha = np.full((120, 160, 1), 0.5, np.float32)
+        ms.write_image(plate / f"bg.{k + 1:04d}.exr", np.concatenate([ms.to_acescg(picture), alpha], axis=2)
+                       .astype(np.float16), "half", oiio__ColorSpace="ACEScg")
+    local = render(RenderRequest(plate, tmp_path / "local" / "bg.mp4", engine_params, codec="hevc-10bit"))
+    events = []
+    ray_result = render_with_ray(RenderRequest(plate, tmp_path / "ray" / "bg.mp4", engine_params, codec="hevc-10bit"),
+                                 chunk_size=4, workers=2, progress=events.append)
+    assert len(local.warnings) == 2 and ray_result.warnings == local.warnings   # alpha, float values
+    assert [e.warning for e in events if e.warning] == local.warnings
+    assert media.probe(tmp_path / "ray" / "bg.mp4").frame_count == 6

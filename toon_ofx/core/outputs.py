@@ -92,8 +92,7 @@ def plan_output(info: "media.MediaInfo", output: Path, overlay: bool, work_dir: 
     elif info.is_still:
         plan = OutputPlan("image", None, str(output / f"{info.stem}_toon{own}"))
     else:
-        plan = OutputPlan("sequence", None, str(output / f"{info.stem}_toon.{info.number_format}{own}"),
-                          info.first_number)
+        plan = OutputPlan("sequence", None, str(output / sequence_name(info, overlay)), info.first_number)
     if codec is not None and plan.kind != "movie":
         raise UserError(f"a codec is for movie outputs; {output} is an image {plan.kind}", field="codec")
     if overlay and plan.kind != "movie" and Path(plan.pattern).suffix.lower() not in ALPHA_IMAGE_SUFFIXES:
@@ -104,6 +103,12 @@ def plan_output(info: "media.MediaInfo", output: Path, overlay: bool, work_dir: 
                         field="output")
     _plan_frames(plan, info, overlay, codec)
     return plan
+
+
+def sequence_name(info: "media.MediaInfo", overlay: bool = False) -> str:
+    """The frame files' printf name in a folder output: ``<clip>_toon.<its numbering><frame_suffix>``
+    (``shot_toon.%04d.exr`` for ``shot.%04d.exr``, ``clip_toon.%06d.png`` for a movie)."""
+    return f"{info.stem}_toon.{info.number_format}{frame_suffix(info, overlay)}"
 
 
 def frame_suffix(info: "media.MediaInfo", overlay: bool = False) -> str:

@@ -2,11 +2,13 @@
 
 Each farm task runs
 
-    toon-ofx render SRC -o SEQ.%06d.png --frames A-B --warmup N [effect parameters]
+    toon-ofx render SRC -o SEQ.%06d.EXT --frames A-B --warmup N [effect parameters]
 
-into ONE image sequence named by source frame numbers, then a final task runs
+into ONE image sequence named by source frame numbers, in an image-sequence source's own
+format (a DPX or EXR plate comes back as DPX or EXR, as a single-machine render writes it)
+or PNG for a movie, then a final task runs
 
-    toon-ofx assemble SEQ.%06d.png --source SRC -o OUT.mp4 --frames F-L
+    toon-ofx assemble SEQ.%06d.EXT --source SRC -o OUT.mp4 --frames F-L
 
 to encode the movie with the source's audio. Modules, in data-path order:
 

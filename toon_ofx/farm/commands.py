@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 from ..core.errors import UserError
 from ..core.options import add_codec_option, add_param_options, checked_frame_range, params_from_args
@@ -24,28 +26,90 @@ def _abs(path: str) -> str:
 
 
 def _default_outputs(source: str, overlay: bool, info=None) -> Tuple[str, str]:
-    """Default frame pattern and movie, beside the source: the source's frame numbering and a container
-    for the codec that follows the source (.mp4, .mov for an overlay, when it cannot be read here)."""
+    """Default frame pattern and movie, beside the source. Frames are named as a render into a folder names
+    them (`core.outputs.sequence_name`: the source's numbering, an image sequence's own format, PNG for a
+    movie); the movie takes the container of the codec that follows the source. When the source cannot be
+    read here: its pattern's format (PNG for a movie), .mp4 (.mov for an overlay)."""
+    from ..core.outputs import ALPHA_IMAGE_SUFFIXES, SEQUENCE_SUFFIXES, sequence_name
+
     src = Path(source)
     if info is not None:
         from ..core import media
 
-        stem, numbers, suffix = info.stem, info.number_format, media.movie_suffix(info, overlay)
+        stem, name, suffix = info.stem, sequence_name(info, overlay), media.movie_suffix(info, overlay)
     else:
-        stem = re.split(r"[%#]", src.name)[0].rstrip("._-") if re.search(r"[%#]", src.name) else src.stem
-        numbers = "%06d"
+        pattern = re.search(r"[%#]", src.name)
+        stem = re.split(r"[%#]", src.name)[0].rstrip("._-") if pattern else src.stem
+        own = src.suffix.lower() if pattern else ".png"
+        if own not in SEQUENCE_SUFFIXES or (overlay and own not in ALPHA_IMAGE_SUFFIXES):
+            own = ".png"
+        name = f"{stem or 'clip'}_toon.%06d{own}"
         suffix = ".mov" if overlay else ".mp4"
     stem = f"{stem or 'clip'}_toon"
-    return str(src.with_name(stem + "_frames") / f"{stem}.{numbers}.png"), str(src.with_name(stem + suffix))
+    return str(src.with_name(stem + "_frames") / name), str(src.with_name(stem + suffix))
+
+
+def _check_sequence(sequence: str, overlay: bool, info=None) -> List[str]:
+    """Refuse a frame pattern the render tasks would refuse (checked as a render checks its output when the
+    source is readable here); returns the warnings the tasks will give about what the frames cannot keep."""
+    from ..core.outputs import ALPHA_IMAGE_SUFFIXES, SEQUENCE_SUFFIXES, plan_output
+
+    name = split_pattern(sequence)[1]
+    suffix = Path(name).suffix.lower()
+    if not re.search(r"%0?\d*d", name) or suffix not in SEQUENCE_SUFFIXES:
+        raise UserError(f"frame pattern {sequence!r} must look like folder/name.%06d.png, with one of "
+                        f"{', '.join(SEQUENCE_SUFFIXES)}", field="sequence")
+    if info is not None:
+        return plan_output(info, Path(sequence), overlay).warnings
+    if overlay and suffix not in ALPHA_IMAGE_SUFFIXES:
+        raise UserError(f"an RGBA overlay needs frames with alpha ({', '.join(ALPHA_IMAGE_SUFFIXES)}), not "
+                        f"{suffix}", field="sequence")
+    return []
+
+
+def _ocio_config(given: Optional[str]) -> Optional[str]:
+    """The OCIO config file every task uses: the one given, else this shell's $OCIO (a file, not a built-in
+    ocio:// config), else None (each worker's own $OCIO or the built-in config)."""
+    if given:
+        return _abs(given)
+    env = os.environ.get("OCIO", "")
+    return _abs(env) if env and not env.startswith("ocio://") else None
+
+
+@contextmanager
+def _ocio_env(config: Optional[str]):
+    """$OCIO set to `config` while the colour space is checked here (core.colour reads the config from it)."""
+    old = os.environ.get("OCIO")
+    if config:
+        os.environ["OCIO"] = config
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("OCIO", None)
+        else:
+            os.environ["OCIO"] = old
+
+
+def _check_colour(info, input_colorspace: str, config: Optional[str]) -> None:
+    """An unknown colour space fails here, not on the farm (when the config can be read here)."""
+    if info is None or (config and not Path(config).is_file()):
+        return
+    from ..core.colour import plan_colour
+
+    with _ocio_env(config):
+        plan_colour(info, input_colorspace)
 
 
 def _probe_local(path: Path):
-    """The source's MediaInfo when it is readable here (None when it is not, or media is unavailable)."""
-    if not path.exists():
-        return None
+    """The source's MediaInfo when it is readable here (None when it is not, or media is unavailable); an
+    image-sequence pattern is probed when its folder is here."""
     try:
         from ..core import media
+        from ..core.media.sequences import is_pattern
     except ImportError:
+        return None
+    if not (path.parent.is_dir() if is_pattern(path.name) else path.exists()):
         return None
     return media.probe(path)
 
@@ -65,8 +129,9 @@ def job_from_args(args: argparse.Namespace) -> FarmJob:
     sequence = _abs(str(args.sequence)) if args.sequence else seq_default
     if "%" not in split_pattern(sequence)[1]:
         sequence = sequence.rstrip("/\\") + "/" + split_pattern(seq_default)[1]
-    if not re.search(r"%0?\d*d", split_pattern(sequence)[1]) or not sequence.lower().endswith(".png"):
-        raise UserError(f"frame pattern {sequence!r} must look like folder/name.%06d.png", field="sequence")
+    warnings = _check_sequence(sequence, overlay, info)
+    ocio_config = _ocio_config(args.ocio_config)
+    _check_colour(info, params["input_colorspace"], ocio_config)
     movie: Optional[str] = None
     if not args.no_movie:
         movie = _abs(str(args.movie)) if args.movie else movie_default
@@ -79,9 +144,11 @@ def job_from_args(args: argparse.Namespace) -> FarmJob:
                             field="movie")
         if info is not None:
             from ..core import media
+            from ..core.outputs import plan_output
 
             media.check_renderable(info)
-            media.choose_codec(Path(movie), args.codec, info, overlay)  # fails here, not on the farm
+            movie_plan = plan_output(info, Path(movie), overlay, codec=args.codec)  # fails here, not on the farm
+            warnings += [w for w in movie_plan.warnings if w not in warnings]
     frames = args.frames
     if info is not None:
         count = info.frame_count
@@ -100,7 +167,8 @@ def job_from_args(args: argparse.Namespace) -> FarmJob:
     return FarmJob(source=source, sequence=sequence, movie=movie, frames=tuple(frames), chunk_size=chunk_size,
                    params=params, warmup=args.warmup, executable=args.toon_ofx, name=name,
                    resources=resources_from_args(args, params),
-                   models_dir=_abs(str(args.models_dir)) if args.models_dir else None, codec=args.codec)
+                   models_dir=_abs(str(args.models_dir)) if args.models_dir else None, codec=args.codec,
+                   ocio_config=ocio_config, warnings=warnings)
 
 
 def resources_from_args(args: argparse.Namespace, params) -> Resources:
@@ -133,13 +201,17 @@ def add_farm_parser(sub) -> None:
                    "a multiple of the keyframe interval, one interval at least)")
     p.add_argument("--warmup", type=int, default=0, metavar="N",
                    help="extra frames each task processes before its chunk, not written")
-    p.add_argument("--sequence", help="frame pattern or folder (default: <clip>_toon_frames/<clip>_toon.%%06d.png)")
+    p.add_argument("--sequence", help="frame pattern or folder (default: <clip>_toon_frames/<clip>_toon.%%06d.png; "
+                                      "an image sequence's own numbering and format, e.g. shot_toon.%%04d.exr)")
     p.add_argument("--movie", help="movie assembled at the end (default: <clip>_toon.mp4, .mov for overlays)")
     p.add_argument("--no-movie", action="store_true", help="no assemble step: the frames are the result")
     add_codec_option(p)
     p.add_argument("--name", help="job name")
     p.add_argument("--toon-ofx", default="toon-ofx", metavar="COMMAND", help="the toon-ofx command on the workers")
     p.add_argument("--models-dir", help="the workers' model folder (default: each worker's own model store)")
+    p.add_argument("--ocio-config", metavar="FILE",
+                   help="OpenColorIO config file every task uses for --input-colorspace (default: $OCIO when it "
+                        "names a file, else each worker's $OCIO or the built-in ACES studio config)")
     need = p.add_argument_group("what each render task asks for (OpenJD hostRequirements, OpenCue layers, "
                                 "Flamenco worker tag)")
     defaults = Resources()
@@ -166,6 +238,8 @@ def run_farm(args) -> int:
     for note in (job.chunk_note(), idle):
         if note:
             print(f"toon-ofx: note: {note}", file=sys.stderr)
+    for warning in job.warnings:
+        print(f"toon-ofx: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -174,17 +248,27 @@ def add_assemble_parser(sub) -> None:
     p = sub.add_parser("assemble", help="encode a rendered frame sequence into a movie with the source's audio",
                        description="The last step of a farm render: check that every frame is there and encode "
                                    "the movie with the source clip's frame timing and audio.")
-    p.add_argument("sequence", type=Path, help="frame folder or pattern like frames/clip_toon.%%06d.png")
+    p.add_argument("sequence", type=Path,
+                   help="frame folder or pattern like frames/clip_toon.%%06d.png (any image format toon-ofx reads: "
+                        "PNG, TIFF, DPX, OpenEXR...)")
     p.add_argument("--source", type=Path, required=True, help="the source clip (timing and audio)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="movie to write (.mp4/.mov/.mkv)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="movie to write (.mp4/.mov/.mkv/.mxf)")
     p.add_argument("--frames", type=checked_frame_range, metavar="A-B",
                    help="0-based frames of the source to assemble (default: the frames found); all must be present")
     add_codec_option(p)
+    p.add_argument("--input-colorspace", default="auto", metavar="NAME",
+                   help="the render's input colour space: float frames (a linear EXR plate's) become the movie's "
+                        "display-referred pictures through it (default: auto, as the render)")
+    p.add_argument("--ocio-config", type=Path, metavar="FILE",
+                   help="the render's OpenColorIO config (default: $OCIO, else the built-in ACES studio config)")
 
 
 def run_assemble(args) -> int:
-    encoded = assemble(args.sequence, args.source, args.output, args.frames, codec=args.codec)
+    if args.ocio_config:
+        os.environ["OCIO"] = str(args.ocio_config)   # core.colour reads the config from $OCIO
+    encoded = assemble(args.sequence, args.source, args.output, args.frames, codec=args.codec,
+                       input_colorspace=args.input_colorspace)
     print(f"toon-ofx: wrote {encoded.path} ({encoded.codec.label})", file=sys.stderr)
-    for note in encoded.notes:
-        print(f"toon-ofx: note: {note}", file=sys.stderr)
+    for warning in encoded.notes:
+        print(f"toon-ofx: warning: {warning}", file=sys.stderr)
     return 0

@@ -43,7 +43,7 @@ const JOB_TYPE = {
         { key: "frames", type: "string", required: true,
           description: "Inclusive source frame range (0-based), e.g. 0-239" },
         { key: "sequence", type: "string", subtype: "file_path", required: true,
-          description: "printf pattern of the rendered frames, e.g. /render/shot/shot_toon.%06d.png" },
+          description: "printf pattern of the rendered frames, e.g. /render/shot/shot_toon.%04d.exr" },
         { key: "movie", type: "string", subtype: "file_path", default: "",
           description: "Movie encoded from the frames at the end (empty: frames only)" },
         { key: "chunk_size", type: "int32", default: 96, description: "Frames per render task" },
@@ -53,6 +53,10 @@ const JOB_TYPE = {
           description: "Effect parameters as a JSON object, e.g. {\"swap_res\": 32}" },
         { key: "models_dir", type: "string", subtype: "dir_path", default: "",
           description: "Folder the Workers read model checkpoints from (empty: their own model store)" },
+        { key: "ocio_config", type: "string", subtype: "file_path", default: "",
+          description: "OpenColorIO config of every task (empty: the Workers' $OCIO or the built-in ACES config)" },
+        { key: "codec", type: "string", default: "",
+          description: "Codec of the assembled movie (empty: the codec that follows the source)" },
     ]
 };
 
@@ -67,6 +71,7 @@ function compileJob(job) {
     // the segment grid is shifted by the keyframe cross-fade (at most half an interval)
     const offset = Math.min(Number(params.keyframe_overlap || 0), Math.floor(keyframes / 2));
     const modelsArgs = settings.models_dir ? ["--models-dir", settings.models_dir] : [];
+    const ocioArgs = settings.ocio_config ? ["--ocio-config", settings.ocio_config] : [];
 
     const renderTasks = [];
     const parts = gridParts(range.first, range.last, size, offset);
@@ -79,7 +84,8 @@ function compileJob(job) {
             task.addCommand(author.Command("exec", {
                 exe: exe,
                 args: ["render", settings.source, "-o", settings.sequence, "--frames", frames,
-                       "--warmup", String(settings.warmup || 0)].concat(modelsArgs, ["--json"], paramArgs),
+                       "--warmup", String(settings.warmup || 0)].concat(modelsArgs, ocioArgs, ["--json"],
+                                                                        paramArgs),
             }));
             job.addTask(task);
             renderTasks.push(task);
@@ -91,7 +97,10 @@ function compileJob(job) {
         assemble.addCommand(author.Command("exec", {
             exe: exe,
             args: ["assemble", settings.sequence, "--source", settings.source, "-o", settings.movie,
-                   "--frames", `${range.first}-${range.last}`],
+                   "--frames", `${range.first}-${range.last}`].concat(
+                settings.codec ? ["--codec", settings.codec] : [],
+                // the render's colour: a float plate's frames become the movie's display-referred pictures
+                params.input_colorspace ? ["--input-colorspace", params.input_colorspace] : [], ocioArgs),
         }));
         for (const task of renderTasks) {
             assemble.addDependency(task);
@@ -182,6 +191,8 @@ def flamenco_job(job: FarmJob) -> Dict[str, Any]:
             "warmup": job.warmup,
             "params": json.dumps(explicit_params(job.params), sort_keys=True),
             "models_dir": job.models_dir or "",
+            "ocio_config": job.ocio_config or "",
+            "codec": job.codec or "",
         },
         "metadata": metadata,
     }

@@ -1,10 +1,11 @@
 """A farm job (what renders, where, in which chunks, on what hardware) and the command lines its tasks run.
 
-Render tasks run `toon-ofx render SRC -o SEQ.%06d.png --frames A-B --warmup N
-[--chunk-of F-L] [--models-dir DIR] --json|--openjd [effect parameters]`; the assemble
-task runs `toon-ofx assemble SEQ.%06d.png --source SRC -o OUT.mp4 --frames F-L`. Every
-export builds its tasks from `render_command`/`assemble_command`, with the farm's own
-placeholders where a value is filled in per task or at submission.
+Render tasks run `toon-ofx render SRC -o SEQ.%06d.EXT --frames A-B --warmup N
+[--chunk-of F-L] [--models-dir DIR] [--ocio-config FILE] --json|--openjd [effect parameters]`
+(EXT: the source sequence's own format, .png for a movie source); the assemble task runs
+`toon-ofx assemble SEQ.%06d.EXT --source SRC -o OUT.mp4 --frames F-L [--input-colorspace NAME]
+[--ocio-config FILE]`. Every export builds its tasks from `render_command`/`assemble_command`,
+with the farm's own placeholders where a value is filled in per task or at submission.
 """
 from __future__ import annotations
 
@@ -51,8 +52,8 @@ def param_args(params: Dict[str, Any], placeholders: Optional[Dict[str, str]] = 
 
 
 def render_command(source: str, sequence: str, frames: str, warmup: str, chunk_of: Optional[str],
-                   params: Dict[str, Any], *, models_dir: Optional[str] = None, progress: str = "--json",
-                   placeholders: Optional[Dict[str, str]] = None) -> List[str]:
+                   params: Dict[str, Any], *, models_dir: Optional[str] = None, ocio_config: Optional[str] = None,
+                   progress: str = "--json", placeholders: Optional[Dict[str, str]] = None) -> List[str]:
     """`toon-ofx render` arguments (without the executable) for one chunk; chunk_of: the job's range.
 
     progress: "--json" (JSON lines) or "--openjd" (openjd_progress:/openjd_status: lines).
@@ -62,13 +63,23 @@ def render_command(source: str, sequence: str, frames: str, warmup: str, chunk_o
         args += ["--chunk-of", chunk_of]
     if models_dir is not None:
         args += ["--models-dir", models_dir]
+    if ocio_config is not None:
+        args += ["--ocio-config", ocio_config]
     return args + [progress] + param_args(params, placeholders)
 
 
-def assemble_command(sequence: str, source: str, movie: str, frames: str, codec: Optional[str] = None) -> List[str]:
-    """`toon-ofx assemble` arguments (without the executable)."""
-    return ["assemble", sequence, "--source", source, "-o", movie, "--frames", frames] + (
-        ["--codec", codec] if codec else [])
+def assemble_command(sequence: str, source: str, movie: str, frames: str, codec: Optional[str] = None, *,
+                     input_colorspace: str = "auto", ocio_config: Optional[str] = None) -> List[str]:
+    """`toon-ofx assemble` arguments (without the executable). The colour space and OCIO config are the
+    render's: a float plate's frames are turned into the movie's display-referred pictures with them."""
+    args = ["assemble", sequence, "--source", source, "-o", movie, "--frames", frames]
+    if codec:
+        args += ["--codec", codec]
+    if input_colorspace.strip().lower() != "auto":
+        args += ["--input-colorspace", input_colorspace]
+    if ocio_config is not None:
+        args += ["--ocio-config", ocio_config]
+    return args
 
 
 def split_pattern(pattern: str) -> Tuple[str, str]:
@@ -137,6 +148,14 @@ class FarmJob:
     resources: Resources = field(default_factory=Resources)
     models_dir: Optional[str] = None    # the workers' model folder (--models-dir), None: their default
     codec: Optional[str] = None         # movie codec for the assemble step (None: follow the source)
+    ocio_config: Optional[str] = None   # the OCIO config file every task uses (None: each worker's $OCIO or
+    #                                     OpenColorIO's built-in ACES studio config)
+    warnings: List[str] = field(default_factory=list)   # what the outputs cannot keep of the source (said at
+    #                                                     export, and by the tasks)
+
+    @property
+    def input_colorspace(self) -> str:
+        return str(validate(self.params)["input_colorspace"])
 
     @property
     def keyframe_interval(self) -> int:
@@ -192,8 +211,9 @@ class FarmJob:
         """`toon-ofx render` arguments (without the executable) for one chunk."""
         return render_command(self.source, self.sequence, frames, str(self.warmup),
                               self.frame_range if self.chunk_of else None, self.params,
-                              models_dir=self.models_dir, progress=progress)
+                              models_dir=self.models_dir, ocio_config=self.ocio_config, progress=progress)
 
     def assemble_args(self) -> List[str]:
         assert self.movie is not None
-        return assemble_command(self.sequence, self.source, self.movie, self.frame_range, self.codec)
+        return assemble_command(self.sequence, self.source, self.movie, self.frame_range, self.codec,
+                                input_colorspace=self.input_colorspace, ocio_config=self.ocio_config)

@@ -2,8 +2,8 @@
 
 `bundle_files` lists the bundle: template.json (an OpenJD 2023-09 job template),
 parameter_values.json (Deadline Cloud), job_params.json (`openjd run`) and a README.
-Every path (clip, frames folder, movie, checkpoint files, model folder) is a PATH job
-parameter, so Deadline's path mapping translates it for each worker's platform; the
+Every path (clip, frames folder, movie, checkpoint files, model folder, OCIO config) is a
+PATH job parameter, so Deadline's path mapping translates it for each worker's platform; the
 render step asks for the FarmJob's resources in `hostRequirements` and reports its
 progress with `openjd_progress:` lines (`toon-ofx render --openjd`).
 """
@@ -47,6 +47,8 @@ def openjd_parameter_values(job: FarmJob) -> Dict[str, str]:
         values[MODEL_PATH_PARAMS[param][0]] = path
     if job.models_dir:
         values["ModelsDir"] = job.models_dir
+    if job.ocio_config:
+        values["OcioConfig"] = job.ocio_config
     return values
 
 
@@ -93,7 +95,8 @@ def openjd_template(job: FarmJob) -> Dict[str, Any]:
     params: List[Dict[str, Any]] = [
         _path_param("SourceFile", "FILE", "IN", "Source clip", "The clip whose faces are toonified."),
         _path_param("FramesDir", "DIRECTORY", "OUT", "Frames folder",
-                    "Folder of the rendered frames (one PNG per source frame)."),
+                    "Folder of the rendered frames (one image per source frame, in the plate's own format "
+                    "for an image-sequence source, PNG for a movie)."),
         {"name": "FrameName", "type": "STRING", "default": split_pattern(job.sequence)[1], "minLength": 5,
          "description": "printf pattern of the frame files inside the frames folder.",
          "userInterface": {"control": "LINE_EDIT", "label": "Frame file pattern", "groupLabel": GROUP}},
@@ -109,6 +112,10 @@ def openjd_template(job: FarmJob) -> Dict[str, Any]:
     if job.models_dir:
         params.append(_path_param("ModelsDir", "DIRECTORY", "IN", "Model folder",
                                   "Folder the workers read model checkpoints from (TOON_OFX_MODELS)."))
+    ocio = "{{Param.OcioConfig}}" if job.ocio_config else None
+    if ocio:
+        params.append(_path_param("OcioConfig", "FILE", "IN", "OCIO config",
+                                  "The OpenColorIO config every task converts colour with (input_colorspace)."))
     params += [
         {"name": "Frames", "type": "STRING", "default": job.frame_range, "minLength": 1,
          "description": "Inclusive source frame range (0-based), e.g. 0-239.",
@@ -129,7 +136,7 @@ def openjd_template(job: FarmJob) -> Dict[str, Any]:
     pattern = "{{Param.FramesDir}}/{{Param.FrameName}}"
     render_args = render_command("{{Param.SourceFile}}", pattern, "{{Task.Param.Frame}}", "{{Param.Warmup}}",
                                  "{{Param.Frames}}" if job.chunk_of else None, job.params,
-                                 models_dir="{{Param.ModelsDir}}" if job.models_dir else None,
+                                 models_dir="{{Param.ModelsDir}}" if job.models_dir else None, ocio_config=ocio,
                                  progress="--openjd", placeholders=placeholders)
     steps: List[Dict[str, Any]] = [{
         "name": "Render",
@@ -147,7 +154,8 @@ def openjd_template(job: FarmJob) -> Dict[str, Any]:
             "description": "Encode the finished frames into the movie, with the source's audio.",
             "dependencies": [{"dependsOn": "Render"}],
             "script": {"actions": {"onRun": {"command": "{{Param.ToonOfx}}", "args": assemble_command(
-                pattern, "{{Param.SourceFile}}", "{{Param.OutputMovie}}", "{{Param.Frames}}")}}},
+                pattern, "{{Param.SourceFile}}", "{{Param.OutputMovie}}", "{{Param.Frames}}", job.codec,
+                input_colorspace=job.input_colorspace, ocio_config=ocio)}}},
         })
     description = f"toon-ofx: toonify the faces of {Path(job.source).name}, frames {first}-{last}."
     for note in (job.chunk_note(), job.idle_note(*task_chunks(job))):

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
@@ -49,6 +49,7 @@ class ChunkOutcome:
     seconds: float
     load_seconds: float      # model loading done for this chunk (0 for a persistent worker's later chunks)
     worker: str
+    warnings: List[str] = field(default_factory=list)   # what the chunk's frames could not keep (RenderResult)
 
 
 class ChunkWorker:
@@ -113,7 +114,7 @@ class ChunkWorker:
         finally:
             self._set_status(None)
         return ChunkOutcome(chunk, result.written, result.skipped, faces, time.perf_counter() - t, load_seconds,
-                            _worker_name())
+                            _worker_name(), list(getattr(result, "warnings", None) or []))
 
     def status(self) -> Dict[str, Any]:
         with self._lock:
@@ -128,10 +129,13 @@ class RayProgress:
 
     Counts are kept per chunk: a worker's live status can only raise its chunk's count (a status
     that arrives late, or a worker already between chunks while its result is still on the way,
-    changes nothing), and a finished chunk counts all its frames.
+    changes nothing), and a finished chunk counts all its frames. Warnings (`warn`) are sent as
+    events like a local render's, each once, and kept in `warnings`; those in `unsaid` (what the hidden
+    frames of a movie output cannot keep, not the movie) are not passed on.
     """
 
-    def __init__(self, callback: Optional[Callable], chunks: Iterable[Chunk], present: Set[int]):
+    def __init__(self, callback: Optional[Callable], chunks: Iterable[Chunk], present: Set[int],
+                 unsaid: Iterable[str] = ()):
         from ..core.render import ProgressEvent
 
         self.Event = ProgressEvent
@@ -143,6 +147,9 @@ class RayProgress:
         self.already = self.frames_done
         self.start = time.monotonic()
         self._last: Optional[tuple] = None
+        self._stage = "loading"
+        self.warnings: List[str] = []
+        self.unsaid = set(unsaid)
 
     @property
     def frames_done(self) -> int:
@@ -159,7 +166,18 @@ class RayProgress:
         self.done[outcome.chunk] = outcome.chunk.count
         self.faces[outcome.chunk] = max(self.faces.get(outcome.chunk, 0), outcome.faces)
 
+    def warn(self, warnings: Iterable[str]) -> None:
+        """Warnings of the render, a chunk or the encoder: each new one an event of the current stage."""
+        for message in warnings:
+            if message in self.warnings or message in self.unsaid:
+                continue
+            self.warnings.append(message)
+            if self.callback is not None:
+                self.callback(self.Event(self._stage, self.frames_done, self.total, sum(self.faces.values()),
+                                         None, warning=message))
+
     def emit(self, stage: str) -> None:
+        self._stage = stage
         if self.callback is None:
             return
         done, faces = self.frames_done, sum(self.faces.values())
@@ -317,6 +335,7 @@ class ChunkScheduler:
         self.written += outcome.written
         self.chunk_load_seconds += outcome.load_seconds
         self.report.finished(outcome)
+        self.report.warn(outcome.warnings)
         return True
 
     def _retry(self, chunk: Chunk, pending: deque) -> None:
@@ -353,9 +372,13 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
     info = media.probe(source)
     media.check_renderable(info)
     first, last = resolve_range(request.frames, info.frame_count)
-    plan = plan_output(info, Path(request.output), params["output_kind"] == "overlay", request.work_dir)
+    overlay = params["output_kind"] == "overlay"
+    plan = plan_output(info, Path(request.output), overlay, request.work_dir, request.codec)
     if plan.kind == "image":
         raise UserError("a still image is one frame: render it without --ray", field="source")
+    # a movie's chunks write its hidden frames: what those cannot keep is not the movie's to say
+    unsaid = set(plan_output(info, Path(plan.pattern), overlay).warnings if plan.kind == "movie" else ())
+    unsaid -= set(plan.warnings)
     Path(plan.pattern).parent.mkdir(parents=True, exist_ok=True)
     total = last - first + 1
 
@@ -365,8 +388,9 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
         place = _placement(ray, params, workers)
         size = chunk_size if chunk_size is not None else chunk_size_for_workers(total, keyframes, place["workers"])
         chunks = plan_chunks(first, last, size, request.warmup, plan=temporal_plan(params))
-        report = RayProgress(progress, chunks, _present(plan))
+        report = RayProgress(progress, chunks, _present(plan), unsaid)
         report.emit("loading")
+        report.warn(plan.warnings)
         todo = [c for c in chunks if report.done[c] < c.count]
         timings: Dict[str, float] = {}
         written = 0
@@ -378,7 +402,7 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
                            load_total=sum(x["load_seconds"] for x in loads), workers=float(len(pool.actors)))
             # Each chunk writes its own frames: the sequence pattern, never the movie.
             chunk_request = replace(request, output=Path(plan.pattern), frames=None, params=params,
-                                    keep_frames=True)
+                                    keep_frames=True, codec=None)
             scheduler = ChunkScheduler(ray, pool, chunk_request, report, cancel, max_retries)
             report.emit("rendering")
             t = time.perf_counter()
@@ -397,15 +421,18 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
         if plan.kind == "movie":
             report.emit("encoding")
             t = time.perf_counter()
-            encoded = assemble(Path(plan.pattern), source, plan.movie, (first, last), info=info, codec=request.codec)
+            encoded = assemble(Path(plan.pattern), source, plan.movie, (first, last), info=info, codec=request.codec,
+                               input_colorspace=params["input_colorspace"])
             timings["encode"] = time.perf_counter() - t
+            report.warn(encoded.notes)
             if not request.keep_frames:
                 shutil.rmtree(Path(plan.pattern).parent, ignore_errors=True)
         report.emit("done")
         return RenderResult(output=plan.movie or Path(plan.pattern).parent, kind=plan.kind, pattern=plan.pattern,
                             first_frame=first, last_frame=last, written=written, skipped=total - written,
                             fps=float(info.fps), timings=timings, first_number=plan.first_number,
-                            codec=encoded.codec.label if encoded else None, notes=encoded.notes if encoded else [])
+                            codec=encoded.codec.label if encoded else None, notes=encoded.notes if encoded else [],
+                            warnings=list(report.warnings))
     finally:
         if pool is not None:
             pool.kill()
