@@ -167,17 +167,18 @@ class EqualLinear(nn.Module):
 
 
 class EqualConv2d(nn.Module):
-    def __init__(self, in_channel, out_channel, kernel_size, stride=1, padding=0, bias=True):
+    def __init__(self, in_channel, out_channel, kernel_size, stride=1, padding=0, bias=True, dilation=1):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_channel, in_channel, kernel_size, kernel_size))
         self.scale = 1 / math.sqrt(in_channel * kernel_size**2)
         self.stride = stride
         self.padding = padding
+        self.dilation = dilation  # DualStyleGAN / VToonify's ModRes blocks use dilated 3x3 convs
         self.bias = nn.Parameter(torch.zeros(out_channel)) if bias else None
 
     def forward(self, x):
         return F.conv2d(x, self.weight * self.scale, bias=self.bias, stride=self.stride,
-                        padding=self.padding)
+                        padding=self.padding, dilation=self.dilation)
 
 
 class ModulatedConv2d(nn.Module):
@@ -488,7 +489,7 @@ def layer_resolution(param_name: str) -> int | None:
 
 class ConvLayer(nn.Sequential):
     def __init__(self, in_channel, out_channel, kernel_size, downsample=False,
-                 blur_kernel=DEFAULT_BLUR_KERNEL, bias=True, activate=True):
+                 blur_kernel=DEFAULT_BLUR_KERNEL, bias=True, activate=True, dilation=1):
         layers: list[nn.Module] = []
         if downsample:
             factor = 2
@@ -496,9 +497,9 @@ class ConvLayer(nn.Sequential):
             layers.append(Blur(blur_kernel, pad=((p + 1) // 2, p // 2)))
             stride, padding = 2, 0
         else:
-            stride, padding = 1, kernel_size // 2
+            stride, padding = 1, kernel_size // 2 + dilation - 1
         layers.append(EqualConv2d(in_channel, out_channel, kernel_size, padding=padding,
-                                  stride=stride, bias=bias and not activate))
+                                  stride=stride, bias=bias and not activate, dilation=dilation))
         if activate:
             layers.append(FusedLeakyReLU(out_channel, bias=bias))
         super().__init__(*layers)
