@@ -7,12 +7,14 @@ with the separable [1, 3, 3, 1] / 8 filter (once at scale <= 0.75, twice at
 of the eye centre, sides multiples of 8, from the first frame's face only. Here:
 
 * **Per frame, from the track.** The smoothed FFHQ quad of the face's track
-  (``engine.faces.lookahead``) gives the eye centre and eye distance, so the crop
-  follows the face. From the quad rather than raw landmarks: its centre and size
-  are what the tracker smooths, and its size (the larger of 2 eye distances and
-  1.8 eye-to-mouth distances) does not collapse when the head turns, as the
-  reference's horizontal eye distance does. For a frontal face the two agree
-  (the quad is then 4 eye distances wide, eyes at 47% of its height).
+  (``engine.faces.lookahead``) gives the eye centre (47% down the quad's middle)
+  and the "eye distance" (a quarter of the quad's side), so the crop follows the
+  face. The quad's side is the larger of 2 eye distances and 1.8 eye-to-mouth
+  distances: what FFHQ alignment, and so VToonify's training faces, normalise to
+  a quarter of the 256 px crop. It does not collapse when the head turns, as the
+  reference's horizontal eye distance does. On the fixtures' frontal faces the
+  crop scale is 0.94-1.00x the reference's, on a three-quarter face 0.79x
+  (bench/bench_vtoonify.py crop).
 * **One affine warp, fixed size.** The crop is always ``size`` x ``size``
   (400 for the public models: 2 x 200, a multiple of 8): crops of several faces
   and frames stack into one batch. Only the frame region under the crop is
@@ -93,7 +95,8 @@ class FaceCrop:
 
 def blur_passes(scale: float) -> float:
     """Pre-blur passes at a crop scale: the reference's 0, 1 or 2, faded in over BLUR_RAMP above each threshold."""
-    return float(sum(np.clip((t * (1 + BLUR_RAMP) - scale) / (t * BLUR_RAMP), 0.0, 1.0) for t in BLUR_THRESHOLDS))
+    passes = sum(np.clip((t * (1 + BLUR_RAMP) - scale) / (t * BLUR_RAMP), 0.0, 1.0) for t in BLUR_THRESHOLDS)
+    return round(float(passes), 6)
 
 
 def face_crop(quad, geometry: CropGeometry = CropGeometry()) -> FaceCrop:
