@@ -31,6 +31,9 @@ KIND = "vtoonify"
 PARSER = "faceparsing"
 STYLE_ENCODER = "vtoonify-encoder"
 D_PARAMS = ("style_id", "style_degree", "color_transfer")   # parameters only VToonify-D styles take
+STYLEGAN_PARAMS = ("base_model", "swap_res", "blend_width", "mapping_from", "inversion", "encoder", "steps",
+                   "refine_steps", "warm_steps", "latent_space", "pixel_weight", "keyframe_interval",
+                   "keyframe_overlap", "frame_batch", "seed")   # parameters a VToonify style does not take
 VTOONIFY_KEYS = ("encoder.", "fusion_out.", "fusion_skip.", "generator.")  # g_ema keys no StyleGAN2 file has
 
 
