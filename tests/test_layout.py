@@ -27,6 +27,7 @@ ALLOWED = {
 #: modules allowed over the size limit -> the words in their docstring that say why
 LARGE = {
     "engine/generator/stylegan2.py": "Deliberately one file",
+    "toon_ofx/core/model_store.py": "One module over the usual size",
 }
 SIZE_LIMIT = 500
 

@@ -187,6 +187,28 @@ sha256 = "{SHA}"
 licence = "test"
 notes = ""
 
+[models.withcodes]
+title = "a model that needs a file beside it"
+kind = "vtoonify"
+file = "withcodes.pt"
+requires = ["codes"]
+format = "vtoonify-pt"
+urls = ["{base}/good.bin"]
+sha256 = "{SHA}"
+licence = "test"
+notes = ""
+
+[models.codes]
+title = "the file beside it"
+kind = "exstyles"
+file = "withcodes_exstyle_code.npy"
+also_found_as = ["withcodes/exstyle_code.npy"]
+format = "exstyle-npy"
+urls = ["{base}/good.bin"]
+sha256 = "{SHA}"
+licence = "test"
+notes = ""
+
 [models.packaged]
 title = "shipped in a package"
 kind = "perceptual"
@@ -394,6 +416,63 @@ def test_manifest_encoders():
         assert (e.get("encodes_into") in m["models"]) != bool(e.get("one_pass_toon")), name
     assert enc["psp-toonify"]["one_pass_toon"] is True
     assert set(m["groups"]["encoders"]) == set(enc)
+
+
+def test_manifest_vtoonify(tmp_path):
+    """Issue 20: VToonify-T/-D, their style codes, the Z+ style encoder, the parser, the training directions."""
+    from engine.vtoonify import find_exstyles
+
+    m = ms.load_manifest()
+    vt = {n: e for n, e in m["models"].items() if e["kind"] == "vtoonify"}
+    styles = ("cartoon", "caricature", "arcane", "comic", "pixar")
+    assert {n for n, e in vt.items() if e["backbone"] == "toonify"} == {f"vtoonify-t-{s}" for s in styles}
+    assert {n for n, e in vt.items() if e["backbone"] == "dualstylegan"} == set(m["groups"]["vtoonify-d"])
+    assert len({e["file"] for e in vt.values()}) == len(vt)   # the public files share names; ours may not
+    for name, e in vt.items():
+        assert e["format"] == "vtoonify-pt" and e["resolution"] == 1024, name
+        assert "S-Lab License 1.0" in e["licence"] and "non-commercial" in e["licence"], name
+        assert {"vtoonify-style-encoder", "face-parsing"} <= set(e["requires"]), name
+        assert all(r in m["models"] for r in e["requires"]), name
+        if e["backbone"] == "toonify":   # Google Drive folders only
+            assert not e["urls"] and e["page"].startswith("https://drive.google.com/drive/folders/"), name
+            assert e["also_found_as"] == [f"{name.replace('-', '_')}/vtoonify.pt"], name
+            continue
+        codes = [m["models"][r] for r in e["requires"] if m["models"][r]["kind"] == "exstyles"]
+        assert len(codes) == 1 and codes[0]["format"] == "exstyle-npy", name
+        for entry in (e, codes[0]):   # Hugging Face publishes the LFS hash and size of each file
+            assert entry["urls"][0].startswith("https://huggingface.co/PKUWilliamYang/VToonify/resolve/main/")
+            assert entry["sha256"] and entry["size"] > 0, entry["name"]
+        # the engine finds the codes beside the model under the manifest's names and the reference layout
+        for model_file, codes_file in ((e["file"], codes[0]["file"]),
+                                       (e["also_found_as"][0], codes[0]["also_found_as"][0])):
+            folder = tmp_path / name / str(len(model_file))
+            for f in (model_file, codes_file):
+                (folder / f).parent.mkdir(parents=True, exist_ok=True)
+                (folder / f).write_bytes(b"x")
+            assert find_exstyles(folder / model_file) == folder / codes_file, name
+    assert m["models"]["vtoonify-style-encoder"]["kind"] == "style-encoder"   # not a W+ inversion encoder
+    assert m["models"]["face-parsing"]["format"] == "bisenet-pth"
+    assert m["models"]["lowrankgan-directions"]["format"] == "npy"
+    assert "stylegan2-ffhq-config-f.pt" in m["models"]["ffhq-1024"]["also_found_as"]   # distill's base
+    assert set(m["groups"]["vtoonify-support"]) == {"vtoonify-style-encoder", "face-parsing"}
+
+
+def test_requires_are_pulled_found_and_required_together(store):
+    assert ms.expand(["withcodes"], ms.load_manifest()) == ["codes", "withcodes"]
+    path = ms.pull("withcodes", progress=False)
+    assert path == store / "models" / "withcodes.pt" and (store / "models" / "withcodes_exstyle_code.npy").exists()
+    (store / "models" / "withcodes_exstyle_code.npy").unlink()
+    with pytest.raises(UserError) as err:
+        ms.require({"toon": "withcodes"}, download=False)     # the first-run list names the companion
+    assert err.value.message.startswith("1 model file is missing")
+    assert "withcodes_exstyle_code.npy (model codes" in err.value.message
+    paths = ms.require({"toon": "withcodes"}, progress=False)
+    assert paths == {"toon": path, "codes": store / "models" / "withcodes_exstyle_code.npy"}
+    (store / "models" / "withcodes_exstyle_code.npy").unlink()
+    nested = store / "models" / "withcodes" / "exstyle_code.npy"   # the reference's folder layout
+    nested.parent.mkdir()
+    nested.write_bytes(PAYLOAD)
+    assert ms.resolve("codes") == nested
 
 
 # ----------------------------------------------------------------------------- first run: everything at once

@@ -16,6 +16,8 @@ can first), so a first run names every missing file in one message, with its
 size, licence, URL and target folder. `pull` downloads with urllib to a temp
 file next to the target, shows a tqdm bar, checks the SHA-256 (or the hash
 prefix in the upstream file name) and renames the file into place.
+One module over the usual size: manifest, lookup order, first-run list and
+checked downloads are one contract, read together.
 """
 from __future__ import annotations
 
@@ -37,13 +39,16 @@ ENV_MANIFEST = "TOON_OFX_MANIFEST"
 # nvidia-tf-pkl (NVIDIA's TensorFlow StyleGAN2 pickles, e.g. Toonify) loads directly like nvidia-pkl:
 # engine.generator.checkpoints reads both without the authors' code, so neither needs a conversion step.
 # psp-pt: pSp / e4e / ReStyle encoder checkpoints (engine.inversion.encoders), loaded as downloaded.
-FORMATS = ("rosinality-pt", "nvidia-pkl", "nvidia-tf-pkl", "torchvision", "lpips", "face-alignment", "psp-pt")
-KINDS = ("base", "toon", "blended", "perceptual", "landmarks", "encoder")
+# vtoonify-pt, bisenet-pth, exstyle-npy: VToonify's files (engine.vtoonify); npy: a plain NumPy array.
+# `requires`: the models a model needs beside it (VToonify: encoder, parser, style codes), pulled with it.
+FORMATS = ("rosinality-pt", "nvidia-pkl", "nvidia-tf-pkl", "torchvision", "lpips", "face-alignment", "psp-pt",
+           "vtoonify-pt", "bisenet-pth", "exstyle-npy", "npy")
+KINDS = ("base", "toon", "blended", "perceptual", "landmarks", "encoder", "vtoonify", "exstyles", "parser",
+         "style-encoder", "directions")
 REQUIRED = ("title", "kind", "file", "format", "urls", "sha256", "licence", "notes")
 _MODEL_SUFFIXES = (".pt", ".pth", ".pkl", ".tar", ".ckpt", ".bin", ".safetensors")
 _CHUNK = 1 << 20
 _TIMEOUT = 30
-
 
 
 # ============================================================================ manifest
@@ -87,6 +92,7 @@ def load_manifest(path: Optional[os.PathLike] = None) -> Dict[str, Any]:
         e.setdefault("sha256_prefix", "")
         e.setdefault("size", 0)
         e.setdefault("also_found_as", [])
+        e.setdefault("requires", [])
         e.setdefault("page", "")
         e.setdefault("notes", "")
         models[name] = e
@@ -263,6 +269,8 @@ def require(models: Mapping[str, str], download: bool = True, progress: bool = T
     errors and fail at once, like `resolve`.
     """
     m = manifest or load_manifest()
+    implied = [r for n in models.values() if n in m["models"] for r in m["models"][n]["requires"]]
+    models = {**{r: r for r in implied if r not in models.values()}, **models}   # keyed by their own name
     paths: Dict[str, Path] = {}
     missing: List[Tuple[str, dict]] = []
     for role, name in models.items():
@@ -355,7 +363,7 @@ def expand(names: Iterable[str], m: dict) -> List[str]:
                 out.append(n)
         else:
             raise UserError(_unknown(n, m), field="model")
-    return out
+    return list(dict.fromkeys([r for n in out for r in m["models"][n]["requires"]] + out))  # requirements first
 
 
 def pull(name: str, progress: bool = True, force: bool = False, manifest: Optional[dict] = None,
