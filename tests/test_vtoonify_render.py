@@ -191,8 +191,8 @@ def test_a_broken_vtoonify_file_is_one_line_naming_it(bad_files, astronaut_clip,
 @pytest.fixture
 def test_manifest(tmp_path, monkeypatch, vt_d):
     """A manifest naming a VToonify-D style, its codes, the parser and the style encoder (none installed)."""
-    entries = {"tiny-vt-d": ('kind = "vtoonify"\nbackbone = "dualstylegan"\nexstyles = "tiny-vt-d-exstyles"',
-                             vt_d["model"]),
+    entries = {"tiny-vt-d": ('kind = "vtoonify"\nbackbone = "dualstylegan"\n'
+                             'requires = ["tiny-vt-d-exstyles", "tiny-parser", "tiny-vt-encoder"]', vt_d["model"]),
                "tiny-vt-d-exstyles": ('kind = "exstyles"', vt_d["exstyles"]),
                "tiny-parser": ('kind = "parser"', vt_d["parser"]),
                "tiny-vt-encoder": ('kind = "encoder"', vt_d["encoder"])}
@@ -240,6 +240,32 @@ def test_missing_vtoonify_files_are_named_at_once_and_render_once_installed(test
     with pytest.raises(UserError, match="style_id 3 is out of range: this VToonify-D model has 3 styles") as info:
         render(RenderRequest(astronaut_clip, tmp_path / "again", dict(params, style_id=3), frames=(0, 0)))
     assert info.value.field == "style_id"
+
+
+def test_first_run_offline_names_the_public_vtoonify_files_at_once(tmp_path, monkeypatch, astronaut_clip, capsys):
+    """`--model vtoonify-d-cartoon` with nothing installed and no network: one message names the model, its
+    style codes, the style encoder and the face parser (no base model, no LPIPS)."""
+    import urllib.error
+    import urllib.request
+
+    from toon_ofx.cli import main
+
+    monkeypatch.setattr(core_vt, "PARSER", "face-parsing")
+    monkeypatch.setattr(core_vt, "STYLE_ENCODER", "vtoonify-style-encoder")
+    for var in ("TOON_OFX_MODELS", "TOON_OFX_CACHE_DIR", "TORCH_HOME"):
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
+
+    def offline(request, timeout=None):
+        raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    code = main(["render", str(astronaut_clip), "-o", str(tmp_path / "out.mp4"), "--device", "cpu",
+                 "--model", "vtoonify-d-cartoon"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("toon-ofx: error: 4 model files are missing (this machine looks offline):")
+    listed = [line.split(" (model ")[1].split(",")[0] for line in err.splitlines() if line.startswith("  - ")]
+    assert listed == ["vtoonify-d-cartoon", "vtoonify-d-cartoon-exstyles", "face-parsing", "vtoonify-style-encoder"]
 
 
 def test_a_manifest_backbone_refuses_a_file_of_the_other_kind(test_manifest, vt_t, astronaut_clip, tmp_path):

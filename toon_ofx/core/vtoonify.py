@@ -7,10 +7,10 @@ feed-forward pass, paste): no base model, no LPIPS, no projection; swap resoluti
 inversion, projection steps, keyframes and ``frame_batch`` do not apply. It needs:
 
 * the VToonify file itself (``toon``),
-* VToonify-D only: its extrinsic style codes (``exstyles``: the entry's ``exstyles``
-  model, or ``exstyle_code.npy`` beside the file) — ``style_id`` picks one,
-  ``style_degree`` and ``color_transfer`` apply,
-* the face parser (``faceparsing``) and the Z+ style encoder (``vtoonify-encoder``),
+* VToonify-D only: its extrinsic style codes (``exstyles``: the model of kind
+  "exstyles" its entry ``requires``, or ``exstyle_code.npy`` beside the file) —
+  ``style_id`` picks one, ``style_degree`` and ``color_transfer`` apply,
+* the face parser (``face-parsing``) and the Z+ style encoder (``vtoonify-style-encoder``),
 * the landmarker's files (face-alignment only).
 
 A file that is meant as a VToonify model (its ``g_ema`` holds VToonify's keys) but
@@ -28,8 +28,8 @@ from . import model_store
 from .errors import Cancelled, UserError
 
 KIND = "vtoonify"
-PARSER = "faceparsing"
-STYLE_ENCODER = "vtoonify-encoder"
+PARSER = "face-parsing"
+STYLE_ENCODER = "vtoonify-style-encoder"
 D_PARAMS = ("style_id", "style_degree", "color_transfer")   # parameters only VToonify-D styles take
 STYLEGAN_PARAMS = ("base_model", "swap_res", "blend_width", "mapping_from", "inversion", "encoder", "steps",
                    "refine_steps", "warm_steps", "latent_space", "pixel_weight", "keyframe_interval",
@@ -86,7 +86,9 @@ def vtoonify_style(model: str) -> Optional[VToonifyStyle]:
     if e is not None:
         if e.get("kind") != KIND:
             return None
-        return VToonifyStyle(str(model), e.get("backbone"), e.get("exstyles"))
+        models = model_store.load_manifest()["models"]
+        exstyles = next((r for r in e.get("requires", []) if models.get(r, {}).get("kind") == "exstyles"), None)
+        return VToonifyStyle(str(model), e.get("backbone"), exstyles)
     path = Path(str(model)).expanduser()
     if not path.is_file():
         return None
