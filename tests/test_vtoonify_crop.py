@@ -52,7 +52,7 @@ def test_the_warp_reproduces_the_references_blur_resize_and_crop(big_face):
     side = min(ref.shape[:2])
     mine = warp_crop(frame, to_frame, side, passes, undrift=False)
     diff = np.abs(np.rint(mine) - ref[:side, :side])
-    assert diff.max() <= 1 and diff.mean() < 0.2   # measured: max 1, mean 0.13 (OpenCV's fixed-point rounding)
+    assert diff.max() <= 2 and diff.mean() < 0.1   # measured: max 2, mean 0.066 (OpenCV's fixed-point warp)
 
 
 def test_the_crop_follows_the_eyes_at_the_model_scale(big_face):
