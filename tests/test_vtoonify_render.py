@@ -67,25 +67,37 @@ def pipeline(files, landmarker=None, exstyle=None, **config):
 # ------------------------------------------------------------------ engine
 
 
-def test_the_style_code_is_the_tent_mean_over_the_track_and_stops_at_a_broken_link():
-    window = StyleWindow(3)
-    codes = {i: torch.full((1,), float(i)) for i in range(5)}
-    window.add(0, [((0, 0, 0), None, codes[0])])
-    assert window.smoothed(0, (0, 0, 0)).item() == 0
-    window.add(1, [((1, 1, 0), (0, 0, 0), codes[1])])
-    window.add(2, [((2, 2, 0), (1, 1, 0), codes[2])])
-    window.add(3, [((3, 3, 0), (2, 2, 0), codes[3])])
-    # ages 0, 1, 2 weigh min(a + 1, 3 - a) = 1, 2, 1; frame 0 has left the window
-    assert window.smoothed(3, (3, 3, 0)).item() == pytest.approx((3 * 1 + 2 * 2 + 1 * 1) / 4)
-    window.add(4, [((4, 4, 0), (3, 9, 9), codes[4])])   # its previous key is not on frame 3: a new track
-    assert window.smoothed(4, (4, 4, 0)).item() == 4
+def test_the_style_code_is_the_tent_mean_of_the_tracks_samples_and_a_broken_link_takes_a_new_one():
+    window = StyleWindow(3, stride=2)
+    codes = {i: torch.full((1,), float(i)) for i in range(6)}
+    keys = [(i, i, 0) for i in range(6)]
+    samples = []
+    for i, key in enumerate(keys):
+        previous = None if i == 0 else (keys[i - 1] if i != 3 else (2, 9, 9))   # frame 3's link is broken
+        if window.link(key, previous):
+            samples.append(i)
+            window.set_code(key, codes[i])
+    assert samples == [0, 2, 3, 4]    # the track's start, the stride's grid, where the link broke
+    window = StyleWindow(3, stride=2)
+    for i in range(4):
+        if window.link(keys[i], keys[i - 1] if i else None):
+            window.set_code(keys[i], codes[i])
+    # frame 3 looks back over frames 3, 2, 1 (ages 0, 1, 2: weights 1, 2, 1); only frame 2 has a code
+    assert window.smoothed(keys[3]).item() == 2
+    window.link((4, 4, 0), keys[3])
+    window.set_code((4, 4, 0), codes[4])
+    # frame 4: ages 0 (frame 4, weight 1), 2 (frame 2, weight 1)
+    assert window.smoothed((4, 4, 0)).item() == pytest.approx((4 * 1 + 2 * 1) / 2)
+    fresh = StyleWindow(3, stride=2)
+    assert fresh.link((7, 7, 0), (6, 1, 1))   # nothing recorded before it: a sample wherever it is
 
 
 def test_the_plan_reads_back_the_style_window_and_the_tracking_history():
     plan = VToonifyPlan.create(0.5)
-    assert (plan.style_window, plan.history, plan.look_ahead) == (13, 14, 6)
-    assert (plan.style_start(100), plan.warmup_start(100), plan.decode_end(100, 104)) == (88, 74, 103)
-    assert VToonifyPlan.create(0.0).style_window == 1
+    assert (plan.style_window, plan.style_stride, plan.history, plan.look_ahead) == (13, 4, 14, 6)
+    assert (plan.style_start(100), plan.track_start(100), plan.warmup_start(100)) == (88, 87, 73)
+    assert plan.decode_end(100, 104) == 103 and plan.warmup_start(5) == 0
+    assert (VToonifyPlan.create(0.0).style_window, VToonifyPlan.create(0.0).style_stride) == (1, 1)
 
 
 def test_faces_go_through_the_network_in_full_batches_of_frames_aligned_on_their_index(vt_t, astronaut):
@@ -99,8 +111,9 @@ def test_faces_go_through_the_network_in_full_batches_of_frames_aligned_on_their
     assert seen == [4, 4, 4]
     one = pipeline(vt_t, batch_size=1)
     alone = dict(one.run(frames, first=3))
-    for index, result in results:   # batched convolutions may round differently: one grey level at most
-        assert np.abs(result.image.astype(int) - alone[index].image.astype(int)).max() <= 1
+    for index, result in results:   # batched convolutions round differently: a level or two, rarely
+        diff = np.abs(result.image.astype(int) - alone[index].image.astype(int))
+        assert diff.max() <= 2 and diff.mean() < 0.01
 
 
 def test_only_the_head_changes_and_the_overlay_composites_to_the_frame(vt_t, astronaut):

@@ -11,10 +11,14 @@ like :class:`engine.pipeline.ToonPipeline` (the renderer drives both alike: ``ru
    crop (400 px for the public models) around the eye centre at 64 px eye distance.
 3. **Style code**: the Z+ style encoder on the FFHQ-aligned face (256 px), mapped to
    W+ (``style_code``; VToonify-D mixes in its extrinsic style). The reference takes
-   the first frame's code for the whole video; here each face-frame is encoded and a
-   face's code at frame t is the tent-weighted mean (weights ``min(a + 1, W - a)`` at
-   age a) of its own track's codes over the last W = ``plan.style_window`` frames,
-   found by following the tracker's links back (a broken link ends the walk).
+   the first frame's code for the whole video; here a face is encoded on its sample
+   frames — every ``STYLE_STRIDE``-th frame (absolute index), and where a walk back
+   along its track ends (the track starts, or the tracker's link broke) — and its code
+   at frame t is the tent-weighted mean (weights ``min(a + 1, W - a)`` at age a) of its
+   own track's sample codes over the last W = ``plan.style_window`` frames, found by
+   following the tracker's links back. Every window holds a sample (W >= stride, and
+   a walk that stops early stops at one); new samples enter with the smallest weight,
+   so the code glides.
 4. **One pass** at the model's own output scale (4x): the face parser on the crop,
    then VToonify on the crop and parsing map. Faces are batched ``batch_size`` at a
    time, a short batch padded with its last face, so a face's numbers never depend on
@@ -26,12 +30,14 @@ like :class:`engine.pipeline.ToonPipeline` (the renderer drives both alike: ``ru
    the device (antialiased), so only the pixels the frame can show cross to the host.
 
 Determinism across chunks and resume. Nothing passes between frames except the
-tracking stage's window and the style codes of the last W frames. A frame's faces
-depend on the detections of ``[t - H, t + L]``; its codes on those of its own frame;
-its style on the codes and links of ``(t - W, t]``. A run writing A..B therefore
-encodes from ``style_start(A) = A - W + 1`` and tracks from ``warmup_start(A) =
-style_start(A) - H`` (both clipped at 0) to ``decode_end(B) = B + L``; every frame
-it writes then sees exactly what a single pass sees (tests/test_vtoonify_render.py).
+tracking stage's window and the faces of the last W frames (links, sample codes). A
+frame's faces depend on the detections of ``[t - H, t + L]``; whether a face of frame
+s is a sample, on its own frame's faces and frame s - 1's; a sample's code on its own
+frame; frame t's style on the links and codes of ``(t - W, t]``. A run writing A..B
+therefore encodes from ``style_start(A) = A - W + 1``, links faces from
+``track_start(A) = style_start(A) - 1``, decodes from ``warmup_start(A) =
+track_start(A) - H`` (all clipped at 0) to ``decode_end(B) = B + L``; every frame it
+writes then sees exactly what a single pass sees (tests/test_vtoonify_render.py).
 """
 from __future__ import annotations
 
@@ -60,6 +66,9 @@ __all__ = ["VToonifyConfig", "VToonifyPlan", "VToonifyPipeline", "StyleWindow", 
 Key = Tuple[int, int, int]
 
 
+STYLE_STRIDE = 4   # frames between a face's style codes (besides where its track starts)
+
+
 def style_window(smoothing: float) -> int:
     """Frames a style code is averaged over: the zero-phase smoother's span (2 x 3 sigma + 1; 1 = off)."""
     return 2 * math.ceil(RADIUS_SIGMAS * smoothing_sigma(smoothing)) + 1
@@ -84,13 +93,22 @@ class VToonifyPlan:
         _, ahead, history = tracking_extent(smoothing, mode, max_gap)
         return cls(style_window(smoothing), history, ahead)
 
+    @property
+    def style_stride(self) -> int:
+        return min(STYLE_STRIDE, self.style_window)
+
     def style_start(self, first: int) -> int:
         """First frame whose style code frame `first` reads."""
         return max(0, first - self.style_window + 1)
 
+    def track_start(self, first: int) -> int:
+        """First frame the tracking stage hands on: one before style_start, whose links decide which faces
+        of style_start need a code."""
+        return max(0, self.style_start(first) - 1)
+
     def warmup_start(self, first: int) -> int:
         """First frame to decode so that frame `first` comes out as in a single pass."""
-        return max(0, self.style_start(first) - self.history)
+        return max(0, self.track_start(first) - self.history)
 
     def decode_end(self, last: int, frame_count: int) -> int:
         return min(frame_count - 1, last + self.look_ahead)
@@ -116,35 +134,50 @@ class VToonifyConfig:
 
 
 class StyleWindow:
-    """Each face-frame's style code and its link to the previous frame, for the last W frames."""
+    """The faces of the last W + 1 frames: each one's link to the previous frame and, on its sample
+    frames, its style code."""
 
-    def __init__(self, window: int):
-        self.window = max(1, int(window))
-        self._frames: Dict[int, Dict[Key, Tuple[Optional[Key], torch.Tensor]]] = {}
+    def __init__(self, window: int, stride: int = 1):
+        self.window, self.stride = max(1, int(window)), max(1, int(stride))
+        self._frames: Dict[int, Dict[Key, list]] = {}
 
     def reset(self) -> None:
         self._frames.clear()
 
-    def add(self, index: int, faces: Sequence[Tuple[Key, Optional[Key], torch.Tensor]]) -> None:
-        self._frames[index] = {key: (previous, code) for key, previous, code in faces}
-        for old in [i for i in self._frames if i <= index - self.window]:
+    def link(self, key: Key, previous: Optional[Key]) -> bool:
+        """Record a face (its key's first element is its frame); True when it is a sample that needs a
+        code: on the stride's grid, or where a walk back along its track ends (no record of its
+        previous key: the track starts here, or the tracker's link broke)."""
+        index = key[0]
+        sample = index % self.stride == 0 or previous is None or previous not in self._frames.get(index - 1, {})
+        self._frames.setdefault(index, {})[key] = [previous, None]
+        return sample
+
+    def forget_before(self, index: int) -> None:
+        """Drop the frames no style from frame `index` on can reach (kept: index - W and later)."""
+        for old in [i for i in self._frames if i < index - self.window]:
             del self._frames[old]
 
-    def smoothed(self, index: int, key: Key) -> torch.Tensor:
-        """The tent-weighted mean of the face's codes over (index - W, index], following its links."""
+    def set_code(self, key: Key, code: torch.Tensor) -> None:
+        self._frames[key[0]][key][1] = code
+
+    def smoothed(self, key: Key) -> torch.Tensor:
+        """The tent-weighted mean (weight min(a + 1, W - a) at age a) of the face's sample codes over its
+        track's last W frames, following its links."""
         total, weights = None, 0.0
-        age, at = 0, key   # a key's first element is its frame
+        age, at = 0, key
         while age < self.window and at is not None:
             record = self._frames.get(at[0], {}).get(at)
             if record is None:
                 break
             previous, code = record
-            w = float(min(age + 1, self.window - age))
-            total = code * w if total is None else total + code * w
-            weights += w
+            if code is not None:
+                w = float(min(age + 1, self.window - age))
+                total = code * w if total is None else total + code * w
+                weights += w
             age, at = age + 1, previous
         if total is None:
-            raise KeyError(f"no style code for face {key} of frame {index}")
+            raise KeyError(f"no style code for face {key} within {self.window} frames")
         return total / weights
 
 
@@ -153,7 +186,7 @@ class _Face:
     frame: int
     tracked: TrackFace
     crop: FaceCrop
-    aligned: np.ndarray
+    aligned: Optional[np.ndarray] = None   # the FFHQ-aligned face, on the frames that take its style code
     code: Optional[torch.Tensor] = None
     style: Optional[torch.Tensor] = None
     layer: Optional[HeadLayer] = None
@@ -176,7 +209,7 @@ class VToonifyPipeline:
         self.geometry = CropGeometry.for_model(net.in_size)
         self.plan = cfg.plan()
         self.tracks = LookaheadTracker(cfg.smoothing, cfg.smoothing_mode, cfg.max_gap)
-        self.styles = StyleWindow(self.plan.style_window)
+        self.styles = StyleWindow(self.plan.style_window, self.plan.style_stride)
         self.on_batch: Optional[Callable[[], None]] = None   # called before every network batch (cancel)
         self.device = next(net.parameters()).device
 
@@ -202,7 +235,7 @@ class VToonifyPipeline:
         first = 0 if first is None else first
         size = max(1, self.config.batch_size)
         group: List[TrackedFrame] = []
-        for tracked in track_frames(self.landmarker, self.tracks, frames, self.plan.style_start(first), last):
+        for tracked in track_frames(self.landmarker, self.tracks, frames, self.plan.track_start(first), last):
             if group and tracked.index // size != group[0].index // size:
                 yield from self._frames(group, first)
                 group = []
@@ -222,27 +255,35 @@ class VToonifyPipeline:
 
     # -- a group of frames ----------------------------------------------------
     def _frames(self, group: List[TrackedFrame], first: int) -> List[Tuple[int, FrameResult]]:
-        """Style codes for every frame of `group`, stylised results for those from `first` on."""
+        """Link every face of `group` into the style window, encode the samples from style_start(first) on,
+        stylise the frames from `first` on."""
         if not group:
             return []
         timings: Dict[str, float] = defaultdict(float)
         t = time.perf_counter()
+        encode_from = self.plan.style_start(first)
         faces: Dict[int, List[_Face]] = {}
+        samples: List[_Face] = []
         size = self.encoder.input_size
         for tracked in group:
             # face order by position, not by key: the batches must not depend on the detector's order
             ordered = sorted(tracked.faces, key=lambda tf: (float(tf.quad[:, 0].mean()), float(tf.quad[:, 1].mean())))
-            faces[tracked.index] = [_Face(tracked.index, tf, face_crop(tf.quad, self.geometry),
-                                          align_face(tracked.frame, tf.quad, size)[0]) for tf in ordered]
+            faces[tracked.index] = [_Face(tracked.index, tf, face_crop(tf.quad, self.geometry)) for tf in ordered]
+            for face in faces[tracked.index]:
+                if self.styles.link(face.tracked.key, face.tracked.previous) and tracked.index >= encode_from:
+                    face.aligned = align_face(tracked.frame, face.tracked.quad, size)[0]
+                    samples.append(face)
         timings["align"] += time.perf_counter() - t
 
         t = time.perf_counter()
-        every = [face for tracked in group for face in faces[tracked.index]]
-        self._encode(every, group[0].frame.dtype)
+        self._encode(samples, group[0].frame.dtype)
+        for face in samples:
+            self.styles.set_code(face.tracked.key, face.code)
         for tracked in group:
-            self.styles.add(tracked.index, [(f.tracked.key, f.tracked.previous, f.code) for f in faces[tracked.index]])
-            for f in faces[tracked.index]:
-                f.style = self.styles.smoothed(tracked.index, f.tracked.key)
+            if tracked.index >= first:
+                for face in faces[tracked.index]:
+                    face.style = self.styles.smoothed(face.tracked.key)
+        self.styles.forget_before(group[-1].index + 1)   # after the whole group: its first frame looks back W
         timings["encode"] += time.perf_counter() - t
 
         shown = [tracked for tracked in group if tracked.index >= first]
@@ -251,23 +292,24 @@ class VToonifyPipeline:
         self._stylise(todo, frames, timings)
 
         out = []
-        total = max(1, len(todo))
+        shared = max(1, len(todo))
         for tracked in shown:
-            t = time.perf_counter()
             mine = faces[tracked.index]
-            if mine:
-                image = paste_heads(tracked.frame, [f.layer for f in mine], self.config.color_match,
-                                    self.config.overlay)
-            elif self.config.overlay:
-                image = np.zeros(tracked.frame.shape[:2] + (4,), tracked.frame.dtype)
-            else:
-                image = tracked.frame.copy()
+            t = time.perf_counter()
+            image = self._paste(tracked.frame, mine)
             frame_timings = dict(tracked.timings)
-            for stage, seconds in timings.items():   # a group's shared work is split by faces
-                frame_timings[stage] = seconds * len(mine) / total if stage != "align" else seconds / len(group)
+            for stage, seconds in timings.items():   # the group's shared work, split by faces
+                frame_timings[stage] = seconds * len(mine) / shared
             frame_timings["paste"] = frame_timings.get("paste", 0.0) + time.perf_counter() - t
             out.append((tracked.index, FrameResult(image, len(mine), frame_timings)))
         return out
+
+    def _paste(self, frame: np.ndarray, faces: Sequence[_Face]) -> np.ndarray:
+        if faces:
+            return paste_heads(frame, [f.layer for f in faces], self.config.color_match, self.config.overlay)
+        if self.config.overlay:
+            return np.zeros(frame.shape[:2] + (4,), frame.dtype)
+        return frame.copy()
 
     def _batches(self, items: Sequence) -> Iterator[Tuple[List, int]]:
         """`items` in batches of exactly batch_size (a short one padded with its last item): (batch, real count)."""
