@@ -182,6 +182,13 @@ def frame_io(image: np.ndarray, folder: Path) -> None:
 
 
 def _rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited from the parent on Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -213,6 +220,10 @@ def peak_rss(path: str, args: dict) -> float:
 
 
 def bench_speed(args) -> dict:
+    from engine.faces.align import align_face, ffhq_quad
+    from engine.vtoonify import style_code
+    from engine.vtoonify.video import STYLE_STRIDE
+
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     frame = bench_frame()
@@ -230,7 +241,10 @@ def bench_speed(args) -> dict:
         mem = {}
         steps: list = []
         projection.on_step = lambda step, total: steps.append(time.perf_counter())
-        t = {k: [] for k in ("ours", "ours_io", "reference", "projection_rest", "encoder")}
+        t = {k: [] for k in ("ours", "ours_io", "ours_style_code", "reference", "projection_rest", "encoder",
+                             "network_ours", "network_reference")}
+        same = torch.from_numpy(reference.crop(frame)).permute(2, 0, 1)[None].float().to(device) / 127.5 - 1
+        aligned = vt._to_tensor([align_face(frame, ffhq_quad(landmarks), vt.encoder.input_size)[0]], np.uint8)
         stages: dict = {}
         parity = None
         for r in range(args.rounds + 1):   # round 0 warms up every path (allocators, kernels, first chain)
@@ -240,6 +254,8 @@ def bench_speed(args) -> dict:
                 result = vt.process(frame, r)
             with timed(t["ours_io"], device):
                 frame_io(result.image, tmp)
+            with timed(t["ours_style_code"], device), torch.no_grad():   # a face's code, taken every 4th frame
+                style_code(vt.net, vt.encoder, aligned)
             if r:
                 for stage, seconds in result.timings.items():
                     stages.setdefault(stage, []).append(seconds)
@@ -254,6 +270,13 @@ def bench_speed(args) -> dict:
                 vt.reset()
             with timed(t["reference"], device):
                 reference(frame, style)
+            for name, net, parser in (("network_ours", vt.net, vt.parser),
+                                      ("network_reference", reference.net, reference.parser)):
+                with timed(t[name], device), torch.no_grad():   # the same input through both networks
+                    parsing = F.interpolate(parser(2 * F.interpolate(same, scale_factor=2, mode="bilinear",
+                                                                     align_corners=False))[0],
+                                            scale_factor=0.5, recompute_scale_factor=False)
+                    net(torch.cat((same, parsing / 16.0), 1), style, d_s=0.5)
             if device.type == "cuda":
                 mem["reference"] = torch.cuda.max_memory_allocated() / 2**20
                 torch.cuda.reset_peak_memory_stats()
@@ -281,10 +304,12 @@ def bench_speed(args) -> dict:
             mem = {path: peak_rss(path, shared) for path in ("vtoonify", "reference", "projection", "encoder")}
     med = {k: statistics.median(v) for k, v in t.items() if v}
     stage = {k: statistics.median(v) for k, v in stages.items()}
-    network = stage.get("generate", 0.0) + stage.get("encode", 0.0)
-    around = med["ours"] + med["ours_io"] - network
+    stage.pop("encode", None)   # the rounds' frames are no sample frames: the code is timed apart, amortized
+    stage["style code (every 4th frame, amortized)"] = med["ours_style_code"] / STYLE_STRIDE
+    network = stage["generate"] + stage["style code (every 4th frame, amortized)"]
+    ours_total = med["ours"] + med["ours_io"] + stage["style code (every 4th frame, amortized)"]
+    around = ours_total - network
     later = 100 * med["step"] + med["projection_rest"]
-    ours_total = med["ours"] + med["ours_io"]
     report = {
         "bench": "vtoonify_speed", "device": str(device), "half": args.half, "rounds": args.rounds,
         "seconds_per_face_frame": {
@@ -295,6 +320,7 @@ def bench_speed(args) -> dict:
         "measured": {"projection_step_s": med["step"], "projection_frame_rest_s": med["projection_rest"]},
         "ratios": {"default_later_frame / ours": later / ours_total, "ours / reference": ours_total / med["reference"],
                    "ours_without_detection / reference": (ours_total - stage.get("detect", 0)) / med["reference"],
+                   "network only, same input: ours / reference": med["network_ours"] / med["network_reference"],
                    "around_network_share": around / ours_total,
                    "around_without_detection_share": (around - stage.get("detect", 0)) / ours_total,
                    "encoder_path / ours": med["encoder"] / ours_total},
@@ -331,7 +357,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def bench_small(args) -> dict:
     from engine.faces.align import ffhq_quad
-    from engine.vtoonify import PARSING_DIVISOR, parse_faces
+    from engine.vtoonify.stylize import PARSING_DIVISOR, parse_faces
     from engine.vtoonify.crop import crop_image, face_crop
     from engine.vtoonify.paste import HeadLayer, head_mask, paste_heads
     from engine.vtoonify.video import VToonifyPipeline

@@ -342,8 +342,8 @@ class VToonifyPipeline:
                 self.on_batch()
             t = time.perf_counter()
             dtype = frames[batch[0].frame].dtype
-            crops = [crop_image(frames[f.frame], f.crop) for f in batch]
-            x = self._to_tensor(crops, dtype)
+            crops = [crop_image(frames[f.frame], f.crop) for f in batch[:count]]
+            x = self._to_tensor(crops + crops[-1:] * (len(batch) - count), dtype)
             styles = torch.stack([f.style for f in batch])
             timings["crop"] += time.perf_counter() - t
             t = time.perf_counter()
