@@ -306,6 +306,23 @@ def test_cli_and_preview_take_the_vtoonify_parameters(vt_d, astronaut_clip, tmp_
     assert faces == 1 and stylised.shape == original.shape and (stylised != original).any()
 
 
+def test_cancel_stops_before_the_next_network_batch(vt_t, astronaut_clip, tmp_path):
+    import threading
+
+    from toon_ofx.core.errors import Cancelled
+
+    cancel = threading.Event()
+
+    def progress(event):
+        if event.stage == "rendering" and event.frames_done >= 2:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        render(RenderRequest(astronaut_clip, tmp_path / "out", {"model": str(vt_t["model"]), "device": "cpu"}),
+               progress=progress, cancel=cancel)
+    assert 2 <= len(list((tmp_path / "out").glob("*.png"))) < 10
+
+
 # ------------------------------------------------------------------ chunks and resume on real footage
 
 
