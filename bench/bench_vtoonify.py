@@ -85,15 +85,21 @@ def timed(out: list, device):
 
 
 def write_models(folder: Path) -> dict:
-    """Random weights at the public sizes, in the public formats (VToonify-T, BiSeNet, Z+ encoder, e4e)."""
+    """Random weights at the public sizes, in the public formats (VToonify-T, BiSeNet, Z+ encoder, e4e); files
+    already in `folder` are kept (several bench runs share them)."""
     from bench_inversion import write_encoder as write_e4e
 
-    files = {"vtoonify": folder / "vtoonify.pt", "parser": folder / "faceparsing.pth",
-             "style_encoder": folder / "encoder.pt", "e4e": folder / "e4e.pt"}
-    write_vtoonify(files["vtoonify"], "toonify", 256, 1024, 2, seed=0)
-    write_parser(files["parser"], seed=1)
-    write_encoder(files["style_encoder"], 1024, seed=2)
-    write_e4e(files["e4e"], "Encoder4Editing", 1024)
+    folder.mkdir(parents=True, exist_ok=True)
+    writers = {"vtoonify": ("vtoonify.pt", lambda p: write_vtoonify(p, "toonify", 256, 1024, 2, seed=0)),
+               "parser": ("faceparsing.pth", lambda p: write_parser(p, seed=1)),
+               "style_encoder": ("encoder.pt", lambda p: write_encoder(p, 1024, seed=2)),
+               "e4e": ("e4e.pt", lambda p: write_e4e(p, "Encoder4Editing", 1024))}
+    files = {}
+    for role, (name, write) in writers.items():
+        files[role] = folder / name
+        if not files[role].is_file():
+            write(folder / f".{name}.tmp")
+            (folder / f".{name}.tmp").rename(files[role])
     return files
 
 
@@ -229,7 +235,7 @@ def bench_speed(args) -> dict:
     frame = bench_frame()
     with tempfile.TemporaryDirectory(prefix="toon-bench-vt-") as tmp:
         tmp = Path(tmp)
-        files = write_models(tmp)
+        files = write_models(args.models or tmp / "models")
         vt = ours(files, device, half=args.half, faces=args.landmarker)
         vt32 = ours(files, device, faces=args.landmarker) if args.half else None
         landmarks = landmarker(args.landmarker).detect(frame)[0].landmarks
@@ -366,7 +372,7 @@ def bench_small(args) -> dict:
     torch.set_num_threads(args.threads)
     frame = bench_frame()
     with tempfile.TemporaryDirectory(prefix="toon-bench-vt-") as tmp:
-        files = write_models(Path(tmp))
+        files = write_models(args.models or Path(tmp) / "models")
         pipe = ours(files, device, faces=args.landmarker)
     net, parser = pipe.net, pipe.parser
     quad = ffhq_quad(landmarker(args.landmarker).detect(frame)[0].landmarks)
@@ -488,6 +494,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--landmarker", default="auto", choices=("auto", "dlib", "fixed"),
                     help="fixed: the bench frame's face without dlib (auto: where dlib is not installed)")
     ap.add_argument("--json", type=Path, help="also write the report here")
+    ap.add_argument("--models", type=Path, help="a folder for the random-weight model files, reused if there")
     args = ap.parse_args(argv)
     report = {"speed": bench_speed, "small": bench_small, "crop": bench_crop}[args.what](args)
     print(table(report))
