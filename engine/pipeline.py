@@ -73,7 +73,8 @@ from .pixels import check_rgb, peak, to_uint8
 from .inversion.projection import project
 from .temporal import MAX_GAP, TemporalPlan
 
-__all__ = ["PipelineConfig", "ToonPipeline", "FaceState", "FaceTask", "TrackedFrame", "Prepared", "FrameResult"]
+__all__ = ["PipelineConfig", "ToonPipeline", "FaceState", "FaceTask", "TrackedFrame", "Prepared", "FrameResult",
+           "track_frames", "tracked_frame"]
 
 
 @dataclass
@@ -184,6 +185,34 @@ def _to_images(batch: torch.Tensor, depth=np.uint8) -> List[np.ndarray]:
 
 
 
+def track_frames(landmarker, tracks: LookaheadTracker, frames: Iterable[Tuple[int, np.ndarray]], start: int,
+                 last: Optional[int] = None) -> Iterator[TrackedFrame]:
+    """The tracking stage over a stream of consecutive (index, frame) pairs (``tracks`` freshly reset):
+    detect every frame, yield the frames from `start` to `last` with their tracked faces, each as soon as
+    its look-ahead has been detected (ToonPipeline.track; the VToonify pipeline uses it too)."""
+    waiting: deque = deque()
+    for index, frame in frames:
+        frame = check_rgb(frame)
+        t = time.perf_counter()
+        tracks.push(index, landmarker.detect(to_uint8(frame)))
+        seconds = time.perf_counter() - t
+        if index >= start and (last is None or index <= last):
+            waiting.append((index, frame, seconds))
+        while waiting and tracks.ready(waiting[0][0]):
+            yield tracked_frame(tracks, *waiting.popleft())
+        if last is not None and index >= last + tracks.look_ahead:
+            break
+    while waiting:
+        yield tracked_frame(tracks, *waiting.popleft())
+
+
+def tracked_frame(tracks: LookaheadTracker, index: int, frame: np.ndarray, detect_seconds: float) -> TrackedFrame:
+    """Frame `index` with its faces from the tracking stage, timed."""
+    t = time.perf_counter()
+    faces = tracks.faces_at(index)
+    return TrackedFrame(index, frame, faces, {"detect": detect_seconds, "track": time.perf_counter() - t})
+
+
 class ToonPipeline:
     """Toonify the faces of a clip.
 
@@ -260,25 +289,10 @@ class ToonPipeline:
         """
         self.reset()
         start = 0 if first is None else self.plan.projection_start(first)
-        waiting: deque = deque()
-        for index, frame in frames:
-            frame = check_rgb(frame)
-            t = time.perf_counter()
-            self.tracks.push(index, self.landmarker.detect(to_uint8(frame)))
-            seconds = time.perf_counter() - t
-            if index >= start and (last is None or index <= last):
-                waiting.append((index, frame, seconds))
-            while waiting and self.tracks.ready(waiting[0][0]):
-                yield self._tracked(*waiting.popleft())
-            if last is not None and index >= last + self.look_ahead:
-                break
-        while waiting:
-            yield self._tracked(*waiting.popleft())
+        yield from track_frames(self.landmarker, self.tracks, frames, start, last)
 
     def _tracked(self, index: int, frame: np.ndarray, detect_seconds: float) -> TrackedFrame:
-        t = time.perf_counter()
-        faces = self.tracks.faces_at(index)
-        return TrackedFrame(index, frame, faces, {"detect": detect_seconds, "track": time.perf_counter() - t})
+        return tracked_frame(self.tracks, index, frame, detect_seconds)
 
     # -- one frame ------------------------------------------------------------
     def process(self, frame: np.ndarray, index: int, *, stylise: bool = True) -> FrameResult:

@@ -272,8 +272,8 @@ def test_swap_choices_wait_for_the_models_resolution_and_a_pick_that_does_not_fi
     and the form says it was changed; the pick itself is kept for a model it fits."""
     from toon_ofx.panel import param_form
 
-    release, real = threading.Event(), param_form.checkpoint_size
-    monkeypatch.setattr(param_form, "checkpoint_size", lambda path: (release.wait(30), real(path))[1])
+    release, real = threading.Event(), param_form.checkpoint_facts
+    monkeypatch.setattr(param_form, "checkpoint_facts", lambda path: (release.wait(30), real(path))[1])
     w = ToonPanel(FakeBackend(), models=[{"name": "toonify", "size": 1024, "kind": "toon"}])
     form = w.form
     offered = lambda: [form.swap_combo.itemData(i) for i in range(form.swap_combo.count())]  # noqa: E731

@@ -22,7 +22,7 @@ import numpy as np
 from ..pixels import check_rgb, peak, to_dtype
 from .align import AlignTransform, warp_affine
 
-__all__ = ["face_mask", "paste_faces", "match_colors", "FACE_ELLIPSE_CENTER", "FACE_ELLIPSE_AXES"]
+__all__ = ["face_mask", "paste_faces", "composite", "match_colors", "FACE_ELLIPSE_CENTER", "FACE_ELLIPSE_AXES"]
 
 # The pasted region in FFHQ-crop fractions: an ellipse over face, hairline and chin
 # (the toon generator reshapes the head, so the region is generous; the crop's
@@ -127,12 +127,20 @@ def paste_faces(
     the frame's dtype.
     """
     frame = check_rgb(frame)
-    white = peak(frame.dtype)
-    h, w = frame.shape[:2]
     if color_match is True:
         color_match = "lab"
     layers = [lay for crop, transform in faces
               if (lay := _warp_face(frame, crop, transform, feather, color_match)) is not None]
+    return composite(frame, layers, overlay)
+
+
+def composite(frame: np.ndarray, layers: Sequence[tuple[int, int, np.ndarray, np.ndarray]],
+              overlay: bool = False) -> np.ndarray:
+    """Blend face layers ``(x0, y0, colours float32 h x w x 3, mask float32 h x w)`` over ``frame`` at
+    (x0, y0), in order: the full frame (pixels no mask reaches come back bit-identical), or with
+    ``overlay`` the RGBA layer of the faces alone (straight alpha = the masks). The frame's dtype."""
+    white = peak(frame.dtype)
+    h, w = frame.shape[:2]
     if not overlay:
         result = frame.copy()
         for x0, y0, face, m in layers:

@@ -8,6 +8,8 @@ style:
   Toonify, `one_pass_toon` in the manifest, or any encoder file given as the
   model) is a fixed one-pass toon: its encoder and its decoder, inversion
   "encoder"; swap resolution, base model and projection settings do not apply;
+* a style that is a VToonify model (`core.vtoonify`) runs none of these: mode
+  "vtoonify" (its own style encoder, crop and one pass; no base model, no LPIPS);
 * "encoder+projection" (the default) without the encoder installed falls back to
   "projection", with a one-line notice the render reports once;
 * "encoder" without the encoder installed is an error (falling back to a
@@ -25,7 +27,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from . import model_store
+from . import vtoonify as vt
 from .errors import UserError
+from .vtoonify import VToonifyStyle
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class Inversion:
     encoder: Optional[Path] = None
     one_pass_toon: bool = False
     notice: Optional[str] = None
+    vtoonify: Optional[VToonifyStyle] = None   # mode "vtoonify": the style
 
 
 def _entry(name: str) -> Optional[dict]:
@@ -99,6 +104,9 @@ def plan_inversion(params: Dict[str, Any], download: bool = True) -> Inversion:
     """The inversion validated `params` run, with the files it needs; UserError for what cannot run.
     `download`: a one-pass toon style missing here is downloaded (else: the UserError naming it)."""
     model = params["model"]
+    style = vt.vtoonify_style(model)
+    if style is not None:
+        return Inversion("vtoonify", vtoonify=style)
     if is_one_pass_toon(model):
         path = model_store.require({"toon": model}, download=download)["toon"]
         return Inversion("encoder", path, one_pass_toon=True)
@@ -122,6 +130,8 @@ def required_models(params: Dict[str, Any], inversion: Optional[Inversion] = Non
     model nor the toon generator (its file has both); "encoder" needs no perceptual loss; an encoder is
     named by its (installed) file, never downloaded on demand."""
     inversion = inversion or plan_inversion(params)
+    if inversion.vtoonify is not None:
+        return vt.required_models(params, inversion.vtoonify)
     need = model_store.required(params)
     if inversion.one_pass_toon:
         del need["base"]

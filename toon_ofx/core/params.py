@@ -78,7 +78,8 @@ class Param:
 
 PARAMS: Tuple[Param, ...] = (
     Param("model", str, "toonify", "Style",
-          "Toon model: a name from the model manifest or a path to a .pt/.pkl generator."),
+          "Toon model: a name from the model manifest or a path to a .pt/.pkl generator, or a VToonify model "
+          "(one feed-forward pass per frame: the fast path for movies)."),
     Param("base_model", str, "ffhq-1024", "Base model",
           "Real-face (FFHQ) generator the faces are projected into: manifest name or path."),
     Param("swap_res", int, 64, "Swap resolution",
@@ -89,6 +90,15 @@ PARAMS: Tuple[Param, ...] = (
           minimum=0.0, maximum=4.0),
     Param("mapping_from", str, "base", "Mapping network from",
           "Which model supplies the mapping network and latent_avg.", choices=("base", "toon")),
+    Param("style_id", int, 26, "Style image",
+          "VToonify-D styles only: which of the model's extrinsic styles (style images) to apply, by number "
+          "(the reference's --style_id; 26 is its default).", minimum=0, maximum=100000),
+    Param("style_degree", float, 0.5, "Style degree",
+          "VToonify-D styles only: how strongly the style image's structure shapes the face (0 = the face's own "
+          "structure, 1 = the style's; the reference's --style_degree).", minimum=0.0, maximum=1.0),
+    Param("color_transfer", bool, False, "Style colours",
+          "VToonify-D styles only: take the colours from the style image too, not from the face (the reference's "
+          "--color_transfer).",),
     Param("inversion", str, "encoder+projection", "Inversion",
           "How faces are turned into latents: 'projection' optimises from the mean face (steps, slow, "
           "the reference quality); 'encoder' is one feed-forward pass (fast: previews, live camera); "
@@ -144,7 +154,8 @@ PARAMS: Tuple[Param, ...] = (
     Param("device", str, "auto", "Device", "auto, cpu, cuda, cuda:N or mps."),
     Param("batch_size", int, 0, "Batch size",
           "Faces inverted together (0 = what is fastest on the device: one face per projection on a CPU, "
-          "where batching is slower, 8 on a GPU; the encoder path batches faces of 8 frames).",
+          "where batching is slower, 8 on a GPU; the encoder path batches faces of 8 frames; VToonify styles: "
+          "faces per pass, 1 on a CPU, 4 on a GPU).",
           minimum=0, maximum=64),
     Param("frame_batch", int, 1, "Frame batch",
           "Keyframe segments rendered in lockstep so their faces are projected together "

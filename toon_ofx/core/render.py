@@ -32,6 +32,7 @@ from .outputs import OutputPlan, frame_bits, plan_output, resolve_range
 from .params import validate
 from .pictures import Pictures, Weaver
 from .progress import ProgressEvent, Reporter, StepReporter
+from .vtoonify import VToonifyModels
 
 log = logging.getLogger("toon_ofx")
 
@@ -151,11 +152,15 @@ class Renderer:
         t = time.perf_counter()
         inversion = plan_inversion(p)
         files = model_files(p, inversion=inversion)
-        order = ([_model_label(p["model"])] if inversion.one_pass_toon else
+        self.vtoonify = None   # a VToonify style's networks (core.vtoonify); then no base, toon or LPIPS
+        vt_labels = ({role: _model_label(name) for role, name in required_models(p, inversion).items()}
+                     if inversion.vtoonify else {})
+        order = ([vt_labels[r] for r in ("toon", "parser", "style_encoder")] if inversion.vtoonify else
+                 [_model_label(p["model"])] if inversion.one_pass_toon else
                  [_model_label(p["base_model"]), _model_label(p["model"])])
         if inversion.encoder is not None and not inversion.one_pass_toon:
             order.append(_model_label(inversion.encoder))
-        if inversion.mode != "encoder":
+        if inversion.mode not in ("encoder", "vtoonify"):
             order.append("lpips")
         order.append(p["landmarker"])
 
@@ -165,7 +170,10 @@ class Renderer:
 
         one_pass = None
         try:
-            if inversion.one_pass_toon:
+            if inversion.vtoonify:
+                self.vtoonify = VToonifyModels(files, self.device, loading, vt_labels, inversion.vtoonify.backbone)
+                self.base = self.blended = self.inversion_models = None
+            elif inversion.one_pass_toon:
                 # no base W+ here: the encoder targets the toon generator directly
                 loading(order[0])
                 one_pass, decoder = load_one_pass_toon(files["toon"], self.device)
@@ -183,9 +191,10 @@ class Renderer:
                 else:
                     self.blended = blend_generators(self.base, toon, p["swap_res"], width=p["blend_width"],
                                                     mapping_from=p["mapping_from"])
-            self.inversion_models = InversionModels(self.base, self.device, one_pass)
-            # what these parameters need now (others on first use)
-            self.inversion_models.get(inversion, loading=loading if on_load is not None else None)
+            if not inversion.vtoonify:
+                self.inversion_models = InversionModels(self.base, self.device, one_pass)
+                # what these parameters need now (others on first use)
+                self.inversion_models.get(inversion, loading=loading if on_load is not None else None)
             loading(p["landmarker"])
             if p["landmarker"] == "face-alignment":
                 self.landmarker = make_landmarker("face-alignment", device=str(self.device),
@@ -198,7 +207,8 @@ class Renderer:
         except FileNotFoundError as exc:
             raise UserError(str(exc)) from None
         for module in (self.base, self.blended):
-            module.eval().requires_grad_(False)
+            if module is not None:
+                module.eval().requires_grad_(False)
         self.load_seconds = time.perf_counter() - t
 
     def matches(self, params: Dict[str, Any]) -> bool:
@@ -233,6 +243,12 @@ class Renderer:
         from engine.pipeline import ToonPipeline
 
         inversion = inversion or plan_inversion(validate(params))
+        if inversion.vtoonify:
+            from engine.vtoonify.video import default_batch_size
+
+            p = validate(params)
+            return self.vtoonify.pipeline(self.landmarker, p, p["batch_size"] or default_batch_size(self.device),
+                                          cancel)
         perceptual, encoder = self.inversion_models.get(inversion)
         pipeline = ToonPipeline(self.landmarker, self.base, self.blended, perceptual,
                                 self.config(params, inversion), encoder=encoder)
@@ -268,7 +284,7 @@ class Renderer:
         pictures.expect(wanted)
         warmup = request.warmup * pictures.per_frame
 
-        if wanted and params["frame_batch"] > 1:
+        if wanted and params["frame_batch"] > 1 and not inversion.vtoonify:   # one VToonify pass needs no lockstep
             self._render_segments(plan, pictures, wanted, warmup, writer, cancel)
         elif wanted:
             pipeline = self.pipeline(params, cancel, report.projecting, inversion)

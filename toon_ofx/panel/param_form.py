@@ -16,6 +16,7 @@ from PySide6.QtCore import Qt
 
 from ..core import params as schema
 from ..core.errors import UserError
+from ..core.vtoonify import D_PARAMS, STYLEGAN_PARAMS
 
 DEFAULT_MODEL_SIZE = 1024
 
@@ -23,6 +24,10 @@ DEFAULT_MODEL_SIZE = 1024
 ONE_PASS = "one-pass toon"  # the kind the panel gives an encoder checkpoint that is a style of its own
 ONE_PASS_TIP = ("This style is a one-pass toon (an encoder with its own toon generator): faces go straight to "
                 "toon faces, so the swap resolution and the inversion settings do not apply.")
+VTOONIFY = "vtoonify"       # a VToonify model: one feed-forward pass per frame (core.vtoonify)
+VTOONIFY_TIP = ("This style is a VToonify model: one feed-forward pass per frame renders the whole head, so the "
+                "base model, swap resolution, inversion, projection and keyframe settings do not apply.")
+VTOONIFY_D_TIP = "Only VToonify-D styles (a DualStyleGAN backbone) take a style image, degree and colours."
 
 
 def model_choices() -> List[Dict[str, Any]]:
@@ -44,7 +49,7 @@ def model_choices() -> List[Dict[str, Any]]:
         kind = str(row.get("kind") or "")
         if kind == "encoder" and manifest.get(row["name"], {}).get("one_pass_toon"):
             kind = ONE_PASS
-        if kind not in ("toon", "blended", "base", "encoder", ONE_PASS):
+        if kind not in ("toon", "blended", "base", "encoder", ONE_PASS, VTOONIFY):
             continue
         installed = bool(row.get("installed", True))
         label = row["name"] if installed else f"{row['name']} (not downloaded)"
@@ -54,15 +59,22 @@ def model_choices() -> List[Dict[str, Any]]:
         if row.get("licence"):
             tip += f"\nLicence: {row['licence']}"
         out.append({"name": row["name"], "label": label, "tooltip": tip, "size": row.get("resolution"),
-                    "kind": kind, "installed": installed, "swap_res": row.get("swap_res")})
+                    "kind": kind, "installed": installed, "swap_res": row.get("swap_res"),
+                    "backbone": manifest.get(row["name"], {}).get("backbone")})
     return out
 
 
-def checkpoint_size(path: str) -> int:
-    """The output resolution of a generator checkpoint file (read without running its code)."""
-    from engine.generator.checkpoints import inspect_checkpoint
+def checkpoint_facts(path: str) -> Dict[str, Any]:
+    """{"size", "kind", "backbone"} of a style file (read without running its code): a generator's output
+    resolution, or a VToonify model's kind and backbone."""
+    from engine.generator.checkpoints import CheckpointError, inspect_checkpoint
+    from engine.vtoonify import inspect_vtoonify
 
-    return int(inspect_checkpoint(path).size)
+    try:
+        return {"size": int(inspect_checkpoint(path).size), "kind": "toon", "backbone": None}
+    except CheckpointError:
+        info = inspect_vtoonify(path)
+        return {"size": info.out_size, "kind": VTOONIFY, "backbone": info.backbone}
 
 
 class ParamForm(QtWidgets.QWidget):
@@ -79,14 +91,14 @@ class ParamForm(QtWidgets.QWidget):
         super().__init__(parent)
         self.models = models
         self.tasks = tasks
-        self._file_sizes: Dict[str, Optional[int]] = {}   # checkpoint file -> resolution (None: being read)
-        self._file_problems: Dict[str, str] = {}           # checkpoint file -> why its resolution is unknown
+        self._file_facts: Dict[str, Optional[dict]] = {}   # checkpoint file -> checkpoint_facts (None: being read)
         self._swap_choice = schema.BY_NAME["swap_res"].default   # the user's choice, kept across blended models
         self.param_widgets: Dict[str, Dict[str, Any]] = {}
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self._build_params_box())
         layout.addWidget(self._build_advanced_box())
+        self._update_swap_choices()   # now that every widget exists: grey what the style does not take
 
     def _build_params_box(self) -> QtWidgets.QGroupBox:
         box = QtWidgets.QGroupBox("Toonify")
@@ -258,29 +270,39 @@ class ParamForm(QtWidgets.QWidget):
         entry = self.model_entry()
         if entry:
             return int(entry["size"]) if entry.get("size") else DEFAULT_MODEL_SIZE
-        path = self.model_combo.currentData()
+        return (self._file_facts_of(self.model_combo.currentData()) or {}).get("size")
+
+    def _file_facts_of(self, path) -> Optional[dict]:
+        """What a style file is (checkpoint_facts), read on the worker pool; None until known."""
         if not path:
             return None
-        if path not in self._file_sizes and self.tasks is not None and os.path.isfile(path):
-            self._file_sizes[path] = None
-            self.tasks.run(checkpoint_size, path, done=lambda size, p=path: self._file_size_read(p, size),
-                           failed=lambda message, p=path: self._file_size_read(p, 0, message))
-        return self._file_sizes.get(path) or None
+        if path not in self._file_facts and self.tasks is not None and os.path.isfile(path):
+            self._file_facts[path] = None
+            self.tasks.run(checkpoint_facts, path, done=lambda facts, p=path: self._file_facts_read(p, facts),
+                           failed=lambda message, p=path: self._file_facts_read(p, {"problem": message}))
+        return self._file_facts.get(path)
 
-    def _file_size_read(self, path: str, size: int, problem: str = "") -> None:
-        self._file_sizes[path] = size   # 0: unreadable (the render says why)
-        if problem:
-            self._file_problems[path] = problem
+    def _file_facts_read(self, path: str, facts: dict) -> None:
+        self._file_facts[path] = facts   # {"problem": why} when unreadable (the render says why too)
         if self.model_combo.currentData() == path:
             self._update_swap_choices()
 
     def _reading_size(self) -> bool:
         """True while the chosen checkpoint file's resolution is being read."""
         path = self.model_combo.currentData()
-        return not self.model_entry() and path in self._file_sizes and self._file_sizes[path] is None
+        return not self.model_entry() and path in self._file_facts and self._file_facts[path] is None
 
     def model_kind(self) -> str:
-        return str(self.model_entry().get("kind") or "")
+        entry = self.model_entry()
+        if entry:
+            return str(entry.get("kind") or "")
+        return str((self._file_facts_of(self.model_combo.currentData()) or {}).get("kind") or "")
+
+    def model_backbone(self) -> Optional[str]:
+        """A VToonify style's backbone ("toonify" or "dualstylegan"), None for other styles or until known."""
+        entry = self.model_entry()
+        return entry.get("backbone") if entry else (self._file_facts_of(self.model_combo.currentData()) or {}).get(
+            "backbone")
 
     def _remember_swap(self) -> None:
         if self.swap_combo.isEnabled():
@@ -315,9 +337,14 @@ class ParamForm(QtWidgets.QWidget):
         if inversion is not None:
             inversion["widget"].setEnabled(not one_pass)
             inversion["widget"].setToolTip(ONE_PASS_TIP if one_pass else schema.BY_NAME["inversion"].help)
+        vtoonify = kind == VTOONIFY
+        self._grey(STYLEGAN_PARAMS, vtoonify, VTOONIFY_TIP)
+        self._grey(D_PARAMS, not (vtoonify and self.model_backbone() == "dualstylegan"), VTOONIFY_D_TIP)
         name = entry.get("name", "")
-        problem = self._file_problems.get(self.model_combo.currentData() or "")
-        if one_pass:
+        problem = (self._file_facts.get(self.model_combo.currentData() or "") or {}).get("problem")
+        if vtoonify:
+            note = VTOONIFY_TIP
+        elif one_pass:
             note = ONE_PASS_TIP
         elif blended:
             note = (f"{name} is published already blended: its swap resolution"
@@ -329,12 +356,25 @@ class ParamForm(QtWidgets.QWidget):
             shown = self.swap_combo.currentData()
             note = (f"Swap resolution {want} × {want} is above this model's {size} px: using {shown} × {shown}. "
                     "Your choice comes back with a model it fits.")
-        elif problem and not self._file_sizes.get(self.model_combo.currentData()):
+        elif problem:
             note = f"Could not read the model's resolution ({problem}); every swap resolution is offered."
         else:
             note = ""
         self.swap_note.setText(note)
         self.swap_note.setVisible(bool(note))
+
+    def _grey(self, names, off: bool, reason: str) -> None:
+        """Disable the widgets of parameters that do not apply to the chosen style, saying why in their tooltip
+        (only those the one-pass rules above leave enabled are turned back on)."""
+        for name in names:
+            entry = self.param_widgets.get(name)
+            if entry is None or (name in ("swap_res", "inversion") and not off):
+                continue
+            widget = self.steps_slider if name == "steps" else entry["widget"]
+            widget.setEnabled(not off)
+            widget.setToolTip(reason if off else schema.BY_NAME[name].help)
+            if name == "steps":
+                self.steps_spin.setEnabled(not off)
 
     # ------------------------------------------------------------- params
     def params(self) -> Dict[str, Any]:
