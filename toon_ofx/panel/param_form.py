@@ -265,44 +265,24 @@ class ParamForm(QtWidgets.QWidget):
         name = self.model_combo.currentData()
         return next((m for m in self.models if m["name"] == name), {})
 
-    def model_size(self) -> Optional[int]:
-        """The chosen model's resolution: from the manifest, or read from its file (None until known)."""
+    def style_facts(self) -> Optional[Dict[str, Any]]:
+        """What the chosen style is, {"size", "kind", "backbone"}: from the manifest, or read from its file on the
+        worker pool ({"problem": why} when unreadable, {} when unknown); None while the file is being read."""
         entry = self.model_entry()
         if entry:
-            return int(entry["size"]) if entry.get("size") else DEFAULT_MODEL_SIZE
-        return (self._file_facts_of(self.model_combo.currentData()) or {}).get("size")
-
-    def _file_facts_of(self, path) -> Optional[dict]:
-        """What a style file is (checkpoint_facts), read on the worker pool; None until known."""
-        if not path:
-            return None
-        if path not in self._file_facts and self.tasks is not None and os.path.isfile(path):
+            return {"size": int(entry["size"]) if entry.get("size") else DEFAULT_MODEL_SIZE,
+                    "kind": str(entry.get("kind") or ""), "backbone": entry.get("backbone")}
+        path = self.model_combo.currentData()
+        if path and path not in self._file_facts and self.tasks is not None and os.path.isfile(path):
             self._file_facts[path] = None
             self.tasks.run(checkpoint_facts, path, done=lambda facts, p=path: self._file_facts_read(p, facts),
                            failed=lambda message, p=path: self._file_facts_read(p, {"problem": message}))
-        return self._file_facts.get(path)
+        return self._file_facts.get(path, {}) if path else {}
 
     def _file_facts_read(self, path: str, facts: dict) -> None:
-        self._file_facts[path] = facts   # {"problem": why} when unreadable (the render says why too)
+        self._file_facts[path] = facts
         if self.model_combo.currentData() == path:
             self._update_swap_choices()
-
-    def _reading_size(self) -> bool:
-        """True while the chosen checkpoint file's resolution is being read."""
-        path = self.model_combo.currentData()
-        return not self.model_entry() and path in self._file_facts and self._file_facts[path] is None
-
-    def model_kind(self) -> str:
-        entry = self.model_entry()
-        if entry:
-            return str(entry.get("kind") or "")
-        return str((self._file_facts_of(self.model_combo.currentData()) or {}).get("kind") or "")
-
-    def model_backbone(self) -> Optional[str]:
-        """A VToonify style's backbone ("toonify" or "dualstylegan"), None for other styles or until known."""
-        entry = self.model_entry()
-        return entry.get("backbone") if entry else (self._file_facts_of(self.model_combo.currentData()) or {}).get(
-            "backbone")
 
     def _remember_swap(self) -> None:
         if self.swap_combo.isEnabled():
@@ -315,10 +295,10 @@ class ParamForm(QtWidgets.QWidget):
     def _update_swap_choices(self) -> None:
         """Offer the swap resolutions up to the model's size; a pre-blended model shows its own, greyed;
         a one-pass toon style (pSp Toonify) has neither a swap resolution nor an inversion choice."""
-        size = self.model_size() or DEFAULT_MODEL_SIZE
-        reading = self._reading_size()
-        entry = self.model_entry()
-        kind = self.model_kind()
+        facts = self.style_facts()
+        reading = facts is None
+        facts = facts or {}
+        size, kind, entry = facts.get("size") or DEFAULT_MODEL_SIZE, facts.get("kind", ""), self.model_entry()
         baked = entry.get("swap_res") if kind == "blended" else None
         self.swap_combo.blockSignals(True)   # the user's choice stays what it was
         self.swap_combo.clear()
@@ -339,9 +319,8 @@ class ParamForm(QtWidgets.QWidget):
             inversion["widget"].setToolTip(ONE_PASS_TIP if one_pass else schema.BY_NAME["inversion"].help)
         vtoonify = kind == VTOONIFY
         self._grey(STYLEGAN_PARAMS, vtoonify, VTOONIFY_TIP)
-        self._grey(D_PARAMS, not (vtoonify and self.model_backbone() == "dualstylegan"), VTOONIFY_D_TIP)
+        self._grey(D_PARAMS, not (vtoonify and facts.get("backbone") == "dualstylegan"), VTOONIFY_D_TIP)
         name = entry.get("name", "")
-        problem = (self._file_facts.get(self.model_combo.currentData() or "") or {}).get("problem")
         if vtoonify:
             note = VTOONIFY_TIP
         elif one_pass:
@@ -356,8 +335,8 @@ class ParamForm(QtWidgets.QWidget):
             shown = self.swap_combo.currentData()
             note = (f"Swap resolution {want} × {want} is above this model's {size} px: using {shown} × {shown}. "
                     "Your choice comes back with a model it fits.")
-        elif problem:
-            note = f"Could not read the model's resolution ({problem}); every swap resolution is offered."
+        elif facts.get("problem"):
+            note = f"Could not read the model's resolution ({facts['problem']}); every swap resolution is offered."
         else:
             note = ""
         self.swap_note.setText(note)
