@@ -20,6 +20,10 @@ So frame t depends on the frames from ``projection_start(t) - history`` to
 chain that frame t shows. A run that decodes that span and projects from that
 keyframe computes, for every frame it writes, exactly what a single pass
 computes (see :func:`TemporalPlan.warmup_start`).
+
+A VToonify style (``engine.vtoonify.video``) has no chains: :class:`VToonifyPlan`
+bounds what passes between its frames (the tracking stage and a face's style
+codes over a short window), so a run may start on any frame.
 """
 from __future__ import annotations
 
@@ -27,14 +31,15 @@ import math
 from dataclasses import dataclass
 from typing import List, Tuple
 
-__all__ = ["TemporalPlan", "smoothing_sigma", "one_euro_window", "tracking_extent",
-           "MAX_GAP", "MODES"]
+__all__ = ["TemporalPlan", "VToonifyPlan", "smoothing_sigma", "one_euro_window", "tracking_extent",
+           "style_window", "MAX_GAP", "MODES", "STYLE_STRIDE"]
 
 MODES = ("zero-phase", "causal")
 MAX_GAP = 6           # frames: detector drop-outs up to this long are bridged (same track)
 SIGMA_PER_STRENGTH = 4.0   # zero-phase Gaussian sigma (frames) at smoothing strength 1
 RADIUS_SIGMAS = 3.0        # the zero-phase kernel is cut at this many sigmas
 MAX_WINDOW = 150           # frames: caps the causal filter's window at the heaviest settings
+STYLE_STRIDE = 4           # VToonify: frames between a face's style codes (besides where its track starts)
 
 
 def smoothing_sigma(smoothing: float) -> float:
@@ -161,3 +166,47 @@ class TemporalPlan:
         for index in frames:
             out.setdefault(self.segment_start(index), []).append(index)
         return list(out.values())
+
+
+def style_window(smoothing: float) -> int:
+    """Frames a VToonify style code is averaged over: the zero-phase smoother's span (2 x 3 sigma + 1; 1 = off)."""
+    return 2 * math.ceil(RADIUS_SIGMAS * smoothing_sigma(smoothing)) + 1
+
+
+@dataclass(frozen=True)
+class VToonifyPlan:
+    """Which frames a VToonify frame depends on: the style window W and the tracking stage's reach.
+
+    No keyframe chains: a run writing A..B that decodes from ``warmup_start(A)``
+    reproduces a single pass wherever A lies, so chunks of any size may start on
+    any frame and repeat only their warm-up's tracking and style codes.
+    """
+
+    style_window: int = 1
+    history: int = 0
+    look_ahead: int = 0
+
+    @classmethod
+    def create(cls, smoothing: float, mode: str = "zero-phase", max_gap: int = MAX_GAP) -> "VToonifyPlan":
+        _, ahead, history = tracking_extent(smoothing, mode, max_gap)
+        return cls(style_window(smoothing), history, ahead)
+
+    @property
+    def style_stride(self) -> int:
+        return min(STYLE_STRIDE, self.style_window)
+
+    def style_start(self, first: int) -> int:
+        """First frame whose style code frame `first` reads."""
+        return max(0, first - self.style_window + 1)
+
+    def track_start(self, first: int) -> int:
+        """First frame the tracking stage hands on: one before style_start, whose links decide which faces
+        of style_start need a code."""
+        return max(0, self.style_start(first) - 1)
+
+    def warmup_start(self, first: int) -> int:
+        """First frame to decode so that frame `first` comes out as in a single pass."""
+        return max(0, self.track_start(first) - self.history)
+
+    def decode_end(self, last: int, frame_count: int) -> int:
+        return min(frame_count - 1, last + self.look_ahead)

@@ -304,16 +304,58 @@ def test_the_distilled_model_loads_and_stylizes_a_real_face(run, models):
         assert torch.equal(again(inputs, wplus).clamp(-1, 1), out)
 
 
-def test_out_scale_2_writes_a_model_the_loader_reads_as_2x(models, tmp_path):
-    out = tmp_path / "run2"
-    assert cli.main(argv(models, out, "--out-scale", "2", "--pretrain-iters", "1", "--iters", "1")) == 0
-    state = torch.load(out / "vtoonify.pt", weights_only=True)["g_ema"]
+@pytest.fixture(scope="module")
+def run2(models, tmp_path_factory) -> Path:
+    """A tiny distillation with --out-scale 2 (1 pretrain + 2 training iterations)."""
+    out = tmp_path_factory.mktemp("distill2") / "run"
+    assert cli.main(argv(models, out, "--out-scale", "2", "--pretrain-iters", "1", "--iters", "2")) == 0
+    return out
+
+
+def test_out_scale_2_writes_a_model_the_loader_reads_as_2x(models, run2):
+    state = torch.load(run2 / "vtoonify.pt", weights_only=True)["g_ema"]
     assert "generator.to_rgbs.4.conv.weight" in state and "generator.to_rgbs.5.conv.weight" not in state  # 128 px
-    net = load_vtoonify(out / "vtoonify.pt")
-    assert (net.in_size, net.out_size) == (64, 128)
-    parser = load_face_parser(models["parser"])
+    net = load_vtoonify(run2 / "vtoonify.pt")
+    assert (net.in_size, net.out_size, net.n_latent) == (64, 128, N_LATENT - 2)
+    parser, encoder = load_face_parser(models["parser"]), load_style_encoder(models["style_encoder"])
     x = face_crop()
-    assert stylize(net, parser, x, torch.zeros(1, N_LATENT, STYLE_DIM)).shape == (1, 3, 192, 192)
+    # the style encoder gives N_LATENT codes (it is the full generator's): the network reads the first 12
+    aligned = F.interpolate(x, size=(256, 256), mode="bilinear", align_corners=False)
+    wplus = style_code(net, encoder, aligned)
+    assert wplus.shape == (1, N_LATENT - 2, STYLE_DIM)
+    full = net.zplus2wplus(encoder(aligned))   # what the reference passes: all of them
+    out = stylize(net, parser, x, wplus)
+    assert out.shape == (1, 3, 192, 192) and torch.equal(out, stylize(net, parser, x, full))
+
+
+# ------------------------------------------------------------------ distil, then render a real clip
+
+
+@pytest.mark.parametrize("scale", [4, 2])
+def test_a_distilled_model_renders_a_real_clip_through_the_cli(scale, run, run2, models, tmp_path, monkeypatch,
+                                                              capsys):
+    """`toon-ofx render --model RUN/vtoonify.pt` on real footage, for both output scales: the face is found
+    in every frame, its region changes, the frame away from the head does not, and the head is pasted at
+    the same place (the same crop and parsing map) whatever the model's output scale."""
+    import toon_ofx.core.vtoonify as core_vt
+    from toon_ofx.core import media
+
+    monkeypatch.setattr(core_vt, "PARSER", str(models["parser"]))   # users get both by manifest name
+    monkeypatch.setattr(core_vt, "STYLE_ENCODER", str(models["style_encoder"]))
+    clip, out = fixture_path("single_face.mp4"), tmp_path / "out"
+    model = (run if scale == 4 else run2) / "vtoonify.pt"
+    capsys.readouterr()
+    assert cli.main(["render", str(clip), "-o", str(out), "--frames", "10-12", "--model", str(model),
+                     "--device", "cpu", "--landmarker", "dlib", "--json"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert events[-1]["stage"] == "done" and events[-1]["frames_done"] == 3 and events[-1]["faces"] == 3
+    source = dict(media.read_frames(clip, 10, 12))
+    rendered = sorted(out.glob("*.png"))
+    assert len(rendered) == 3
+    for path, index in zip(rendered, range(10, 13)):
+        changed = (media.read_image(str(path)) != source[index]).any(-1)
+        assert changed[118:304, 201:386].mean() > 0.5           # the face (dlib's box in these frames)
+        assert not changed[:, :50].any() and not changed[:, 530:].any()   # outside the crop (x 60-520): untouched
 
 
 # ------------------------------------------------------------------ several processes

@@ -21,6 +21,7 @@ ray = pytest.importorskip("ray")
 
 from toon_ofx.core import media  # noqa: E402
 from toon_ofx.core.errors import Cancelled, UserError  # noqa: E402
+from engine.temporal import TemporalPlan, VToonifyPlan  # noqa: E402
 from toon_ofx.farm.plan import chunk_size_for_workers  # noqa: E402
 from toon_ofx.farm.ray_backend import render_with_ray  # noqa: E402
 from toon_ofx.core.render import ProgressEvent, RenderRequest, RenderResult  # noqa: E402
@@ -202,11 +203,28 @@ def test_chunking_needs_keyframes(cluster, tmp_path):
                         renderer_factory=_factory(tmp_path))
 
 
+def test_a_vtoonify_style_is_cut_into_chunks_of_exactly_the_size_asked(cluster, tmp_path):
+    """No keyframe grid (keyframe_interval does not apply: 0 is not refused): chunks of 7 from the first
+    frame, not one keyframe interval each."""
+    from tiny_vtoonify import save_vtoonify, tiny_vtoonify
+
+    model = save_vtoonify(tmp_path / "vt.pt", tiny_vtoonify())
+    request = RenderRequest(source=CLIP, output=tmp_path / "seq" / "clip.%06d.png", frames=(3, 21),
+                            params={"model": str(model), "keyframe_interval": 0})
+    assert render_with_ray(request, chunk_size=7, renderer_factory=_factory(tmp_path)).written == 19
+    chunks = [line.split()[1] for line in (tmp_path / "chunks.txt").read_text().splitlines()]
+    assert sorted(chunks, key=lambda c: int(c.split("-")[0])) == ["3-9", "10-16", "17-21"]
+
+
 def test_default_chunk_size_keeps_workers_busy():
-    assert chunk_size_for_workers(1000, 48, 2) == 96
-    assert chunk_size_for_workers(100, 48, 2) == 96
-    assert chunk_size_for_workers(90, 48, 2) == 48
-    assert chunk_size_for_workers(30, 4, 8) == 4
+    assert chunk_size_for_workers(1000, TemporalPlan(48), 2) == 96
+    assert chunk_size_for_workers(100, TemporalPlan(48), 2) == 96
+    assert chunk_size_for_workers(90, TemporalPlan(48), 2) == 48
+    assert chunk_size_for_workers(30, TemporalPlan(4), 8) == 4
+    # a VToonify style: up to 96 frames, split evenly when that keeps every worker busy
+    assert chunk_size_for_workers(1000, VToonifyPlan(13, 14, 6), 2) == 96
+    assert chunk_size_for_workers(90, VToonifyPlan(13, 14, 6), 2) == 45
+    assert chunk_size_for_workers(30, VToonifyPlan(13, 14, 6), 8) == 4
 
 
 def test_ray_matches_single_process_render(cluster, engine_params, tmp_path):

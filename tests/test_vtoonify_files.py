@@ -108,6 +108,26 @@ def test_strict_keys_are_reported_readably(tmp_path, edit, message):
         load_vtoonify(tmp_path / "bad.pt")
 
 
+@pytest.mark.parametrize("block", [4, 99])
+def test_extra_encoder_blocks_are_named_not_read_as_a_larger_input(tmp_path, block):
+    """The encoder's size is read off its blocks: keys of a block past its last one (the 1x1 convolution,
+    encoder.3 here) are named, never taken for an encoder of 2^97 times the input size."""
+    from toon_ofx.core.errors import UserError
+    from toon_ofx.core.vtoonify import vtoonify_style
+
+    state = tiny_vtoonify("toonify").state_dict()
+    state.update({f"encoder.{block}.weight": torch.zeros(3, 8, 1, 1), f"encoder.{block}.bias": torch.zeros(3)})
+    path = _write(tmp_path / "extra.pt", {"g_ema": state})
+    message = (rf"^extra\.pt: 2 unexpected key\(s\) \(encoder\.{block}\.bias, encoder\.{block}\.weight\): "
+               r"VToonify's encoder ends at block 3")
+    for read in (inspect_vtoonify, load_vtoonify):
+        with pytest.raises(CheckpointError, match=message):
+            read(path)
+    with pytest.raises(UserError, match=message) as info:   # the product: one line naming the file, field model
+        vtoonify_style(str(path))
+    assert info.value.field == "model" and "px" not in str(info.value)
+
+
 def test_a_changed_blur_kernel_is_refused(tmp_path):
     state = tiny_vtoonify("toonify").state_dict()
     state["generator.to_rgbs.3.upsample.kernel"] = torch.ones(4, 4)

@@ -30,7 +30,7 @@ from toon_ofx.core.render import Renderer, RenderRequest, render
 
 from conftest import fixture_path, panning_frames
 from test_temporal_render import FRAMES, MemoLandmarker, detections_for, shared_dir, spliced_clip  # noqa: F401
-from tiny_vtoonify import write_tiny_set
+from tiny_vtoonify import N_LATENT, STYLE_DIM, save_style_encoder, tiny_style_encoder, write_tiny_set
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +130,23 @@ def test_only_the_head_changes_and_the_overlay_composites_to_the_frame(vt_t, ast
         assert (rgba[:, :20] == 0).all()   # transparent black away from the head
 
 
+@pytest.mark.parametrize("scale", [4, 2])
+def test_the_output_is_pasted_at_the_models_own_scale(vt_t, astronaut, scale):
+    """A network that hands back its input crop enlarged to its output size (4x, or 2x for a model distilled
+    with --out-scale 2) pastes the frame back onto itself: the output lands where its crop came from."""
+    import torch.nn.functional as F
+
+    pipe = pipeline(vt_t, color_match=False)
+    pipe.net.forward = lambda x, style, d_s=None: F.interpolate(x[:, :3], scale_factor=scale, mode="bilinear",
+                                                                align_corners=False)
+    frame = astronaut[:320, 60:380]
+    result = pipe.process(frame, 0)
+    changed = (result.image != frame).any(-1)
+    assert result.faces == 1 and changed.mean() > 0.2   # the head was pasted (blurred by the crop's pre-blur)
+    diff = np.abs(result.image.astype(int) - frame)[changed]
+    assert diff.mean() < 12, diff.mean()   # the crop's pre-blur: ~6 levels; the 2x output pasted as 4x: ~60
+
+
 def test_deep_frames_stay_deep(vt_t, astronaut):
     frames = list(enumerate(panning_frames(astronaut, 2)))
     deep = [(i, f.astype(np.uint16) * 257) for i, f in frames]
@@ -178,6 +195,18 @@ def test_a_vtoonify_file_is_a_style_of_its_own_without_base_model_or_lpips(vt_t)
     assert inversion.mode == "vtoonify" and inversion.vtoonify.backbone == "toonify"
     assert required_models(params, inversion) == {"toon": str(vt_t["model"]), "parser": str(vt_t["parser"]),
                                                   "style_encoder": str(vt_t["encoder"])}
+
+
+def test_a_style_encoder_with_fewer_styles_than_the_model_reads_is_one_clear_error(vt_t, tmp_path):
+    """More styles than the network reads is fine (the reference's 18-layer encoder drives an out-scale-2
+    model's 16 layers: tests/test_distill.py renders one); fewer is one message naming both files."""
+    short = save_style_encoder(tmp_path / "short.pt", tiny_style_encoder(n_styles=N_LATENT - 2),
+                               torch.zeros(N_LATENT - 2, STYLE_DIM), output_size=128)
+    files = {"toon": vt_t["model"], "parser": vt_t["parser"], "style_encoder": short}
+    with pytest.raises(UserError, match=rf"^short\.pt encodes {N_LATENT - 2} styles of {STYLE_DIM}, but the "
+                                        rf"VToonify model vtoonify_t\.pt reads {N_LATENT} styles") as info:
+        core_vt.VToonifyModels(files, "cpu")
+    assert info.value.field == "model"
 
 
 @pytest.fixture
@@ -306,6 +335,67 @@ def test_cli_and_preview_take_the_vtoonify_parameters(vt_d, astronaut_clip, tmp_
     assert faces == 1 and stylised.shape == original.shape and (stylised != original).any()
 
 
+def test_the_engine_process_previews_a_vtoonify_d_style_and_follows_its_style_id(vt_d, astronaut_clip, tmp_path):
+    """Through the engine's HTTP API (its own model check and preview function): a VToonify-D style previews;
+    a second preview with another style id, degree or colour transfer uses them on the same loaded models
+    (the renderer is kept: none of them is a model parameter); an id out of range is refused (422) before
+    anything loads, for previews and jobs alike."""
+    import cv2
+
+    from toon_ofx.client import EngineClient, EngineError
+    from toon_ofx.core import render as render_module
+    from toon_ofx.service.server import Server
+
+    render_module._CACHE.clear()
+    server = Server(config_dir=tmp_path / "config", data_dir=tmp_path / "data").start()
+    try:
+        client = EngineClient(server.url, server.token)
+        params = {"model": str(vt_d["model"]), "device": "cpu", "style_id": 0}
+
+        def stylised(**change):
+            answer = client.preview(str(astronaut_clip), 2, dict(params, **change))
+            assert answer["faces"] == 1
+            return cv2.imdecode(np.frombuffer(answer["stylised_png"], np.uint8), cv2.IMREAD_UNCHANGED).astype(int)
+
+        first = stylised()
+        renderer = render_module._CACHE["current"]
+        assert np.array_equal(stylised(), first)
+        for change in ({"style_id": 1}, {"style_degree": 0.9}, {"color_transfer": True}):
+            assert np.abs(stylised(**change) - first).max() > 0, change
+        assert render_module._CACHE["current"] is renderer
+        for submit in (lambda: stylised(style_id=3),   # refused by the request check: no model loads
+                       lambda: client.submit(str(astronaut_clip), frames=(0, 1), params=dict(params, style_id=3),
+                                             output_folder=str(tmp_path / "out"))):
+            with pytest.raises(EngineError) as info:
+                submit()
+            assert (info.value.status, info.value.field) == (422, "params.style_id")
+            assert str(info.value) == "style_id 3 is out of range: this VToonify-D model has 3 styles (0-2)"
+    finally:
+        server.shutdown()
+        render_module._CACHE.clear()
+
+
+def test_a_style_file_rewritten_in_place_is_loaded_again(vt_t, astronaut_clip, tmp_path):
+    """`distill` run on (more iterations, same output folder) rewrites RUN/vtoonify.pt: the engine process's
+    kept renderer notices and loads it again instead of previewing the old weights."""
+    from toon_ofx.core import render as render_module
+    from toon_ofx.core.render import get_renderer, preview
+    from tiny_vtoonify import save_vtoonify, tiny_vtoonify
+
+    model = save_vtoonify(tmp_path / "vtoonify.pt", tiny_vtoonify("toonify", seed=0))
+    params = {"model": str(model), "device": "cpu"}
+    render_module._CACHE.clear()
+    try:
+        before = preview(astronaut_clip, 2, params)[1]
+        renderer = get_renderer(params)
+        assert get_renderer(params) is renderer and np.array_equal(preview(astronaut_clip, 2, params)[1], before)
+        save_vtoonify(model, tiny_vtoonify("toonify", seed=3))
+        after = preview(astronaut_clip, 2, params)[1]
+        assert get_renderer(params) is not renderer and (after != before).any()
+    finally:
+        render_module._CACHE.clear()
+
+
 def test_cancel_stops_before_the_next_network_batch(vt_t, astronaut_clip, tmp_path):
     import threading
 
@@ -378,3 +468,65 @@ def test_chunks_equal_the_single_pass(tmp_path, size, span, spliced_clip, vt_par
         vt_renderer.render(RenderRequest(spliced_clip, out, vt_params, frames=(first, min(first + size - 1, span[1]))))
     assert_frames_equal(str(out / "face_leaves_and_returns_toon.%06d.png"), vt_single_pass,
                         range(span[0], span[1] + 1))
+
+
+# ------------------------------------------------------------------ farm: frame-exact chunks
+
+
+def test_a_vtoonify_style_plans_frame_exact_chunks(vt_t):
+    """No keyframe grid: chunks of the size asked from the range's first frame, each task's warm-up what
+    VToonifyPlan says, no snapping, the keyframe parameters left out of the task command lines."""
+    from toon_ofx.farm.job import FarmJob, explicit_params
+    from toon_ofx.farm.plan import plan_chunks, snap_chunk, temporal_plan
+
+    params = {"model": str(vt_t["model"])}
+    plan = temporal_plan(params)
+    assert plan == VToonifyPlan.create(0.5)
+    chunks = plan_chunks(30, 49, 7, plan=plan)
+    assert [c.frames for c in chunks] == [(30, 36), (37, 43), (44, 49)]
+    assert [c.warmup_first for c in chunks] == [plan.warmup_start(c.first) for c in chunks] == [3, 10, 17]
+    assert snap_chunk((33, 38), (30, 49), plan) == (33, 38)
+    assert "keyframe_interval" not in explicit_params(params)
+    job = FarmJob("/clips/a.mp4", "/out/a.%06d.png", None, (30, 49), 7, params)
+    assert job.frame_exact and job.task_chunk_size == 7 and job.idle_note([(30, 36)], "cut") is None
+    assert "frame-exact for a VToonify style" in job.chunk_note() and "(7 per task), after decoding up to 27 frames" in job.chunk_note()
+
+
+@pytest.mark.parametrize("fmt, size, span", [("flamenco", 5, (30, 49)), ("opencue", 7, (84, 104)),
+                                             ("openjd", 7, (61, 80))])
+def test_farm_tasks_of_a_vtoonify_style_equal_the_single_pass(fmt, size, span, tmp_path, monkeypatch, spliced_clip,
+                                                              vt_params, vt_renderer, vt_single_pass):
+    """The export's task command lines, cut the way each farm manager cuts them and run by the real CLI,
+    write every frame once, no task idle, bit for bit the single pass; chunks of exactly the size asked
+    (OpenJD divides the range evenly: at most that size)."""
+    from test_farm import _check_render_commands, _exported_render_tasks
+    from toon_ofx import cli
+    from toon_ofx.core import render as render_module
+    from toon_ofx.farm.job import FarmJob
+
+    out = tmp_path / "frames"
+    job = FarmJob(str(spliced_clip), str(out / "face_leaves_and_returns_toon.%06d.png"), None, span, size,
+                  vt_params, name="vt")
+    argvs, text = _exported_render_tasks(fmt, job, tmp_path / fmt)
+    ranges = _check_render_commands(job, argvs)
+    assert len(ranges) == len(argvs)   # no idle task
+    sizes = [b - a + 1 for a, b in ranges]
+    assert max(sizes) == size and (fmt == "openjd" or sizes[:-1] == [size] * (len(sizes) - 1)), ranges
+    assert "frame-exact for a VToonify style" in str(text) and "nothing to do" not in str(text)
+    monkeypatch.setitem(render_module._CACHE, "current", vt_renderer)   # its detections are memoised
+    for argv in reversed(argvs):
+        assert cli.main(argv) == 0
+    assert_frames_equal(job.sequence, vt_single_pass, range(span[0], span[1] + 1))
+    assert sorted(p.name for p in out.iterdir()) == [Path(job.sequence % i).name for i in range(span[0], span[1] + 1)]
+
+
+@pytest.mark.parametrize("fmt", ["openjd", "opencue", "flamenco"])
+def test_farm_export_says_a_vtoonify_styles_chunks_are_frame_exact(fmt, vt_t, tmp_path, capsys):
+    from toon_ofx.cli import main
+
+    clip = fixture_path("single_face.mp4")
+    assert main(["farm", "export", str(clip), "--format", fmt, "-o", str(tmp_path / fmt), "--model",
+                 str(vt_t["model"]), "--chunk-size", "7", "--keyframe-interval", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "frame-exact for a VToonify style" in err and "became" not in err and "nothing to do" not in err
+    assert "in 11 render task(s) of up to 7 frames" in err, err

@@ -123,11 +123,7 @@ def _parse(path: Path) -> _Parsed:
     g = "generator.generator." if backbone == "dualstylegan" else "generator."
     try:
         size, style_dim, n_mlp, channels = _generator_layout(state, g)
-        blocks = {int(m.group(1)) for k in state if (m := re.match(r"encoder\.(\d+)\.", k))}
-        n_blocks = max(blocks) + 1 if blocks else 0
-        if n_blocks < 3:
-            raise KeyError("encoder.0/1/2 (the encoder has fewer than three blocks)")
-        num_res = len({m.group(1) for k in state if (m := re.match(rf"encoder\.{n_blocks - 2}\.(\d+)\.conv\.", k))})
+        n_blocks, num_res = _encoder_layout(state, name)
         img_channels = int(state[f"encoder.{n_blocks - 1}.weight"].shape[0])
     except KeyError as e:
         raise CheckpointError(f"{name}: the weights do not have VToonify's layout (no {e.args[0]})") from None
@@ -140,6 +136,26 @@ def _parse(path: Path) -> _Parsed:
     kwargs = dict(in_size=in_size, out_size=size, img_channels=img_channels, style_channels=style_dim,
                   num_mlps=n_mlp, num_res_layers=num_res, backbone=backbone, channels=channels)
     return _Parsed(info, kwargs, state)
+
+
+def _encoder_layout(state: Mapping[str, torch.Tensor], name: str) -> tuple[int, int]:
+    """(blocks, residual blocks) of VToonify's encoder: convolution blocks 0..r-1 (``encoder.i.0``), the
+    residual blocks ``encoder.r.j.conv*``, the 1x1 convolution ``encoder.r+1``; keys of blocks past it are
+    named as unexpected (read as more blocks, they would imply an absurd input size)."""
+    res = sorted({int(m.group(1)) for k in state if (m := re.match(r"encoder\.(\d+)\.\d+\.conv\.", k))})
+    if not res:
+        raise KeyError("encoder.N.0.conv.weight (the encoder has no residual blocks)")
+    r = res[0]
+    for i in range(max(r, 1)):
+        if f"encoder.{i}.0.weight" not in state:
+            raise KeyError(f"encoder.{i}.0.weight")
+    extra = sorted((k for k in state if (m := re.match(r"encoder\.(\d+)\.", k)) and int(m.group(1)) > r + 1),
+                   key=lambda k: (int(k.split(".")[1]), k))
+    if extra:
+        raise CheckpointError(f"{name}: {len(extra)} unexpected key(s) ({few(extra)}): VToonify's encoder ends "
+                              f"at block {r + 1}, the 1x1 convolution after its residual blocks (encoder.{r})")
+    num_res = len({m.group(1) for k in state if (m := re.match(rf"encoder\.{r}\.(\d+)\.conv\.", k))})
+    return r + 2, num_res
 
 
 def _generator_layout(state: Mapping[str, torch.Tensor], g: str):

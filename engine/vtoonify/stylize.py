@@ -52,13 +52,19 @@ def stylize(net: VToonify, parser: torch.nn.Module, x: torch.Tensor, wplus: torc
 @torch.no_grad()
 def style_code(net: VToonify, encoder: torch.nn.Module, aligned: torch.Tensor, exstyle: torch.Tensor | None = None,
                color_transfer: bool = False) -> torch.Tensor:
-    """W+ style codes (N, L, 512) of aligned faces (N, 3, 256, 256) in [-1, 1].
+    """W+ style codes (N, L, 512) of aligned faces (N, 3, 256, 256) in [-1, 1], L = ``net.n_latent``.
 
-    ``exstyle``: VToonify-D's extrinsic style, (1, L, 512) already mapped to W+
-    (``net.zplus2wplus`` of a code from :func:`engine.vtoonify.read_exstyles`);
+    The encoder may give more codes than the network reads (the reference's 18-layer
+    encoder and a model that stops one layer early, ``distill --out-scale 2``): all are
+    mapped, as the reference maps them, and the layers past L, which the network never
+    reads, are dropped. ``exstyle``: VToonify-D's extrinsic style, (1, L, 512) already
+    mapped to W+ (``net.zplus2wplus`` of a code from :func:`engine.vtoonify.read_exstyles`);
     required for VToonify-D, ignored for VToonify-T.
     """
-    s_w = net.zplus2wplus(encoder(aligned))
+    codes = encoder(aligned)
+    if codes.shape[1] < net.n_latent:
+        raise ValueError(f"the style encoder gives {codes.shape[1]} codes, the network reads {net.n_latent}")
+    s_w = net.zplus2wplus(codes)[:, :net.n_latent]
     if net.backbone != "dualstylegan":
         return s_w
     if exstyle is None:

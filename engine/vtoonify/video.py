@@ -41,7 +41,6 @@ writes then sees exactly what a single pass sees (tests/test_vtoonify_render.py)
 """
 from __future__ import annotations
 
-import math
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -55,7 +54,7 @@ from ..faces.align import align_face
 from ..faces.lookahead import LookaheadTracker, TrackFace
 from ..pipeline import FrameResult, TrackedFrame, track_frames, tracked_frame
 from ..pixels import check_rgb, peak, to_uint8
-from ..temporal import MAX_GAP, RADIUS_SIGMAS, smoothing_sigma, tracking_extent
+from ..temporal import MAX_GAP, STYLE_STRIDE, VToonifyPlan, style_window  # noqa: F401 - re-exported
 from .crop import CropGeometry, FaceCrop, crop_image, face_crop
 from .paste import HeadLayer, head_mask, paste_heads
 from .stylize import PARSING_DIVISOR, parse_faces, style_code
@@ -66,52 +65,10 @@ __all__ = ["VToonifyConfig", "VToonifyPlan", "VToonifyPipeline", "StyleWindow", 
 Key = Tuple[int, int, int]
 
 
-STYLE_STRIDE = 4   # frames between a face's style codes (besides where its track starts)
-
-
-def style_window(smoothing: float) -> int:
-    """Frames a style code is averaged over: the zero-phase smoother's span (2 x 3 sigma + 1; 1 = off)."""
-    return 2 * math.ceil(RADIUS_SIGMAS * smoothing_sigma(smoothing)) + 1
-
-
 def default_batch_size(device) -> int:
     """Faces per VToonify pass: 4 on a GPU (the reference's frame batch), 1 on a CPU (memory: a 400 px
     crop's 1600 px activations take about 1 GB)."""
     return 4 if torch.device(device).type == "cuda" else 1
-
-
-@dataclass(frozen=True)
-class VToonifyPlan:
-    """Which frames a frame depends on: the style window W and the tracking stage's reach."""
-
-    style_window: int = 1
-    history: int = 0
-    look_ahead: int = 0
-
-    @classmethod
-    def create(cls, smoothing: float, mode: str = "zero-phase", max_gap: int = MAX_GAP) -> "VToonifyPlan":
-        _, ahead, history = tracking_extent(smoothing, mode, max_gap)
-        return cls(style_window(smoothing), history, ahead)
-
-    @property
-    def style_stride(self) -> int:
-        return min(STYLE_STRIDE, self.style_window)
-
-    def style_start(self, first: int) -> int:
-        """First frame whose style code frame `first` reads."""
-        return max(0, first - self.style_window + 1)
-
-    def track_start(self, first: int) -> int:
-        """First frame the tracking stage hands on: one before style_start, whose links decide which faces
-        of style_start need a code."""
-        return max(0, self.style_start(first) - 1)
-
-    def warmup_start(self, first: int) -> int:
-        """First frame to decode so that frame `first` comes out as in a single pass."""
-        return max(0, self.track_start(first) - self.history)
-
-    def decode_end(self, last: int, frame_count: int) -> int:
-        return min(frame_count - 1, last + self.look_ahead)
 
 
 @dataclass

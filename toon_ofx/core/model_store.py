@@ -402,3 +402,16 @@ def list_models(manifest: Optional[dict] = None) -> List[dict]:
             "needs_conversion": bool(e.get("download_file")), "swap_res": e.get("swap_res"),
         })
     return rows
+
+
+def file_stamps(paths: Iterable[Path]) -> List[Optional[Tuple[int, int]]]:
+    """(mtime, size) of each file, None when it is gone: a model rewritten in place (a `distill` or `train`
+    run that went on, a new download) is not the one a process loaded before."""
+    stamps: List[Optional[Tuple[int, int]]] = []
+    for path in paths:
+        try:
+            stat = Path(path).stat()
+            stamps.append((stat.st_mtime_ns, stat.st_size))
+        except OSError:
+            stamps.append(None)
+    return stamps

@@ -152,6 +152,7 @@ class Renderer:
         t = time.perf_counter()
         inversion = plan_inversion(p)
         files = model_files(p, inversion=inversion)
+        self.files, self.stamps = files, model_store.file_stamps(files.values())
         self.vtoonify = None   # a VToonify style's networks (core.vtoonify); then no base, toon or LPIPS
         vt_labels = ({role: _model_label(name) for role, name in required_models(p, inversion).items()}
                      if inversion.vtoonify else {})
@@ -212,9 +213,10 @@ class Renderer:
         self.load_seconds = time.perf_counter() - t
 
     def matches(self, params: Dict[str, Any]) -> bool:
-        """True when `params` need the same loaded models as this renderer."""
+        """True when `params` need the same loaded models as this renderer, and its files are unchanged."""
         params = validate(params)
-        return all(params[k] == self.params[k] for k in MODEL_PARAMS)
+        return (all(params[k] == self.params[k] for k in MODEL_PARAMS)
+                and model_store.file_stamps(self.files.values()) == self.stamps)
 
     def config(self, params: Dict[str, Any], inversion: Optional[Inversion] = None):
         """The engine's PipelineConfig for a parameter set (and the inversion it runs)."""

@@ -121,6 +121,36 @@ def exstyles_file(files: Mapping[str, Path]) -> Path:
         raise UserError(str(exc), field="model") from None
 
 
+@functools.lru_cache(maxsize=8)
+def _style_count(path: str, mtime_ns: int, size: int) -> int:
+    from engine.vtoonify import read_exstyles
+
+    return len(read_exstyles(path))
+
+
+def check_style_id(style_id: int, count: int) -> None:
+    """UserError (field ``style_id``) unless VToonify-D's ``count`` extrinsic styles hold ``style_id``."""
+    if not 0 <= style_id < count:
+        raise UserError(f"style_id {style_id} is out of range: this VToonify-D model has {count} styles "
+                        f"(0-{count - 1})", field="style_id")
+
+
+def check_style(params: Mapping[str, Any], style: VToonifyStyle, files: Mapping[str, Path]) -> None:
+    """Before any network loads (the engine's request check): a VToonify-D style's ``style_id`` is one of
+    its styles. Reads only the style codes (cached per file version); nothing to check for VToonify-T."""
+    from engine.generator.checkpoints import CheckpointError
+
+    if style.backbone != "dualstylegan":
+        return
+    path = Path(exstyles_file(files)).resolve()
+    try:
+        stat = path.stat()
+        count = _style_count(str(path), stat.st_mtime_ns, stat.st_size)
+    except (OSError, CheckpointError) as exc:
+        raise UserError(str(exc), field="model") from None
+    check_style_id(int(params["style_id"]), count)
+
+
 class VToonifyModels:
     """A VToonify style's loaded networks: the model, the face parser, the style encoder and (VToonify-D)
     the extrinsic style codes. `on_load(label)` is called before each file is loaded; `backbone` (the
@@ -152,10 +182,14 @@ class VToonifyModels:
             self.encoder = load_style_encoder(files["style_encoder"], device)
         except CheckpointError as exc:
             raise UserError(str(exc), field=field) from None
-        if self.encoder.n_styles != self.net.n_latent or self.encoder.latent_avg.shape[-1] != self.net.style_channels:
-            raise UserError(f"{Path(files['style_encoder']).name} encodes {self.encoder.n_styles} styles of "
-                            f"{self.encoder.latent_avg.shape[-1]}, the VToonify model takes {self.net.n_latent} of "
-                            f"{self.net.style_channels}")
+        # The network reads W+ layers 0..n_latent-1 and ignores the rest (the reference's does too), so the
+        # public 18-code encoder drives a model distilled with --out-scale 2 (16 layers) as well.
+        n_styles, width = self.encoder.n_styles, int(self.encoder.latent_avg.shape[-1])
+        if n_styles < self.net.n_latent or width != self.net.style_channels:
+            raise UserError(f"{Path(files['style_encoder']).name} encodes {n_styles} styles of {width}, but the "
+                            f"VToonify model {Path(files['toon']).name} reads {self.net.n_latent} styles of "
+                            f"{self.net.style_channels}: it needs a style encoder for its own generator",
+                            field="model")
         self.device = device
 
     @property
@@ -169,9 +203,7 @@ class VToonifyModels:
         if self.net.backbone != "dualstylegan":
             return None
         names = list(self.exstyles)
-        if not 0 <= style_id < len(names):
-            raise UserError(f"style_id {style_id} is out of range: this VToonify-D model has {len(names)} styles "
-                            f"(0-{len(names) - 1})", field="style_id")
+        check_style_id(style_id, len(names))
         code = torch.from_numpy(self.exstyles[names[style_id]]).to(self.device)
         with torch.no_grad():
             return self.net.zplus2wplus(code)

@@ -14,7 +14,7 @@ from ..core.options import add_codec_option, add_param_options, checked_frame_ra
 from .assemble import MOVIE_SUFFIXES, assemble
 from .export import FORMATS, render_tasks, write_export
 from .job import FarmJob, Resources, model_files, split_pattern
-from .plan import default_chunk_size
+from .plan import FRAME_EXACT_CHUNK, default_chunk_size, frame_exact, temporal_plan
 
 
 # -- farm export ------------------------------------------------------------------------------------------
@@ -117,8 +117,9 @@ def _probe_local(path: Path):
 def job_from_args(args: argparse.Namespace) -> FarmJob:
     """Validate `farm export` arguments into a FarmJob (probing the source when it is readable)."""
     params = params_from_args(args)
+    grid = temporal_plan(params)
     k = params["keyframe_interval"]
-    if k <= 0:
+    if not frame_exact(grid) and k <= 0:
         raise UserError("farm chunks need keyframe_interval > 0: without keyframes every chunk would have to "
                         "re-render the clip from frame 0 to reproduce a single-pass render",
                         field="keyframe_interval")
@@ -159,7 +160,8 @@ def job_from_args(args: argparse.Namespace) -> FarmJob:
                             field="frames")
     if frames is None:
         raise UserError(f"cannot read {args.source} here to count its frames; give --frames A-B", field="frames")
-    chunk_size = args.chunk_size if args.chunk_size is not None else default_chunk_size(k)
+    chunk_size = (args.chunk_size if args.chunk_size is not None else
+                  FRAME_EXACT_CHUNK if frame_exact(grid) else default_chunk_size(k))
     if args.warmup < 0:
         raise UserError("--warmup must be 0 or more", field="warmup")
     name = args.name or f"toon-ofx {Path(source).stem} {frames[0]}-{frames[1]}"
@@ -198,7 +200,8 @@ def add_farm_parser(sub) -> None:
     p.add_argument("--frames", type=checked_frame_range, metavar="A-B",
                    help="inclusive source frame range (0-based); default: the whole clip")
     p.add_argument("--chunk-size", type=int, help="frames per task (default: two keyframe intervals; moved to "
-                   "a multiple of the keyframe interval, one interval at least)")
+                   "a multiple of the keyframe interval, one interval at least; a VToonify style: exactly as "
+                   f"given, default {FRAME_EXACT_CHUNK})")
     p.add_argument("--warmup", type=int, default=0, metavar="N",
                    help="extra frames each task processes before its chunk, not written")
     p.add_argument("--sequence", help="frame pattern or folder (default: <clip>_toon_frames/<clip>_toon.%%06d.png; "

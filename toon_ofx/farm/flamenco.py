@@ -30,7 +30,8 @@ JOB_TYPE_SCRIPT = r"""// Flamenco 3 job type "toon-ofx": toonify the faces of a 
 // one image sequence, then an "assemble" task that depends on all of them and encodes the movie
 // with the source's audio. Chunks are cut on the multiples of the chunk size (a multiple of the
 // keyframe interval) so that every chunk reproduces a whole-clip render without re-projecting
-// frames that another chunk writes.
+// frames that another chunk writes; a VToonify style (frame_exact) has no keyframes: its chunks
+// are the chunk size exactly, cut from the first frame.
 
 const JOB_TYPE = {
     label: "toon-ofx",
@@ -47,6 +48,8 @@ const JOB_TYPE = {
         { key: "movie", type: "string", subtype: "file_path", default: "",
           description: "Movie encoded from the frames at the end (empty: frames only)" },
         { key: "chunk_size", type: "int32", default: 96, description: "Frames per render task" },
+        { key: "frame_exact", type: "bool", default: false, visible: false,
+          description: "A VToonify style: no keyframe grid, chunks of exactly chunk_size frames" },
         { key: "warmup", type: "int32", default: 0,
           description: "Extra frames each task processes before its chunk, not written" },
         { key: "params", type: "string", default: "{}",
@@ -66,7 +69,8 @@ function compileJob(job) {
     const range = frameBounds(String(settings.frames));
     const params = JSON.parse(settings.params || "{}");
     const paramArgs = effectArgs(params);
-    const keyframes = Number(params.keyframe_interval || 0);
+    const frameExact = Boolean(settings.frame_exact);
+    const keyframes = frameExact ? 0 : Number(params.keyframe_interval || 0);
     const size = chunkSize(Number(settings.chunk_size), keyframes);
     // the segment grid is shifted by the keyframe cross-fade (at most half an interval)
     const offset = Math.min(Number(params.keyframe_overlap || 0), Math.floor(keyframes / 2));
@@ -74,7 +78,7 @@ function compileJob(job) {
     const ocioArgs = settings.ocio_config ? ["--ocio-config", settings.ocio_config] : [];
 
     const renderTasks = [];
-    const parts = gridParts(range.first, range.last, size, offset);
+    const parts = frameExact ? [range] : gridParts(range.first, range.last, size, offset);
     for (const [i, part] of parts.entries()) {
         const step = i < parts.length - 1 ? part.last - part.first + 1 : size;  // the head: one task
         for (const chunk of frameChunker(`${part.first}-${part.last}`, step)) {
@@ -188,6 +192,7 @@ def flamenco_job(job: FarmJob) -> Dict[str, Any]:
             "sequence": job.sequence,
             "movie": job.movie or "",
             "chunk_size": job.task_chunk_size,
+            "frame_exact": job.frame_exact,
             "warmup": job.warmup,
             "params": json.dumps(explicit_params(job.params), sort_keys=True),
             "models_dir": job.models_dir or "",

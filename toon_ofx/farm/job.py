@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from ..core.errors import UserError
 from ..core.options import option_flag
 from ..core.params import PARAMS, validate
-from .plan import Chunk, effective_chunk_size, plan_chunks, snap_chunk, temporal_plan
+from .plan import Chunk, frame_exact, plan_chunks, snap_chunk, task_chunk_size, temporal_plan
 
 MODEL_PARAMS = ("model", "base_model")   # parameters that may name a checkpoint file
 GRID_PARAMS = ("keyframe_interval", "keyframe_overlap")   # the chunk grid depends on them
@@ -24,11 +24,13 @@ GRID_PARAMS = ("keyframe_interval", "keyframe_overlap")   # the chunk grid depen
 def explicit_params(params: Dict[str, Any]) -> Dict[str, Any]:
     """The validated parameters a task command spells out: those that differ from their default.
 
-    `keyframe_interval` and `keyframe_overlap` are always included: the chunk grid depends on them.
+    `keyframe_interval` and `keyframe_overlap` are always included when the style has keyframe chains:
+    the chunk grid depends on them (a VToonify style's chunks do not).
     """
     values = validate(params)
+    grid = () if frame_exact(temporal_plan(values)) else GRID_PARAMS
     return {p.name: values[p.name] for p in PARAMS
-            if values[p.name] != p.default or p.name in GRID_PARAMS}
+            if values[p.name] != p.default or p.name in grid}
 
 
 def param_args(params: Dict[str, Any], placeholders: Optional[Dict[str, str]] = None) -> List[str]:
@@ -168,17 +170,29 @@ class FarmJob:
 
     @property
     def temporal_plan(self):
-        """The renderer's keyframes, cross-fade and tracking reach for this job's parameters."""
+        """The renderer's plan for this job's parameters: keyframes, cross-fade and tracking reach, or a
+        VToonify style's style window and tracking reach (`plan.temporal_plan`)."""
         return temporal_plan(self.params)
 
     @property
+    def frame_exact(self) -> bool:
+        """True for a VToonify style: no keyframe grid, chunks of any size start anywhere."""
+        return frame_exact(self.temporal_plan)
+
+    @property
     def task_chunk_size(self) -> int:
-        """Frames per task: the asked chunk size moved onto the keyframe grid."""
-        return effective_chunk_size(self.chunk_size, self.keyframe_interval)
+        """Frames per task: the asked chunk size, moved onto the keyframe grid unless frame-exact."""
+        return task_chunk_size(self.chunk_size, self.temporal_plan)
 
     def chunk_note(self) -> Optional[str]:
-        """Why the tasks' chunk size differs from the one asked for (None when it does not)."""
+        """How the tasks' chunks follow from the one asked for: why their size differs, or that they are
+        frame-exact (a VToonify style); None when there is nothing to say."""
         size, k = self.task_chunk_size, self.keyframe_interval
+        if self.frame_exact:
+            reach = max(c.warmup for c in self.chunks())
+            return (f"chunks are frame-exact for a VToonify style (no keyframe chains): a task writes exactly the "
+                    f"frames it is given ({size} per task), after decoding up to {reach} frames before them that "
+                    f"it does not write (face tracking and the style codes' window)")
         if size == self.chunk_size:
             return None
         if self.chunk_size < k:

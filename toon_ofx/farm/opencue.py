@@ -105,7 +105,8 @@ def opencue_script(job: FarmJob, filename: str = SCRIPT_NAME) -> str:
     """A PyOutline script: Shell render layer(s) with range=/chunk=, an assemble layer after them."""
     first, last = job.frames
     size = job.task_chunk_size
-    parts = grid_ranges(first, last, size, job.temporal_plan.overlap)
+    # keyframe chains: a head layer up to the segment grid, so Cuebot's chunks of the rest start on it
+    parts = [(first, last)] if job.frame_exact else grid_ranges(first, last, size, job.temporal_plan.overlap)
     layers = [("render_head", f"{a}-{b}", b - a + 1) for a, b in parts[:-1]]
     layers.append(("render", f"{parts[-1][0]}-{parts[-1][1]}", size))
     render = [job.executable] + job.render_args("#FRAME_START#-#FRAME_END#")

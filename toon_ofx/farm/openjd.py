@@ -121,10 +121,12 @@ def openjd_template(job: FarmJob) -> Dict[str, Any]:
          "description": "Inclusive source frame range (0-based), e.g. 0-239.",
          "userInterface": {"control": "LINE_EDIT", "label": "Frames", "groupLabel": "Chunking"}},
         {"name": "ChunkSize", "type": "INT", "default": job.task_chunk_size,
-         "minValue": max(1, job.keyframe_interval),
-         "description": f"Frames per task (the range is divided evenly). A task renders whole keyframe "
-                        f"segments ({job.keyframe_interval} frames): a chunk inside a segment another task "
-                        "renders has nothing to do; multiples of the keyframe interval waste no work.",
+         "minValue": 1 if job.frame_exact else max(1, job.keyframe_interval),
+         "description": ("Frames per task (the range is divided evenly). Chunks are frame-exact for this "
+                         "VToonify style: any size writes exactly its frames." if job.frame_exact else
+                         f"Frames per task (the range is divided evenly). A task renders whole keyframe "
+                         f"segments ({job.keyframe_interval} frames): a chunk inside a segment another task "
+                         "renders has nothing to do; multiples of the keyframe interval waste no work."),
          "userInterface": {"control": "SPIN_BOX", "label": "Chunk size", "groupLabel": "Chunking"}},
         {"name": "Warmup", "type": "INT", "default": job.warmup, "minValue": 0,
          "description": "Extra frames each task processes before its range, not written.",

@@ -15,19 +15,28 @@ overlap) re-projects just the V cross-fade frames of its first chain, which the
 chunk before it writes; anywhere else it re-projects more. `plan_chunks`
 therefore cuts on that grid, and every export keeps the farm's chunks on it
 (see `snap_chunk`).
+
+A VToonify style (the style kind `core.vtoonify` decides) has no keyframe chains:
+its plan is `engine.temporal.VToonifyPlan`, a frame depends only on a short window
+before it (tracking, style codes), and chunks are frame-exact: any size, cut from
+the range's first frame, each task's warm-up what that plan says.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
-from engine.temporal import TemporalPlan
+from engine.temporal import TemporalPlan, VToonifyPlan
 
 from ..core.errors import UserError
 from ..core.params import validate
 
 DEFAULT_CHUNK_KEYFRAMES = 2          # default chunk: this many keyframe intervals
+FRAME_EXACT_CHUNK = 96               # default chunk of a frame-exact plan: its warm-up (up to ~30 frames
+#                                      tracked, a few style codes) stays a few per cent of the task
+
+Plan = Union[TemporalPlan, VToonifyPlan]
 
 
 @dataclass(frozen=True)
@@ -81,22 +90,47 @@ def default_chunk_size(keyframe_interval: int) -> int:
     return DEFAULT_CHUNK_KEYFRAMES * keyframe_interval if keyframe_interval > 0 else 48
 
 
-def chunk_size_for_workers(n_frames: int, keyframes: int, workers: int) -> int:
-    """Default chunk: two keyframe intervals, fewer when that leaves workers idle."""
+def chunk_size_for_workers(n_frames: int, plan: Plan, workers: int) -> int:
+    """Default chunk: two keyframe intervals, fewer when that leaves workers idle; a frame-exact plan's
+    `FRAME_EXACT_CHUNK` frames, or the range split evenly between the workers when that is fewer."""
+    if frame_exact(plan):
+        return max(1, min(FRAME_EXACT_CHUNK, math.ceil(n_frames / max(1, workers))))
+    keyframes = plan.keyframe_interval
     size = default_chunk_size(keyframes)
     while size > keyframes and math.ceil(n_frames / size) < workers:
         size -= keyframes
     return size
 
 
-# -- warm-up ----------------------------------------------------------------------------------------
-def temporal_plan(params: Dict[str, Any]) -> TemporalPlan:
-    """The renderer's temporal plan for these effect parameters (keyframes, cross-fade, tracking reach)."""
+def task_chunk_size(chunk_size: int, plan: Plan) -> int:
+    """Frames per task for an asked chunk size: as asked for a frame-exact plan, else moved onto the
+    keyframe grid (`effective_chunk_size`)."""
+    return effective_chunk_size(chunk_size, 0 if frame_exact(plan) else plan.keyframe_interval)
+
+
+# -- the plan ---------------------------------------------------------------------------------------
+def temporal_plan(params: Dict[str, Any]) -> Plan:
+    """The renderer's plan for these effect parameters: a VToonify style's `VToonifyPlan` (style window,
+    tracking reach), else the keyframe chains' `TemporalPlan` (keyframes, cross-fade, tracking reach).
+
+    The style's kind comes from its manifest entry or, for a file, from the file when it is readable
+    here (`core.vtoonify.vtoonify_style`); a file only the farm's workers see plans as a StyleGAN style."""
+    from ..core.vtoonify import vtoonify_style
+
     p = validate(params)
+    if vtoonify_style(p["model"]) is not None:
+        return VToonifyPlan.create(p["smoothing"], p["smoothing_mode"])
     return TemporalPlan.create(p["keyframe_interval"], p["keyframe_overlap"], p["smoothing"], p["smoothing_mode"])
 
 
-def chunk_warmup_first(first: int, warmup: int, plan: TemporalPlan) -> int:
+def frame_exact(plan: Plan) -> bool:
+    """True for a plan without keyframe chains (a VToonify style): chunks of any size, starting anywhere,
+    reproduce a single pass and repeat only their warm-up."""
+    return isinstance(plan, VToonifyPlan)
+
+
+# -- warm-up ----------------------------------------------------------------------------------------
+def chunk_warmup_first(first: int, warmup: int, plan: Plan) -> int:
     """First frame a task writing from `first` processes (mirrors the renderer): the plan's warm-up
     start, or `warmup` extra frames before `first` if that is earlier."""
     return max(0, min(plan.warmup_start(first), first - warmup))
@@ -104,20 +138,22 @@ def chunk_warmup_first(first: int, warmup: int, plan: TemporalPlan) -> int:
 
 # -- cutting a range --------------------------------------------------------------------------------
 def plan_chunks(first: int, last: int, chunk_size: int, warmup: int = 0, *,
-                plan: TemporalPlan = TemporalPlan(keyframe_interval=0)) -> List[Chunk]:
-    """Split source frames first..last (inclusive) into chunks on an absolute grid.
+                plan: Plan = TemporalPlan(keyframe_interval=0)) -> List[Chunk]:
+    """Split source frames first..last (inclusive) into chunks.
 
-    Chunk boundaries are the multiples of the (effective) chunk size shifted by the plan's
-    cross-fade overlap, so with a chunk size that is a multiple of the keyframe interval every
-    chunk but possibly the first starts on the segment grid. `warmup`: extra frames each chunk
-    processes before its range, beyond what the plan needs (`warmup_first`).
+    Keyframe chains: on an absolute grid, the multiples of the (effective) chunk size shifted by
+    the plan's cross-fade overlap, so with a chunk size that is a multiple of the keyframe interval
+    every chunk but possibly the first starts on the segment grid. A frame-exact plan: chunks of
+    exactly `chunk_size` frames from `first` (the last one shorter). `warmup`: extra frames each
+    chunk processes before its range, beyond what the plan needs (`warmup_first`).
     """
     if first < 0 or last < first:
         raise UserError(f"bad frame range {first}-{last}", field="frames")
     if warmup < 0:
         raise UserError(f"warm-up must be 0 or more frames, got {warmup}", field="warmup")
-    size = effective_chunk_size(chunk_size, plan.keyframe_interval)
-    return [Chunk(a, b, chunk_warmup_first(a, warmup, plan)) for a, b in grid_chunks(first, last, size, plan.overlap)]
+    size = task_chunk_size(chunk_size, plan)
+    offset = first if frame_exact(plan) else plan.overlap
+    return [Chunk(a, b, chunk_warmup_first(a, warmup, plan)) for a, b in grid_chunks(first, last, size, offset)]
 
 
 def grid_chunks(first: int, last: int, size: int, offset: int = 0) -> List[Tuple[int, int]]:
@@ -141,7 +177,7 @@ def grid_ranges(first: int, last: int, size: int, offset: int = 0) -> List[Tuple
     return [(first, boundary - 1), (boundary, last)]
 
 
-def snap_chunk(frames: Tuple[int, int], job: Tuple[int, int], plan: TemporalPlan) -> Optional[Tuple[int, int]]:
+def snap_chunk(frames: Tuple[int, int], job: Tuple[int, int], plan: Plan) -> Optional[Tuple[int, int]]:
     """Move a farm-chosen chunk's boundaries onto the segment grid of its job.
 
     Farm managers cut a range into chunks their own way (OpenJD divides it evenly, adaptive
@@ -149,12 +185,12 @@ def snap_chunk(frames: Tuple[int, int], job: Tuple[int, int], plan: TemporalPlan
     the segment start at or before them (TemporalPlan.segment_start), the job's own ends stay.
     Because the same monotone map is applied to every boundary, the snapped chunks still cover
     the job range exactly once (a chunk may become empty: None), and each starts on the grid, so
-    tasks repeat as little projection as possible.
+    tasks repeat as little projection as possible. A frame-exact plan keeps every chunk as it is.
     """
     (a, b), (first, last) = frames, job
     if not (first <= a <= b <= last):
         raise UserError(f"chunk {a}-{b} is not inside the job's frames {first}-{last}", field="frames")
-    if plan.keyframe_interval <= 0:
+    if frame_exact(plan) or plan.keyframe_interval <= 0:
         return a, b
 
     def snap(x: int) -> int:

@@ -2,11 +2,11 @@
 
 For teams without a farm manager. One persistent actor per GPU (or per CPU worker)
 loads the models once and renders chunk after chunk; chunks are the same
-frame ranges on the segment grid a farm manager would run (toon_ofx.farm.plan.plan_chunks),
-all written into one image sequence, so the result is identical to a single-process
-render. A chunk that fails is retried (on a fresh actor when its actor died);
-progress of all workers is aggregated into the usual ProgressEvents; a movie output
-is encoded once every chunk is done.
+frame ranges a farm manager would run (toon_ofx.farm.plan.plan_chunks: on the segment grid,
+or frame-exact for a VToonify style), all written into one image sequence, so the result is
+identical to a single-process render. A chunk that fails is retried (on a fresh actor when
+its actor died); progress of all workers is aggregated into the usual ProgressEvents; a
+movie output is encoded once every chunk is done.
 
 The workers write frames to the paths of the request: on a multi-machine cluster the
 source clip and the output folder must be on storage every node sees at the same path.
@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 from ..core.errors import Cancelled, UserError
 from .assemble import assemble, sequence_frames
-from .plan import Chunk, chunk_size_for_workers, plan_chunks, temporal_plan
+from .plan import Chunk, chunk_size_for_workers, frame_exact, plan_chunks, temporal_plan
 
 DEFAULT_MAX_RETRIES = 2
 POLL_SECONDS = 0.25
@@ -354,8 +354,9 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
     address: a Ray cluster address ("auto", "ray://host:10001", "host:6379"); None starts a local
     cluster (or uses the one this process is already connected to). workers: how many actors
     (default: one per GPU, else one per CPU). chunk_size: frames per chunk (default two keyframe
-    intervals; cut on the segment grid). max_retries: attempts after the first for a
-    failing chunk. renderer_factory/persistent: for tests and benchmarks.
+    intervals, cut on the segment grid; a VToonify style: exactly as asked, default up to 96).
+    max_retries: attempts after the first for a failing chunk. renderer_factory/persistent: for
+    tests and benchmarks.
     """
     from ..core import media
     from ..core.params import validate
@@ -364,8 +365,8 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
 
     ray = _ray()
     params = validate(request.params)
-    keyframes = params["keyframe_interval"]
-    if keyframes <= 0:
+    grid = temporal_plan(params)
+    if not frame_exact(grid) and grid.keyframe_interval <= 0:
         raise UserError("rendering in chunks needs keyframe_interval > 0 (without keyframes every chunk would "
                         "re-render the clip from frame 0)", field="keyframe_interval")
     source = Path(request.source)
@@ -386,8 +387,8 @@ def render_with_ray(request, address: Optional[str] = None, chunk_size: Optional
     pool: Optional[WorkerPool] = None
     try:
         place = _placement(ray, params, workers)
-        size = chunk_size if chunk_size is not None else chunk_size_for_workers(total, keyframes, place["workers"])
-        chunks = plan_chunks(first, last, size, request.warmup, plan=temporal_plan(params))
+        size = chunk_size if chunk_size is not None else chunk_size_for_workers(total, grid, place["workers"])
+        chunks = plan_chunks(first, last, size, request.warmup, plan=grid)
         report = RayProgress(progress, chunks, _present(plan), unsaid)
         report.emit("loading")
         report.warn(plan.warnings)

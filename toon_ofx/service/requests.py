@@ -205,17 +205,20 @@ def _holds_torch_data(path: str) -> bool:
 def check_models(params: Mapping[str, Any]) -> None:
     """422 now (not a failed job later) when a model file is not a checkpoint (`check_model_files`), a model
     the render needs is neither a file nor installed (the message names every missing file at once: size,
-    licence, URL, folder), or the inversion asked for cannot run (`encoder` without the encoder installed;
-    see core.inversion)."""
+    licence, URL, folder), the inversion asked for cannot run (`encoder` without the encoder installed;
+    see core.inversion), or a VToonify-D style has no style `style_id`."""
     check_model_files(params)
     try:
         from ..core import model_store
         from ..core.inversion import plan_inversion, required_models
+        from ..core.vtoonify import check_style
     except ImportError:  # pragma: no cover - trimmed install: the renderer will say what is missing
         return
     try:
         inversion = plan_inversion(dict(params), download=False)
-        model_store.require(required_models(params, inversion), download=False)
+        files = model_store.require(required_models(params, inversion), download=False)
+        if inversion.vtoonify is not None:
+            check_style(params, inversion.vtoonify, files)   # VToonify-D: style_id is one of its styles
     except UserError as exc:
         raise RequestError(exc.message, field=f"params.{exc.field}" if exc.field else None, status=422) from None
 
