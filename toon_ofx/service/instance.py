@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from ..core.errors import UserError
+from ..core.media.files import into_place
 
 log = logging.getLogger("toon_ofx.service.instance")
 
@@ -121,18 +122,10 @@ def write_json_atomic(path: Path, data: Dict[str, Any]) -> None:
     predictable name (a symlink) is ever followed or truncated.
     """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, str(path))
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with into_place(Path(tmp), path), os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, indent=1)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def read_server_info(folder: Optional[Path] = None) -> Optional[Dict[str, Any]]:

@@ -7,10 +7,12 @@ file system), so readers never see a partial file.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import stat
 from pathlib import Path
+from typing import Iterator
 
 from ..errors import UserError
 
@@ -35,6 +37,18 @@ def temp_sibling(path: Path, suffix: str = ".tmp") -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}")
 
 
+@contextlib.contextmanager
+def into_place(tmp: Path, path: Path) -> Iterator[Path]:
+    """The block writes `tmp`; when it ends `tmp` is renamed to `path`, and when it fails `tmp` is removed."""
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
     """Write `data` to a temp sibling, then rename it to `path`; nothing is left behind on failure."""
     while True:
@@ -44,19 +58,11 @@ def atomic_write_bytes(path: Path, data: bytes, fsync: bool = True) -> None:
             break
         except FileExistsError:
             continue
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with into_place(tmp, path), os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        if fsync:
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 def same_file(a: Path, b: Path) -> bool:

@@ -26,7 +26,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from ..errors import UserError
-from .files import check_regular, temp_sibling
+from .files import check_regular, into_place, temp_sibling
 from .info import FLOAT_TYPES, IMAGE_EXTS, ImageFormat, PathLike
 
 #: formats read, for messages (OIIO reads more; these are what a render is tested with)
@@ -243,8 +243,7 @@ def write_with_oiio(path: Path, image: np.ndarray, bits: int, like: Optional[Pat
     if channels == 4 and not out.supports("alpha"):
         raise UserError(f"{ext} images cannot hold alpha: write RGBA frames as .png, .tif or .exr", field="output")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_sibling(path, ".tmp" + ext)
-    try:
+    with into_place(temp_sibling(path, ".tmp" + ext), path) as tmp:
         if not out.open(str(tmp), spec) or not out.write_image(np.ascontiguousarray(image)) or not out.close():
             raise UserError(f"could not write {path.name}: {' '.join(out.geterror().split())}", field="output")
         if fsync:
@@ -253,13 +252,6 @@ def write_with_oiio(path: Path, image: np.ndarray, bits: int, like: Optional[Pat
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def check_writable(ext: str) -> None:
