@@ -131,11 +131,6 @@ def read_pixels(path: PathLike) -> Tuple[np.ndarray, ImageFormat]:
     return np.ascontiguousarray(upright(pixels, fmt.orientation)), fmt
 
 
-def decode_image(p: Path) -> np.ndarray:
-    """The pixels of an image file (see `read_pixels`), without the format."""
-    return read_pixels(p)[0]
-
-
 def image_size(p: Path) -> Tuple[int, int]:
     """(width, height) of an image file, upright, from its header."""
     fmt = image_format(p)
