@@ -44,6 +44,7 @@ __all__ = [
     "PersistentObject",
     "TFNetwork",
     "few",
+    "state_mismatch",
 ]
 
 TORCH_ZIP, TORCH_LEGACY, PICKLE = "torch-zip", "torch-legacy", "pickle"
@@ -331,6 +332,21 @@ def few(items, n: int = 4) -> str:
     items = [str(i) for i in items]
     more = f", ... {len(items) - n} more" if len(items) > n else ""
     return ", ".join(items[:n]) + more
+
+
+def state_mismatch(module, state, optional: tuple[str, ...] = ()) -> str:
+    """How the tensors of ``state`` differ from the state dict ``module`` expects (missing keys, unexpected
+    keys, wrong shapes; keys ending in an ``optional`` suffix may be missing), for an error message;
+    "" when they match. ``module`` may live on the meta device."""
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    missing = [k for k in expected if k not in state and not k.endswith(optional)]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {shape}" for k, shape in expected.items()
+             if k in state and tuple(state[k].shape) != shape]
+    parts = [f"missing {len(missing)} key(s) ({few(missing)})"] if missing else []
+    parts += [f"{len(unexpected)} unexpected key(s) ({few(unexpected)})"] if unexpected else []
+    parts += [f"wrong shapes: {few(wrong)}"] if wrong else []
+    return "; ".join(parts)
 
 
 def _first_line(msg: str) -> str:
