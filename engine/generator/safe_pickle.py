@@ -39,6 +39,7 @@ __all__ = [
     "PICKLE",
     "sniff",
     "read_torch_file",
+    "torch_zip_problem",
     "read_pickle",
     "RestrictedUnpickler",
     "PersistentObject",
@@ -104,14 +105,9 @@ def read_torch_file(path: Path) -> Any:
     if kind not in (TORCH_ZIP, TORCH_LEGACY):
         raise CheckpointError(f"{path.name} is not a torch checkpoint (.pt/.pth)")
     zipped = kind == TORCH_ZIP
-    if zipped:
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
-        except (zipfile.BadZipFile, OSError) as e:
-            raise CheckpointError(f"{path.name} is truncated or corrupt ({_first_line(str(e))})") from None
-        if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
-            raise CheckpointError(f"{path.name} is a zip archive but not a torch checkpoint")
+    problem = torch_zip_problem(path) if zipped else None
+    if problem:
+        raise CheckpointError(problem)
     try:
         return _torch_load(path, mmap=zipped)
     except Exception as e:  # torch raises many types for corrupt input
@@ -124,6 +120,19 @@ def read_torch_file(path: Path) -> Any:
                 "refusing to unpickle it (it could run code)") from None
         raise CheckpointError(
             f"{path.name} is truncated or corrupt ({type(e).__name__}: {_first_line(msg)})") from None
+
+
+def torch_zip_problem(path: Path) -> str | None:
+    """Why a zip file (TORCH_ZIP by its first bytes) is not a ``torch.save`` file: not readable as a zip, or
+    no ``data.pkl`` in it; None when it is one. Reads only the zip's directory."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError) as e:
+        return f"{path.name} is truncated or corrupt ({_first_line(str(e))})"
+    if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+        return f"{path.name} is a zip archive but not a torch checkpoint"
+    return None
 
 
 def _torch_load(path: Path, mmap: bool):
