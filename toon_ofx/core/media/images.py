@@ -32,6 +32,7 @@ from .info import FLOAT_TYPES, IMAGE_EXTS, ImageFormat, PathLike
 #: formats read, for messages (OIIO reads more; these are what a render is tested with)
 READ_FORMATS = "PNG, JPEG, TIFF, DPX, OpenEXR, BMP, WebP, Targa"
 _WRITE_DTYPE = {"uint8": np.uint8, "uint16": np.uint16, "half": np.float16, "float": np.float32}
+FLOAT_EXTS = (".exr", ".tif", ".tiff")   # image files that hold float pixels
 
 
 def _oiio():
@@ -194,7 +195,7 @@ def writes_with_oiio(path: Path) -> bool:
 
 def holds_float(path: Path) -> bool:
     """Whether an image file of this name can hold float pixels (OpenEXR, TIFF)."""
-    return path.suffix.lower() in (".exr", ".tif", ".tiff")
+    return path.suffix.lower() in FLOAT_EXTS
 
 
 def write_with_oiio(path: Path, image: np.ndarray, bits: int, like: Optional[Path], fsync: bool) -> None:
