@@ -291,9 +291,6 @@ class ToonPipeline:
         start = 0 if first is None else self.plan.projection_start(first)
         yield from track_frames(self.landmarker, self.tracks, frames, start, last)
 
-    def _tracked(self, index: int, frame: np.ndarray, detect_seconds: float) -> TrackedFrame:
-        return tracked_frame(self.tracks, index, frame, detect_seconds)
-
     # -- one frame ------------------------------------------------------------
     def process(self, frame: np.ndarray, index: int, *, stylise: bool = True) -> FrameResult:
         """Toonify one frame now (H x W x 3 RGB, uint8 or uint16), source frame number `index`.
@@ -311,7 +308,7 @@ class ToonPipeline:
         if not stylise:
             empty = self._blank_overlay(frame) if self.config.overlay else frame.copy()
             return FrameResult(empty, 0, {"detect": seconds})
-        prepared = self.prepare(self._tracked(index, frame, seconds))
+        prepared = self.prepare(tracked_frame(self.tracks, index, frame, seconds))
         self.project_faces([prepared])
         return self.finish(prepared)
 

@@ -39,11 +39,13 @@ __all__ = [
     "PICKLE",
     "sniff",
     "read_torch_file",
+    "torch_zip_problem",
     "read_pickle",
     "RestrictedUnpickler",
     "PersistentObject",
     "TFNetwork",
     "few",
+    "state_mismatch",
 ]
 
 TORCH_ZIP, TORCH_LEGACY, PICKLE = "torch-zip", "torch-legacy", "pickle"
@@ -103,14 +105,9 @@ def read_torch_file(path: Path) -> Any:
     if kind not in (TORCH_ZIP, TORCH_LEGACY):
         raise CheckpointError(f"{path.name} is not a torch checkpoint (.pt/.pth)")
     zipped = kind == TORCH_ZIP
-    if zipped:
-        try:
-            with zipfile.ZipFile(path) as zf:
-                names = zf.namelist()
-        except (zipfile.BadZipFile, OSError) as e:
-            raise CheckpointError(f"{path.name} is truncated or corrupt ({_first_line(str(e))})") from None
-        if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
-            raise CheckpointError(f"{path.name} is a zip archive but not a torch checkpoint")
+    problem = torch_zip_problem(path) if zipped else None
+    if problem:
+        raise CheckpointError(problem)
     try:
         return _torch_load(path, mmap=zipped)
     except Exception as e:  # torch raises many types for corrupt input
@@ -123,6 +120,19 @@ def read_torch_file(path: Path) -> Any:
                 "refusing to unpickle it (it could run code)") from None
         raise CheckpointError(
             f"{path.name} is truncated or corrupt ({type(e).__name__}: {_first_line(msg)})") from None
+
+
+def torch_zip_problem(path: Path) -> str | None:
+    """Why a zip file (TORCH_ZIP by its first bytes) is not a ``torch.save`` file: not readable as a zip, or
+    no ``data.pkl`` in it; None when it is one. Reads only the zip's directory."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError) as e:
+        return f"{path.name} is truncated or corrupt ({_first_line(str(e))})"
+    if not any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+        return f"{path.name} is a zip archive but not a torch checkpoint"
+    return None
 
 
 def _torch_load(path: Path, mmap: bool):
@@ -331,6 +341,21 @@ def few(items, n: int = 4) -> str:
     items = [str(i) for i in items]
     more = f", ... {len(items) - n} more" if len(items) > n else ""
     return ", ".join(items[:n]) + more
+
+
+def state_mismatch(module, state, optional: tuple[str, ...] = ()) -> str:
+    """How the tensors of ``state`` differ from the state dict ``module`` expects (missing keys, unexpected
+    keys, wrong shapes; keys ending in an ``optional`` suffix may be missing), for an error message;
+    "" when they match. ``module`` may live on the meta device."""
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    missing = [k for k in expected if k not in state and not k.endswith(optional)]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {shape}" for k, shape in expected.items()
+             if k in state and tuple(state[k].shape) != shape]
+    parts = [f"missing {len(missing)} key(s) ({few(missing)})"] if missing else []
+    parts += [f"{len(unexpected)} unexpected key(s) ({few(unexpected)})"] if unexpected else []
+    parts += [f"wrong shapes: {few(wrong)}"] if wrong else []
+    return "; ".join(parts)
 
 
 def _first_line(msg: str) -> str:

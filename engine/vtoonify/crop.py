@@ -37,7 +37,7 @@ Scale conventions: ``scale`` is crop pixels per frame pixel (the reference's
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence, Tuple
+from typing import Tuple
 
 import cv2
 import numpy as np
@@ -45,7 +45,7 @@ import numpy as np
 from ..faces.align import _extract, quad_params   # _extract: the border-aware region reader of warp_affine
 from ..pixels import check_rgb
 
-__all__ = ["CropGeometry", "FaceCrop", "face_crop", "crop_image", "warp_crop", "crop_faces", "blur_passes", "BLUR_KERNEL"]
+__all__ = ["CropGeometry", "FaceCrop", "face_crop", "crop_image", "warp_crop", "blur_passes", "BLUR_KERNEL"]
 
 BLUR_KERNEL = np.array([1.0, 3.0, 3.0, 1.0], np.float32) / 8.0   # the reference's kernel_1d
 BLUR_THRESHOLDS = (0.75, 0.375)   # one pass at or below each
@@ -151,10 +151,3 @@ def warp_crop(frame: np.ndarray, to_frame: np.ndarray, size: int, blur: float = 
     crop = cv2.warpAffine(roi, m, (size, size), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                           borderMode=cv2.BORDER_REPLICATE)
     return crop.astype(np.float32)
-
-
-def crop_faces(frame: np.ndarray, crops: Sequence[FaceCrop]) -> np.ndarray:
-    """Every crop of one frame, stacked: (N, size, size, 3) float32 in the frame's levels."""
-    if not crops:
-        return np.zeros((0, 0, 0, 3), np.float32)
-    return np.stack([crop_image(frame, crop) for crop in crops])

@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.generator.safe_pickle import TORCH_LEGACY, TORCH_ZIP, CheckpointError, few, read_torch_file, sniff
+from engine.generator.safe_pickle import (TORCH_LEGACY, TORCH_ZIP, CheckpointError, few, read_torch_file, sniff,
+                                         state_mismatch)
 from engine.generator.stylegan2 import make_kernel
 
 from .bisenet import BiSeNet
@@ -177,16 +178,9 @@ def _generator_layout(state: Mapping[str, torch.Tensor], g: str):
 def _check_keys(module: nn.Module, state: Mapping[str, torch.Tensor], name: str, what: str,
                 optional: tuple[str, ...] = ()) -> None:
     """CheckpointError listing missing, unexpected and mis-shaped keys (``optional`` suffixes may be missing)."""
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    missing = [k for k in expected if k not in state and not k.endswith(optional)]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(state[k].shape)} vs {shape}" for k, shape in expected.items()
-             if k in state and tuple(state[k].shape) != shape]
-    if missing or unexpected or wrong:
-        parts = [f"missing {len(missing)} key(s) ({few(missing)})"] if missing else []
-        parts += [f"{len(unexpected)} unexpected key(s) ({few(unexpected)})"] if unexpected else []
-        parts += [f"wrong shapes: {few(wrong)}"] if wrong else []
-        raise CheckpointError(f"{name}: {what} do not match the architecture they imply: " + "; ".join(parts))
+    mismatch = state_mismatch(module, state, optional)
+    if mismatch:
+        raise CheckpointError(f"{name}: {what} do not match the architecture they imply: {mismatch}")
 
 
 def _load(module: nn.Module, state: Mapping[str, torch.Tensor], device) -> nn.Module:

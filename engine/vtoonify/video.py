@@ -253,20 +253,13 @@ class VToonifyPipeline:
         for tracked in shown:
             mine = faces[tracked.index]
             t = time.perf_counter()
-            image = self._paste(tracked.frame, mine)
+            image = paste_heads(tracked.frame, [f.layer for f in mine], self.config.color_match, self.config.overlay)
             frame_timings = dict(tracked.timings)
             for stage, seconds in timings.items():   # the group's shared work, split by faces
                 frame_timings[stage] = seconds * len(mine) / shared
             frame_timings["paste"] = frame_timings.get("paste", 0.0) + time.perf_counter() - t
             out.append((tracked.index, FrameResult(image, len(mine), frame_timings)))
         return out
-
-    def _paste(self, frame: np.ndarray, faces: Sequence[_Face]) -> np.ndarray:
-        if faces:
-            return paste_heads(frame, [f.layer for f in faces], self.config.color_match, self.config.overlay)
-        if self.config.overlay:
-            return np.zeros(frame.shape[:2] + (4,), frame.dtype)
-        return frame.copy()
 
     def _batches(self, items: Sequence) -> Iterator[Tuple[List, int]]:
         """`items` in batches of exactly batch_size (a short one padded with its last item): (batch, real count)."""

@@ -106,14 +106,6 @@ class Colour:
         list(_pool().map(rows, [slice(y, y + step) for y in range(0, h, step)]))
         return out
 
-    def describe(self) -> str:
-        """One line for people: where the pictures' colour space came from."""
-        if self.identity:
-            return f"pictures taken as {self.working} (the models' own space): no colour conversion"
-        source = {"file": "the file's colour space attribute", "rule": "the OCIO config's file rules",
-                  "given": "input_colorspace"}.get(self.how, self.how)
-        return f"pictures converted from {self.name} ({source}) to {self.working} and back"
-
     @staticmethod
     def _apply(processor, rgb: np.ndarray) -> np.ndarray:
         if processor is None:

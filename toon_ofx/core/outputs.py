@@ -23,12 +23,12 @@ from typing import List, Optional, Tuple
 from . import media
 from .errors import UserError
 from .media.files import same_file
+from .media.frames import DEEP_EXTS
+from .media.images import FLOAT_EXTS
 
 MOVIE_SUFFIXES = media.MOVIE_EXTS
 SEQUENCE_SUFFIXES = (".png", ".tif", ".tiff", ".exr", ".dpx", ".jpg", ".jpeg", ".tga", ".bmp", ".webp")
 ALPHA_IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".webp", ".exr", ".dpx", ".tga")
-DEEP_IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".exr", ".dpx")
-FLOAT_IMAGE_SUFFIXES = (".exr", ".tif", ".tiff")
 
 
 @dataclass
@@ -114,10 +114,12 @@ def sequence_name(info: "media.MediaInfo", overlay: bool = False) -> str:
 def frame_suffix(info: "media.MediaInfo", overlay: bool = False) -> str:
     """The frame suffix an image source comes back in: its own (where writable, and with alpha for an
     overlay), else .png; movies give .png frames."""
-    ext = info.path.suffix.lower() if info.is_sequence else ".png"
-    if ext not in SEQUENCE_SUFFIXES or (overlay and ext not in ALPHA_IMAGE_SUFFIXES):
-        return ".png"
-    return ext
+    return own_suffix(info.path.suffix.lower() if info.is_sequence else ".png", overlay)
+
+
+def own_suffix(ext: str, overlay: bool = False) -> str:
+    """`ext` (lower case) when frames can be written in it (with alpha for an overlay), else .png."""
+    return ext if ext in SEQUENCE_SUFFIXES and (not overlay or ext in ALPHA_IMAGE_SUFFIXES) else ".png"
 
 
 def _plan_frames(plan: OutputPlan, info: "media.MediaInfo", overlay: bool, codec: Optional[str]) -> None:
@@ -130,7 +132,7 @@ def _plan_frames(plan: OutputPlan, info: "media.MediaInfo", overlay: bool, codec
         holds_alpha, holds_float, what = plan.codec.alpha, False, f"a {plan.codec.label} movie"
     else:
         holds_alpha = suffix in ALPHA_IMAGE_SUFFIXES
-        holds_float, what = suffix in FLOAT_IMAGE_SUFFIXES, f"{suffix} images"
+        holds_float, what = suffix in FLOAT_EXTS, f"{suffix} images"
         if info.is_sequence and _same_format(suffix, info.path.suffix.lower()):
             plan.template = info
     plan.alpha = overlay or (info.alpha and holds_alpha)
@@ -159,12 +161,12 @@ def frame_bits(plan: OutputPlan, info: "media.MediaInfo", requested: Optional[in
     if requested is not None:
         if requested not in (8, 16):
             raise UserError("bits must be 8 or 16", field="bits")
-        if requested == 16 and Path(plan.pattern).suffix.lower() not in DEEP_IMAGE_SUFFIXES:
+        if requested == 16 and Path(plan.pattern).suffix.lower() not in DEEP_EXTS:
             raise UserError(f"16-bit frames need .png, .tif, .dpx or .exr, not {Path(plan.pattern).suffix}",
                             field="bits")
         return requested
     bits = media.source_bits(info)
-    return bits if Path(plan.pattern).suffix.lower() in DEEP_IMAGE_SUFFIXES else 8
+    return bits if Path(plan.pattern).suffix.lower() in DEEP_EXTS else 8
 
 
 def resolve_range(frames: Optional[Tuple[int, int]], frame_count: int) -> Tuple[int, int]:

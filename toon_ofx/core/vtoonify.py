@@ -46,10 +46,6 @@ class VToonifyStyle:
     exstyles: Optional[str] = None   # manifest name of VToonify-D's style codes
 
 
-def _entry(name: str) -> Optional[dict]:
-    return model_store.load_manifest()["models"].get(str(name))
-
-
 @functools.lru_cache(maxsize=32)
 def _inspect_file(path: str, mtime_ns: int, size: int):
     """(VToonifyInfo or None, error message or None) for a file, cached per file version: None and None
@@ -82,11 +78,11 @@ def inspect_style(path: Path):
 
 def vtoonify_style(model: str) -> Optional[VToonifyStyle]:
     """The style `model` as a VToonify style, or None when it is a StyleGAN or one-pass style."""
-    e = _entry(model)
+    models = model_store.load_manifest()["models"]
+    e = models.get(str(model))
     if e is not None:
         if e.get("kind") != KIND:
             return None
-        models = model_store.load_manifest()["models"]
         exstyles = next((r for r in e.get("requires", []) if models.get(r, {}).get("kind") == "exstyles"), None)
         return VToonifyStyle(str(model), e.get("backbone"), exstyles)
     path = Path(str(model)).expanduser()

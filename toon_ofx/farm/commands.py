@@ -30,7 +30,7 @@ def _default_outputs(source: str, overlay: bool, info=None) -> Tuple[str, str]:
     them (`core.outputs.sequence_name`: the source's numbering, an image sequence's own format, PNG for a
     movie); the movie takes the container of the codec that follows the source. When the source cannot be
     read here: its pattern's format (PNG for a movie), .mp4 (.mov for an overlay)."""
-    from ..core.outputs import ALPHA_IMAGE_SUFFIXES, SEQUENCE_SUFFIXES, sequence_name
+    from ..core.outputs import own_suffix, sequence_name
 
     src = Path(source)
     if info is not None:
@@ -40,9 +40,7 @@ def _default_outputs(source: str, overlay: bool, info=None) -> Tuple[str, str]:
     else:
         pattern = re.search(r"[%#]", src.name)
         stem = re.split(r"[%#]", src.name)[0].rstrip("._-") if pattern else src.stem
-        own = src.suffix.lower() if pattern else ".png"
-        if own not in SEQUENCE_SUFFIXES or (overlay and own not in ALPHA_IMAGE_SUFFIXES):
-            own = ".png"
+        own = own_suffix(src.suffix.lower() if pattern else ".png", overlay)
         name = f"{stem or 'clip'}_toon.%06d{own}"
         suffix = ".mov" if overlay else ".mp4"
     stem = f"{stem or 'clip'}_toon"

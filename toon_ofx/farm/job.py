@@ -203,15 +203,19 @@ class FarmJob:
         return (f"chunk size {self.chunk_size} became {size}, the nearest multiple of the keyframe interval "
                 f"({k}): a chunk that starts between keyframes would re-project frames another task writes")
 
-    def written(self, chunk: Tuple[int, int]) -> Optional[Tuple[int, int]]:
+    def written(self, chunk: Tuple[int, int], plan=None) -> Optional[Tuple[int, int]]:
         """The frames a render task given `chunk` writes: with `chunk_of`, its chunk snapped onto the
-        segment grid (`plan.snap_chunk`; None: nothing to do)."""
-        return snap_chunk(chunk, self.frames, self.temporal_plan) if self.chunk_of else chunk
+        segment grid (`plan.snap_chunk`; None: nothing to do). `plan`: the job's `temporal_plan` when the
+        caller has it already (working it out validates the parameters and looks up the style's kind)."""
+        if not self.chunk_of:
+            return chunk
+        return snap_chunk(chunk, self.frames, plan if plan is not None else self.temporal_plan)
 
     def idle_note(self, chunks: List[Tuple[int, int]], cut: str) -> Optional[str]:
         """How many of the render tasks cut as `chunks` will have nothing to write, and why; None when
         every task writes frames. `cut`: how the farm manager cuts the range, for the reason."""
-        idle = sum(self.written(c) is None for c in chunks)
+        plan = self.temporal_plan   # once, not once per chunk
+        idle = sum(self.written(c, plan) is None for c in chunks)
         if not idle:
             return None
         return (f"{idle} of the {len(chunks)} render tasks will have nothing to do: {cut}, and the frames "

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import stat
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
@@ -173,7 +172,7 @@ def check_model_files(params: Mapping[str, Any]) -> None:
         value, field_name = params.get(name), f"params.{name}"
         if not isinstance(value, str) or not looks_like_model_path(value):
             continue
-        from engine.generator.safe_pickle import TORCH_ZIP, CheckpointError, sniff
+        from engine.generator.safe_pickle import TORCH_ZIP, CheckpointError, sniff, torch_zip_problem
 
         try:
             mode = os.stat(value).st_mode
@@ -188,18 +187,9 @@ def check_model_files(params: Mapping[str, Any]) -> None:
             kind = sniff(Path(value))
         except CheckpointError as exc:   # a folder, unreadable, empty
             raise RequestError(f"{field_name}: {exc}", field=field_name, status=422) from None
-        if kind is None or (kind == TORCH_ZIP and not _holds_torch_data(value)):
+        if kind is None or (kind == TORCH_ZIP and torch_zip_problem(Path(value)) is not None):
             raise RequestError(f"{field_name} {value} is not a model checkpoint (expected a torch .pt/.pth file "
                                "or a pickled .pkl)", field=field_name, status=422)
-
-
-def _holds_torch_data(path: str) -> bool:
-    """True for a zip that is a torch.save file (it holds data.pkl)."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            return any(n == "data.pkl" or n.endswith("/data.pkl") for n in zf.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
 
 
 def check_models(params: Mapping[str, Any]) -> None:

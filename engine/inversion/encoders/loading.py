@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from engine.generator.checkpoints import generator_from_state_dict
-from engine.generator.safe_pickle import (PICKLE, TORCH_LEGACY, TORCH_ZIP, CheckpointError, OtherKind, few,
-                                         read_torch_file, sniff)
+from engine.generator.safe_pickle import (PICKLE, TORCH_LEGACY, TORCH_ZIP, CheckpointError, OtherKind,
+                                         read_torch_file, sniff, state_mismatch)
 from engine.generator.stylegan2 import Generator
 
 from .architectures import (BackboneEncoder, BackboneEncoderUsingLastLayerIntoW,
@@ -265,17 +265,9 @@ def _build(p: _Parsed, path: Path, device) -> nn.Module:
             module = BackboneEncoderUsingLastLayerIntoW(p.layout)
         else:
             module = BackboneEncoderUsingLastLayerIntoWPlus(p.layout)
-    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    missing = [k for k in expected if k not in p.encoder]
-    unexpected = [k for k in p.encoder if k not in expected]
-    wrong = [f"{k} {tuple(p.encoder[k].shape)} vs {shape}" for k, shape in expected.items()
-             if k in p.encoder and tuple(p.encoder[k].shape) != shape]
-    if missing or unexpected or wrong:
-        parts = [f"missing {len(missing)} key(s) ({few(missing)})"] if missing else []
-        parts += [f"{len(unexpected)} unexpected key(s) ({few(unexpected)})"] if unexpected else []
-        parts += [f"wrong shapes: {few(wrong)}"] if wrong else []
-        raise CheckpointError(f"{path.name}: encoder weights do not match {p.info.encoder_type}: "
-                              + "; ".join(parts))
+    mismatch = state_mismatch(module, p.encoder)
+    if mismatch:
+        raise CheckpointError(f"{path.name}: encoder weights do not match {p.info.encoder_type}: {mismatch}")
     state = {k: v.to(device=device, dtype=v.dtype if k.endswith("num_batches_tracked") else torch.float32,
                      copy=True) for k, v in p.encoder.items()}
     module.load_state_dict(state, strict=True, assign=True)

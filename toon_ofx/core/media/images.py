@@ -32,6 +32,7 @@ from .info import FLOAT_TYPES, IMAGE_EXTS, ImageFormat, PathLike
 #: formats read, for messages (OIIO reads more; these are what a render is tested with)
 READ_FORMATS = "PNG, JPEG, TIFF, DPX, OpenEXR, BMP, WebP, Targa"
 _WRITE_DTYPE = {"uint8": np.uint8, "uint16": np.uint16, "half": np.float16, "float": np.float32}
+FLOAT_EXTS = (".exr", ".tif", ".tiff")   # image files that hold float pixels
 
 
 def _oiio():
@@ -131,11 +132,6 @@ def read_pixels(path: PathLike) -> Tuple[np.ndarray, ImageFormat]:
     return np.ascontiguousarray(upright(pixels, fmt.orientation)), fmt
 
 
-def decode_image(p: Path) -> np.ndarray:
-    """The pixels of an image file (see `read_pixels`), without the format."""
-    return read_pixels(p)[0]
-
-
 def image_size(p: Path) -> Tuple[int, int]:
     """(width, height) of an image file, upright, from its header."""
     fmt = image_format(p)
@@ -199,7 +195,7 @@ def writes_with_oiio(path: Path) -> bool:
 
 def holds_float(path: Path) -> bool:
     """Whether an image file of this name can hold float pixels (OpenEXR, TIFF)."""
-    return path.suffix.lower() in (".exr", ".tif", ".tiff")
+    return path.suffix.lower() in FLOAT_EXTS
 
 
 def write_with_oiio(path: Path, image: np.ndarray, bits: int, like: Optional[Path], fsync: bool) -> None:
